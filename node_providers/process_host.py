@@ -1,0 +1,237 @@
+"""Run a node's startup script as a local process group, and end it completely.
+
+This is the "machine" behind the local provider, and the same runner lets the simulated clouds in
+`tests/` boot the instances they create from their own startup scripts. A machine is:
+
+- a `bash` process running the startup script in its own session/process group (`setsid`), so a
+  terminal's SIGINT/SIGHUP never reaches it and the whole group can be signalled at once;
+- an environment marker `SKYWARD_INSTANCE_ID=<id>` inherited by everything it starts (raylet,
+  Ray workers, agents), so even a process that left the group is still found and ended;
+- a directory of its own (HOME, Ray temp dir, log), removed when the machine ends.
+
+Machine records live in a JSON file guarded by an `fcntl` lock, so several `ProcessHost` objects
+(one per provider instance, in several threads or processes) see the same machines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import psutil
+
+INSTANCE_MARKER = "SKYWARD_INSTANCE_ID"
+
+
+@dataclass
+class Machine:
+    """What the host remembers about one machine (a process group started from a script)."""
+
+    instance_id: str
+    pid: int
+    create_time: float
+    ip: str
+    directory: str
+    log_path: str
+    tags: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    terminated: bool = False
+
+
+def processes_with_marker(marker_value: str, variable: str = INSTANCE_MARKER) -> list[psutil.Process]:
+    """Every live process whose environment carries `variable=marker_value` (prefix match with '*')."""
+    found = []
+    prefix = marker_value.endswith("*")
+    wanted = marker_value.rstrip("*")
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            value = proc.environ().get(variable)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+            continue
+        if value is None:
+            continue
+        if (prefix and value.startswith(wanted)) or (not prefix and value == wanted):
+            try:
+                if proc.status() != psutil.STATUS_ZOMBIE:
+                    found.append(proc)
+            except psutil.NoSuchProcess:
+                continue
+    return found
+
+
+def end_processes(processes: list[psutil.Process], grace: float) -> None:
+    """SIGTERM all, wait up to `grace` seconds, then SIGKILL whatever is left; reap our children."""
+    for proc in processes:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            proc.send_signal(signal.SIGTERM)
+    _, alive = psutil.wait_procs(processes, timeout=grace)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=5)
+
+
+class ProcessHost:
+    """Starts, lists and ends script-booted machines; state shared through `state_dir/machines.json`."""
+
+    def __init__(self, state_dir: str | os.PathLike[str]) -> None:
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._state_file = self.state_dir / "machines.json"
+        self._lock_file = self.state_dir / "machines.lock"
+
+    # -- state -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked_state(self) -> Iterator[dict[str, Machine]]:
+        with open(self._lock_file, "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                machines = self._read()
+                yield machines
+                tmp = self._state_file.with_suffix(".tmp")
+                tmp.write_text(json.dumps({k: asdict(v) for k, v in machines.items()}, indent=1))
+                tmp.replace(self._state_file)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _read(self) -> dict[str, Machine]:
+        if not self._state_file.exists():
+            return {}
+        raw = json.loads(self._state_file.read_text() or "{}")
+        return {k: Machine(**v) for k, v in raw.items()}
+
+    def machines(self) -> dict[str, Machine]:
+        with self._locked_state() as machines:
+            return dict(machines)
+
+    def update_tags(self, instance_id: str, tags: dict[str, str]) -> None:
+        with self._locked_state() as machines:
+            machines[instance_id].tags.update(tags)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def boot(
+        self,
+        instance_id: str,
+        script: str,
+        ip: str,
+        env: dict[str, str] | None = None,
+        tags: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> Machine:
+        """Start `script` as a new machine. Returns at once; the script boots in the background."""
+        directory = self.state_dir / instance_id
+        directory.mkdir(parents=True, exist_ok=True)
+        script_path = directory / "startup.sh"
+        script_path.write_text(script)
+        log_path = directory / "node.log"
+        child_env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            "HOME": str(directory),
+            "TMPDIR": str(directory),
+            **(env or {}),
+            INSTANCE_MARKER: instance_id,
+            "SKYWARD_NODE_IP": ip,
+            "SKYWARD_MACHINE_DIR": str(directory),
+        }
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                ["bash", str(script_path)],
+                cwd=directory,
+                env=child_env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+        machine = Machine(
+            instance_id=instance_id,
+            pid=proc.pid,
+            create_time=psutil.Process(proc.pid).create_time(),
+            ip=ip,
+            directory=str(directory),
+            log_path=str(log_path),
+            tags=dict(tags or {}),
+            labels=dict(labels or {}),
+        )
+        with self._locked_state() as machines:
+            machines[instance_id] = machine
+        return machine
+
+    def is_running(self, instance_id: str) -> bool:
+        machine = self.machines().get(instance_id)
+        return machine is not None and not machine.terminated and self._root_alive(machine)
+
+    @staticmethod
+    def _root_alive(machine: Machine) -> bool:
+        try:
+            proc = psutil.Process(machine.pid)
+            if abs(proc.create_time() - machine.create_time) > 0.05:
+                return False
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                proc.wait(0)  # reap our own child so it does not linger
+                return False
+            return True
+        except (psutil.NoSuchProcess, psutil.TimeoutExpired, ChildProcessError):
+            return False
+
+    def terminate(self, instance_ids: list[str], grace: float = 1.0, keep_directory: bool = False) -> None:
+        """End each machine: every process of its group and every process carrying its marker."""
+        with self._locked_state() as machines:
+            targets = [machines[i] for i in instance_ids if i in machines]
+            for machine in targets:
+                machine.terminated = True
+        procs: list[psutil.Process] = []
+        for machine in targets:
+            procs.extend(self._processes_of(machine))
+        end_processes(procs, grace)
+        for machine in targets:
+            with contextlib.suppress(ChildProcessError, psutil.NoSuchProcess, psutil.TimeoutExpired):
+                psutil.Process(machine.pid).wait(0)
+            if not keep_directory:
+                shutil.rmtree(machine.directory, ignore_errors=True)
+
+    def _processes_of(self, machine: Machine) -> list[psutil.Process]:
+        procs = {p.pid: p for p in processes_with_marker(machine.instance_id)}
+        if self._root_alive(machine):
+            try:
+                pgid = os.getpgid(machine.pid)
+                for proc in psutil.process_iter(["pid"]):
+                    with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError, PermissionError):
+                        if os.getpgid(proc.pid) == pgid:
+                            procs.setdefault(proc.pid, proc)
+            except ProcessLookupError:
+                pass
+        return list(procs.values())
+
+    def forget(self, instance_ids: list[str]) -> None:
+        with self._locked_state() as machines:
+            for instance_id in instance_ids:
+                machines.pop(instance_id, None)
+
+    def log_tail(self, instance_id: str, lines: int = 30) -> str:
+        machine = self.machines().get(instance_id)
+        if machine is None or not Path(machine.log_path).exists():
+            return "(no log)"
+        text = Path(machine.log_path).read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:
+    """Poll `predicate` until it is true or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())

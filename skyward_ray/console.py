@@ -1,0 +1,38 @@
+"""The one console skyward_ray talks through (stderr, so a script's stdout stays its own).
+
+`SKYWARD_QUIET=1` silences progress messages; errors are raised, never only printed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from rich.console import Console
+
+
+class _SkywardConsole:
+    def __init__(self) -> None:
+        self._console = Console(stderr=True, highlight=False)
+
+    @property
+    def quiet(self) -> bool:
+        return os.environ.get("SKYWARD_QUIET", "") not in ("", "0")
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        if not self.quiet:
+            self._console.print(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def status(self, message: str) -> Iterator[None]:
+        if self.quiet or not self._console.is_terminal:
+            self.print(message + " ...")
+            yield
+            return
+        with self._console.status(message):
+            yield
+
+
+console = _SkywardConsole()

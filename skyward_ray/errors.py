@@ -1,0 +1,51 @@
+"""Typed errors. Each one says what was asked, what was tried, and what to do about it."""
+
+from __future__ import annotations
+
+
+class SkywardError(Exception):
+    """Base of every error skyward_ray raises on purpose."""
+
+
+class SpecError(SkywardError, ValueError):
+    """Bad user input, found before anything is provisioned. The message names the field and the fix."""
+
+
+class UnknownAcceleratorError(SpecError):
+    """An accelerator name that is not in the catalog; the message lists the closest names."""
+
+
+class NoOffersError(SkywardError):
+    """No offer matches what was asked; the message says, per provider, why not."""
+
+
+class ProvisioningError(SkywardError):
+    """Provisioning failed; the message lists every offer tried and its cause."""
+
+
+class CapacityError(ProvisioningError):
+    """The provider has no capacity for this offer now (blocks that offer/zone; try the next)."""
+
+
+class AuthError(ProvisioningError):
+    """Credentials are missing or refused (blocks the whole provider)."""
+
+
+class QuotaError(ProvisioningError):
+    """An account limit stops the request (blocks the whole provider)."""
+
+
+class BootTimeoutError(ProvisioningError):
+    """A node did not join the Ray cluster in time; the message names it and shows its log tail."""
+
+
+class PoolClosedError(SkywardError, RuntimeError):
+    """Work was sent to a pool whose `with` block has exited."""
+
+
+class NotInTaskError(SkywardError, RuntimeError):
+    """A task-only helper (`instance_info`, `shard`) was called outside a task."""
+
+
+class FunctionTimeoutError(SkywardError, TimeoutError):
+    """A call ran longer than its `timeout=`; the task was cancelled."""

@@ -1,0 +1,65 @@
+"""`sky.Image`: what every node has before the first task runs."""
+
+from __future__ import annotations
+
+import re
+
+from packaging.requirements import InvalidRequirement, Requirement
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_APT_NAME = re.compile(r"^[a-z0-9][a-z0-9+.\-]*(=[A-Za-z0-9.+:~\-]+)?$")
+
+
+class Image(BaseModel):
+    """Packages and environment for every node.
+
+    On cloud nodes the startup script installs `apt` and `pip` before Ray starts. On the local
+    provider nothing is installed into this machine's Python: `pip` goes through Ray's
+    `runtime_env` (a cached virtualenv per node), `env` is set for every task.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    pip: tuple[str, ...] = Field(default=(), description='pip requirement specifiers, e.g. "numpy>=2"')
+    apt: tuple[str, ...] = Field(default=(), description="Debian package names")
+    env: dict[str, str] = Field(default_factory=dict, description="environment variables for every task")
+    python: str | None = Field(default=None, description='Python version on the nodes, e.g. "3.11"')
+
+    @field_validator("pip", mode="before")
+    @classmethod
+    def _valid_pip(cls, value: object) -> tuple[str, ...]:
+        items = (value,) if isinstance(value, str) else tuple(value or ())  # type: ignore[arg-type]
+        for item in items:
+            try:
+                Requirement(str(item))
+            except InvalidRequirement as exc:
+                raise ValueError(
+                    f"Image.pip: {item!r} is not a valid pip requirement ({exc}); "
+                    'write it as pip would accept it, e.g. "numpy>=2.0" or "torch==2.4.1"'
+                ) from None
+        return tuple(str(i) for i in items)
+
+    @field_validator("apt", mode="before")
+    @classmethod
+    def _valid_apt(cls, value: object) -> tuple[str, ...]:
+        items = (value,) if isinstance(value, str) else tuple(value or ())  # type: ignore[arg-type]
+        for item in items:
+            if not _APT_NAME.match(str(item)):
+                raise ValueError(f"Image.apt: {item!r} is not a Debian package name (lower case, e.g. \"ffmpeg\")")
+        return tuple(str(i) for i in items)
+
+    @field_validator("env")
+    @classmethod
+    def _valid_env(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not _ENV_NAME.match(key):
+                raise ValueError(f"Image.env: {key!r} is not a valid environment variable name (letters, digits, _)")
+        return {k: str(v) for k, v in value.items()}
+
+    @field_validator("python")
+    @classmethod
+    def _valid_python(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^3\.\d+(\.\d+)?$", value):
+            raise ValueError(f'Image.python: {value!r} is not a Python version; write e.g. "3.11"')
+        return value

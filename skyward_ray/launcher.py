@@ -1,0 +1,222 @@
+"""Bring a cluster up through a Ray `NodeProvider`, and take it down again. Provider-agnostic.
+
+Order: prepare (`bootstrap_config`), head, then all workers at once (their startup scripts wait for
+the head's port, so they boot while the head boots), connect this process as the driver, then wait
+until Ray lists every node alive. Any failure on the way ends everything already created before the
+error is raised, so a failed launch leaves nothing running or billing.
+
+The provider module (named by the provider config) supplies three things: `build_provider_config`
+(the `provider:` section of a cluster config), the `NodeProvider` class it names, and
+`driver_endpoint` (where this process connects).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import importlib
+import secrets
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.autoscaler.node_provider import NodeProvider
+from ray.autoscaler.tags import (
+    NODE_KIND_HEAD,
+    NODE_KIND_WORKER,
+    TAG_RAY_CLUSTER_NAME,
+    TAG_RAY_LAUNCH_REQUEST,
+    TAG_RAY_NODE_KIND,
+    TAG_RAY_NODE_NAME,
+    TAG_RAY_NODE_STATUS,
+    TAG_RAY_USER_NODE_TYPE,
+    STATUS_UP_TO_DATE,
+)
+
+from skyward_ray.driver import DriverConnection
+from skyward_ray.errors import BootTimeoutError, ProvisioningError
+from skyward_ray.nodes import NodeInfo
+from skyward_ray.offers import Offer
+
+HEAD_TYPE = "skyward.head"
+WORKER_TYPE = "skyward.worker"
+
+
+@dataclass
+class Cluster:
+    """A running cluster: its provider handle, its nodes and this process's connection to it."""
+
+    name: str
+    provider: NodeProvider
+    provider_module: Any
+    offer: Offer
+    instance_ids: list[str]
+    driver: DriverConnection | None = None
+    nodes: list[NodeInfo] = field(default_factory=list)
+    started_at: float = field(default_factory=time.time)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def new_cluster_name() -> str:
+    return f"sky-{secrets.token_hex(4)}"
+
+
+def load_node_provider(provider_config: dict[str, Any], cluster_name: str) -> NodeProvider:
+    module_name, _, class_name = provider_config["module"].rpartition(".")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    cluster_config = cls.bootstrap_config({"cluster_name": cluster_name, "provider": provider_config})
+    return cls(cluster_config["provider"], cluster_name)
+
+
+def _tags(cluster_name: str, kind: str, index: int, launch_request: str) -> dict[str, str]:
+    return {
+        TAG_RAY_CLUSTER_NAME: cluster_name,
+        TAG_RAY_NODE_KIND: kind,
+        TAG_RAY_USER_NODE_TYPE: HEAD_TYPE if kind == NODE_KIND_HEAD else WORKER_TYPE,
+        TAG_RAY_NODE_NAME: f"{cluster_name}-{kind}-{index}",
+        TAG_RAY_NODE_STATUS: STATUS_UP_TO_DATE,
+        TAG_RAY_LAUNCH_REQUEST: launch_request,
+    }
+
+
+def _create(provider: NodeProvider, cluster_name: str, kind: str, index: int, launch_request: str) -> str:
+    created = provider.create_node_with_resources_and_labels(
+        {}, _tags(cluster_name, kind, index, launch_request), 1, {}, {"skyward/node-index": str(index)}
+    )
+    if not created:
+        raise ProvisioningError(f"the provider created no node for node {index} of {cluster_name}")
+    return next(iter(created))
+
+
+def _port_open(ip: str, port: int) -> bool:
+    try:
+        with socket.create_connection((ip, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _log_tail(provider: NodeProvider, instance_id: str) -> str:
+    tail = getattr(provider, "log_tail", None)
+    return tail(instance_id) if tail else "(this provider keeps no node log)"
+
+
+def launch(
+    provider_module: Any,
+    provider_config: dict[str, Any],
+    cluster_name: str,
+    auth_token: str,
+    offer: Offer,
+    nodes: int,
+    boot_timeout: float,
+    runtime_env: dict[str, Any] | None,
+) -> Cluster:
+    """Provision `nodes` nodes, boot Ray on them, and connect this process. Cleans up on failure."""
+    t0 = time.monotonic()
+    provider = load_node_provider(provider_config, cluster_name)
+    cluster = Cluster(name=cluster_name, provider=provider, provider_module=provider_module, offer=offer,
+                      instance_ids=[])
+    try:
+        launch_request = secrets.token_hex(4)
+        head = _create(provider, cluster_name, NODE_KIND_HEAD, 0, launch_request)
+        cluster.instance_ids.append(head)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, max(1, nodes - 1))) as pool:
+            futures = [pool.submit(_create, provider, cluster_name, NODE_KIND_WORKER, i, launch_request)
+                       for i in range(1, nodes)]
+            for future in futures:
+                cluster.instance_ids.append(future.result())
+        cluster.timings["provision_s"] = time.monotonic() - t0
+
+        address, node_ip = provider_module.driver_endpoint(provider, head)
+        deadline = time.monotonic() + boot_timeout
+        host, port = address.rsplit(":", 1)
+        while not _port_open(host, int(port)):
+            _fail_if_dead(provider, [head])
+            if time.monotonic() > deadline:
+                raise BootTimeoutError(
+                    f"the head node {head} did not open Ray's port {address} within {boot_timeout:g}s.\n"
+                    f"Last lines of its log:\n{_log_tail(provider, head)}"
+                )
+            time.sleep(0.1)
+        cluster.driver = DriverConnection(address, auth_token, node_ip, runtime_env)
+        cluster.driver.connect()
+        cluster.timings["head_s"] = time.monotonic() - t0
+        cluster.nodes = _wait_for_nodes(provider, cluster.instance_ids, offer, deadline, boot_timeout)
+        cluster.timings["ready_s"] = time.monotonic() - t0
+        return cluster
+    except BaseException:
+        teardown(cluster)
+        raise
+
+
+def _fail_if_dead(provider: NodeProvider, instance_ids: list[str]) -> None:
+    for instance_id in instance_ids:
+        if provider.is_terminated(instance_id):
+            raise ProvisioningError(
+                f"node {instance_id} stopped while booting.\nLast lines of its log:\n{_log_tail(provider, instance_id)}"
+            )
+
+
+def _wait_for_nodes(provider: NodeProvider, instance_ids: list[str], offer: Offer, deadline: float,
+                    boot_timeout: float) -> list[NodeInfo]:
+    """Wait until Ray lists every instance alive; return them as `NodeInfo`, head first."""
+    wanted = set(instance_ids)
+    while True:
+        alive = {
+            n["Labels"].get("skyward/instance-id"): n
+            for n in ray.nodes()
+            if n.get("Alive") and n.get("Labels", {}).get("skyward/instance-id") in wanted
+        }
+        if len(alive) == len(wanted):
+            break
+        missing = sorted(wanted - set(alive))
+        _fail_if_dead(provider, missing)
+        if time.monotonic() > deadline:
+            tails = "\n\n".join(f"--- {m} ---\n{_log_tail(provider, m)}" for m in missing)
+            raise BootTimeoutError(
+                f"{len(missing)} of {len(wanted)} nodes did not join the Ray cluster within {boot_timeout:g}s: "
+                f"{', '.join(missing)}.\nLast lines of their logs:\n{tails}"
+            )
+        time.sleep(0.1)
+    infos = []
+    for instance_id, node in alive.items():
+        labels = node["Labels"]
+        infos.append(NodeInfo(
+            index=int(labels.get("skyward/node-index", 0)),
+            instance_id=instance_id,
+            ray_node_id=node["NodeID"],
+            ip=node["NodeManagerAddress"],
+            provider=offer.provider,
+            accelerator=offer.accelerator,
+            accelerator_count=offer.count,
+            spot=offer.market == "spot",
+        ))
+    return sorted(infos, key=lambda n: n.index)
+
+
+def teardown(cluster: Cluster, wait_timeout: float = 60.0) -> list[str]:
+    """Disconnect, terminate every node, wait until the provider lists none, remove prepared resources.
+
+    Returns the instance ids still listed afterwards (empty on success).
+    """
+    if cluster.driver is not None:
+        cluster.driver.disconnect()
+    provider = cluster.provider
+    try:
+        live = provider.non_terminated_nodes({TAG_RAY_CLUSTER_NAME: cluster.name})
+    except Exception:
+        live = list(cluster.instance_ids)
+    ids = sorted(set(live) | set(cluster.instance_ids))
+    if ids:
+        provider.terminate_nodes(ids)
+    deadline = time.monotonic() + wait_timeout
+    left = provider.non_terminated_nodes({TAG_RAY_CLUSTER_NAME: cluster.name})
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = provider.non_terminated_nodes({TAG_RAY_CLUSTER_NAME: cluster.name})
+    if not left:
+        cleanup = getattr(provider, "cleanup_cluster_resources", None)
+        if cleanup is not None:
+            cleanup()
+    return left

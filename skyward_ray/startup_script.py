@@ -1,0 +1,181 @@
+"""The script every node boots itself with (AWS user data, RunPod docker args, Vast onstart, a local process).
+
+Why a script and not SSH: a node that sets itself up needs no inbound port, no key on the driver's
+side and no driver staying online during boot. The script
+
+1. installs the Image unless it is already satisfied (the driver's Ray and Python versions),
+2. starts `ray start --block` as head or worker, with the instance id, node type, labels, market
+   type and the cluster's auth token in the environment Ray reads them from,
+3. on the head, starts a watchdog that stops Ray when the driver's heartbeat stops (teardown layer 3),
+4. when Ray exits for any reason, runs the provider's shutdown command so the machine stops billing.
+
+No cloud credential ever goes into it: the only secret is the cluster's own Ray token, which is
+useless outside this cluster and dies with it.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+import ray
+
+WATCHDOG_SOURCE = (Path(__file__).parent / "watchdog.py").read_text()
+HEARTBEAT_NAMESPACE = "skyward"
+HEARTBEAT_KEY = "heartbeat"
+
+
+class NodeBoot(BaseModel):
+    """Everything one node's startup script needs. Built by a node provider, rendered here."""
+
+    role: str = Field(pattern="^(head|worker)$")
+    cluster_name: str
+    auth_token: str = Field(repr=False)
+    gcs_port: int = 6379
+    head_ip: str | None = Field(default=None, description="required for workers")
+    python: str = "python3"
+    ray_version: str = ray.__version__
+    python_version: str = "%d.%d.%d" % sys.version_info[:3]
+    pip: list[str] = Field(default_factory=list, description="installed on the node when the Image is not satisfied")
+    apt: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict, description="exported before Ray starts; tasks inherit it")
+    node_type_name: str = "skyward.worker"
+    labels: dict[str, str] = Field(default_factory=dict)
+    num_cpus: float | None = None
+    num_gpus: float | None = None
+    memory: int | None = None
+    object_store_memory: int | None = None
+    resources: dict[str, float] = Field(default_factory=dict)
+    market_type: str | None = Field(default=None, description='"spot" or "on-demand"; Ray reads RAY_NODE_MARKET_TYPE')
+    region: str | None = None
+    zone: str | None = None
+    instance_id_shell: str = Field(default="${SKYWARD_INSTANCE_ID}", description="shell expression giving the instance id")
+    node_ip_shell: str = Field(default="${SKYWARD_NODE_IP:-$(hostname -I | awk '{print $1}')}")
+    temp_dir_shell: str | None = Field(default=None, description="shell expression for Ray's temp dir (short: unix sockets)")
+    extra_ray_args: list[str] = Field(default_factory=list)
+    heartbeat_grace: float = 30.0
+    first_heartbeat_grace: float = 600.0
+    head_wait_timeout: float = 600.0
+    gcs_reconnect_timeout: int = 15
+    shutdown_command: str = ""
+
+
+def _export(name: str, value: object) -> str:
+    return f"export {name}={shlex.quote(str(value))}"
+
+
+def _ray_start_command(boot: NodeBoot) -> list[str]:
+    args = ['"$SKYWARD_PYTHON"', "-m", "ray.scripts.scripts", "start", "--block", "--disable-usage-stats"]
+    args.append('--node-ip-address="$NODE_IP"')
+    if boot.role == "head":
+        args += ["--head", f"--port={boot.gcs_port}", "--include-dashboard=false"]
+    else:
+        args.append(f"--address={boot.head_ip}:{boot.gcs_port}")
+    if boot.temp_dir_shell:
+        args.append(f'--temp-dir="{boot.temp_dir_shell}"')
+    if boot.num_cpus is not None:
+        args.append(f"--num-cpus={boot.num_cpus:g}")
+    if boot.num_gpus is not None:
+        args.append(f"--num-gpus={boot.num_gpus:g}")
+    if boot.memory is not None:
+        args.append(f"--memory={boot.memory}")
+    if boot.object_store_memory is not None:
+        args.append(f"--object-store-memory={boot.object_store_memory}")
+    if boot.resources:
+        args.append("--resources=" + shlex.quote(json.dumps(boot.resources)))
+    if boot.labels:
+        args.append("--labels=" + shlex.quote(",".join(f"{k}={v}" for k, v in sorted(boot.labels.items()))))
+    args += [shlex.quote(a) for a in boot.extra_ray_args]
+    return args
+
+
+def render(boot: NodeBoot) -> str:
+    """The bash script for one node. Plain text: callers base64 it where their API needs quoting."""
+    if boot.role == "worker" and not boot.head_ip:
+        raise ValueError("a worker's startup script needs head_ip")
+    lines = [
+        "#!/usr/bin/env bash",
+        f"# skyward_ray node bootstrap: cluster {boot.cluster_name}, role {boot.role}",
+        "set -u",
+        _export("SKYWARD_PYTHON", boot.python),
+        f'export SKYWARD_INSTANCE_ID="{boot.instance_id_shell}"',
+        f'NODE_IP="{boot.node_ip_shell}"',
+        'export SKYWARD_NODE_IP="$NODE_IP"',
+        _export("SKYWARD_CLUSTER", boot.cluster_name),
+        _export("RAY_USAGE_STATS_ENABLED", 0),
+        _export("RAY_AUTH_MODE", "token"),
+        _export("RAY_AUTH_TOKEN", boot.auth_token),
+        'export RAY_CLOUD_INSTANCE_ID="$SKYWARD_INSTANCE_ID"',
+        _export("RAY_NODE_TYPE_NAME", boot.node_type_name),
+        _export("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", 0),
+        _export("RAY_gcs_rpc_server_reconnect_timeout_s", boot.gcs_reconnect_timeout),
+        _export("SKYWARD_HEAD_IP", boot.head_ip or "") if boot.role == "worker" else 'export SKYWARD_HEAD_IP="$NODE_IP"',
+    ]
+    if boot.market_type:
+        lines.append(_export("RAY_NODE_MARKET_TYPE", boot.market_type))
+    if boot.region:
+        lines.append(_export("RAY_NODE_REGION", boot.region))
+    if boot.zone:
+        lines.append(_export("RAY_NODE_ZONE", boot.zone))
+    for key, value in sorted(boot.env.items()):
+        lines.append(_export(key, value))
+    if boot.temp_dir_shell:
+        lines.append(f'mkdir -p "{boot.temp_dir_shell}"')
+
+    version_check = (
+        "import sys, ray; "
+        f"sys.exit(0 if ray.__version__ == {boot.ray_version!r} and "
+        f"'%d.%d.%d' % sys.version_info[:3] == {boot.python_version!r} else 1)"
+    )
+    install = []
+    if boot.apt:
+        install.append("(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
+                       + " ".join(shlex.quote(p) for p in boot.apt) + ")")
+    install.append(f'"$SKYWARD_PYTHON" -m pip install -q {shlex.quote(f"ray[default]=={boot.ray_version}")}'
+                   + "".join(" " + shlex.quote(p) for p in boot.pip))
+    lines += [
+        f'if ! "$SKYWARD_PYTHON" -c {shlex.quote(version_check)} 2>/dev/null; then',
+        "  echo 'skyward: installing the image'",
+        "  " + " && ".join(install) + " || { echo 'skyward: image install failed'; " + _shutdown(boot) + "; exit 1; }",
+        "fi",
+    ]
+    if boot.role == "worker":
+        lines += [
+            f"deadline=$((SECONDS + {int(boot.head_wait_timeout)}))",
+            f"until (exec 3<>/dev/tcp/{boot.head_ip}/{boot.gcs_port}) 2>/dev/null; do",
+            '  if [ "$SECONDS" -ge "$deadline" ]; then echo "skyward: head never answered"; '
+            + _shutdown(boot) + "; exit 1; fi",
+            "  sleep 0.2",
+            "done",
+        ]
+    lines += [
+        "echo 'skyward: starting ray'",
+        " ".join(_ray_start_command(boot)) + " &",
+        "RAY_PID=$!",
+    ]
+    if boot.role == "head":
+        lines += [
+            f'SKYWARD_WATCH_GCS="$NODE_IP:{boot.gcs_port}" SKYWARD_WATCH_RAY_PID="$RAY_PID" '
+            f"SKYWARD_WATCH_GRACE={boot.heartbeat_grace:g} SKYWARD_WATCH_FIRST_GRACE={boot.first_heartbeat_grace:g} "
+            f"SKYWARD_WATCH_NAMESPACE={HEARTBEAT_NAMESPACE} SKYWARD_WATCH_KEY={HEARTBEAT_KEY} "
+            "\"$SKYWARD_PYTHON\" -c \"$(cat <<'SKYWARD_WATCHDOG'",
+            WATCHDOG_SOURCE.rstrip("\n"),
+            "SKYWARD_WATCHDOG",
+            ')" &',
+        ]
+    lines += [
+        'trap \'kill -TERM "$RAY_PID" 2>/dev/null\' TERM INT HUP',
+        'wait "$RAY_PID"',
+        'wait "$RAY_PID" 2>/dev/null',
+        "echo \"skyward: ray exited ($?); ending this machine\"",
+        _shutdown(boot),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _shutdown(boot: NodeBoot) -> str:
+    return boot.shutdown_command or "true"

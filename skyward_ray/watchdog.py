@@ -1,0 +1,76 @@
+"""Head-node watchdog: stop Ray when the driver's heartbeat stops (teardown layer 3).
+
+A driver that is SIGKILLed, or a laptop that closes, runs no cleanup. The driver therefore bumps a
+counter in Ray's internal KV every couple of seconds; this watchdog, started by the head's startup
+script, reads it. When the value has not changed for `SKYWARD_WATCH_GRACE` seconds (measured on
+this node's own clock, so clock skew between machines does not matter) it stops the head's Ray.
+Workers then lose their head and exit, and every node's startup script ends its machine. No cloud
+credentials are needed for any of this.
+
+This file runs standalone on the node (embedded into the startup script), so it imports nothing
+from skyward_ray. A heartbeat value of b"detached" means the pool deliberately outlives its driver
+(`skyward-ray up`), and the watchdog stands down.
+"""
+
+import os
+import signal
+import sys
+import time
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def _log(message: str) -> None:
+    print(f"skyward watchdog: {message}", flush=True)
+
+
+def main() -> int:
+    from ray._raylet import GcsClient
+
+    address = os.environ["SKYWARD_WATCH_GCS"]
+    ray_pid = int(os.environ["SKYWARD_WATCH_RAY_PID"])
+    grace = float(os.environ.get("SKYWARD_WATCH_GRACE", "30"))
+    first_grace = float(os.environ.get("SKYWARD_WATCH_FIRST_GRACE", "600"))
+    namespace = os.environ.get("SKYWARD_WATCH_NAMESPACE", "skyward").encode()
+    key = os.environ.get("SKYWARD_WATCH_KEY", "heartbeat").encode()
+
+    client = None
+    last_value = None
+    last_change = time.monotonic()
+    while _alive(ray_pid):
+        time.sleep(1.0)
+        try:
+            if client is None:
+                client = GcsClient(address=address)
+            value = client.internal_kv_get(key, namespace, timeout=5)
+        except Exception:  # GCS not up yet, or busy: the clock keeps running
+            value = last_value
+        now = time.monotonic()
+        if value == b"detached":
+            _log("pool detached from its driver; standing down")
+            return 0
+        if value != last_value:
+            last_value, last_change = value, now
+        limit = grace if last_value is not None else first_grace
+        if now - last_change > limit:
+            _log(f"no driver heartbeat for {now - last_change:.0f}s (limit {limit:g}s); stopping ray")
+            os.kill(ray_pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while _alive(ray_pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if _alive(ray_pid):
+                os.kill(ray_pid, signal.SIGKILL)
+            return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Shared test fixtures: quiet, token-authenticated, and nothing left running.
+
+Every pool a test opens is a real multi-node Ray cluster on this machine (local processes bound to
+127.x addresses). The `no_leftover_processes` fixture counts every process carrying a skyward
+instance marker before and after each test; a test that leaves one fails, and the stray processes
+are ended by process id so the next test starts clean. Nothing here ever runs `ray stop`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from node_providers.process_host import INSTANCE_MARKER, end_processes, processes_with_marker
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("SKYWARD_QUIET", "1")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pool_processes(except_open: bool = False) -> list:
+    """Every live process of any skyward pool on this machine (they all carry the marker).
+
+    With `except_open`, processes of pools still open in this test process (a module-scoped pool
+    shared by several tests) are left out.
+    """
+    from skyward_ray.compute import _OPEN_POOLS
+
+    open_names = {pool._cluster.name for pool in list(_OPEN_POOLS) if pool._cluster is not None}
+    found = []
+    for proc in processes_with_marker("sky-*"):
+        try:
+            marker = proc.environ().get(INSTANCE_MARKER, "")
+        except Exception:
+            continue
+        if except_open and any(marker.startswith(name + "-") for name in open_names):
+            continue
+        found.append(proc)
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes():
+    before = {p.pid for p in pool_processes()}
+    yield
+    deadline = time.monotonic() + 10
+    left = [p for p in pool_processes(except_open=True) if p.pid not in before]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.25)
+        left = [p for p in pool_processes(except_open=True) if p.pid not in before]
+    if left:
+        described = [f"{p.pid} {' '.join(p.cmdline())[:80]}" for p in left]
+        end_processes(left, grace=1)
+        pytest.fail(f"{len(left)} pool processes were left running: {described}")
+
+
+def run_python(code: str, timeout: float = 180, env: dict[str, str] | None = None,
+               **popen: object) -> subprocess.Popen:
+    """Start `code` in a fresh interpreter (a separate driver) and return the running process."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.Popen([sys.executable, "-c", code], env=full_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **popen)  # type: ignore[arg-type]
+
+
+def wait_for_line(proc: subprocess.Popen, prefix: str, timeout: float = 180) -> str:
+    """Read the child's output until a line starts with `prefix`; fail with its output otherwise."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if line.startswith(prefix):
+            return line[len(prefix):].strip()
+    proc.kill()
+    raise AssertionError(f"no line starting with {prefix!r}; child output:\n{''.join(seen)}")
