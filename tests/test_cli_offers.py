@@ -1,0 +1,71 @@
+"""`skyward-ray offers` / `skyward-ray plan` as a user runs them (typer's CliRunner, real snapshots)."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from skyward_ray.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def test_offers_json_is_ranked_and_filtered():
+    result = invoke("offers", "--accelerator", "H100:8", "--provider", "aws,runpod", "--allocation", "spot",
+                    "--max-price", "30", "--json", "--limit", "0")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    offers = data["offers"]
+    assert offers and data["total"] == len(offers)
+    assert {o["provider"] for o in offers} == {"aws", "runpod"}
+    assert all(o["market"] == "spot" and o["price"] <= 30 and o["count"] >= 8 for o in offers)
+    assert [o["price"] for o in offers] == sorted(o["price"] for o in offers)
+    assert all(o["accelerator"] == "H100" and o["price_age"].startswith("snapshot ") for o in offers)
+    assert offers[0]["price_per_accelerator"] == offers[0]["price"] / offers[0]["count"]
+
+
+def test_offers_region_filter():
+    result = invoke("offers", "-a", "L4", "-p", "aws", "--region", "eu-west-1", "--json", "--limit", "0")
+    data = json.loads(result.output)
+    assert data["offers"] and {o["region"] for o in data["offers"]} == {"eu-west-1"}
+
+
+def test_offers_table_has_the_columns():
+    result = invoke("offers", "-a", "A100-80GB:8", "-p", "aws,runpod,vastai", "--limit", "5")
+    assert result.exit_code == 0, result.output
+    for column in ("provider", "accelerator", "instance / GPU type", "region / zone", "market", "$/h node",
+                   "$/h GPU", "price source"):
+        assert column in result.output
+    assert "A100 SXM 80GB ×8" in result.output and "days old)" in result.output
+    assert "rejected:" in result.output
+
+
+def test_plan_json_and_text():
+    result = invoke("plan", "-a", "H100:8", "-p", "aws,runpod,vastai", "-n", "2", "--json")
+    data = json.loads(result.output)
+    assert data["nodes"] == 2 and len(data["specs"]) == 3
+    assert data["chosen"] == data["offers"][0]
+    assert data["rejected"] and {"reason", "filter", "offer"} <= set(data["rejected"][0])
+    text = invoke("plan", "-a", "H100:8", "-p", "aws", "--allocation", "on-demand")
+    assert text.exit_code == 0
+    assert "Chosen: aws p5.48xlarge H100 SXM 80GB ×8 on-demand" in text.output
+
+
+def test_no_offers_exits_1_with_reasons():
+    result = invoke("offers", "-a", "H100:8", "-p", "aws", "--max-price", "5")
+    assert result.exit_code == 1
+    assert "NoOffersError" in result.output and "max_hourly_cost" in result.output
+    as_json = invoke("offers", "-a", "H100:8", "-p", "aws", "--max-price", "5", "--json")
+    assert as_json.exit_code == 1 and json.loads(as_json.output)["error"] == "NoOffersError"
+
+
+def test_bad_input_exits_2_naming_the_fix():
+    result = invoke("offers", "-a", "H1000:8")
+    assert result.exit_code == 2 and "Closest: H100" in result.output
+    result = invoke("plan", "-a", "H100", "-p", "gcp")
+    assert result.exit_code == 2 and "Unknown provider 'gcp'" in result.output

@@ -1,0 +1,175 @@
+"""`sky.plan`: arguments → specs → provider offers (snapshots) → ranked plan or a helpful error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from skyward_ray.errors import NoOffersError, SpecError
+from skyward_ray.planning import plan, specs_from_arguments
+from skyward_ray.providers import AWS, RunPod, VastAI
+from skyward_ray.spec import Spec
+
+# Fixture snapshots with every quirk (and nothing else), so expectations are exact.
+FIXTURES = {
+    "aws_instance_types.csv": """\
+# fixture
+instance_type,gpu_name,gpu_manufacturer,gpu_count,gpu_memory_mib,vcpus,memory_mib
+p5.48xlarge,H100,NVIDIA,8,81920,192,2097152
+p4d.24xlarge,A100,NVIDIA,8,40960,96,1179648
+p4de.24xlarge,A100,NVIDIA,8,81920,96,1179648
+""",
+    "aws_prices.csv": """\
+region,zone,instance_type,market,price,source,as_of
+us-east-1,,p5.48xlarge,on-demand,55.04,fixture price list,2026-11-01
+us-east-1,us-east-1a,p5.48xlarge,spot,21.00,fixture spot history,2026-11-01
+us-east-1,us-east-1b,p5.48xlarge,spot,0.00,fixture spot history,2026-11-01
+eu-west-1,,p5.48xlarge,on-demand,61.09,fixture price list,2026-11-01
+eu-west-1,eu-west-1a,p5.48xlarge,spot,61.09,fixture spot history,2026-11-01
+us-east-1,,p4d.24xlarge,on-demand,32.77,fixture price list,2026-11-01
+us-east-1,,p4d.24xlarge,on-demand,32.77,fixture price list,2026-11-01
+us-east-1,us-east-1a,p4d.24xlarge,spot,5.09,fixture spot history,2026-11-01
+us-east-1,,p4de.24xlarge,on-demand,40.97,fixture price list,2026-11-01
+""",
+    "runpod_gpu_types.csv": """\
+gpu_type_id,display_name,memory_gb,cloud_type,on_demand_per_gpu,spot_per_gpu,vcpus_per_gpu,memory_gb_per_gpu,max_gpu_count,source,as_of
+NVIDIA H100 80GB HBM3,H100 SXM,80,SECURE,2.99,2.69,20,125,8,fixture gpuTypes,2026-11-10
+NVIDIA H100 SXM,H100 SXM,80,SECURE,2.99,2.69,20,125,8,fixture gpuTypes,2026-11-10
+NVIDIA H100 PCIe,H100 PCIe,80,COMMUNITY,1.99,,16,125,8,fixture gpuTypes,2026-11-10
+NVIDIA GeForce RTX 4090,RTX 4090,24,COMMUNITY,0.69,0.34,8,31,8,fixture gpuTypes,2026-11-10
+""",
+    "vastai_offers.csv": """\
+id,machine_id,gpu_name,num_gpus,gpu_ram,cpu_cores_effective,cpu_ram,dph_total,min_bid,reliability,geolocation,verification,hosting_type,source,as_of
+100,1,H100 SXM,8,81920,128,1024000,17.00,9.50,0.99,"Texas, US",verified,0,fixture bundles,2026-11-20
+101,2,RTX 4090,1,24576,16,64000,0.35,0.20,0.99,"Germany, DE",verified,0,fixture bundles,2026-11-20
+101,2,GeForce RTX 4090,1,24576,16,64000,0.35,0.20,0.99,"Germany, DE",verified,0,fixture bundles,2026-11-20
+102,3,RTX 4090,1,24576,16,64000,0.30,0.00,0.99,"Texas, US",unverified,0,fixture bundles,2026-11-20
+103,4,RTX 4090,1,24576,16,64000,0.31,,0.90,"Texas, US",verified,0,fixture bundles,2026-11-20
+104,5,A100 SXM4,8,40960,64,512000,5.90,,0.99,"Quebec, CA",verified,0,fixture bundles,2026-11-20
+""",
+}
+
+
+@pytest.fixture
+def fixture_catalog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for name, text in FIXTURES.items():
+        (tmp_path / name).write_text(text)
+    monkeypatch.setenv("SKYWARD_RAY_CATALOG_DIR", str(tmp_path))
+    return tmp_path
+
+
+def rows(result):
+    return [(o.provider, o.instance_type, o.market, round(o.price, 2)) for o in result.offers]
+
+
+def test_aws_quirks_from_the_snapshot(fixture_catalog):
+    result = plan(provider=AWS(), accelerator="H100:8")
+    assert rows(result) == [
+        ("aws", "p5.48xlarge", "spot", 21.0),
+        ("aws", "p5.48xlarge", "on-demand", 55.04),
+        ("aws", "p5.48xlarge", "on-demand", 61.09),
+    ]
+    assert {r.filter for r in result.rejected} == {"no_discount"}  # 0.00 and spot == on-demand
+    assert result.chosen.zone == "us-east-1a" and result.chosen.price_source == "snapshot:aws"
+    assert result.chosen.price_as_of.date().isoformat() == "2026-11-01"
+
+
+def test_aws_region_config_and_duplicate_price_rows(fixture_catalog):
+    result = plan(provider=AWS(region="eu-west-1"), accelerator="H100:8")
+    assert rows(result) == [("aws", "p5.48xlarge", "on-demand", 61.09)]
+    a100 = plan(provider=AWS(), accelerator="A100-40GB:8", allocation="on-demand")
+    assert rows(a100) == [("aws", "p4d.24xlarge", "on-demand", 32.77)]
+    assert "duplicate" in {r.filter for r in a100.rejected}
+
+
+def test_runpod_two_names_per_node_counts_and_cloud_type(fixture_catalog):
+    result = plan(provider=RunPod(), accelerator="H100:8", allocation="cheapest")
+    assert rows(result) == [
+        ("runpod", "NVIDIA H100 PCIe", "on-demand", 15.92),
+        ("runpod", "NVIDIA H100 80GB HBM3", "spot", 21.52),
+        ("runpod", "NVIDIA H100 80GB HBM3", "on-demand", 23.92),
+    ]
+    assert sum(r.filter == "duplicate" for r in result.rejected) == 2  # "NVIDIA H100 SXM" rows
+    sizes = plan(provider=RunPod(cloud_type="SECURE"), accelerator="H100", allocation="on-demand")
+    assert [o.count for o in sizes.offers] == [1, 2, 4, 8]
+    assert {o.tier for o in sizes.offers} == {"SECURE"}
+
+
+def test_vast_filters_and_dedup(fixture_catalog):
+    result = plan(provider=VastAI(), accelerator="RTX4090", allocation="on-demand")
+    assert rows(result) == [("vastai", "101", "on-demand", 0.35)]  # 102 unverified, 103 below reliability
+    assert sum(r.filter == "duplicate" for r in result.rejected) == 1
+    loose = plan(provider=VastAI(verified_only=False, min_reliability=0.5), accelerator="RTX4090", allocation="spot")
+    assert rows(loose) == [("vastai", "101", "spot", 0.2)]
+    reasons = {r.offer.instance_type: r.reason for r in loose.rejected if r.filter != "duplicate"}
+    assert "$0.00" in reasons["102"]
+    assert "no spot price listed" in reasons["103"]
+    a100 = plan(provider=VastAI(), accelerator="A100-40GB:8")
+    assert rows(a100) == [("vastai", "104", "on-demand", 5.9)]
+
+
+def test_three_providers_in_one_plan(fixture_catalog):
+    result = plan(provider=[AWS(), RunPod(), VastAI()], accelerator="H100:8", nodes=2)
+    assert [o.provider for o in result.offers][:3] == ["vastai", "aws", "runpod"]
+    assert result.nodes == 2
+    assert [result.specs[o.spec_index].provider.name for o in result.offers] == [o.provider for o in result.offers]
+    same = plan(Spec(provider="aws", accelerator="H100:8"), Spec(provider="runpod", accelerator="H100:8"),
+                Spec(provider="vastai", accelerator="H100:8"), nodes=SimpleNamespace(desired=2))
+    assert rows(same) == rows(result)
+
+
+def test_plan_text_says_snapshot_and_age(fixture_catalog):
+    text = str(plan(provider="aws,vastai", accelerator="H100:8"))
+    assert "snapshot 2026-11-01 (" in text and "days old)" in text
+    assert "snapshot 2026-11-20 (" in text
+    assert "rejected" in text
+
+
+def test_no_offers_error_names_the_ask_the_reasons_and_nearest(fixture_catalog):
+    with pytest.raises(NoOffersError) as info:
+        plan(provider=AWS(), accelerator="H100:8", max_hourly_cost=10)
+    message = str(info.value)
+    assert "H100:8 on aws (spot-if-available, ≤ $10/h per node)" in message
+    assert "max_hourly_cost: e.g. $21.00/h per node (spot) is over max_hourly_cost $10.00/h" in message
+    assert "raise max_hourly_cost to at least 21.00" in message
+    assert "vastai 100 H100 SXM 80GB ×8 spot $9.50/h" in message  # cheaper elsewhere
+
+    with pytest.raises(NoOffersError) as info:
+        plan(provider=AWS(), accelerator="RTX4090")
+    message = str(info.value)
+    assert "aws lists no RTX4090 offers; it has A100, H100" in message
+    assert "provider='runpod'" in message and "provider='vastai'" in message
+
+    with pytest.raises(NoOffersError, match=r"form_factor: e\.g\. H100 SXM, asked H100 PCIe"):
+        plan(provider=AWS(), accelerator="H100-PCIe:8")
+
+
+def test_specs_from_arguments_rules():
+    assert len(specs_from_arguments((), provider=[AWS(), "runpod"], accelerator="L4")) == 2
+    with pytest.raises(SpecError, match="not both.*move accelerator="):
+        specs_from_arguments((Spec(),), accelerator="H100")
+    with pytest.raises(SpecError, match="must be sky.Spec"):
+        specs_from_arguments(("H100:8",))
+    with pytest.raises(SpecError, match="allocation='sometimes'"):
+        plan(provider="aws", accelerator="H100", allocation="sometimes")
+    with pytest.raises(SpecError, match="nodes"):
+        plan(provider="aws", accelerator="H100", nodes=0)
+
+
+def test_plan_accepts_compute_arguments_with_the_real_snapshot():
+    result = plan(provider=AWS(), accelerator="H100:8", image=object(), region="us-east-1")
+    assert result.chosen.instance_type == "p5.48xlarge" and result.chosen.market == "spot"
+    assert 18 <= result.chosen.price <= 25  # anchored on ~21 (FACTS.md)
+    on_demand = plan(provider=AWS(), accelerator="H100:8", allocation="on-demand", region="us-east-1")
+    assert on_demand.chosen.price == pytest.approx(55.04)
+
+
+def test_a_failing_provider_becomes_a_note(monkeypatch):
+    class Broken(AWS):
+        module = "node_providers.does_not_exist"
+
+    result = plan(Spec(provider=Broken(), accelerator="H100:8"), Spec(provider=RunPod(), accelerator="H100:8"))
+    assert result.chosen.provider == "runpod"
+    assert any("could not list offers" in note for note in result.notes)
