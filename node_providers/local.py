@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-from datetime import datetime, timezone
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -79,11 +78,12 @@ def list_offers(config: "Local", accelerator: "Accelerator | None" = None) -> li
         provider=PROVIDER_NAME, market="on-demand", price=0.0, on_demand_price=0.0, spot_price=None,
         region="local", zone=None, vcpus=float(os.cpu_count() or 1),
         memory_gb=psutil.virtual_memory().total / 1024**3, price_source="local (free)",
-        price_as_of=datetime.now(timezone.utc),
+        price_as_of=None,
     )
     offers = [Offer(accelerator=None, count=0, instance_type="local", **base)]
     if accelerator is not None and config.simulate_accelerators:
         offers.append(Offer(accelerator=accelerator.name, count=accelerator.count,
+                            form_factor=accelerator.form_factor, accelerator_memory_gb=accelerator.memory,
                             instance_type=f"local-simulated-{accelerator.name}", **base))
     gpus = detect_gpus()
     if gpus:

@@ -198,7 +198,7 @@ class ProcessHost:
         for machine in targets:
             with contextlib.suppress(ChildProcessError, psutil.NoSuchProcess, psutil.TimeoutExpired):
                 psutil.Process(machine.pid).wait(0)
-            if not keep_directory:
+            if not (keep_directory or os.environ.get("SKYWARD_KEEP_NODE_LOGS")):
                 shutil.rmtree(machine.directory, ignore_errors=True)
 
     def _processes_of(self, machine: Machine) -> list[psutil.Process]:

@@ -84,6 +84,7 @@ class Compute:
         except BaseException:
             self._close()
             raise
+        self._install_signal_handlers()  # ray.init put its own SIGTERM handler in place of ours
         self._state = "open"
         return self
 
@@ -160,9 +161,9 @@ class Compute:
             return
         for sig in _SIGNALS:
             previous = signal.getsignal(sig)
-            if previous in (signal.SIG_IGN,):
-                continue
-            self._previous_handlers[sig] = previous
+            if previous == signal.SIG_IGN and sig not in self._previous_handlers:
+                continue  # the user ignores this signal on purpose (e.g. nohup): leave it so
+            self._previous_handlers.setdefault(sig, previous)  # keep the user's, not Ray's, to restore
             signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum: int, frame: Any) -> None:

@@ -26,7 +26,7 @@ def original_exception(error: BaseException) -> BaseException:
     if isinstance(error, RayTaskError):
         cause = error.cause
         if isinstance(cause, BaseException) and not isinstance(cause, RayTaskError):
-            cause.add_note(f"Raised on the remote node; its traceback:\n{error.traceback_str}")
+            cause.add_note(f"Raised on the remote node; its traceback:\n{error}")
             return cause
     return error
 
@@ -73,9 +73,14 @@ def run(pending: PendingFunction[Any], options: dict[str, Any]) -> Any:
     return _get([_submit(pending, options)], [pending], started)[0]
 
 
+def _spread(options: dict[str, Any]) -> dict[str, Any]:
+    """A group is meant to run in parallel over the pool: spread it, rather than pack the first node."""
+    return options if "scheduling_strategy" in options else {**options, "scheduling_strategy": "SPREAD"}
+
+
 def run_many(pendings: list[PendingFunction[Any]], options: list[dict[str, Any]]) -> list[Any]:
     started = time.monotonic()
-    refs = [_submit(p, o) for p, o in zip(pendings, options)]
+    refs = [_submit(p, _spread(o)) for p, o in zip(pendings, options)]
     return _get(refs, pendings, started)
 
 

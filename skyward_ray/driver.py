@@ -42,15 +42,27 @@ class DriverConnection:
         self._thread: threading.Thread | None = None
         self.connected = False
 
-    def connect(self) -> None:
+    def use_token(self) -> None:
+        """Put this cluster's token where Ray's clients read it (this process's environment)."""
         if ray.is_initialized():
             raise RuntimeError(
                 "Ray is already initialized in this process; call ray.shutdown() before opening a sky.Compute pool"
             )
-        self._saved_env = {name: os.environ.get(name) for name in _AUTH_VARIABLES}
+        if not self._saved_env:
+            self._saved_env = {name: os.environ.get(name) for name in _AUTH_VARIABLES}
         os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self._token, "RAY_USAGE_STATS_ENABLED": "0"})
         os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
         _reset_ray_auth_cache()
+
+    def gcs_client(self) -> Any:
+        """A plain GCS client (not a driver): lets the launcher watch nodes join without joining."""
+        from ray._raylet import GcsClient
+
+        self.use_token()
+        return GcsClient(address=self.address)
+
+    def connect(self) -> None:
+        self.use_token()
         kwargs: dict[str, Any] = {"address": self.address, "log_to_driver": True, "configure_logging": False}
         if self._node_ip:
             kwargs["_node_ip_address"] = self._node_ip

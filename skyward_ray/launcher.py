@@ -40,6 +40,10 @@ from skyward_ray.nodes import NodeInfo
 from skyward_ray.offers import Offer
 
 HEAD_TYPE = "skyward.head"
+
+# Names of the clusters this process launched, in order: lets diagnostics (and the test suite's
+# leftover-process check) look at exactly this process's pools and no one else's.
+STARTED_CLUSTERS: list[str] = []
 WORKER_TYPE = "skyward.worker"
 
 
@@ -114,6 +118,7 @@ def launch(
 ) -> Cluster:
     """Provision `nodes` nodes, boot Ray on them, and connect this process. Cleans up on failure."""
     t0 = time.monotonic()
+    STARTED_CLUSTERS.append(cluster_name)
     provider = load_node_provider(provider_config, cluster_name)
     cluster = Cluster(name=cluster_name, provider=provider, provider_module=provider_module, offer=offer,
                       instance_ids=[])
@@ -140,9 +145,13 @@ def launch(
                 )
             time.sleep(0.1)
         cluster.driver = DriverConnection(address, auth_token, node_ip, runtime_env)
+        cluster.timings["head_port_s"] = time.monotonic() - t0
+        # Watch the nodes join through a plain GCS client first: a driver connected to a cluster
+        # that then fails would be ended by Ray itself after 60 s, taking the user's process along.
+        cluster.nodes = _wait_for_nodes(cluster.driver.gcs_client(), provider, cluster.instance_ids, offer,
+                                        deadline, boot_timeout)
+        cluster.timings["nodes_s"] = time.monotonic() - t0
         cluster.driver.connect()
-        cluster.timings["head_s"] = time.monotonic() - t0
-        cluster.nodes = _wait_for_nodes(provider, cluster.instance_ids, offer, deadline, boot_timeout)
         cluster.timings["ready_s"] = time.monotonic() - t0
         return cluster
     except BaseException:
@@ -158,15 +167,20 @@ def _fail_if_dead(provider: NodeProvider, instance_ids: list[str]) -> None:
             )
 
 
-def _wait_for_nodes(provider: NodeProvider, instance_ids: list[str], offer: Offer, deadline: float,
+def _wait_for_nodes(gcs: Any, provider: NodeProvider, instance_ids: list[str], offer: Offer, deadline: float,
                     boot_timeout: float) -> list[NodeInfo]:
-    """Wait until Ray lists every instance alive; return them as `NodeInfo`, head first."""
+    """Wait until the GCS lists every instance alive; return them as `NodeInfo`, head first."""
     wanted = set(instance_ids)
+    alive: dict[str, Any] = {}
     while True:
+        try:
+            table = gcs.get_all_node_info(timeout=5)
+        except Exception:  # the GCS is still starting, or busy on this small machine
+            table = {}
         alive = {
-            n["Labels"].get("skyward/instance-id"): n
-            for n in ray.nodes()
-            if n.get("Alive") and n.get("Labels", {}).get("skyward/instance-id") in wanted
+            info.labels.get("skyward/instance-id"): info
+            for info in table.values()
+            if info.state == 0 and info.labels.get("skyward/instance-id") in wanted  # 0 = ALIVE
         }
         if len(alive) == len(wanted):
             break
@@ -180,13 +194,12 @@ def _wait_for_nodes(provider: NodeProvider, instance_ids: list[str], offer: Offe
             )
         time.sleep(0.1)
     infos = []
-    for instance_id, node in alive.items():
-        labels = node["Labels"]
+    for instance_id, info in alive.items():
         infos.append(NodeInfo(
-            index=int(labels.get("skyward/node-index", 0)),
+            index=int(info.labels.get("skyward/node-index", 0)),
             instance_id=instance_id,
-            ray_node_id=node["NodeID"],
-            ip=node["NodeManagerAddress"],
+            ray_node_id=info.node_id.hex(),
+            ip=info.node_manager_address,
             provider=offer.provider,
             accelerator=offer.accelerator,
             accelerator_count=offer.count,

@@ -24,23 +24,24 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def pool_processes(except_open: bool = False) -> list:
-    """Every live process of any skyward pool on this machine (they all carry the marker).
+    """Every live process of the pools this test process launched (their processes carry a marker).
 
     With `except_open`, processes of pools still open in this test process (a module-scoped pool
     shared by several tests) are left out.
     """
     from skyward_ray.compute import _OPEN_POOLS
+    from skyward_ray.launcher import STARTED_CLUSTERS
 
     open_names = {pool._cluster.name for pool in list(_OPEN_POOLS) if pool._cluster is not None}
+    mine = [name for name in STARTED_CLUSTERS if not (except_open and name in open_names)]
     found = []
     for proc in processes_with_marker("sky-*"):
         try:
             marker = proc.environ().get(INSTANCE_MARKER, "")
         except Exception:
             continue
-        if except_open and any(marker.startswith(name + "-") for name in open_names):
-            continue
-        found.append(proc)
+        if any(marker.startswith(name + "-") for name in mine):
+            found.append(proc)
     return found
 
 
