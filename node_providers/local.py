@@ -123,8 +123,18 @@ def default_state_dir(cluster_name: str) -> str:
 
 
 def build_provider_config(config: "Local", cluster_name: str, auth_token: str, nodes: int,
-                          accelerator: "Accelerator | None", heartbeat_grace: float) -> dict[str, Any]:
+                          accelerator: "Accelerator | None", heartbeat_grace: float,
+                          offer: Offer | None = None) -> dict[str, Any]:
     """The `provider:` section of this cluster's config (what a cluster YAML would hold)."""
+    from skyward_ray.errors import SpecError
+
+    gpus = detect_gpus()
+    if accelerator is not None and not config.simulate_accelerators and gpus:
+        if nodes * accelerator.count > len(gpus):
+            raise SpecError(
+                f"accelerator={accelerator} × nodes={nodes} needs {nodes * accelerator.count} GPUs, this machine has "
+                f"{len(gpus)}; lower nodes= or count=, or use sky.Local(simulate_accelerators=True) to test placement"
+            )
     block = new_address_block()
     head_ip = f"{block}.1"
     cpus = config.cpus_per_node or max(1.0, float((os.cpu_count() or 1) // max(nodes, 1)))
@@ -295,7 +305,7 @@ class LocalNodeProvider(NodeProvider):
             f"--metrics-export-port={free_port(ip)}",
             f"--runtime-env-agent-port={free_port(ip)}",
         ]
-        if is_head:
+        if is_head:  # Ray always starts a client server on the head; its default 10001 would collide
             args.append(f"--ray-client-server-port={free_port_outside_worker_range(ip)}")
         return args
 
@@ -312,7 +322,7 @@ class LocalNodeProvider(NodeProvider):
         count = int(cfg.get("accelerator_count") or 0)
         gpus = detect_gpus()
         if cfg.get("simulate_accelerators") or not gpus:
-            return {"CUDA_VISIBLE_DEVICES": ""} if cfg.get("simulate_accelerators") else {}
+            return {}  # Ray refuses --num-gpus=N beside an empty CUDA_VISIBLE_DEVICES
         if not count:
             return {"CUDA_VISIBLE_DEVICES": ""}
         mine = [str(g[0]) for g in gpus][index * count:(index + 1) * count]

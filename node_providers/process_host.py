@@ -68,16 +68,36 @@ def processes_with_marker(marker_value: str, variable: str = INSTANCE_MARKER) ->
     return found
 
 
+def _gone(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def end_processes(processes: list[psutil.Process], grace: float) -> None:
-    """SIGTERM all, wait up to `grace` seconds, then SIGKILL whatever is left; reap our children."""
+    """SIGTERM all, wait up to `grace` seconds, then SIGKILL whatever is left.
+
+    A zombie counts as ended: it is dead, only not yet reaped by its parent (or by init once the
+    parent is gone), and waiting for it would stall teardown.
+    """
     for proc in processes:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             proc.send_signal(signal.SIGTERM)
-    _, alive = psutil.wait_procs(processes, timeout=grace)
+    alive = _wait_until_gone(processes, grace)
     for proc in alive:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             proc.kill()
-    psutil.wait_procs(alive, timeout=5)
+    _wait_until_gone(alive, 5)
+
+
+def _wait_until_gone(processes: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    deadline = time.monotonic() + timeout
+    alive = [p for p in processes if not _gone(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [p for p in alive if not _gone(p)]
+    return alive
 
 
 class ProcessHost:
@@ -191,28 +211,31 @@ class ProcessHost:
             targets = [machines[i] for i in instance_ids if i in machines]
             for machine in targets:
                 machine.terminated = True
-        procs: list[psutil.Process] = []
-        for machine in targets:
-            procs.extend(self._processes_of(machine))
-        end_processes(procs, grace)
+        end_processes(self._processes_of(targets), grace)
         for machine in targets:
             with contextlib.suppress(ChildProcessError, psutil.NoSuchProcess, psutil.TimeoutExpired):
                 psutil.Process(machine.pid).wait(0)
             if not (keep_directory or os.environ.get("SKYWARD_KEEP_NODE_LOGS")):
                 shutil.rmtree(machine.directory, ignore_errors=True)
 
-    def _processes_of(self, machine: Machine) -> list[psutil.Process]:
-        procs = {p.pid: p for p in processes_with_marker(machine.instance_id)}
-        if self._root_alive(machine):
+    def _processes_of(self, targets: list[Machine]) -> list[psutil.Process]:
+        """One pass over the process table: members of the machines' groups or carriers of their markers."""
+        markers = {m.instance_id for m in targets}
+        groups = set()
+        for machine in targets:
+            if self._root_alive(machine):
+                with contextlib.suppress(ProcessLookupError):
+                    groups.add(os.getpgid(machine.pid))
+        found = []
+        for proc in psutil.process_iter(["pid"]):
             try:
-                pgid = os.getpgid(machine.pid)
-                for proc in psutil.process_iter(["pid"]):
-                    with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError, PermissionError):
-                        if os.getpgid(proc.pid) == pgid:
-                            procs.setdefault(proc.pid, proc)
-            except ProcessLookupError:
-                pass
-        return list(procs.values())
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    continue  # already dead; its parent (or init) reaps it
+                if os.getpgid(proc.pid) in groups or proc.environ().get(INSTANCE_MARKER) in markers:
+                    found.append(proc)
+            except (psutil.Error, ProcessLookupError, PermissionError, OSError):
+                continue
+        return found
 
     def forget(self, instance_ids: list[str]) -> None:
         with self._locked_state() as machines:

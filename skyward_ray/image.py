@@ -5,10 +5,20 @@ from __future__ import annotations
 import re
 
 from packaging.requirements import InvalidRequirement, Requirement
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from skyward_ray._validation import raise_spec_error
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _APT_NAME = re.compile(r"^[a-z0-9][a-z0-9+.\-]*(=[A-Za-z0-9.+:~\-]+)?$")
+
+
+_HINTS = {
+    "pip": 'a list of pip requirements, e.g. ["numpy>=2", "torch==2.4.1"]',
+    "apt": 'a list of Debian package names, e.g. ["ffmpeg"]',
+    "env": 'a dict of environment variables, e.g. {"HF_HOME": "/data/hf"}',
+    "python": 'a Python version such as "3.11"',
+}
 
 
 class Image(BaseModel):
@@ -25,6 +35,12 @@ class Image(BaseModel):
     apt: tuple[str, ...] = Field(default=(), description="Debian package names")
     env: dict[str, str] = Field(default_factory=dict, description="environment variables for every task")
     python: str | None = Field(default=None, description='Python version on the nodes, e.g. "3.11"')
+
+    def __init__(self, **data: object) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as error:
+            raise_spec_error("Image", error, _HINTS)
 
     @field_validator("pip", mode="before")
     @classmethod

@@ -146,12 +146,15 @@ def launch(
             time.sleep(0.1)
         cluster.driver = DriverConnection(address, auth_token, node_ip, runtime_env)
         cluster.timings["head_port_s"] = time.monotonic() - t0
-        # Watch the nodes join through a plain GCS client first: a driver connected to a cluster
-        # that then fails would be ended by Ray itself after 60 s, taking the user's process along.
-        cluster.nodes = _wait_for_nodes(cluster.driver.gcs_client(), provider, cluster.instance_ids, offer,
-                                        deadline, boot_timeout)
-        cluster.timings["nodes_s"] = time.monotonic() - t0
+        # Watch the head join through a plain GCS client first: a driver connected to a head that
+        # then fails would be ended by Ray itself after 60 s, taking the user's process along. Once
+        # the head is alive, connecting overlaps with the workers' boot.
+        gcs = cluster.driver.gcs_client()
+        _wait_for_nodes(gcs, provider, [head], offer, deadline, boot_timeout)
+        cluster.timings["head_alive_s"] = time.monotonic() - t0
         cluster.driver.connect()
+        cluster.timings["driver_s"] = time.monotonic() - t0
+        cluster.nodes = _wait_for_nodes(gcs, provider, cluster.instance_ids, offer, deadline, boot_timeout)
         cluster.timings["ready_s"] = time.monotonic() - t0
         return cluster
     except BaseException:

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from skyward_ray._validation import raise_spec_error
 from skyward_ray.errors import SpecError
+
+_HINTS = {
+    "desired": "a whole number of nodes, 1 or more",
+    "min": "a whole number of nodes between 1 and desired (work starts once this many are up)",
+    "max": "a whole number of nodes >= desired (the most an elastic pool may grow to)",
+}
 
 
 class Nodes(BaseModel):
@@ -19,7 +26,10 @@ class Nodes(BaseModel):
     def __init__(self, desired: int | None = None, /, **data: object) -> None:
         if desired is not None:
             data["desired"] = desired
-        super().__init__(**data)
+        try:
+            super().__init__(**data)
+        except ValidationError as error:
+            raise_spec_error("Nodes", error, _HINTS)
 
     @model_validator(mode="after")
     def _ordered(self) -> "Nodes":

@@ -25,6 +25,26 @@ from pydantic import BaseModel, Field
 import ray
 
 WATCHDOG_SOURCE = (Path(__file__).parent / "watchdog.py").read_text()
+
+# A worker imports Ray's CLI (about a second of CPU) while the head is still booting, then waits
+# for the head's port, then runs `ray start` exactly as the `ray` command would.
+_WORKER_RAY_START = """\
+import os, socket, sys, time
+import ray.scripts.scripts as ray_cli
+host, port = os.environ["SKYWARD_HEAD_IP"], int(os.environ["SKYWARD_GCS_PORT"])
+deadline = time.monotonic() + float(os.environ["SKYWARD_HEAD_WAIT"])
+while True:
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            print("skyward: head never answered", flush=True)
+            sys.exit(3)
+        time.sleep(0.1)
+sys.argv = ["ray", *sys.argv[1:]]
+sys.exit(ray_cli.main())
+"""
 HEARTBEAT_NAMESPACE = "skyward"
 HEARTBEAT_KEY = "heartbeat"
 
@@ -45,6 +65,14 @@ class NodeBoot(BaseModel):
     env: dict[str, str] = Field(default_factory=dict, description="exported before Ray starts; tasks inherit it")
     node_type_name: str = "skyward.worker"
     labels: dict[str, str] = Field(default_factory=dict)
+    shell_labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="labels whose values are shell expressions evaluated on the node (e.g. the instance id, "
+                    "known only once the machine runs)",
+    )
+    shell_env: dict[str, str] = Field(
+        default_factory=dict, description="exported after `env`; values are shell expressions evaluated on the node",
+    )
     num_cpus: float | None = None
     num_gpus: float | None = None
     memory: int | None = None
@@ -69,7 +97,11 @@ def _export(name: str, value: object) -> str:
 
 
 def _ray_start_command(boot: NodeBoot) -> list[str]:
-    args = ['"$SKYWARD_PYTHON"', "-m", "ray.scripts.scripts", "start", "--block", "--disable-usage-stats"]
+    if boot.role == "head":
+        args = ['"$SKYWARD_PYTHON"', "-m", "ray.scripts.scripts"]
+    else:
+        args = ['"$SKYWARD_PYTHON"', "-c", shlex.quote(_WORKER_RAY_START)]
+    args += ["start", "--block", "--disable-usage-stats"]
     args.append('--node-ip-address="$NODE_IP"')
     if boot.role == "head":
         args += ["--head", f"--port={boot.gcs_port}", "--include-dashboard=false"]
@@ -87,8 +119,12 @@ def _ray_start_command(boot: NodeBoot) -> list[str]:
         args.append(f"--object-store-memory={boot.object_store_memory}")
     if boot.resources:
         args.append("--resources=" + shlex.quote(json.dumps(boot.resources)))
-    if boot.labels:
-        args.append("--labels=" + shlex.quote(",".join(f"{k}={v}" for k, v in sorted(boot.labels.items()))))
+    static = ",".join(f"{k}={v}" for k, v in sorted(boot.labels.items()))
+    dynamic = ",".join(f"{k}={v}" for k, v in sorted(boot.shell_labels.items()))
+    if static and dynamic:
+        args.append("--labels=" + shlex.quote(static + ",") + f'"{dynamic}"')
+    elif static or dynamic:
+        args.append("--labels=" + (shlex.quote(static) if static else f'"{dynamic}"'))
     args += [shlex.quote(a) for a in boot.extra_ray_args]
     return args
 
@@ -123,6 +159,8 @@ def render(boot: NodeBoot) -> str:
         lines.append(_export("RAY_NODE_ZONE", boot.zone))
     for key, value in sorted(boot.env.items()):
         lines.append(_export(key, value))
+    for key, value in sorted(boot.shell_env.items()):
+        lines.append(f'export {key}="{value}"')
     if boot.temp_dir_shell:
         lines.append(f'mkdir -p "{boot.temp_dir_shell}"')
 
@@ -145,12 +183,8 @@ def render(boot: NodeBoot) -> str:
     ]
     if boot.role == "worker":
         lines += [
-            f"deadline=$((SECONDS + {int(boot.head_wait_timeout)}))",
-            f"until (exec 3<>/dev/tcp/{boot.head_ip}/{boot.gcs_port}) 2>/dev/null; do",
-            '  if [ "$SECONDS" -ge "$deadline" ]; then echo "skyward: head never answered"; '
-            + _shutdown(boot) + "; exit 1; fi",
-            "  sleep 0.2",
-            "done",
+            _export("SKYWARD_GCS_PORT", boot.gcs_port),
+            _export("SKYWARD_HEAD_WAIT", int(boot.head_wait_timeout)),
         ]
     lines += [
         "echo 'skyward: starting ray'",

@@ -33,6 +33,11 @@ def _log(message: str) -> None:
 
 
 def main() -> int:
+    # Low priority: on a small machine the watchdog must not slow the boot it is watching.
+    try:
+        os.nice(10)
+    except OSError:
+        pass
     from ray._raylet import GcsClient
 
     address = os.environ["SKYWARD_WATCH_GCS"]

@@ -1,0 +1,115 @@
+"""Bad input gets a clear error naming the field and the fix, before anything is started."""
+
+from __future__ import annotations
+
+import pytest
+
+import skyward_ray as sky
+from node_providers.process_host import processes_with_marker
+
+
+@sky.function
+def square(x: int) -> int:
+    return x * x
+
+
+def plain(x: int) -> int:
+    return x
+
+
+@pytest.fixture(autouse=True)
+def nothing_starts():
+    before = {p.pid for p in processes_with_marker("sky-*")}
+    yield
+    assert [p for p in processes_with_marker("sky-*") if p.pid not in before] == []
+
+
+@pytest.mark.parametrize("nodes", [0, -2])
+def test_nodes_must_be_at_least_one(nodes):
+    with pytest.raises(sky.SpecError, match=rf"nodes={nodes}: a pool needs at least one node"):
+        sky.Compute(nodes=nodes)
+
+
+def test_nodes_must_be_a_number():
+    with pytest.raises(sky.SpecError, match="nodes='3': pass a whole number"):
+        sky.Compute(nodes="3")  # type: ignore[arg-type]
+    with pytest.raises(sky.SpecError, match="min=3 is more than desired=2; lower min"):
+        sky.Nodes(2, min=3)
+
+
+def test_unknown_accelerator_lists_the_closest_names():
+    with pytest.raises(sky.UnknownAcceleratorError) as caught:
+        sky.Compute(accelerator="H1000:8")
+    assert "H100" in str(caught.value)
+    with pytest.raises(sky.UnknownAcceleratorError, match="A100"):
+        sky.Compute(accelerator="A10O")
+
+
+def test_sky_function_needs_a_function():
+    with pytest.raises(sky.SpecError, match="sky.function decorates a function"):
+        sky.function(5)
+    with pytest.raises(sky.SpecError, match="max_retries"):
+        sky.function(max_retries=-5)
+    with pytest.raises(sky.SpecError, match="timeout"):
+        sky.function(timeout=0)
+
+
+def test_dispatching_a_plain_value_or_an_undecorated_function():
+    pool = sky.Compute(nodes=1)  # never entered: the operator checks its left side first
+    with pytest.raises(TypeError, match="got a plain int"):
+        5 >> pool
+    with pytest.raises(TypeError, match="plain is not a @sky.function: decorate it"):
+        plain >> pool
+    with pytest.raises(TypeError, match="plain is not a @sky.function"):
+        plain @ pool
+    with pytest.raises(TypeError, match="got a plain str"):
+        "x" > pool
+    with pytest.raises(TypeError, match=r"square is a @sky.function but was not called: write square\(...\) >> pool"):
+        square >> pool
+    with pytest.raises(TypeError, match="square was not called"):
+        sky.gather(square)
+    with pytest.raises(TypeError, match="pool.map takes a @sky.function"):
+        pool.map(5, [1])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="right side of `>>` must be a sky.Compute pool"):
+        square(1) >> 5
+
+
+def test_dispatching_to_a_pool_never_entered():
+    with pytest.raises(sky.PoolClosedError, match="has not been entered"):
+        square(1) >> sky.Compute(nodes=1)
+
+
+def test_instance_info_outside_a_task():
+    with pytest.raises(sky.NotInTaskError, match="only inside a task"):
+        sky.instance_info()
+    with pytest.raises(sky.NotInTaskError):
+        sky.shard([1, 2, 3])
+
+
+def test_image_with_an_invalid_pip_spec():
+    with pytest.raises(sky.SpecError, match=r"Image.pip.*'numpy>>=2' is not a valid pip requirement"):
+        sky.Image(pip=["numpy>>=2"])
+    with pytest.raises(sky.SpecError, match="Image.env"):
+        sky.Image(env={"1BAD": "x"})
+    with pytest.raises(sky.SpecError, match="Image.python"):
+        sky.Image(python="three")
+
+
+def test_image_the_local_provider_cannot_honour():
+    with pytest.raises(sky.SpecError, match="the local provider does not install system packages"):
+        sky.Compute(image=sky.Image(apt=["ffmpeg"]))
+    with pytest.raises(sky.SpecError, match="local nodes run this interpreter"):
+        sky.Compute(image=sky.Image(python="3.2"))
+    with pytest.raises(sky.SpecError, match="image="):
+        sky.Compute(image={"pip": ["numpy"]})  # type: ignore[arg-type]
+
+
+def test_bad_function_resources():
+    with pytest.raises(sky.SpecError, match="resources"):
+        sky.function(resources={"GPU": -1})
+
+
+def test_shard_arguments_outside_a_task():
+    assert list(sky.shard(list(range(7)), node=1, total_nodes=3)) == [3, 4]
+    with pytest.raises(ValueError, match="node=3 must be in 0..total_nodes-1"):
+        sky.shard([1], node=3, total_nodes=3)

@@ -1,0 +1,130 @@
+"""The local provider as a Ray NodeProvider, simulated accelerators, and the Image on local nodes."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import ray
+from ray.autoscaler.tags import NODE_KIND_HEAD, NODE_KIND_WORKER, TAG_RAY_CLUSTER_NAME, TAG_RAY_NODE_KIND
+
+import skyward_ray as sky
+from node_providers import local
+from node_providers.process_host import processes_with_marker
+from skyward_ray import launcher
+
+
+def _provider(nodes: int = 3) -> tuple[local.LocalNodeProvider, str]:
+    name = launcher.new_cluster_name()
+    config = local.build_provider_config(sky.Local(), name, "t" * 64, nodes, None, 30.0)
+    launcher.STARTED_CLUSTERS.append(name)
+    return launcher.load_node_provider(config, name), name
+
+
+def _tags(name: str, kind: str) -> dict[str, str]:
+    return {TAG_RAY_CLUSTER_NAME: name, TAG_RAY_NODE_KIND: kind}
+
+
+def test_node_provider_interface_state_survives_reinstantiation():
+    provider, name = _provider()
+    try:
+        head = next(iter(provider.create_node_with_resources_and_labels({}, _tags(name, NODE_KIND_HEAD), 1, {}, {})))
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:  # thread-safe creation
+            workers = [
+                wid for created in pool.map(
+                    lambda _: provider.create_node_with_resources_and_labels({}, _tags(name, NODE_KIND_WORKER), 1, {}, {}),
+                    range(2))
+                for wid in created
+            ]
+        assert provider.non_terminated_nodes({}) == [head, *sorted(workers)]
+        assert provider.non_terminated_nodes({TAG_RAY_NODE_KIND: NODE_KIND_HEAD}) == [head]
+        ips = {provider.internal_ip(i) for i in [head, *workers]}
+        assert len(ips) == 3 and all(ip.startswith("127.") for ip in ips)
+        assert provider.node_labels(head)["skyward/node-index"] == "0"
+        assert sorted(provider.node_labels(w)["skyward/node-index"] for w in workers) == ["1", "2"]
+
+        again = launcher.load_node_provider(provider.provider_config, name)  # what Ray's autoscaler does
+        assert again.non_terminated_nodes({}) == provider.non_terminated_nodes({})
+        assert again.node_tags(head)[TAG_RAY_NODE_KIND] == NODE_KIND_HEAD
+        again.set_node_tags(head, {"extra": "yes"})
+        assert provider.node_tags(head)["extra"] == "yes"
+
+        assert processes_with_marker(head)
+        again.terminate_nodes([head, *workers])
+        assert provider.non_terminated_nodes({}) == []
+        assert all(provider.is_terminated(i) for i in [head, *workers])
+        assert processes_with_marker(name + "-*") == []
+    finally:
+        provider.cleanup_cluster_resources()
+    assert not Path(provider.provider_config["state_dir"]).exists()
+
+
+def test_startup_script_carries_identity_labels_and_token_but_no_cloud_credentials(monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "SECRET-SHOULD-NOT-LEAK")
+    provider, name = _provider(nodes=1)
+    try:
+        head = next(iter(provider.create_node_with_resources_and_labels({}, _tags(name, NODE_KIND_HEAD), 1, {}, {})))
+        script = (Path(provider.host.machines()[head].directory) / "startup.sh").read_text()
+        provider.terminate_nodes([head])
+    finally:
+        provider.cleanup_cluster_resources()
+    assert "RAY_AUTH_TOKEN=" + "t" * 64 in script
+    assert 'RAY_CLOUD_INSTANCE_ID="$SKYWARD_INSTANCE_ID"' in script
+    assert "RAY_NODE_TYPE_NAME=skyward.head" in script or "RAY_NODE_TYPE_NAME=skyward.worker" in script
+    assert "skyward/node-index=0" in script and "skyward/provider=local" in script
+    assert "--object-store-memory=104857600" in script
+    assert "SECRET-SHOULD-NOT-LEAK" not in script and "AWS_" not in script
+
+
+@sky.function
+def gpu_view() -> dict:
+    info = sky.instance_info()
+    return {"gpu_ids": ray.get_gpu_ids(), "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "accelerator": info.accelerator, "count": info.accelerator_count, "node": info.node}
+
+
+@sky.function(resources={"GPU": 1})
+def one_gpu() -> list:
+    return ray.get_gpu_ids()
+
+
+def test_simulated_accelerators_are_placed_like_real_ones():
+    provider = sky.Local(simulate_accelerators=True)
+    with sky.Compute(provider=provider, accelerator=sky.accelerators.H100(count=2), nodes=2) as pool:
+        assert pool.plan.chosen.accelerator == "H100" and pool.plan.chosen.count == 2
+        resources = ray.cluster_resources()
+        assert resources["GPU"] == 4
+        assert resources["accelerator_type:H100"] == 2
+        assert resources["CPU"] <= max(os.cpu_count() or 1, 2)
+        assert resources["object_store_memory"] == 2 * 100 * 1024**2
+        views = gpu_view() @ pool
+        assert [v["node"] for v in views] == [0, 1]
+        assert all(len(v["gpu_ids"]) == 2 for v in views)  # default: a call gets its node's accelerators
+        assert all(sorted(v["cuda"].split(",")) == ["0", "1"] for v in views)
+        assert {v["accelerator"] for v in views} == {"H100"} and {v["count"] for v in views} == {2}
+        assert sorted(len(ids) for ids in sky.gather(one_gpu(), one_gpu(), one_gpu()) >> pool) == [1, 1, 1]
+        assert [n.accelerator for n in pool.nodes] == ["H100", "H100"]
+
+
+def test_simulated_accelerators_must_be_asked_for():
+    with pytest.raises(sky.NoOffersError) as caught:
+        sky.plan(provider=sky.Local(), accelerator="H100:8")
+    assert "local" in str(caught.value)
+
+
+@sky.function
+def uses_image() -> tuple[str, str]:
+    import tabulate
+
+    return tabulate.__version__, os.environ["SKY_TEST_VAR"]
+
+
+def test_image_pip_and_env_reach_every_task_but_not_this_process():
+    image = sky.Image(pip=["tabulate==0.9.0"], env={"SKY_TEST_VAR": "hello"})
+    with sky.Compute(nodes=2, image=image) as pool:
+        assert uses_image() @ pool == [("0.9.0", "hello"), ("0.9.0", "hello")]
+    assert importlib.util.find_spec("tabulate") is None
+    assert "SKY_TEST_VAR" not in os.environ
