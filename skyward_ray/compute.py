@@ -53,6 +53,12 @@ class Compute:
         boot_timeout: float | None = None,
     ) -> None:
         self.desired = as_nodes(nodes)
+        if (self.desired.min or self.desired.desired) != self.desired.desired or (
+                self.desired.max or self.desired.desired) != self.desired.desired:
+            raise SpecError(
+                f"nodes={self.desired!r}: elastic pools (min=/max= different from desired) are not supported yet; "
+                f"pass nodes={self.desired.desired}"
+            )
         if image is not None and not isinstance(image, Image):
             raise SpecError(f"image={image!r}: pass a sky.Image(pip=[...], apt=[...], env={{...}})")
         self.image = image or Image()

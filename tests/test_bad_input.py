@@ -37,6 +37,11 @@ def test_nodes_must_be_a_number():
         sky.Nodes(2, min=3)
 
 
+def test_elastic_pools_are_refused_until_supported():
+    with pytest.raises(sky.SpecError, match="elastic pools .* are not supported yet; pass nodes=3"):
+        sky.Compute(nodes=sky.Nodes(3, max=6))
+
+
 def test_unknown_accelerator_lists_the_closest_names():
     with pytest.raises(sky.UnknownAcceleratorError) as caught:
         sky.Compute(accelerator="H1000:8")

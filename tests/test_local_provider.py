@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import importlib.util
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,21 @@ def test_image_pip_and_env_reach_every_task_but_not_this_process():
         assert uses_image() @ pool == [("0.9.0", "hello"), ("0.9.0", "hello")]
     assert importlib.util.find_spec("tabulate") is None
     assert "SKY_TEST_VAR" not in os.environ
+
+
+@sky.function
+def slow_node_id(seconds: float) -> str:
+    time.sleep(seconds)
+    return ray.get_runtime_context().get_node_id()
+
+
+def test_a_lost_node_s_calls_are_retried_by_ray_and_all_results_return():
+    with sky.Compute(nodes=2) as pool:
+        head, worker = pool.nodes
+        future = sky.gather(*[slow_node_id(3) for _ in range(4)]) > pool
+        time.sleep(1.5)  # the calls are running on both nodes now
+        pool._cluster.provider.terminate_nodes([worker.instance_id])  # the machine disappears
+        results = future.result(timeout=120)
+        assert len(results) == 4
+        assert head.ray_node_id in results
+        assert not pool._cluster.provider.is_running(worker.instance_id)
