@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Iterable
 from typing import Any
 
-from ray.autoscaler.tags import TAG_RAY_CLUSTER_NAME
+import ray
 
 from skyward_ray import dispatch, launcher, planning
 from skyward_ray.console import console
@@ -82,6 +82,11 @@ class Compute:
     def __enter__(self) -> "Compute":
         if self._state != "new":
             raise PoolClosedError("a sky.Compute pool can be entered once; create a new one")
+        if ray.is_initialized():
+            raise SpecError(
+                "this process is already a Ray driver (ray.init was called, or another pool is open); "
+                "call ray.shutdown() or leave the other pool before entering sky.Compute"
+            )
         self.plan = planning.plan(*self.specs, nodes=self.desired.desired)
         self._install_signal_handlers()
         _OPEN_POOLS.add(self)

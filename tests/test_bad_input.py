@@ -118,3 +118,4 @@ def test_shard_arguments_outside_a_task():
     assert list(sky.shard(list(range(7)), node=1, total_nodes=3)) == [3, 4]
     with pytest.raises(ValueError, match="node=3 must be in 0..total_nodes-1"):
         sky.shard([1], node=3, total_nodes=3)
+

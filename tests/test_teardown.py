@@ -151,3 +151,13 @@ def test_a_boot_timeout_names_the_node_shows_its_log_and_leaves_nothing():
             pass
     assert "Last lines of" in str(caught.value) and "sky-" in str(caught.value)
     assert [p for p in processes_with_marker("sky-*") if p.pid not in before] == []
+
+
+def test_a_second_pool_inside_an_open_one_is_refused_before_provisioning():
+    with sky.Compute(nodes=1) as pool:
+        before = {p.pid for p in processes_with_marker("sky-*")}
+        with pytest.raises(sky.SpecError, match="already a Ray driver"):
+            with sky.Compute(nodes=1):
+                pass
+        assert {p.pid for p in processes_with_marker("sky-*")} <= before | {p.pid for p in processes_of(pool.name)}
+        assert square(3) >> pool == 9  # the open pool is untouched
