@@ -116,6 +116,7 @@ class Compute:
             boot_timeout = self._boot_timeout or getattr(spec.provider, "boot_timeout", 600.0)
             provider_config = module.build_provider_config(
                 spec.provider, cluster_name, token, self.desired.desired, spec.accelerator, heartbeat, offer=offer,
+                image=self.image,
             )
             with console.status(f"starting {self.desired.desired} node(s) on {offer.provider} "
                                 f"({offer.instance_type}, {offer.market})"):

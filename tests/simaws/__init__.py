@@ -1,0 +1,63 @@
+"""Simulated AWS for tests and benches: moto behind a fault-injecting front, plus a host simulator.
+
+    with simulated_aws() as (sim, hosts):
+        with sky.Compute(provider=sky.AWS(region="us-east-1", extra=SIM_EXTRA), ...) as pool: ...
+
+`simulated_aws` points this process's boto3 at the simulator (and restores the environment after),
+and ends every simulated machine on the way out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+from tests.simaws.hosts import HostSimulator
+from tests.simaws.server import Fault, SimAWS
+
+# Every simulated node shares this 2-core machine: small nodes, their own ports, SSH "from" loopback.
+SIM_EXTRA = {
+    "num_cpus": 1,
+    "simulate_accelerators": True,  # each node "has" the offer's GPUs: Ray schedules GPU tasks on it
+    "object_store_memory": 80 * 1024**2,
+    "memory": 1024**3,
+    "colocated_nodes": True,
+    "ssh_cidr": "127.0.0.1/32",
+}
+
+__all__ = ["Fault", "HostSimulator", "SIM_EXTRA", "SimAWS", "simulated_aws", "aws_environment"]
+
+
+@contextlib.contextmanager
+def aws_environment(env: dict[str, str]) -> Iterator[None]:
+    """Set AWS variables for the block; restore (or remove) them after. Other AWS_* are hidden meanwhile."""
+    hidden = {k: v for k, v in os.environ.items() if k.startswith("AWS_") and k not in env}
+    saved = {k: os.environ.get(k) for k in env}
+    for key in hidden:
+        del os.environ[key]
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        os.environ.update(hidden)
+
+
+@contextlib.contextmanager
+def simulated_aws(region: str = "us-east-1", boot_delay: float = 0.0,
+                  key_dir: str | None = None) -> Iterator[tuple[SimAWS, HostSimulator]]:
+    sim = SimAWS(region).start()
+    hosts: HostSimulator | None = None
+    try:
+        with aws_environment(sim.client_env()):
+            hosts = HostSimulator(sim, boot_delay=boot_delay).start()
+            yield sim, hosts
+    finally:
+        if hosts is not None:
+            hosts.stop()
+        sim.stop()

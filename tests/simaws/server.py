@@ -1,0 +1,285 @@
+"""A simulated AWS region: moto's server on 127.0.0.1, with a thin fault-injecting front.
+
+Only the network peer is fake: the code under test uses real boto3 clients, which reach this
+server through `AWS_ENDPOINT_URL`. In front of moto sits a small WSGI layer that
+
+- records every request (action + parameters + duration), so tests can check what was really sent
+  (e.g. the market options of each RunInstances) and the bench can count API time;
+- answers requests matching a `Fault` with an AWS-shaped error (InsufficientInstanceCapacity,
+  UnauthorizedOperation, RequestLimitExceeded, ...) or a canned body — moto itself never fails
+  for capacity, quota or throttling;
+- answers the Pricing API with the 404 a missing moto backend would give (quickly, no retries).
+
+The region is shaped for the host simulator: its default VPC is `127.0.0.0/16` with one subnet per
+availability zone (`127.0.<n>.0/24`), so every instance gets a loopback address a local process
+can bind, and an AWS Deep Learning AMI (owner alias "amazon") is registered so the provider's
+default image lookup finds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs
+
+ACCOUNT = "123456789012"
+INTERNAL_KEY = "simaws-internal"  # the simulator's own requests (host watching, test checks) carry this key
+DLAMI_NAME = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) 20261101"
+# What a host process needs to reach this server; no real AWS endpoint can be reached with these.
+MOTO_ENV = {
+    "MOTO_EC2_LOAD_DEFAULT_AMIS": "false",
+    "MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION": "true",
+}
+
+
+@dataclass
+class Fault:
+    """Answer matching requests with an error (or a canned 200 body) instead of passing them to moto."""
+
+    action: str
+    code: str = ""
+    message: str = "injected by the simulator"
+    status: int = 400
+    when: Callable[[dict[str, str]], bool] = lambda params: True
+    times: int | None = None  # None: every matching request
+    body: str | None = None   # a canned successful response instead of an error
+    hits: int = 0
+
+    def matches(self, action: str, params: dict[str, str]) -> bool:
+        if action != self.action or (self.times is not None and self.hits >= self.times):
+            return False
+        return bool(self.when(params))
+
+
+@dataclass
+class Call:
+    action: str
+    params: dict[str, str]
+    started: float
+    seconds: float
+    status: int
+    service: str
+    access_key: str = ""
+
+
+def _error_xml(code: str, message: str) -> bytes:
+    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>{code}</Code>'
+            f"<Message>{message}</Message></Error></Errors><RequestID>{uuid.uuid4()}</RequestID></Response>").encode()
+
+
+def _scope(environ: dict[str, Any]) -> list[str]:
+    """A SigV4 request's credential scope: access key, date, region, service, aws4_request."""
+    auth = environ.get("HTTP_AUTHORIZATION", "")
+    with contextlib.suppress(Exception):
+        return auth.split("Credential=", 1)[1].split(",", 1)[0].split("/")
+    return ["", "", "", "", ""]
+
+
+@dataclass
+class FaultFront:
+    """WSGI middleware: record, maybe fail, else pass to moto."""
+
+    app: Any
+    faults: list[Fault] = field(default_factory=list)
+    calls: list[Call] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        started = time.time()
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(body)
+        scope = _scope(environ)
+        service, access_key = scope[3], scope[0]
+        params = {k: v[0] for k, v in parse_qs(body.decode(errors="replace")).items()}
+        action = params.get("Action") or environ.get("HTTP_X_AMZ_TARGET", "").rsplit(".", 1)[-1]
+        if service == "pricing":
+            status, answer = 404, b'{"message": "Not yet implemented"}'
+            start_response("404 Not Found", [("Content-Type", "application/json"), ("Content-Length", str(len(answer)))])
+            self._record(action, params, started, status, service, access_key)
+            return [answer]
+        with self.lock:  # faults are for the code under test, never for the simulator's own requests
+            fault = None if access_key == INTERNAL_KEY else next(
+                (f for f in self.faults if f.matches(action, params)), None)
+            if fault is not None:
+                fault.hits += 1
+        if fault is not None:
+            answer = fault.body.encode() if fault.body is not None else _error_xml(fault.code, fault.message)
+            status = 200 if fault.body is not None else fault.status
+            start_response(f"{status} Injected", [("Content-Type", "text/xml"), ("Content-Length", str(len(answer)))])
+            self._record(action, params, started, status, service, access_key)
+            return [answer]
+        statuses: list[int] = []
+
+        def recording_start_response(status_line: str, headers: Any, *rest: Any) -> Any:
+            statuses.append(int(status_line.split()[0]))
+            return start_response(status_line, headers, *rest)
+
+        result = list(self.app(environ, recording_start_response))
+        self._record(action, params, started, statuses[0] if statuses else 0, service, access_key)
+        return result
+
+    def _record(self, action: str, params: dict[str, str], started: float, status: int, service: str,
+                access_key: str) -> None:
+        with self.lock:
+            self.calls.append(Call(action, params, started, time.time() - started, status, service, access_key))
+
+
+class SimAWS:
+    """moto on 127.0.0.1:<free port> behind `FaultFront`, plus the region setup the host simulator needs."""
+
+    def __init__(self, region: str = "us-east-1") -> None:
+        self.region = region
+        self.port = 0
+        self.front: FaultFront | None = None
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self.ami_id = ""
+        self.vpc_id = ""
+        self.subnets: dict[str, str] = {}
+        self._clients: dict[str, Any] = {}
+        self._clients_lock = threading.Lock()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client_env(self, access_key: str = "simaws-test-key", secret: str = "simaws-test-secret") -> dict[str, str]:
+        """Environment for a boto3 client that talks to this server (and can reach nothing else)."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": access_key,
+            "AWS_SECRET_ACCESS_KEY": secret,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        }
+
+    def start(self) -> "SimAWS":
+        os.environ.update(MOTO_ENV)  # read by moto in this process when its backends are created
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+        from werkzeug.serving import WSGIRequestHandler, make_server
+
+        class QuietHandler(WSGIRequestHandler):
+            def log_request(self, *args: Any, **kwargs: Any) -> None:
+                pass
+
+        self.front = FaultFront(DomainDispatcherApplication(create_backend_app))
+        self._server = make_server("127.0.0.1", 0, self.front, threaded=True, request_handler=QuietHandler)
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="simaws", daemon=True)
+        self._thread.start()
+        self._shape_region()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def client(self, service: str = "ec2") -> Any:
+        """The simulator's own client (cached: boto3 clients are thread-safe and slow to make)."""
+        import boto3
+
+        with self._clients_lock:
+            if service not in self._clients:
+                self._clients[service] = boto3.Session().client(
+                    service, region_name=self.region, endpoint_url=self.endpoint,
+                    aws_access_key_id=INTERNAL_KEY, aws_secret_access_key="simaws-internal")
+            return self._clients[service]
+
+    def _backend(self) -> Any:
+        from moto.ec2.models import ec2_backends
+
+        return ec2_backends[ACCOUNT][self.region]
+
+    def _shape_region(self) -> None:
+        """Default VPC 127.0.0.0/16 with a subnet per zone; a DLAMI owned by "amazon"."""
+        ec2 = self.client()
+        zones = [z["ZoneName"] for z in ec2.describe_availability_zones()["AvailabilityZones"]]
+        old_default = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+        self.vpc_id = ec2.create_vpc(CidrBlock="127.0.0.0/16")["Vpc"]["VpcId"]
+        for n, zone in enumerate(zones, start=1):
+            self.subnets[zone] = ec2.create_subnet(VpcId=self.vpc_id, CidrBlock=f"127.0.{n}.0/24",
+                                                   AvailabilityZone=zone)["Subnet"]["SubnetId"]
+        backend = self._backend()
+        for vpc in old_default:
+            backend.vpcs[vpc["VpcId"]].is_default = False
+            for subnet in ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc["VpcId"]]}])["Subnets"]:
+                backend.get_subnet(subnet["SubnetId"]).default_for_az = False
+        backend.vpcs[self.vpc_id].is_default = True
+        for subnet_id in self.subnets.values():
+            backend.get_subnet(subnet_id).default_for_az = True
+        self.ami_id = ec2.register_image(Name=DLAMI_NAME, Architecture="x86_64", RootDeviceName="/dev/sda1",
+                                         Description="simulated AWS Deep Learning Base AMI")["ImageId"]
+        image = backend.amis[self.ami_id]
+        image.owner_alias = "amazon"  # AWS publishes the DLAMIs; moto would list it as ours
+        image.architecture = "x86_64"  # moto's RegisterImage drops Architecture
+
+    # -- faults and the request log ----------------------------------------------------------------
+    def inject(self, fault: Fault) -> Fault:
+        assert self.front is not None
+        with self.front.lock:
+            self.front.faults.append(fault)
+        return fault
+
+    def clear_faults(self) -> None:
+        assert self.front is not None
+        with self.front.lock:
+            self.front.faults.clear()
+
+    @contextlib.contextmanager
+    def fault(self, fault: Fault) -> Iterator[Fault]:
+        self.inject(fault)
+        try:
+            yield fault
+        finally:
+            assert self.front is not None
+            with self.front.lock:
+                if fault in self.front.faults:
+                    self.front.faults.remove(fault)
+
+    def calls(self, action: str | None = None, since: float = 0.0, internal: bool = False) -> list[Call]:
+        """Requests received (oldest first); the simulator's own (host watching, tests' checks) left out."""
+        assert self.front is not None
+        with self.front.lock:
+            return [c for c in self.front.calls if (action is None or c.action == action) and c.started >= since
+                    and (internal or c.access_key != INTERNAL_KEY)]
+
+    # -- account state -------------------------------------------------------------------------------
+    def instances(self, states: tuple[str, ...] | None = None, cluster: str | None = None) -> list[dict[str, Any]]:
+        filters = []
+        if states:
+            filters.append({"Name": "instance-state-name", "Values": list(states)})
+        if cluster:
+            filters.append({"Name": "tag:skyward:cluster", "Values": [cluster]})
+        found = []
+        for page in self.client().get_paginator("describe_instances").paginate(Filters=filters):
+            for reservation in page["Reservations"]:
+                found.extend(reservation["Instances"])
+        return found
+
+    def live_instances(self, cluster: str | None = None) -> list[dict[str, Any]]:
+        return self.instances(("pending", "running", "stopping", "stopped", "shutting-down"), cluster)
+
+    def security_groups(self, cluster: str | None = None) -> list[dict[str, Any]]:
+        groups = self.client().describe_security_groups()["SecurityGroups"]
+        return [g for g in groups if g["GroupName"] != "default"
+                and (cluster is None or {"Key": "skyward:cluster", "Value": cluster} in g.get("Tags", []))]
+
+    def key_pairs(self) -> list[dict[str, Any]]:
+        return self.client().describe_key_pairs()["KeyPairs"]
+
+    def terminate(self, instance_id: str) -> None:
+        """What a spot interruption (or anyone with console access) does."""
+        self.client().terminate_instances(InstanceIds=[instance_id])

@@ -1,0 +1,266 @@
+"""The AWS node provider against a simulated region (moto + fault front), real boto3: no Ray boot here.
+
+Offers (live vs snapshot), prepare/teardown (security group, key pair, AMI, subnet), what each
+RunInstances really sends, error mapping, missing credentials, and the provider under Ray's own
+cluster launcher (`ray up`/`ray down` through `ray.autoscaler.sdk`).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import stat
+import tempfile
+import time
+
+import boto3
+import pytest
+import yaml
+from ray.autoscaler.tags import NODE_KIND_HEAD, NODE_KIND_WORKER, TAG_RAY_CLUSTER_NAME, TAG_RAY_NODE_KIND
+
+import skyward_ray as sky
+from node_providers import aws
+from skyward_ray.accelerators import parse_accelerator
+from skyward_ray.launcher import _port_open
+from tests.simaws import SIM_EXTRA, Fault, aws_environment, simulated_aws
+
+REGION = "us-east-1"
+NO_CREDENTIALS_ENV = {"AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": os.devnull,
+                      "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
+
+
+@pytest.fixture(scope="module")
+def region():
+    with simulated_aws(REGION) as (sim, hosts):
+        yield sim, hosts
+        assert hosts.stop() == [], "a simulated machine was still running when the module ended"
+
+
+@pytest.fixture
+def sim(region, tmp_path):
+    sim, hosts = region
+    aws._LIVE_CACHE.clear()
+    yield sim
+    sim.clear_faults()
+    assert hosts.wait_idle() == [], "a simulated machine was left running"
+
+
+def t4_offer(sim, market="spot", instance_type="g4dn.xlarge"):
+    offers = aws.list_offers(sky.AWS(region=REGION), parse_accelerator("T4"))
+    return next(o for o in offers if o.market == market and o.instance_type == instance_type)
+
+
+def provider_for(sim, tmp_path, offer, name=None):
+    """Prepare a cluster the way the launcher does; returns (provider, cluster name)."""
+    name = name or f"sky-t{time.monotonic_ns() % 10**8}"
+    config = aws.build_provider_config(sky.AWS(region=REGION, extra={**SIM_EXTRA, "key_dir": str(tmp_path)}),
+                                       name, "token-" + "x" * 58, 2, parse_accelerator("T4"), 30.0, offer=offer)
+    cluster = aws.AWSNodeProvider.bootstrap_config({"cluster_name": name, "provider": config})
+    return aws.AWSNodeProvider(cluster["provider"], name), name
+
+
+def head_tags(name, kind=NODE_KIND_HEAD):
+    return {TAG_RAY_CLUSTER_NAME: name, TAG_RAY_NODE_KIND: kind, "ray-user-node-type": f"skyward.{kind}",
+            "ray-launch-request": "r1", "ray-node-name": f"{name}-{kind}", "ray-node-status": "up-to-date"}
+
+
+# -- offers ------------------------------------------------------------------------------------------
+def test_without_credentials_offers_come_from_the_snapshot_fast_and_without_a_request(sim):
+    before = len(sim.calls())
+    with aws_environment(NO_CREDENTIALS_ENV):
+        started = time.monotonic()
+        offers = aws.list_offers(sky.AWS(region=REGION), parse_accelerator("T4"))
+        took = time.monotonic() - started
+    assert offers and {o.price_source for o in offers} == {"snapshot:aws"}
+    assert took < 1.0
+    assert len(sim.calls()) == before, "no request may be sent without credentials"
+
+
+def test_with_credentials_spot_prices_are_live_and_on_demand_falls_back_to_the_snapshot(sim):
+    offers = aws.list_offers(sky.AWS(region=REGION), parse_accelerator("T4"))
+    spot = [o for o in offers if o.market == "spot"]
+    on_demand = [o for o in offers if o.market == "on-demand"]
+    assert spot and on_demand
+    assert {o.price_source for o in spot} == {"live:aws"}
+    assert {o.price_source for o in on_demand} == {"snapshot:aws"}  # the Pricing API answered 404
+    assert sim.calls("GetProducts"), "the Pricing API is tried first"
+    assert all(o.zone and o.price_as_of is not None and 0 < o.price < o.on_demand_price for o in spot)
+    # availability comes from DescribeInstanceTypeOfferings: us-east-1e sells no g4dn.xlarge in the simulator
+    zones = {o.zone for o in spot if o.instance_type == "g4dn.xlarge"}
+    offered = {x["Location"] for x in sim.client().describe_instance_type_offerings(
+        LocationType="availability-zone",
+        Filters=[{"Name": "instance-type", "Values": ["g4dn.xlarge"]}])["InstanceTypeOfferings"]}
+    assert zones == offered
+    assert {o.accelerator for o in offers} == {"T4"} and all(o.count >= 1 for o in offers)
+
+
+SPOT_HISTORY = """<?xml version="1.0" encoding="UTF-8"?>
+<DescribeSpotPriceHistoryResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">
+<requestId>r</requestId><spotPriceHistorySet>{items}</spotPriceHistorySet><nextToken></nextToken>
+</DescribeSpotPriceHistoryResponse>"""
+SPOT_ITEM = ("<item><instanceType>g4dn.xlarge</instanceType><productDescription>Linux/UNIX</productDescription>"
+             "<spotPrice>{price}</spotPrice><timestamp>2026-11-28T00:00:00.000Z</timestamp>"
+             "<availabilityZone>{zone}</availabilityZone></item>")
+
+
+def test_implausible_spot_prices_are_discarded(sim):
+    items = "".join(SPOT_ITEM.format(price=p, zone=z) for p, z in
+                    [("0.0", "us-east-1a"), ("0.526", "us-east-1b"), ("9.99", "us-east-1c"), ("0.1803", "us-east-1d")])
+    with sim.fault(Fault("DescribeSpotPriceHistory", body=SPOT_HISTORY.format(items=items))):
+        offers = aws.list_offers(sky.AWS(region=REGION), parse_accelerator("T4"))
+    spot = [(o.zone, o.price) for o in offers if o.market == "spot" and o.instance_type == "g4dn.xlarge"]
+    assert spot == [("us-east-1d", 0.1803)]  # 0, = on-demand (0.526) and above it are no discount
+    assert aws.plausible_spot(0.1, 0.5) and not aws.plausible_spot(0.0, 0.5) and not aws.plausible_spot(0.6, 0.5)
+    assert not aws.plausible_spot(None, 0.5)
+
+
+# -- prepare / create / teardown ---------------------------------------------------------------------
+def test_prepare_makes_exactly_the_specified_security_group_and_a_key_pair_and_teardown_removes_them(sim, tmp_path):
+    offer = t4_offer(sim)
+    provider, name = provider_for(sim, tmp_path, offer)
+    cfg = provider.provider_config
+    [group] = sim.security_groups(cluster=name)
+    assert group["GroupId"] == cfg["security_group_id"] and group["VpcId"] == sim.vpc_id
+    rules = sorted(group["IpPermissions"], key=lambda r: r["IpProtocol"])
+    assert len(rules) == 2
+    everything, ssh = rules
+    assert everything["IpProtocol"] == "-1" and everything["IpRanges"] == []
+    assert [p["GroupId"] for p in everything["UserIdGroupPairs"]] == [group["GroupId"]]
+    assert (ssh["IpProtocol"], ssh["FromPort"], ssh["ToPort"]) == ("tcp", 22, 22)
+    assert [r["CidrIp"] for r in ssh["IpRanges"]] == ["127.0.0.1/32"] and ssh["UserIdGroupPairs"] == []
+    assert not any(r.get("CidrIp") == "0.0.0.0/0" for rule in group["IpPermissions"] for r in rule["IpRanges"])
+    assert [k["KeyName"] for k in sim.key_pairs()] == [f"skyward-{name}"]
+    key_file = tmp_path / f"skyward-{name}.pem"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert cfg["ami"] == sim.ami_id, "the default AMI is the newest AWS Deep Learning Base AMI"
+    assert cfg["subnet_id"] == sim.subnets[offer.zone], "a spot offer launches in its own zone"
+    provider.cleanup_cluster_resources()
+    assert sim.security_groups(cluster=name) == [] and sim.key_pairs() == [] and not key_file.exists()
+
+
+def test_run_instances_sends_market_imdsv2_shutdown_and_tags_and_state_lives_in_tags(sim, tmp_path):
+    provider, name = provider_for(sim, tmp_path, t4_offer(sim, "spot"))
+    since = time.time()
+    try:
+        head = next(iter(provider.create_node_with_resources_and_labels(
+            {}, head_tags(name), 1, {}, {"skyward/node-index": "0"})))
+        worker = next(iter(provider.create_node_with_resources_and_labels(
+            {"InstanceMarketOptions": {"MarketType": "on-demand"}}, head_tags(name, NODE_KIND_WORKER), 1, {}, {})))
+        spot_call, od_call = sim.calls("RunInstances", since=since)
+        for call in (spot_call, od_call):
+            p = call.params
+            assert p["MinCount"] == p["MaxCount"] == "1"
+            assert p["MetadataOptions.HttpTokens"] == "required"
+            assert p["InstanceInitiatedShutdownBehavior"] == "terminate"
+            assert p["SecurityGroupId.1"] == provider.provider_config["security_group_id"]
+        assert spot_call.params["InstanceMarketOptions.MarketType"] == "spot"
+        assert spot_call.params["InstanceMarketOptions.SpotOptions.InstanceInterruptionBehavior"] == "terminate"
+        assert not any(k.startswith("InstanceMarketOptions") for k in od_call.params)
+        described = {i["InstanceId"]: i for i in sim.instances(cluster=name)}
+        assert described[head].get("InstanceLifecycle") == "spot" and "InstanceLifecycle" not in described[worker]
+        # all state is in EC2 tags: a fresh provider (as Ray's autoscaler makes) sees the same nodes
+        again = aws.AWSNodeProvider(provider.provider_config, name)
+        assert again.non_terminated_nodes({}) == [head, worker]
+        assert again.non_terminated_nodes({TAG_RAY_NODE_KIND: NODE_KIND_HEAD}) == [head]
+        tags = again.node_tags(worker)
+        assert tags["skyward:cluster"] == name and tags["skyward:node-index"] == "1"
+        assert tags["skyward:offer"].startswith("g4dn.xlarge.") and tags["ray-launch-request"] == "r1"
+        assert again.internal_ip(head).startswith("127.0.")
+        script = sim.client().describe_instance_attribute(InstanceId=worker, Attribute="userData")["UserData"]["Value"]
+        import base64
+
+        text = base64.b64decode(script).decode()
+        assert "shutdown -h now" in text and "X-aws-ec2-metadata-token" in text and "${SKYWARD_INSTANCE_ID:-" in text
+        assert f"--address={again.internal_ip(head)}:6379" in text
+    finally:
+        provider.terminate_nodes(provider.non_terminated_nodes({}))
+        provider.cleanup_cluster_resources()
+    assert sim.live_instances(cluster=name) == [] and sim.security_groups(cluster=name) == []
+
+
+@pytest.mark.parametrize("code, error", [
+    ("InsufficientInstanceCapacity", sky.CapacityError), ("SpotMaxPriceTooLow", sky.CapacityError),
+    ("MaxSpotInstanceCountExceeded", sky.CapacityError), ("Unsupported", sky.CapacityError),
+    ("UnauthorizedOperation", sky.AuthError), ("AuthFailure", sky.AuthError),
+    ("VcpuLimitExceeded", sky.QuotaError), ("InstanceLimitExceeded", sky.QuotaError),
+])
+def test_aws_errors_become_typed_errors(region, code, error):
+    sim, _ = region
+    sim.inject(Fault("DescribeRegions", code=code))
+    try:
+        with pytest.raises(error, match=code), aws.aws_errors("launch", "here"):
+            boto3.client("ec2").describe_regions()  # through the environment, as the provider's clients
+    finally:
+        sim.clear_faults()
+
+
+def test_capacity_error_on_run_instances_creates_nothing_and_throttling_is_retried(sim, tmp_path):
+    provider, name = provider_for(sim, tmp_path, t4_offer(sim, "on-demand"))
+    try:
+        with sim.fault(Fault("RunInstances", code="InsufficientInstanceCapacity",
+                             message="We currently do not have sufficient g4dn.xlarge capacity")):
+            with pytest.raises(sky.CapacityError, match="sufficient g4dn.xlarge capacity"):
+                provider.create_node_with_resources_and_labels({}, head_tags(name), 1, {}, {})
+        assert sim.live_instances(cluster=name) == []
+        with sim.fault(Fault("RunInstances", code="RequestLimitExceeded", status=503, times=2)) as throttle:
+            created = provider.create_node_with_resources_and_labels({}, head_tags(name), 1, {}, {})
+        assert throttle.hits == 2 and len(created) == 1, "botocore retried the throttled call with backoff"
+    finally:
+        provider.terminate_nodes(provider.non_terminated_nodes({}))
+        provider.cleanup_cluster_resources()
+
+
+def test_missing_credentials_give_one_clear_auth_error_before_anything_is_created(sim, tmp_path):
+    before = len(sim.calls())
+    with aws_environment({**NO_CREDENTIALS_ENV, "AWS_ENDPOINT_URL": sim.endpoint, "AWS_DEFAULT_REGION": REGION}):
+        with pytest.raises(sky.ProvisioningError) as caught:
+            with sky.Compute(provider=sky.AWS(region=REGION, extra={**SIM_EXTRA, "key_dir": str(tmp_path)}),
+                             accelerator="T4", nodes=2):
+                pass
+    message = str(caught.value)
+    assert "AuthError" in message and "no usable credentials" in message and "aws configure" in message
+    assert message.count("AuthError") == 1, "an auth error blocks the provider: no second offer is tried"
+    assert len(sim.calls()) == before and sim.security_groups() == [] and sim.key_pairs() == []
+
+
+# -- Ray's own tooling -------------------------------------------------------------------------------
+def test_ray_up_and_down_through_the_autoscaler_sdk(sim, tmp_path, region):
+    """`type: external` YAML → Ray's validation, bootstrap, head creation (booted by the simulator), teardown."""
+    from ray.autoscaler import sdk
+
+    _, hosts = region
+    name = f"skyyaml{time.monotonic_ns() % 10**6}"
+    lists = ["cluster_synced_files", "rsync_exclude", "rsync_filter", "initialization_commands", "setup_commands",
+             "head_setup_commands", "worker_setup_commands", "head_start_ray_commands", "worker_start_ray_commands"]
+    config = {
+        "cluster_name": name, "max_workers": 1, "upscaling_speed": 1.0, "idle_timeout_minutes": 5,
+        "provider": {"type": "external", "module": "node_providers.aws.AWSNodeProvider", "region": REGION,
+                     "market": "spot", "key_dir": str(tmp_path), **{k: v for k, v in SIM_EXTRA.items()
+                                                                    if k != "simulate_accelerators"}},
+        "auth": {"ssh_user": "ubuntu"},
+        "available_node_types": {
+            "head": {"node_config": {"InstanceType": "g4dn.xlarge"}, "resources": {}, "min_workers": 0, "max_workers": 0},
+            "worker": {"node_config": {"InstanceType": "g4dn.xlarge"}, "resources": {}, "min_workers": 0, "max_workers": 1},
+        },
+        "head_node_type": "head", "file_mounts": {}, "file_mounts_sync_continuously": False,
+        **{key: [] for key in lists},
+    }
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(config))
+    started = time.time()
+    try:
+        sdk.create_or_update_cluster(str(path), no_config_cache=True)
+        [head] = sim.live_instances(cluster=name)
+        assert head.get("InstanceLifecycle") == "spot"
+        assert {"Key": "ray-node-type", "Value": "head"} in head["Tags"]
+        deadline = time.monotonic() + 60
+        while not _port_open(head["PrivateIpAddress"], 6379) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _port_open(head["PrivateIpAddress"], 6379), hosts.log(head["InstanceId"])
+    finally:
+        sdk.teardown_cluster(str(path))
+        for cache in glob.glob(os.path.join(tempfile.gettempdir(), "ray-config-*")):
+            if os.path.getmtime(cache) >= started and name in open(cache).read():
+                os.unlink(cache)
+    assert sim.live_instances(cluster=name) == []
+    assert sim.security_groups(cluster=name) == [] and sim.key_pairs() == []
