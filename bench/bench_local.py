@@ -153,7 +153,7 @@ def main() -> None:
     rows = [
         ("`>>` round trip, median (ms)", ours["rt_ours_ms"], ours["rt_raw_ms"], "≤ 1.10"),
         (f"gather of {args.gather} tiny calls (s)", ours["gather_ours_s"], ours["gather_raw_s"], "≤ 1.2"),
-        (f"  same, raw Ray with SPREAD (s)", ours["gather_ours_s"], ours["gather_raw_spread_s"], ""),
+        ("  same, raw Ray with SPREAD (s)", ours["gather_ours_s"], ours["gather_raw_spread_s"], ""),
         (f"{args.nodes}-node entry → first result (s)", ours["startup_s"], ray_cluster["startup_s"], "≤ 1.3"),
         ("exit → all processes gone (s)", ours["exit_s"], ray_cluster["exit_s"], "≤ 3 s"),
         (f"RSS of the {args.nodes}-node cluster + driver (MB)", ours["rss_mb"], ray_cluster["rss_mb"], ""),

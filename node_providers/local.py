@@ -20,7 +20,6 @@ import itertools
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -97,20 +96,6 @@ def list_offers(config: "Local", accelerator: "Accelerator | None" = None) -> li
 
 
 # -- addresses and ports -----------------------------------------------------------------------
-def free_port(ip: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((ip, 0))
-        return sock.getsockname()[1]
-
-
-def free_port_outside_worker_range(ip: str) -> int:
-    """Ray's worker ports are 10002-19999; its client server must stay outside them."""
-    while True:
-        port = free_port(ip)
-        if not 10002 <= port <= 19999:
-            return port
-
-
 def new_address_block() -> str:
     """A random 127.X.Y prefix for one cluster, so concurrent local pools never share addresses."""
     return f"127.{secrets.randbelow(250) + 2}.{secrets.randbelow(250) + 2}"
@@ -124,8 +109,12 @@ def default_state_dir(cluster_name: str) -> str:
 
 def build_provider_config(config: "Local", cluster_name: str, auth_token: str, nodes: int,
                           accelerator: "Accelerator | None", heartbeat_grace: float,
-                          offer: Offer | None = None) -> dict[str, Any]:
-    """The `provider:` section of this cluster's config (what a cluster YAML would hold)."""
+                          offer: Offer | None = None, image: "Image | None" = None) -> dict[str, Any]:
+    """The `provider:` section of this cluster's config (what a cluster YAML would hold).
+
+    `image` is not baked in here: local nodes share this interpreter, and `driver_runtime_env`
+    hands its pip packages to Ray's runtime_env instead.
+    """
     from skyward_ray.errors import SpecError
 
     gpus = detect_gpus()
@@ -145,7 +134,7 @@ def build_provider_config(config: "Local", cluster_name: str, auth_token: str, n
         "state_dir": default_state_dir(cluster_name),
         "address_block": block,
         "head_ip": head_ip,
-        "gcs_port": free_port(head_ip),
+        "gcs_port": startup_script.free_port(head_ip),
         "auth_token": auth_token,
         "python": sys.executable,
         "num_cpus": cpus,
@@ -290,24 +279,12 @@ class LocalNodeProvider(NodeProvider):
             resources=extra_resources,
             market_type="on-demand",
             temp_dir_shell="${SKYWARD_MACHINE_DIR}/r",
-            extra_ray_args=self._port_args(is_head),
+            extra_ray_args=startup_script.colocated_port_args(is_head, cfg["head_ip"]),
             heartbeat_grace=cfg["heartbeat_grace"],
             first_heartbeat_grace=cfg["first_heartbeat_grace"],
             head_wait_timeout=cfg["first_heartbeat_grace"],
             gcs_reconnect_timeout=10,
         )
-
-    def _port_args(self, is_head: bool) -> list[str]:
-        """Ports that default to fixed numbers would collide between nodes on one machine."""
-        ip = self.provider_config["head_ip"]
-        args = [
-            f"--dashboard-agent-listen-port={free_port(ip)}",
-            f"--metrics-export-port={free_port(ip)}",
-            f"--runtime-env-agent-port={free_port(ip)}",
-        ]
-        if is_head:  # Ray always starts a client server on the head; its default 10001 would collide
-            args.append(f"--ray-client-server-port={free_port_outside_worker_range(ip)}")
-        return args
 
     def _accelerator_resources(self) -> tuple[float | None, dict[str, float]]:
         cfg = self.provider_config

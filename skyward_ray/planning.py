@@ -9,7 +9,7 @@ does exist nearby. Nothing is provisioned.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from skyward_ray.accelerators import Accelerator, parse_accelerator
 from skyward_ray.errors import NoOffersError, SpecError

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import socket
 import sys
 from pathlib import Path
 
@@ -209,6 +210,33 @@ def render(boot: NodeBoot) -> str:
         _shutdown(boot),
     ]
     return "\n".join(lines) + "\n"
+
+
+def free_port(ip: str = "", outside_worker_range: bool = False) -> int:
+    """A TCP port free here now; Ray's worker ports (10002-19999) avoided when asked."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind((ip, 0))
+            port = sock.getsockname()[1]
+        if not outside_worker_range or not 10002 <= port <= 19999:
+            return port
+
+
+def colocated_port_args(is_head: bool, ip: str = "") -> list[str]:
+    """`ray start` flags for a node sharing its host with other nodes (local pools, simulated clouds).
+
+    Ray gives these ports fixed defaults (52365, 10001, ...), which collide when several nodes
+    run on one machine; each node gets free ones instead. The client server must stay outside
+    the worker port range.
+    """
+    args = [
+        f"--dashboard-agent-listen-port={free_port(ip)}",
+        f"--metrics-export-port={free_port(ip)}",
+        f"--runtime-env-agent-port={free_port(ip)}",
+    ]
+    if is_head:
+        args.append(f"--ray-client-server-port={free_port(ip, outside_worker_range=True)}")
+    return args
 
 
 def _shutdown(boot: NodeBoot) -> str:

@@ -6,7 +6,7 @@ import pytest
 
 from catalog.taxonomy import taxonomy
 from skyward_ray import accelerators
-from skyward_ray.accelerators import Accelerator, parse_accelerator
+from skyward_ray.accelerators import parse_accelerator
 from skyward_ray.errors import SpecError, UnknownAcceleratorError
 from skyward_ray.providers import AWS, Local
 from skyward_ray.spec import Spec
