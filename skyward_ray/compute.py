@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import secrets
 import signal
 import threading
 import time
@@ -76,7 +77,7 @@ class Compute:
         self._lock = threading.RLock()
         self._previous_handlers: dict[int, Any] = {}
         self.plan: Plan | None = None
-        self.failures: list[tuple[Offer, str]] = []
+        self.failures: list[tuple[Offer, ProvisioningError]] = []  # offers tried before the one that worked
 
     # -- lifecycle -----------------------------------------------------------------------------
     def __enter__(self) -> "Compute":
@@ -111,7 +112,7 @@ class Compute:
                 continue
             module = spec.provider.node_provider_module()
             cluster_name = launcher.new_cluster_name()
-            token = launcher.secrets.token_hex(32)
+            token = secrets.token_hex(32)  # a fresh Ray auth token per cluster
             heartbeat = getattr(spec.provider, "heartbeat_grace", 30.0)
             boot_timeout = self._boot_timeout or getattr(spec.provider, "boot_timeout", 600.0)
             provider_config = module.build_provider_config(
@@ -126,18 +127,20 @@ class Compute:
                         boot_timeout, self._runtime_env(module, spec),
                     )
                 except CapacityError as error:
-                    self.failures.append((offer, f"capacity: {error}"))
+                    self.failures.append((offer, error))
                     continue
                 except (AuthError, QuotaError) as error:
-                    self.failures.append((offer, f"{type(error).__name__}: {error}"))
+                    self.failures.append((offer, error))
                     blocked_providers.add(spec.provider.name)
                     continue
             console.print(f"[green]pool ready[/]: {len(cluster.nodes)} node(s) on {offer.provider} "
                           f"in {cluster.timings.get('ready_s', 0):.1f}s")
             return cluster
-        tried = "\n".join(f"  - {o.provider} {o.instance_type} {o.region or ''} {o.market}: {why}"
-                          for o, why in self.failures)
-        raise ProvisioningError(f"no offer in the plan could be provisioned. Tried:\n{tried}")
+        tried = "\n".join(f"  - {o.provider} {o.instance_type} {o.region or ''} {o.market}: "
+                          f"{type(error).__name__}: {error}" for o, error in self.failures)
+        kinds = {type(error) for _, error in self.failures}
+        error_type = kinds.pop() if len(kinds) == 1 else ProvisioningError  # all auth → AuthError, etc.
+        raise error_type(f"no offer in the plan could be provisioned. Tried:\n{tried}")
 
     def _runtime_env(self, module: Any, spec: Spec) -> dict[str, Any]:
         env_vars = {**self.image.env, "SKYWARD_TOTAL_NODES": str(self.desired.desired)}

@@ -175,7 +175,7 @@ def test_a_capacity_error_moves_to_the_next_offer_and_the_failed_attempt_leaves_
                          boot_timeout=120) as pool:
             assert fault.hits == 1
             assert pool.offer.instance_type != first.instance_type and pool.offer.market == "on-demand"
-            assert "capacity" in pool.failures[0][1] and pool.failures[0][0].instance_type == first.instance_type
+            assert isinstance(pool.failures[0][1], sky.CapacityError) and pool.failures[0][0].instance_type == first.instance_type
             assert len(where() @ pool) == 2
             attempts = [c for c in sim.calls("RunInstances", since=since) if c.params["InstanceType"] == first.instance_type]
             assert [c.status for c in attempts] == [200, 400], "head launched, then the worker found no capacity"

@@ -213,7 +213,7 @@ def test_capacity_error_on_run_instances_creates_nothing_and_throttling_is_retri
 def test_missing_credentials_give_one_clear_auth_error_before_anything_is_created(sim, tmp_path):
     before = len(sim.calls())
     with aws_environment({**NO_CREDENTIALS_ENV, "AWS_ENDPOINT_URL": sim.endpoint, "AWS_DEFAULT_REGION": REGION}):
-        with pytest.raises(sky.ProvisioningError) as caught:
+        with pytest.raises(sky.AuthError) as caught:
             with sky.Compute(provider=sky.AWS(region=REGION, extra={**SIM_EXTRA, "key_dir": str(tmp_path)}),
                              accelerator="T4", nodes=2):
                 pass
