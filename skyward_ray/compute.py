@@ -28,6 +28,7 @@ from skyward_ray.function import PendingFunction, RemoteFunction, _not_pending_m
 from skyward_ray.image import Image
 from skyward_ray.nodes import NodeInfo, Nodes, as_nodes
 from skyward_ray.offers import Offer, Plan
+from skyward_ray.replacer import NodeReplacer
 from skyward_ray.spec import Spec
 
 _OPEN_POOLS: "weakref.WeakSet[Compute]" = weakref.WeakSet()
@@ -73,6 +74,7 @@ class Compute:
                                     region=region, max_hourly_cost=max_hourly_cost)
         self._boot_timeout = boot_timeout
         self._cluster: launcher.Cluster | None = None
+        self._replacer: NodeReplacer | None = None
         self._state = "new"
         self._lock = threading.RLock()
         self._previous_handlers: dict[int, Any] = {}
@@ -97,6 +99,7 @@ class Compute:
             self._close()
             raise
         self._install_signal_handlers()  # ray.init put its own SIGTERM handler in place of ours
+        self._replacer = NodeReplacer(self._cluster).start()
         self._state = "open"
         return self
 
@@ -155,6 +158,8 @@ class Compute:
             self._state = "closed"
             cluster, self._cluster = self._cluster, None
         try:
+            if self._replacer is not None:
+                self._replacer.stop()
             if cluster is not None:
                 t0 = time.monotonic()
                 left = launcher.teardown(cluster)
@@ -224,6 +229,11 @@ class Compute:
         cluster = self._open_cluster()
         hours = (time.time() - cluster.started_at) / 3600
         return cluster.offer.price * len(cluster.nodes) * hours
+
+    @property
+    def replaced(self) -> list[tuple[str, str]]:
+        """Workers lost and replaced so far: (lost instance id, replacement instance id)."""
+        return list(self._replacer.replaced) if self._replacer else []
 
     @property
     def timings(self) -> dict[str, float]:

@@ -92,6 +92,13 @@ def _create(provider: NodeProvider, cluster_name: str, kind: str, index: int, la
     return next(iter(created))
 
 
+def create_worker(cluster: Cluster, index: int) -> str:
+    """One more worker for a running cluster (a replacement keeps the lost node's index)."""
+    instance_id = _create(cluster.provider, cluster.name, NODE_KIND_WORKER, index, secrets.token_hex(4))
+    cluster.instance_ids.append(instance_id)
+    return instance_id
+
+
 def _port_open(ip: str, port: int) -> bool:
     try:
         with socket.create_connection((ip, port), timeout=0.5):

@@ -139,7 +139,7 @@ def test_no_credential_appears_in_any_user_data(region, spot_pool):
         assert "AWS_ACCESS_KEY_ID" not in text and "AWS_SECRET" not in text
 
 
-def test_a_spot_interruption_mid_gather_still_returns_every_result(region, spot_pool):
+def test_a_spot_interruption_mid_gather_returns_every_result_and_the_node_is_replaced(region, spot_pool):
     sim, _, _ = region
     worker = spot_pool.nodes[1].instance_id
     interrupt = threading.Timer(1.5, sim.terminate, args=(worker,))
@@ -150,6 +150,14 @@ def test_a_spot_interruption_mid_gather_still_returns_every_result(region, spot_
         interrupt.join()
     assert [r[0] for r in results] == [0, 1, 4, 9]
     assert sim.instances(cluster=spot_pool.name, states=("terminated",))[0]["InstanceId"] == worker
+    deadline = time.monotonic() + 120
+    while not spot_pool.replaced and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert spot_pool.replaced and spot_pool.replaced[0][0] == worker
+    replacement = spot_pool.replaced[0][1]
+    assert [n.instance_id for n in spot_pool.nodes][1] == replacement
+    assert replacement in [i["InstanceId"] for i in sim.live_instances(cluster=spot_pool.name)]
+    assert [w["instance_id"] for w in where() @ spot_pool] == [n.instance_id for n in spot_pool.nodes]
 
 
 def test_leaving_the_pool_leaves_no_instance_security_group_or_key_pair(region, spot_pool):

@@ -137,7 +137,7 @@ def slow_node_id(seconds: float) -> str:
     return ray.get_runtime_context().get_node_id()
 
 
-def test_a_lost_node_s_calls_are_retried_by_ray_and_all_results_return():
+def test_a_lost_node_s_calls_are_retried_and_the_node_is_replaced():
     with sky.Compute(nodes=2) as pool:
         head, worker = pool.nodes
         future = sky.gather(*[slow_node_id(3) for _ in range(4)]) > pool
@@ -147,3 +147,11 @@ def test_a_lost_node_s_calls_are_retried_by_ray_and_all_results_return():
         assert len(results) == 4
         assert head.ray_node_id in results
         assert not pool._cluster.provider.is_running(worker.instance_id)
+        deadline = time.monotonic() + 90  # the pool brings its size back with a new machine
+        while not pool.replaced and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert pool.replaced and pool.replaced[0][0] == worker.instance_id
+        new = pool.nodes[1]
+        assert new.index == 1 and new.instance_id != worker.instance_id and new.ray_node_id != worker.ray_node_id
+        where = sky.function(lambda: ray.get_runtime_context().get_node_id())
+        assert where() @ pool == [head.ray_node_id, new.ray_node_id]
