@@ -47,6 +47,11 @@ class NodeReplacer:
         while not self._stop.wait(self.interval):
             try:
                 live = set(self.cluster.provider.non_terminated_nodes({}))  # one provider call per round
+                head = self.cluster.nodes[0]
+                if head.instance_id not in live:
+                    console.print(f"[red]the head node ({head.instance_id}) is gone; the pool cannot recover "
+                                  "and no more nodes will be started[/]")
+                    return
                 for node in list(self.cluster.nodes):
                     if node.index == 0 or node.instance_id in live or self._stop.is_set():
                         continue
