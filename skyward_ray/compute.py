@@ -70,8 +70,6 @@ class Compute:
         )
         for spec in self.specs:
             spec.provider.node_provider_module().validate_image(spec.provider, self.image)
-        self._plan_arguments = dict(provider=provider, accelerator=accelerator, allocation=allocation,
-                                    region=region, max_hourly_cost=max_hourly_cost)
         self._boot_timeout = boot_timeout
         self._cluster: launcher.Cluster | None = None
         self._replacer: NodeReplacer | None = None
