@@ -211,7 +211,14 @@ class ProcessHost:
             targets = [machines[i] for i in instance_ids if i in machines]
             for machine in targets:
                 machine.terminated = True
-        end_processes(self._processes_of(targets), grace)
+        # A node still booting may spawn a process (e.g. Ray's agents) after a scan has been taken;
+        # scan again until a pass finds nothing, so nothing is orphaned.
+        deadline = time.monotonic() + 15
+        found = self._processes_of(targets)
+        while found and time.monotonic() < deadline:
+            end_processes(found, grace)
+            time.sleep(0.1)
+            found = self._processes_of(targets)
         for machine in targets:
             with contextlib.suppress(ChildProcessError, psutil.NoSuchProcess, psutil.TimeoutExpired):
                 psutil.Process(machine.pid).wait(0)

@@ -82,3 +82,15 @@ def wait_for_line(proc: subprocess.Popen, prefix: str, timeout: float = 180) -> 
             return line[len(prefix):].strip()
     proc.kill()
     raise AssertionError(f"no line starting with {prefix!r}; child output:\n{''.join(seen)}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_at_the_end():
+    """After the whole run: no process of any pool this run launched may still be alive."""
+    yield
+    time.sleep(2)  # anything a late teardown would still spawn has spawned by now
+    left = pool_processes()
+    if left:
+        described = [f"{p.pid} {' '.join(p.cmdline())[:80]}" for p in left]
+        end_processes(left, grace=1)
+        pytest.fail(f"{len(left)} pool processes outlived the test run: {described}")
