@@ -47,24 +47,31 @@ class Machine:
     terminated: bool = False
 
 
+def machine_identity(proc: psutil.Process, variable: str = INSTANCE_MARKER) -> str | None:
+    """The instance id a process belongs to: its marker variable, or else the machine directory
+    its HOME points to (named after the instance). Ray starts some helpers (its agents) with an
+    environment of its own making, which may drop the marker but keeps HOME."""
+    env = proc.environ()
+    value = env.get(variable)
+    if value is None and env.get("HOME"):
+        value = os.path.basename(env["HOME"].rstrip("/"))
+    return value
+
+
 def processes_with_marker(marker_value: str, variable: str = INSTANCE_MARKER) -> list[psutil.Process]:
-    """Every live process whose environment carries `variable=marker_value` (prefix match with '*')."""
+    """Every live process of the machine `marker_value` (a prefix match when it ends with '*')."""
     found = []
     prefix = marker_value.endswith("*")
     wanted = marker_value.rstrip("*")
     for proc in psutil.process_iter(["pid"]):
         try:
-            value = proc.environ().get(variable)
+            value = machine_identity(proc, variable)
+            if value is None or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
             continue
-        if value is None:
-            continue
         if (prefix and value.startswith(wanted)) or (not prefix and value == wanted):
-            try:
-                if proc.status() != psutil.STATUS_ZOMBIE:
-                    found.append(proc)
-            except psutil.NoSuchProcess:
-                continue
+            found.append(proc)
     return found
 
 
@@ -226,19 +233,20 @@ class ProcessHost:
                 shutil.rmtree(machine.directory, ignore_errors=True)
 
     def _processes_of(self, targets: list[Machine]) -> list[psutil.Process]:
-        """One pass over the process table: members of the machines' groups or carriers of their markers."""
+        """One pass over the process table: each machine's process group (its root ran `setsid`,
+        so the group id is the root's pid, even after the root is gone) and every process that
+        identifies as one of the machines (`machine_identity`)."""
+        by_group = {m.pid: m.create_time for m in targets}
         markers = {m.instance_id for m in targets}
-        groups = set()
-        for machine in targets:
-            if self._root_alive(machine):
-                with contextlib.suppress(ProcessLookupError):
-                    groups.add(os.getpgid(machine.pid))
         found = []
         for proc in psutil.process_iter(["pid"]):
             try:
                 if proc.status() == psutil.STATUS_ZOMBIE:
                     continue  # already dead; its parent (or init) reaps it
-                if os.getpgid(proc.pid) in groups or proc.environ().get(INSTANCE_MARKER) in markers:
+                group = os.getpgid(proc.pid)
+                # A group id is a pid and pids are reused: only count processes born after the machine.
+                in_group = group in by_group and proc.create_time() >= by_group[group] - 0.05
+                if in_group or machine_identity(proc) in markers:
                     found.append(proc)
             except (psutil.Error, ProcessLookupError, PermissionError, OSError):
                 continue

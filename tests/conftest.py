@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from node_providers.process_host import INSTANCE_MARKER, end_processes, processes_with_marker
+from node_providers.process_host import end_processes, machine_identity, processes_with_marker
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("SKYWARD_QUIET", "1")
@@ -37,7 +37,7 @@ def pool_processes(except_open: bool = False) -> list:
     found = []
     for proc in processes_with_marker("sky-*"):
         try:
-            marker = proc.environ().get(INSTANCE_MARKER, "")
+            marker = machine_identity(proc) or ""
         except Exception:
             continue
         if any(marker.startswith(name + "-") for name in mine):
