@@ -279,6 +279,10 @@ class LocalNodeProvider(NodeProvider):
             resources=extra_resources,
             market_type="on-demand",
             temp_dir_shell="${SKYWARD_MACHINE_DIR}/r",
+            # A local "machine" is its process group (the script is its leader): ending it kills the
+            # whole group, so no helper Ray left behind (e.g. agents respawned as the head vanished)
+            # outlives it, as nothing outlives a powered-off cloud instance.
+            shutdown_command="kill -KILL -- -$$",
             extra_ray_args=startup_script.colocated_port_args(is_head, cfg["head_ip"]),
             heartbeat_grace=cfg["heartbeat_grace"],
             first_heartbeat_grace=cfg["first_heartbeat_grace"],

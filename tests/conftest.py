@@ -86,10 +86,12 @@ def wait_for_line(proc: subprocess.Popen, prefix: str, timeout: float = 180) -> 
 
 @pytest.fixture(scope="session", autouse=True)
 def nothing_left_at_the_end():
-    """After the whole run: no process of any pool this run launched may still be alive."""
+    """After the whole run: no pool process born during it may still be alive, whether its pool
+    was opened here or by a driver subprocess a test started."""
+    started = time.time()
     yield
     time.sleep(2)  # anything a late teardown would still spawn has spawned by now
-    left = pool_processes()
+    left = [p for p in processes_with_marker("sky-*") if p.create_time() >= started - 1]
     if left:
         described = [f"{p.pid} {' '.join(p.cmdline())[:80]}" for p in left]
         end_processes(left, grace=1)

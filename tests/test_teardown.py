@@ -99,6 +99,8 @@ def test_sigkilled_driver_nodes_stop_by_themselves_within_60s():
         while processes_of(name) and time.monotonic() - killed_at < 60:
             time.sleep(1)
         assert processes_of(name) == [], "the nodes outlived their driver by 60 s"
+        time.sleep(5)
+        assert processes_of(name) == [], "a node process appeared again after the nodes had ended"
     finally:
         proc.kill()
         proc.wait()
