@@ -233,20 +233,21 @@ class ProcessHost:
                 shutil.rmtree(machine.directory, ignore_errors=True)
 
     def _processes_of(self, targets: list[Machine]) -> list[psutil.Process]:
-        """One pass over the process table: each machine's process group (its root ran `setsid`,
-        so the group id is the root's pid, even after the root is gone) and every process that
-        identifies as one of the machines (`machine_identity`)."""
-        by_group = {m.pid: m.create_time for m in targets}
+        """One pass over the process table: each live machine's process group, and every process
+        that identifies as one of the machines (`machine_identity`).
+
+        The group is used only while its leader is the machine's own root (same pid and start
+        time): pids wrap around (32768 here), and a dead machine's group id may by now belong to
+        someone else, such as the test runner itself.
+        """
+        groups = {m.pid for m in targets if self._root_alive(m)}
         markers = {m.instance_id for m in targets}
         found = []
         for proc in psutil.process_iter(["pid"]):
             try:
                 if proc.status() == psutil.STATUS_ZOMBIE:
                     continue  # already dead; its parent (or init) reaps it
-                group = os.getpgid(proc.pid)
-                # A group id is a pid and pids are reused: only count processes born after the machine.
-                in_group = group in by_group and proc.create_time() >= by_group[group] - 0.05
-                if in_group or machine_identity(proc) in markers:
+                if os.getpgid(proc.pid) in groups or machine_identity(proc) in markers:
                     found.append(proc)
             except (psutil.Error, ProcessLookupError, PermissionError, OSError):
                 continue
