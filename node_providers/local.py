@@ -174,13 +174,14 @@ class LocalNodeProvider(NodeProvider):
 
     # -- queries -------------------------------------------------------------------------------
     def non_terminated_nodes(self, tag_filters: dict[str, str]) -> list[str]:
-        result = []
-        for instance_id, machine in self.host.machines().items():
-            if machine.terminated or not self.host.is_running(instance_id):
-                continue
-            if all(machine.tags.get(k) == v for k, v in tag_filters.items()):
-                result.append(instance_id)
-        return sorted(result, key=lambda i: int(self.host.machines()[i].labels.get("skyward/node-index", 0)))
+        machines = self.host.machines()  # one read of the shared state per call
+        alive = [
+            machine for machine in machines.values()
+            if not machine.terminated and self.host.root_alive(machine)
+            and all(machine.tags.get(k) == v for k, v in tag_filters.items())
+        ]
+        alive.sort(key=lambda m: int(m.labels.get("skyward/node-index", 0)))
+        return [machine.instance_id for machine in alive]
 
     def is_running(self, node_id: str) -> bool:
         return self.host.is_running(node_id)

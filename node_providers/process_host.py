@@ -58,21 +58,23 @@ def machine_identity(proc: psutil.Process, variable: str = INSTANCE_MARKER) -> s
     return value
 
 
-def processes_with_marker(marker_value: str, variable: str = INSTANCE_MARKER) -> list[psutil.Process]:
-    """Every live process of the machine `marker_value` (a prefix match when it ends with '*')."""
-    found = []
-    prefix = marker_value.endswith("*")
-    wanted = marker_value.rstrip("*")
+def _identified_processes(variable: str = INSTANCE_MARKER) -> Iterator[tuple[psutil.Process, str | None]]:
+    """Every live (not zombie) process here, with the machine it belongs to, if any."""
     for proc in psutil.process_iter(["pid"]):
         try:
-            value = machine_identity(proc, variable)
-            if value is None or proc.status() == psutil.STATUS_ZOMBIE:
-                continue
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue  # already dead; its parent (or init) reaps it
+            yield proc, machine_identity(proc, variable)
+        except (psutil.Error, OSError):
             continue
-        if (prefix and value.startswith(wanted)) or (not prefix and value == wanted):
-            found.append(proc)
-    return found
+
+
+def processes_with_marker(marker_value: str, variable: str = INSTANCE_MARKER) -> list[psutil.Process]:
+    """Every live process of the machine `marker_value` (a prefix match when it ends with '*')."""
+    wanted = marker_value.rstrip("*")
+    if marker_value.endswith("*"):
+        return [proc for proc, value in _identified_processes(variable) if value and value.startswith(wanted)]
+    return [proc for proc, value in _identified_processes(variable) if value == wanted]
 
 
 def _gone(proc: psutil.Process) -> bool:
@@ -197,10 +199,10 @@ class ProcessHost:
 
     def is_running(self, instance_id: str) -> bool:
         machine = self.machines().get(instance_id)
-        return machine is not None and not machine.terminated and self._root_alive(machine)
+        return machine is not None and not machine.terminated and self.root_alive(machine)
 
     @staticmethod
-    def _root_alive(machine: Machine) -> bool:
+    def root_alive(machine: Machine) -> bool:
         try:
             proc = psutil.Process(machine.pid)
             if abs(proc.create_time() - machine.create_time) > 0.05:
@@ -240,23 +242,16 @@ class ProcessHost:
         time): pids wrap around (32768 here), and a dead machine's group id may by now belong to
         someone else, such as the test runner itself.
         """
-        groups = {m.pid for m in targets if self._root_alive(m)}
+        groups = {m.pid for m in targets if self.root_alive(m)}
         markers = {m.instance_id for m in targets}
         found = []
-        for proc in psutil.process_iter(["pid"]):
+        for proc, identity in _identified_processes():
             try:
-                if proc.status() == psutil.STATUS_ZOMBIE:
-                    continue  # already dead; its parent (or init) reaps it
-                if os.getpgid(proc.pid) in groups or machine_identity(proc) in markers:
+                if identity in markers or os.getpgid(proc.pid) in groups:
                     found.append(proc)
-            except (psutil.Error, ProcessLookupError, PermissionError, OSError):
+            except (ProcessLookupError, PermissionError):
                 continue
         return found
-
-    def forget(self, instance_ids: list[str]) -> None:
-        with self._locked_state() as machines:
-            for instance_id in instance_ids:
-                machines.pop(instance_id, None)
 
     def log_tail(self, instance_id: str, lines: int = 30) -> str:
         machine = self.machines().get(instance_id)
@@ -265,12 +260,3 @@ class ProcessHost:
         text = Path(machine.log_path).read_text(errors="replace").splitlines()
         return "\n".join(text[-lines:])
 
-
-def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:
-    """Poll `predicate` until it is true or `timeout` seconds pass."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())

@@ -8,11 +8,27 @@ Each model passes a `hints` table (field → fix). If a validator raised one of 
 from __future__ import annotations
 
 import difflib
-from typing import Any, Mapping, NoReturn
+from typing import Any, ClassVar, Mapping, NoReturn
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from skyward_ray.errors import SpecError
+
+
+class SpecModel(BaseModel):
+    """A user-facing spec: invalid input raises `SpecError` naming the field and the fix.
+
+    Subclasses set `_spec_hints` (field → what to write instead); the model's name in messages is
+    the class name.
+    """
+
+    _spec_hints: ClassVar[Mapping[str, str]] = {}
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as error:
+            raise_spec_error(type(self).__name__, error, self._spec_hints)
 
 
 def raise_spec_error(model: str, error: ValidationError, hints: Mapping[str, str]) -> NoReturn:

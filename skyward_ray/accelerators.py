@@ -12,10 +12,10 @@ import difflib
 import re
 from typing import Any, Callable
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from catalog.taxonomy import Variant, normalize_form_factor, normalize_name, taxonomy
-from skyward_ray._validation import raise_spec_error
+from skyward_ray._validation import SpecModel
 from skyward_ray.errors import SpecError, UnknownAcceleratorError
 
 _HINTS = {
@@ -56,21 +56,16 @@ def memory_matches(asked_gb: float, have_gb: float) -> bool:
     return abs(have_gb - asked_gb) <= max(2.0, 0.06 * asked_gb)
 
 
-class Accelerator(BaseModel):
+class Accelerator(SpecModel):
     """A logical accelerator request: family, count per node, optional memory and form factor."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    _spec_hints = _HINTS
 
     name: str = Field(description="canonical family, e.g. 'H100'")
     count: int = Field(default=1, ge=1, description="accelerators per node")
     memory: float | None = Field(default=None, description="GB per accelerator; None = any size")
     form_factor: str | None = Field(default=None, description="'SXM', 'PCIe', 'NVL', 'OAM'; None = any")
-
-    def __init__(self, **data: Any) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as error:
-            raise_spec_error("Accelerator", error, _HINTS)
 
     @field_validator("name", mode="before")
     @classmethod

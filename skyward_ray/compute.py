@@ -55,8 +55,7 @@ class Compute:
         boot_timeout: float | None = None,
     ) -> None:
         self.desired = as_nodes(nodes)
-        if (self.desired.min or self.desired.desired) != self.desired.desired or (
-                self.desired.max or self.desired.desired) != self.desired.desired:
+        if {self.desired.min, self.desired.max} - {None, self.desired.desired}:
             raise SpecError(
                 f"nodes={self.desired!r}: elastic pools (min=/max= different from desired) are not supported yet; "
                 f"pass nodes={self.desired.desired}"

@@ -40,6 +40,7 @@ class DriverConnection:
         self._saved_env: dict[str, str | None] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._beats = 0
         self.connected = False
 
     def use_token(self) -> None:
@@ -80,7 +81,7 @@ class DriverConnection:
 
     def beat(self, value: bytes | None = None) -> None:
         """Tell the head's watchdog this driver is alive (or, with b"detached", to stand down)."""
-        self._beats = getattr(self, "_beats", 0) + 1
+        self._beats += 1
         internal_kv._internal_kv_put(
             HEARTBEAT_KEY, value if value is not None else str(self._beats).encode(), overwrite=True,
             namespace=HEARTBEAT_NAMESPACE,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 
 from packaging.requirements import InvalidRequirement, Requirement
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
-from skyward_ray._validation import raise_spec_error
+from skyward_ray._validation import SpecModel
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _APT_NAME = re.compile(r"^[a-z0-9][a-z0-9+.\-]*(=[A-Za-z0-9.+:~\-]+)?$")
@@ -21,7 +21,7 @@ _HINTS = {
 }
 
 
-class Image(BaseModel):
+class Image(SpecModel):
     """Packages and environment for every node.
 
     On cloud nodes the startup script installs `apt` and `pip` before Ray starts. On the local
@@ -30,17 +30,12 @@ class Image(BaseModel):
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    _spec_hints = _HINTS
 
     pip: tuple[str, ...] = Field(default=(), description='pip requirement specifiers, e.g. "numpy>=2"')
     apt: tuple[str, ...] = Field(default=(), description="Debian package names")
     env: dict[str, str] = Field(default_factory=dict, description="environment variables for every task")
     python: str | None = Field(default=None, description='Python version on the nodes, e.g. "3.11"')
-
-    def __init__(self, **data: object) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as error:
-            raise_spec_error("Image", error, _HINTS)
 
     @field_validator("pip", mode="before")
     @classmethod

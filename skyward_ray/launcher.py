@@ -52,7 +52,6 @@ class Cluster:
 
     name: str
     provider: NodeProvider
-    provider_module: Any
     offer: Offer
     instance_ids: list[str]
     driver: DriverConnection | None = None
@@ -126,7 +125,7 @@ def launch(
     t0 = time.monotonic()
     STARTED_CLUSTERS.append(cluster_name)
     provider = load_node_provider(provider_config, cluster_name)
-    cluster = Cluster(name=cluster_name, provider=provider, provider_module=provider_module, offer=offer,
+    cluster = Cluster(name=cluster_name, provider=provider, offer=offer,
                       instance_ids=[])
     try:
         launch_request = secrets.token_hex(4)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from skyward_ray._validation import raise_spec_error
+from skyward_ray._validation import SpecModel
 from skyward_ray.errors import SpecError
 
 _HINTS = {
@@ -14,10 +14,11 @@ _HINTS = {
 }
 
 
-class Nodes(BaseModel):
+class Nodes(SpecModel):
     """How many nodes: `desired` to launch; work may start at `min`; elastic pools may grow to `max`."""
 
     model_config = ConfigDict(frozen=True)
+    _spec_hints = _HINTS
 
     desired: int = Field(ge=1)
     min: int | None = Field(default=None, ge=1)
@@ -26,10 +27,7 @@ class Nodes(BaseModel):
     def __init__(self, desired: int | None = None, /, **data: object) -> None:
         if desired is not None:
             data["desired"] = desired
-        try:
-            super().__init__(**data)
-        except ValidationError as error:
-            raise_spec_error("Nodes", error, _HINTS)
+        super().__init__(**data)
 
     @model_validator(mode="after")
     def _ordered(self) -> "Nodes":

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 from skyward_ray.accelerators import Accelerator, parse_accelerator
 from skyward_ray.errors import NoOffersError, SpecError
+from skyward_ray.nodes import as_nodes
 from skyward_ray.offer_table import price_age
 from skyward_ray.offers import Offer, Plan
 from skyward_ray.providers import ProviderConfig
@@ -20,14 +21,6 @@ from skyward_ray.selector import select
 from skyward_ray.spec import ALLOCATIONS, Spec, provider_classes, provider_from_name
 
 DEFAULT_ALLOCATION = "spot-if-available"
-
-
-def nodes_count(nodes: Any) -> int:
-    """An int, or anything with an int `.desired` (e.g. `sky.Nodes`), as a count ≥ 1."""
-    desired = getattr(nodes, "desired", nodes)
-    if isinstance(desired, bool) or not isinstance(desired, int) or desired < 1:
-        raise SpecError(f"nodes: expected a whole number ≥ 1 or sky.Nodes(...), got {nodes!r}. Fix: e.g. nodes=2")
-    return desired
 
 
 def _providers(provider: Any) -> list[Any]:
@@ -107,7 +100,7 @@ def plan(
     max_hourly_cost: float | None = None,
 ) -> Plan:
     """Ranked offers for these arguments; raises `NoOffersError` (with reasons) when none fits."""
-    count = nodes_count(nodes)
+    count = as_nodes(nodes).desired
     spec_list = specs_from_arguments(
         specs, provider=provider, accelerator=accelerator, allocation=allocation, region=region,
         max_hourly_cost=max_hourly_cost,

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
-from skyward_ray._validation import raise_spec_error
+from skyward_ray._validation import SpecModel
 from skyward_ray.accelerators import Accelerator, parse_accelerator
 from skyward_ray.errors import SpecError
 from skyward_ray.providers import Local, ProviderConfig
@@ -53,10 +53,11 @@ def provider_from_name(name: str) -> ProviderConfig:
     return cls()
 
 
-class Spec(BaseModel):
+class Spec(SpecModel):
     """What the user will accept: one provider, one accelerator shape, one market policy."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+    _spec_hints = _HINTS
 
     provider: ProviderConfig = Field(default_factory=Local)
     accelerator: Accelerator | None = None
@@ -66,12 +67,6 @@ class Spec(BaseModel):
     max_hourly_cost: float | None = Field(default=None, gt=0, description="USD per node per hour")
     vcpus: float | None = Field(default=None, gt=0, description="minimum vCPUs per node")
     memory_gb: float | None = Field(default=None, gt=0, description="minimum RAM per node, GB")
-
-    def __init__(self, **data: Any) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as error:
-            raise_spec_error("Spec", error, _HINTS)
 
     @field_validator("provider", mode="before")
     @classmethod

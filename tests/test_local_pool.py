@@ -182,6 +182,6 @@ def test_function_is_exported_once(pool):
     assert square.ray_function() is first
 
 
-def test_driver_uses_the_pool_token_not_the_users_ray_dir(pool):
+def test_the_driver_holds_the_pools_own_token_while_it_is_open(pool):
     assert os.environ["RAY_AUTH_MODE"] == "token"
     assert len(os.environ["RAY_AUTH_TOKEN"]) == 64

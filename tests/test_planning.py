@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from skyward_ray.errors import NoOffersError, SpecError
+from skyward_ray.nodes import Nodes
 from skyward_ray.planning import plan, specs_from_arguments
 from skyward_ray.providers import AWS, RunPod, VastAI
 from skyward_ray.spec import Spec
@@ -116,7 +116,7 @@ def test_three_providers_in_one_plan(fixture_catalog):
     assert result.nodes == 2
     assert [result.specs[o.spec_index].provider.name for o in result.offers] == [o.provider for o in result.offers]
     same = plan(Spec(provider="aws", accelerator="H100:8"), Spec(provider="runpod", accelerator="H100:8"),
-                Spec(provider="vastai", accelerator="H100:8"), nodes=SimpleNamespace(desired=2))
+                Spec(provider="vastai", accelerator="H100:8"), nodes=Nodes(2))
     assert rows(same) == rows(result)
 
 
