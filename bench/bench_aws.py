@@ -23,7 +23,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("SKYWARD_QUIET", "1")
 
 import skyward_ray as sky  # noqa: E402
-from tests.simaws import SIM_EXTRA, simulated_aws  # noqa: E402
+from tests.simaws import SIM_SETTINGS, simulated_aws  # noqa: E402
 
 
 @sky.function
@@ -32,7 +32,7 @@ def square(x: int) -> int:
 
 
 def one_round(sim, hosts, keys: str) -> dict[str, float]:
-    provider = sky.AWS(region="us-east-1", extra={**SIM_EXTRA, "key_dir": keys})
+    provider = sky.AWS(region="us-east-1", key_dir=keys, **SIM_SETTINGS)
     t0 = time.time()
     m0 = time.monotonic()
     pool = sky.Compute(provider=provider, accelerator="T4", nodes=2, allocation="spot-if-available", boot_timeout=120)
@@ -76,7 +76,7 @@ def main() -> None:
         setup = time.monotonic() - started
         keys = str(hosts.root / "keys")
         t = time.monotonic()
-        plan = sky.plan(provider=sky.AWS(region="us-east-1", extra=SIM_EXTRA), accelerator="T4", nodes=2)
+        plan = sky.plan(provider=sky.AWS(region="us-east-1", **SIM_SETTINGS), accelerator="T4", nodes=2)
         plan_s = time.monotonic() - t
         rows = [one_round(sim, hosts, keys) for _ in range(args.rounds)]
         leftovers = hosts.stop()

@@ -42,7 +42,7 @@ def phase_ours(nodes: int, calls: int, gather_n: int) -> dict:
     import ray
 
     import skyward_ray as sky
-    from node_providers.process_host import processes_with_marker
+    from node_providers.local.process_host import processes_with_marker
 
     @sky.function
     def tiny(x: int) -> int:

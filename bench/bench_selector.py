@@ -18,10 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from skyward_ray.offers import Offer  # noqa: E402
-from skyward_ray.providers import AWS, RunPod, VastAI  # noqa: E402
-from skyward_ray.selector import select  # noqa: E402
-from skyward_ray.spec import Spec  # noqa: E402
+from skyward_ray.planning.offers import Offer  # noqa: E402
+from skyward_ray.planning.providers import AWS, RunPod, VastAI  # noqa: E402
+from skyward_ray.planning.selector import select  # noqa: E402
+from skyward_ray.planning.spec import Spec  # noqa: E402
 
 SIZES = (1_000, 10_000, 100_000)
 TARGET_MS = 50.0

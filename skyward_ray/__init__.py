@@ -8,11 +8,27 @@
     with sky.Compute(nodes=3) as pool:     # provider omitted: sky.Local()
         square(7) >> pool
 
-See DESIGN.md §1 for the whole public API.
+The public API, by where it lives (see docs/architecture.md):
+
+- `skyward_ray.planning`: specs, offers and the selector (`plan`, `Spec`, `Image`, `Nodes`, ...);
+  pure data work that never imports Ray;
+- `skyward_ray.api`: `function`, `gather`, `Compute`, `instance_info`, `shard`;
+- `node_providers.<cloud>.config`: `Local`, `AWS`, `RunPod`, `VastAI`.
+
+`import skyward_ray` is cheap: what needs Ray (`Compute`, `instance_info`, `shard`) is imported
+on first use.
 """
 
-from skyward_ray import accelerators
-from skyward_ray.compute import Compute
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from node_providers.aws.config import AWS
+from node_providers.local.config import Local
+from node_providers.runpod.config import RunPod
+from node_providers.vastai.config import VastAI
+from skyward_ray.api.function import PendingFunction, PendingGroup, RemoteFunction, function, gather
 from skyward_ray.errors import (
     AuthError,
     BootTimeoutError,
@@ -21,27 +37,44 @@ from skyward_ray.errors import (
     NoOffersError,
     NotInTaskError,
     PoolClosedError,
+    ProviderUnavailableError,
     ProvisioningError,
     QuotaError,
     SkywardError,
     SpecError,
     UnknownAcceleratorError,
 )
-from skyward_ray.function import PendingFunction, PendingGroup, RemoteFunction, function, gather
-from skyward_ray.image import Image
-from skyward_ray.nodes import NodeInfo, Nodes
-from skyward_ray.offers import Offer, Plan, Rejection
-from skyward_ray.planning import plan
-from skyward_ray.providers import AWS, Local, RunPod, VastAI
-from skyward_ray.runtime import InstanceInfo, instance_info, shard
-from skyward_ray.spec import Spec
+from skyward_ray.planning import accelerators
+from skyward_ray.planning.image import Image
+from skyward_ray.planning.nodes import NodeInfo, Nodes
+from skyward_ray.planning.offers import Offer, Plan, Rejection
+from skyward_ray.planning.plan import plan
+from skyward_ray.planning.spec import Spec
 
 __version__ = "0.1.0"
+
+# Imported on first use: these import Ray.
+_LAZY = {
+    "Compute": "skyward_ray.api.compute",
+    "InstanceInfo": "skyward_ray.api.runtime",
+    "instance_info": "skyward_ray.api.runtime",
+    "shard": "skyward_ray.api.runtime",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'skyward_ray' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AWS", "AuthError", "BootTimeoutError", "CapacityError", "Compute", "FunctionTimeoutError", "Image",
     "InstanceInfo", "Local", "NoOffersError", "NodeInfo", "Nodes", "NotInTaskError", "Offer", "PendingFunction",
-    "PendingGroup", "Plan", "PoolClosedError", "ProvisioningError", "QuotaError", "Rejection", "RemoteFunction",
-    "RunPod", "SkywardError", "Spec", "SpecError", "UnknownAcceleratorError", "VastAI", "accelerators",
-    "function", "gather", "instance_info", "plan", "shard",
+    "PendingGroup", "Plan", "PoolClosedError", "ProviderUnavailableError", "ProvisioningError", "QuotaError",
+    "Rejection", "RemoteFunction", "RunPod", "SkywardError", "Spec", "SpecError", "UnknownAcceleratorError",
+    "VastAI", "accelerators", "function", "gather", "instance_info", "plan", "shard",
 ]

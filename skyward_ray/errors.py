@@ -35,6 +35,11 @@ class QuotaError(ProvisioningError):
     """An account limit stops the request (blocks the whole provider)."""
 
 
+class ProviderUnavailableError(SpecError):
+    """A provider whose offers can be listed but whose machines cannot be started (yet); raised
+    before anything is provisioned."""
+
+
 class BootTimeoutError(ProvisioningError):
     """A node did not join the Ray cluster in time; the message names it and shows its log tail."""
 

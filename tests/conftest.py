@@ -9,39 +9,64 @@ are ended by process id so the next test starts clean. Nothing here ever runs `r
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from node_providers.process_host import end_processes, machine_identity, processes_with_marker
+from node_providers.local.process_host import end_processes, machine_identity, processes_with_marker
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("SKYWARD_QUIET", "1")
 REPO = Path(__file__).resolve().parent.parent
 
 
-def pool_processes(except_open: bool = False) -> list:
-    """Every live process of the pools this test process launched (their processes carry a marker).
+def _run_temp_dir() -> str:
+    """A short temp dir of this test run's own (Ray's unix socket paths live below a local
+    machine's directory, 107 bytes at most). Every local pool this run opens, in this process
+    or in a driver subprocess (which inherits TMPDIR), keeps its machines below it, so the
+    leftover checks below look at this run's pools and at no one else's."""
+    for attempt in range(1000):
+        path = f"/tmp/k{(os.getpid() + attempt) % 1000:03d}"
+        try:
+            os.mkdir(path, 0o700)
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError("no free /tmp/kNNN directory for the test run")
 
-    With `except_open`, processes of pools still open in this test process (a module-scoped pool
-    shared by several tests) are left out.
-    """
-    from skyward_ray.compute import _OPEN_POOLS
-    from skyward_ray.launcher import STARTED_CLUSTERS
+
+RUN_TEMP_DIR = _run_temp_dir()
+os.environ["TMPDIR"] = RUN_TEMP_DIR
+tempfile.tempdir = None  # re-read TMPDIR
+
+
+def _home(proc) -> str:
+    try:
+        return proc.environ().get("HOME", "")
+    except Exception:
+        return ""
+
+
+def pool_processes(except_open: bool = False) -> list:
+    """Every live process of the local pools this test run launched (their HOME is below the run's
+    temp dir). With `except_open`, processes of pools still open in this test process (a
+    module-scoped pool shared by several tests) are left out."""
+    from skyward_ray.api.compute import _OPEN_POOLS
 
     open_names = {pool._cluster.name for pool in list(_OPEN_POOLS) if pool._cluster is not None}
-    mine = [name for name in STARTED_CLUSTERS if not (except_open and name in open_names)]
     found = []
     for proc in processes_with_marker("sky-*"):
-        try:
-            marker = machine_identity(proc) or ""
-        except Exception:
+        if not _home(proc).startswith(RUN_TEMP_DIR + "/"):
             continue
-        if any(marker.startswith(name + "-") for name in mine):
-            found.append(proc)
+        marker = machine_identity(proc) or ""
+        if except_open and any(marker.startswith(name + "-") for name in open_names):
+            continue
+        found.append(proc)
     return found
 
 
@@ -92,6 +117,8 @@ def nothing_left_at_the_end():
     yield
     time.sleep(2)  # anything a late teardown would still spawn has spawned by now
     left = [p for p in processes_with_marker("sky-*") if p.create_time() >= started - 1]
+    left += [p for p in pool_processes() if p not in left]
+    shutil.rmtree(RUN_TEMP_DIR, ignore_errors=True)
     if left:
         described = [f"{p.pid} {' '.join(p.cmdline())[:80]}" for p in left]
         end_processes(left, grace=1)

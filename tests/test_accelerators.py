@@ -6,10 +6,10 @@ import pytest
 
 from catalog.taxonomy import taxonomy
 from skyward_ray import accelerators
-from skyward_ray.accelerators import parse_accelerator
+from skyward_ray.planning.accelerators import parse_accelerator
 from skyward_ray.errors import SpecError, UnknownAcceleratorError
-from skyward_ray.providers import AWS, Local
-from skyward_ray.spec import Spec
+from skyward_ray import AWS, Local
+from skyward_ray.planning.spec import Spec
 
 
 def test_every_catalog_family_has_a_factory_and_required_families_exist():

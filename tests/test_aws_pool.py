@@ -15,7 +15,7 @@ import time
 import pytest
 
 import skyward_ray as sky
-from tests.simaws import SIM_EXTRA, Fault, aws_environment, simulated_aws
+from tests.simaws import SIM_SETTINGS, Fault, aws_environment, simulated_aws
 
 REGION = "us-east-1"
 SECRETS = {"AWS_ACCESS_KEY_ID": "AKIASKYWARDFAKE00042", "AWS_SECRET_ACCESS_KEY": "skywardFakeSecretDoNotLeak0123456789abcd",
@@ -54,7 +54,7 @@ def tag(params: dict[str, str], key: str) -> str | None:
 
 
 def provider(keys: str) -> sky.AWS:
-    return sky.AWS(region=REGION, extra={**SIM_EXTRA, "key_dir": keys})
+    return sky.AWS(region=REGION, key_dir=keys, **SIM_SETTINGS)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def spot_pool(region):
 @pytest.fixture(autouse=True)
 def no_leftover_machines(region):
     """Every simulated machine not belonging to an open pool must be gone after each test."""
-    from skyward_ray.compute import _OPEN_POOLS
+    from skyward_ray.api.compute import _OPEN_POOLS
 
     yield
     sim, hosts, _ = region
@@ -187,7 +187,7 @@ def test_a_capacity_error_moves_to_the_next_offer_and_the_failed_attempt_leaves_
             assert len(where() @ pool) == 2
             attempts = [c for c in sim.calls("RunInstances", since=since) if c.params["InstanceType"] == first.instance_type]
             assert [c.status for c in attempts] == [200, 400], "head launched, then the worker found no capacity"
-            failed_cluster = tag(attempts[0].params, "skyward:cluster")
+            failed_cluster = tag(attempts[0].params, "skyward/cluster")
             assert failed_cluster != pool.name
             assert sim.live_instances(cluster=failed_cluster) == [], "the failed attempt's head was terminated"
             assert sim.security_groups(cluster=failed_cluster) == []

@@ -19,10 +19,13 @@ import yaml
 from ray.autoscaler.tags import NODE_KIND_HEAD, NODE_KIND_WORKER, TAG_RAY_CLUSTER_NAME, TAG_RAY_NODE_KIND
 
 import skyward_ray as sky
-from node_providers import aws
-from skyward_ray.accelerators import parse_accelerator
-from skyward_ray.launcher import _port_open
-from tests.simaws import SIM_EXTRA, Fault, aws_environment, simulated_aws
+from node_providers.aws import AWSNodeProvider, offers as aws_offers, session as aws_session
+from skyward_ray import names
+from skyward_ray.cluster import launcher
+from skyward_ray.cluster.contract import ClusterParams
+from skyward_ray.planning.accelerators import parse_accelerator
+from skyward_ray.cluster.launcher import _port_open
+from tests.simaws import SIM_SETTINGS, Fault, aws_environment, simulated_aws
 
 REGION = "us-east-1"
 NO_CREDENTIALS_ENV = {"AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": os.devnull,
@@ -39,24 +42,24 @@ def region():
 @pytest.fixture
 def sim(region, tmp_path):
     sim, hosts = region
-    aws._LIVE_CACHE.clear()
     yield sim
     sim.clear_faults()
     assert hosts.wait_idle() == [], "a simulated machine was left running"
 
 
 def t4_offer(sim, market="spot", instance_type="g4dn.xlarge"):
-    offers = aws.list_offers(sky.AWS(region=REGION), parse_accelerator("T4"))
+    offers = sky.AWS(region=REGION, live_offers_ttl=0).list_offers(parse_accelerator("T4"))
     return next(o for o in offers if o.market == market and o.instance_type == instance_type)
 
 
 def provider_for(sim, tmp_path, offer, name=None):
     """Prepare a cluster the way the launcher does; returns (provider, cluster name)."""
     name = name or f"sky-t{time.monotonic_ns() % 10**8}"
-    config = aws.build_provider_config(sky.AWS(region=REGION, extra={**SIM_EXTRA, "key_dir": str(tmp_path)}),
-                                       name, "token-" + "x" * 58, 2, parse_accelerator("T4"), 30.0, offer=offer)
-    cluster = aws.AWSNodeProvider.bootstrap_config({"cluster_name": name, "provider": config})
-    return aws.AWSNodeProvider(cluster["provider"], name), name
+    params = ClusterParams(auth_token="token-" + "x" * 58, nodes=2, instance_type=offer.instance_type,
+                           market=offer.market, region=offer.region, zone=offer.zone, offer=offer.label,
+                           accelerator="T4", accelerator_count=offer.count)
+    config = sky.AWS(region=REGION, key_dir=str(tmp_path), **SIM_SETTINGS)
+    return launcher.load_node_provider(config, params, name), name
 
 
 def head_tags(name, kind=NODE_KIND_HEAD):
@@ -69,7 +72,7 @@ def test_without_credentials_offers_come_from_the_snapshot_fast_and_without_a_re
     before = len(sim.calls())
     with aws_environment(NO_CREDENTIALS_ENV):
         started = time.monotonic()
-        offers = aws.list_offers(sky.AWS(region=REGION), parse_accelerator("T4"))
+        offers = sky.AWS(region=REGION, live_offers_ttl=0).list_offers(parse_accelerator("T4"))
         took = time.monotonic() - started
     assert offers and {o.price_source for o in offers} == {"snapshot:aws"}
     assert took < 1.0
@@ -77,7 +80,7 @@ def test_without_credentials_offers_come_from_the_snapshot_fast_and_without_a_re
 
 
 def test_with_credentials_spot_prices_are_live_and_on_demand_falls_back_to_the_snapshot(sim):
-    offers = aws.list_offers(sky.AWS(region=REGION), parse_accelerator("T4"))
+    offers = sky.AWS(region=REGION, live_offers_ttl=0).list_offers(parse_accelerator("T4"))
     spot = [o for o in offers if o.market == "spot"]
     on_demand = [o for o in offers if o.market == "on-demand"]
     assert spot and on_demand
@@ -107,18 +110,18 @@ def test_implausible_spot_prices_are_discarded(sim):
     items = "".join(SPOT_ITEM.format(price=p, zone=z) for p, z in
                     [("0.0", "us-east-1a"), ("0.526", "us-east-1b"), ("9.99", "us-east-1c"), ("0.1803", "us-east-1d")])
     with sim.fault(Fault("DescribeSpotPriceHistory", body=SPOT_HISTORY.format(items=items))):
-        offers = aws.list_offers(sky.AWS(region=REGION), parse_accelerator("T4"))
+        offers = sky.AWS(region=REGION, live_offers_ttl=0).list_offers(parse_accelerator("T4"))
     spot = [(o.zone, o.price) for o in offers if o.market == "spot" and o.instance_type == "g4dn.xlarge"]
     assert spot == [("us-east-1d", 0.1803)]  # 0, = on-demand (0.526) and above it are no discount
-    assert aws.plausible_spot(0.1, 0.5) and not aws.plausible_spot(0.0, 0.5) and not aws.plausible_spot(0.6, 0.5)
-    assert not aws.plausible_spot(None, 0.5)
+    assert aws_offers.plausible_spot(0.1, 0.5) and not aws_offers.plausible_spot(0.0, 0.5) and not aws_offers.plausible_spot(0.6, 0.5)
+    assert not aws_offers.plausible_spot(None, 0.5)
 
 
 # -- prepare / create / teardown ---------------------------------------------------------------------
 def test_prepare_makes_exactly_the_specified_security_group_and_a_key_pair_and_teardown_removes_them(sim, tmp_path):
     offer = t4_offer(sim)
     provider, name = provider_for(sim, tmp_path, offer)
-    cfg = provider.provider_config
+    cfg = provider.provider_config["prepared"]
     [group] = sim.security_groups(cluster=name)
     assert group["GroupId"] == cfg["security_group_id"] and group["VpcId"] == sim.vpc_id
     rules = sorted(group["IpPermissions"], key=lambda r: r["IpProtocol"])
@@ -143,7 +146,7 @@ def test_run_instances_sends_market_imdsv2_shutdown_and_tags_and_state_lives_in_
     since = time.time()
     try:
         head = next(iter(provider.create_node_with_resources_and_labels(
-            {}, head_tags(name), 1, {}, {"skyward/node-index": "0"})))
+            {}, head_tags(name), 1, {}, {names.NODE_INDEX: "0"})))
         worker = next(iter(provider.create_node_with_resources_and_labels(
             {"InstanceMarketOptions": {"MarketType": "on-demand"}}, head_tags(name, NODE_KIND_WORKER), 1, {}, {})))
         spot_call, od_call = sim.calls("RunInstances", since=since)
@@ -152,19 +155,19 @@ def test_run_instances_sends_market_imdsv2_shutdown_and_tags_and_state_lives_in_
             assert p["MinCount"] == p["MaxCount"] == "1"
             assert p["MetadataOptions.HttpTokens"] == "required"
             assert p["InstanceInitiatedShutdownBehavior"] == "terminate"
-            assert p["SecurityGroupId.1"] == provider.provider_config["security_group_id"]
+            assert p["SecurityGroupId.1"] == provider.provider_config["prepared"]["security_group_id"]
         assert spot_call.params["InstanceMarketOptions.MarketType"] == "spot"
         assert spot_call.params["InstanceMarketOptions.SpotOptions.InstanceInterruptionBehavior"] == "terminate"
         assert not any(k.startswith("InstanceMarketOptions") for k in od_call.params)
         described = {i["InstanceId"]: i for i in sim.instances(cluster=name)}
         assert described[head].get("InstanceLifecycle") == "spot" and "InstanceLifecycle" not in described[worker]
         # all state is in EC2 tags: a fresh provider (as Ray's autoscaler makes) sees the same nodes
-        again = aws.AWSNodeProvider(provider.provider_config, name)
+        again = AWSNodeProvider(provider.provider_config, name)
         assert again.non_terminated_nodes({}) == [head, worker]
         assert again.non_terminated_nodes({TAG_RAY_NODE_KIND: NODE_KIND_HEAD}) == [head]
         tags = again.node_tags(worker)
-        assert tags["skyward:cluster"] == name and tags["skyward:node-index"] == "1"
-        assert tags["skyward:offer"].startswith("g4dn.xlarge.") and tags["ray-launch-request"] == "r1"
+        assert tags[names.CLUSTER] == name and tags[names.NODE_INDEX] == "1"
+        assert tags[names.OFFER].startswith("g4dn.xlarge.") and tags["ray-launch-request"] == "r1"
         assert again.internal_ip(head).startswith("127.0.")
         script = sim.client().describe_instance_attribute(InstanceId=worker, Attribute="userData")["UserData"]["Value"]
         import base64
@@ -188,7 +191,7 @@ def test_aws_errors_become_typed_errors(region, code, error):
     sim, _ = region
     sim.inject(Fault("DescribeRegions", code=code))
     try:
-        with pytest.raises(error, match=code), aws.aws_errors("launch", "here"):
+        with pytest.raises(error, match=code), aws_session.aws_errors("launch", "here"):
             boto3.client("ec2").describe_regions()  # through the environment, as the provider's clients
     finally:
         sim.clear_faults()
@@ -214,7 +217,7 @@ def test_missing_credentials_give_one_clear_auth_error_before_anything_is_create
     before = len(sim.calls())
     with aws_environment({**NO_CREDENTIALS_ENV, "AWS_ENDPOINT_URL": sim.endpoint, "AWS_DEFAULT_REGION": REGION}):
         with pytest.raises(sky.AuthError) as caught:
-            with sky.Compute(provider=sky.AWS(region=REGION, extra={**SIM_EXTRA, "key_dir": str(tmp_path)}),
+            with sky.Compute(provider=sky.AWS(region=REGION, key_dir=str(tmp_path), **SIM_SETTINGS),
                              accelerator="T4", nodes=2):
                 pass
     message = str(caught.value)
@@ -234,9 +237,10 @@ def test_ray_up_and_down_through_the_autoscaler_sdk(sim, tmp_path, region):
              "head_setup_commands", "worker_setup_commands", "head_start_ray_commands", "worker_start_ray_commands"]
     config = {
         "cluster_name": name, "max_workers": 1, "upscaling_speed": 1.0, "idle_timeout_minutes": 5,
-        "provider": {"type": "external", "module": "node_providers.aws.AWSNodeProvider", "region": REGION,
-                     "market": "spot", "key_dir": str(tmp_path), **{k: v for k, v in SIM_EXTRA.items()
-                                                                    if k != "simulate_accelerators"}},
+        "provider": {"type": "external", "module": "node_providers.aws.AWSNodeProvider",
+                     "cloud": {"region": REGION, "key_dir": str(tmp_path),
+                               **{k: v for k, v in SIM_SETTINGS.items() if k != "simulate_accelerators"}},
+                     "cluster": {"market": "spot"}},
         "auth": {"ssh_user": "ubuntu"},
         "available_node_types": {
             "head": {"node_config": {"InstanceType": "g4dn.xlarge"}, "resources": {}, "min_workers": 0, "max_workers": 0},

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 import skyward_ray as sky
-from node_providers.process_host import processes_with_marker
+from node_providers.local.process_host import processes_with_marker
 
 
 @sky.function
@@ -101,10 +103,14 @@ def test_image_with_an_invalid_pip_spec():
 
 
 def test_image_the_local_provider_cannot_honour():
-    with pytest.raises(sky.SpecError, match="the local provider does not install system packages"):
+    with pytest.raises(sky.SpecError, match=r"Image.apt=\['ffmpeg'\]: sky.Local\(\) nodes run on this machine"):
         sky.Compute(image=sky.Image(apt=["ffmpeg"]))
-    with pytest.raises(sky.SpecError, match="local nodes run this interpreter"):
+    with pytest.raises(sky.SpecError, match="needs its nodes on its own Python"):
         sky.Compute(image=sky.Image(python="3.2"))
+    here = "%d.%d" % sys.version_info[:2]
+    with pytest.raises(sky.SpecError, match=r"Image.python='3.1'"):  # a prefix of 3.11 is not 3.11
+        sky.Compute(image=sky.Image(python=here[:-1]))
+    assert sky.Compute(image=sky.Image(python=here)).image.python == here  # nothing started before `with`
     with pytest.raises(sky.SpecError, match="image="):
         sky.Compute(image={"pip": ["numpy"]})  # type: ignore[arg-type]
 

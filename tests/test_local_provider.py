@@ -13,16 +13,16 @@ import ray
 from ray.autoscaler.tags import NODE_KIND_HEAD, NODE_KIND_WORKER, TAG_RAY_CLUSTER_NAME, TAG_RAY_NODE_KIND
 
 import skyward_ray as sky
-from node_providers import local
-from node_providers.process_host import processes_with_marker
-from skyward_ray import launcher
+from node_providers.local import LocalNodeProvider
+from node_providers.local.process_host import processes_with_marker
+from skyward_ray import names
+from skyward_ray.cluster import launcher
+from skyward_ray.cluster.contract import ClusterParams
 
 
-def _provider(nodes: int = 3) -> tuple[local.LocalNodeProvider, str]:
+def _provider(nodes: int = 3) -> tuple[LocalNodeProvider, str]:
     name = launcher.new_cluster_name()
-    config = local.build_provider_config(sky.Local(), name, "t" * 64, nodes, None, 30.0)
-    launcher.STARTED_CLUSTERS.append(name)
-    return launcher.load_node_provider(config, name), name
+    return launcher.load_node_provider(sky.Local(), ClusterParams(auth_token="t" * 64, nodes=nodes), name), name
 
 
 def _tags(name: str, kind: str) -> dict[str, str]:
@@ -44,10 +44,10 @@ def test_node_provider_interface_state_survives_reinstantiation():
         assert provider.non_terminated_nodes({TAG_RAY_NODE_KIND: NODE_KIND_HEAD}) == [head]
         ips = {provider.internal_ip(i) for i in [head, *workers]}
         assert len(ips) == 3 and all(ip.startswith("127.") for ip in ips)
-        assert provider.node_labels(head)["skyward/node-index"] == "0"
-        assert sorted(provider.node_labels(w)["skyward/node-index"] for w in workers) == ["1", "2"]
+        assert provider.node_tags(head)[names.NODE_INDEX] == "0"
+        assert sorted(provider.node_tags(w)[names.NODE_INDEX] for w in workers) == ["1", "2"]
 
-        again = launcher.load_node_provider(provider.provider_config, name)  # what Ray's autoscaler does
+        again = LocalNodeProvider(provider.provider_config, name)  # what Ray's autoscaler does
         assert again.non_terminated_nodes({}) == provider.non_terminated_nodes({})
         assert again.node_tags(head)[TAG_RAY_NODE_KIND] == NODE_KIND_HEAD
         again.set_node_tags(head, {"extra": "yes"})
@@ -60,7 +60,7 @@ def test_node_provider_interface_state_survives_reinstantiation():
         assert processes_with_marker(name + "-*") == []
     finally:
         provider.cleanup_cluster_resources()
-    assert not Path(provider.provider_config["state_dir"]).exists()
+    assert not Path(provider.provider_config["prepared"]["state_dir"]).exists()
 
 
 def test_startup_script_carries_identity_labels_and_token_but_no_cloud_credentials(monkeypatch):
@@ -68,7 +68,7 @@ def test_startup_script_carries_identity_labels_and_token_but_no_cloud_credentia
     provider, name = _provider(nodes=1)
     try:
         head = next(iter(provider.create_node_with_resources_and_labels({}, _tags(name, NODE_KIND_HEAD), 1, {}, {})))
-        script = (Path(provider.host.machines()[head].directory) / "startup.sh").read_text()
+        script = (Path(provider.cloud.host.machines()[head].directory) / "startup.sh").read_text()
         provider.terminate_nodes([head])
     finally:
         provider.cleanup_cluster_resources()

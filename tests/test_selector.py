@@ -7,12 +7,12 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from skyward_ray.accelerators import H100
+from skyward_ray.planning.accelerators import H100
 from skyward_ray.errors import SpecError
-from skyward_ray.offers import Offer
-from skyward_ray.providers import AWS, RunPod, VastAI
-from skyward_ray.selector import select
-from skyward_ray.spec import Spec
+from skyward_ray.planning.offers import Offer
+from skyward_ray import AWS, RunPod, VastAI
+from skyward_ray.planning.selector import select
+from skyward_ray.planning.spec import Spec
 
 AS_OF = datetime(2026, 11, 1, tzinfo=timezone.utc)
 

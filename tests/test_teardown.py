@@ -9,7 +9,7 @@ import time
 import pytest
 
 import skyward_ray as sky
-from node_providers.process_host import end_processes, processes_with_marker
+from node_providers.local.process_host import end_processes, processes_with_marker
 from tests.conftest import run_python, wait_for_line
 
 

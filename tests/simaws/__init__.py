@@ -1,7 +1,7 @@
 """Simulated AWS for tests and benches: moto behind a fault-injecting front, plus a host simulator.
 
     with simulated_aws() as (sim, hosts):
-        with sky.Compute(provider=sky.AWS(region="us-east-1", extra=SIM_EXTRA), ...) as pool: ...
+        with sky.Compute(provider=sky.AWS(region="us-east-1", **SIM_SETTINGS), ...) as pool: ...
 
 `simulated_aws` points this process's boto3 at the simulator (and restores the environment after),
 and ends every simulated machine on the way out.
@@ -17,7 +17,7 @@ from tests.simaws.hosts import HostSimulator
 from tests.simaws.server import Fault, SimAWS
 
 # Every simulated node shares this 2-core machine: small nodes, their own ports, SSH "from" loopback.
-SIM_EXTRA = {
+SIM_SETTINGS = {
     "num_cpus": 1,
     "simulate_accelerators": True,  # each node "has" the offer's GPUs: Ray schedules GPU tasks on it
     "object_store_memory": 80 * 1024**2,
@@ -26,7 +26,7 @@ SIM_EXTRA = {
     "ssh_cidr": "127.0.0.1/32",
 }
 
-__all__ = ["Fault", "HostSimulator", "SIM_EXTRA", "SimAWS", "simulated_aws", "aws_environment"]
+__all__ = ["Fault", "HostSimulator", "SIM_SETTINGS", "SimAWS", "simulated_aws", "aws_environment"]
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ loopback address in the simulated VPC). When EC2 says an instance is shutting do
 
 The host's environment stands in for the machine:
 
-- `SKYWARD_INSTANCE_ID`, `SKYWARD_NODE_IP`, `SKYWARD_LAUNCH_INDEX` are set, so the startup script
+- `SKYWARD_INSTANCE_ID`, `SKYWARD_NODE_IP` are set, so the startup script
   never asks the instance metadata service (and a `curl` shim refuses 169.254.169.254 anyway);
 - PATH starts with a directory of shims: `shutdown`, `poweroff`, `halt` ask the simulator to end
   *this instance* (what EC2 does on an instance-initiated shutdown: terminate or stop, per the
@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from node_providers.process_host import ProcessHost
+from node_providers.local.process_host import ProcessHost
 
 _SHUTDOWN_SHIM = """#!/bin/sh
 # simulated host: an instance-initiated shutdown of $SKYWARD_INSTANCE_ID (never this machine's shutdown)
@@ -152,7 +152,6 @@ class HostSimulator:
             "PATH": self.path,
             "SIMAWS_REAL_PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "SIMAWS_SHUTDOWN_DIR": str(self.shutdown_dir),
-            "SKYWARD_LAUNCH_INDEX": str(instance.get("AmiLaunchIndex", 0)),
         }
         self.booted[instance_id] = time.monotonic()
         self.booted_at[instance_id] = time.time()

@@ -262,7 +262,7 @@ class SimAWS:
         if states:
             filters.append({"Name": "instance-state-name", "Values": list(states)})
         if cluster:
-            filters.append({"Name": "tag:skyward:cluster", "Values": [cluster]})
+            filters.append({"Name": "tag:skyward/cluster", "Values": [cluster]})
         found = []
         for page in self.client().get_paginator("describe_instances").paginate(Filters=filters):
             for reservation in page["Reservations"]:
@@ -275,7 +275,7 @@ class SimAWS:
     def security_groups(self, cluster: str | None = None) -> list[dict[str, Any]]:
         groups = self.client().describe_security_groups()["SecurityGroups"]
         return [g for g in groups if g["GroupName"] != "default"
-                and (cluster is None or {"Key": "skyward:cluster", "Value": cluster} in g.get("Tags", []))]
+                and (cluster is None or {"Key": "skyward/cluster", "Value": cluster} in g.get("Tags", []))]
 
     def key_pairs(self) -> list[dict[str, Any]]:
         return self.client().describe_key_pairs()["KeyPairs"]

@@ -1,0 +1,179 @@
+"""EC2 machines for the generic script-booted node provider: launch, describe, terminate, prepare, clean up.
+
+Every fact about a machine lives in EC2 tags, so a provider made in another process finds the
+same machines. Machines boot from user data: no SSH, no credential on the node, IMDSv2 only, and
+when Ray exits the node runs `shutdown -h now`, which with `InstanceInitiatedShutdownBehavior=
+terminate` ends (not stops) the instance. `prepare` makes a security group (all traffic from
+itself; SSH from the driver's address only when `ssh_cidr` is given) and a key pair per cluster;
+`cleanup` deletes them once the instances are terminated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from node_providers.aws import network
+from node_providers.aws.config import AWS
+from node_providers.aws.session import aws_errors, check_credentials, retry_config, session_for
+from skyward_ray import names
+from skyward_ray.cluster.contract import BootEnvironment, Cloud, Machine, MachineRequest, MachineState, Role
+from skyward_ray.errors import ProvisioningError, SpecError
+from skyward_ray.node.startup_script import colocated_port_args
+
+# IMDSv2 (token first). Only reached when SKYWARD_INSTANCE_ID / SKYWARD_NODE_IP are not already set.
+_IMDS = "http://169.254.169.254/latest"
+_IMDS_TOKEN = f'$(curl -sf --retry 5 -X PUT {_IMDS}/api/token -H "X-aws-ec2-metadata-token-ttl-seconds: 600")'
+
+
+def _imds(path: str) -> str:
+    return f'$(curl -sf --retry 5 -H "X-aws-ec2-metadata-token: {_IMDS_TOKEN}" {_IMDS}/meta-data/{path})'
+
+
+INSTANCE_ID_SHELL = "${" + names.ENV_INSTANCE_ID + ":-" + _imds("instance-id") + "}"
+NODE_IP_SHELL = "${" + names.ENV_NODE_IP + ":-" + _imds("local-ipv4") + "}"
+
+# EC2 state → the contract's. A stopped instance still bills its disk and can come back: active.
+_STATES: dict[str, MachineState] = {
+    "pending": "pending", "running": "running", "stopping": "stopping", "stopped": "stopping",
+    "shutting-down": "terminated", "terminated": "terminated",
+}
+
+
+class AWSCloud(Cloud):
+    """EC2 instances of one cluster, in the region of the offer bought."""
+
+    config_class = AWS
+    config: AWS
+    describe_ttl = 1.0  # launchers poll; spare the API's rate limits
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.region = self.params.region or self.config.region
+        if not self.region:
+            raise SpecError("AWS: no region. Fix: pass sky.AWS(region='us-east-1') or set provider.cluster.region")
+        self._local = threading.local()  # boto3 clients are not thread-safe to create concurrently
+
+    @property
+    def ec2(self) -> Any:
+        client = getattr(self._local, "ec2", None)
+        if client is None:
+            client = self._local.ec2 = session_for(self.config.profile, self.region).client("ec2", config=retry_config())
+        return client
+
+    # -- per-cluster resources ------------------------------------------------------------------
+    def prepare(self) -> dict[str, Any]:
+        """Credentials, subnet, image, security group, key pair. All or nothing: a failure removes what it made."""
+        if not self.params.instance_type:
+            raise SpecError("AWS: no instance type; set provider.cluster.instance_type or node_config.InstanceType")
+        check_credentials(session_for(self.config.profile, self.region))
+        ec2, name = self.ec2, self.cluster_name
+        try:
+            with aws_errors("prepare the network, image and key pair", self.region):
+                subnet = network.choose_subnet(ec2, self.region, self.params.zone, self.config.vpc_id,
+                                               self.config.subnet_id)
+                ami = self.config.ami or network.default_ami(ec2, network.architecture(ec2, self.params.instance_type))
+                group = network.security_group(ec2, name, subnet["VpcId"], self.config.ssh_cidr,
+                                               self.config.driver_security_group)
+                key_name = network.key_pair(ec2, name, self.config.key_dir)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                network.delete_cluster_resources(ec2, name, self.config.key_dir, timeout=30)
+            raise
+        return {"subnet_id": subnet["SubnetId"], "vpc_id": subnet["VpcId"], "zone": subnet["AvailabilityZone"],
+                "ami": ami, "security_group_id": group, "key_name": key_name}
+
+    def cleanup(self) -> None:
+        """Once every instance is terminated (waits for it), delete the security group and key pair."""
+        with aws_errors("remove the cluster's security group and key pair", self.cluster_name):
+            ids = [m.instance_id for m in self.describe()]
+            if ids:
+                self.ec2.get_waiter("instance_terminated").wait(
+                    InstanceIds=ids, WaiterConfig={"Delay": 2, "MaxAttempts": 150})
+            network.delete_cluster_resources(self.ec2, self.cluster_name, self.config.key_dir)
+
+    # -- machines -------------------------------------------------------------------------------
+    def boot_environment(self, role: Role, index: int) -> BootEnvironment:
+        config = self.config
+        return BootEnvironment(
+            instance_id_shell=INSTANCE_ID_SHELL,
+            node_ip_shell=NODE_IP_SHELL,
+            shutdown_command="shutdown -h now",
+            extra_ray_args=colocated_port_args(role == "head") if config.colocated_nodes else [],
+            num_cpus=config.num_cpus,
+            num_gpus=config.num_gpus,
+            memory=config.memory,
+            object_store_memory=config.object_store_memory,
+            resources=dict(config.resources),
+        )
+
+    def launch(self, request: MachineRequest) -> Machine:
+        """One `run_instances` call (MinCount=MaxCount=1), booting from the request's user data."""
+        params, prepared, node_config = self.params, self.prepared, request.node_config
+        instance_type = node_config.get("InstanceType") or params.instance_type
+        market = (node_config.get("InstanceMarketOptions") or {}).get("MarketType") or params.market
+        tags = {**request.tags, names.CLUSTER: self.cluster_name}
+        tags.setdefault("Name", f"{self.cluster_name}-{request.index}")
+        run: dict[str, Any] = {
+            "ImageId": node_config.get("ImageId") or prepared["ami"],
+            "InstanceType": instance_type,
+            "MinCount": 1,
+            "MaxCount": 1,
+            "SubnetId": node_config.get("SubnetId") or prepared["subnet_id"],
+            "SecurityGroupIds": [prepared["security_group_id"]],
+            "KeyName": prepared["key_name"],
+            "UserData": request.boot_script,
+            "InstanceInitiatedShutdownBehavior": "terminate",
+            "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 2},
+            "TagSpecifications": network.tag_spec("instance", tags) + network.tag_spec(
+                "volume", {names.CLUSTER: self.cluster_name}),
+        }
+        if market == "spot":
+            run["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": {
+                "SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}}
+        if self.config.disk_gb:
+            run["BlockDeviceMappings"] = [{"DeviceName": "/dev/sda1", "Ebs": {
+                "VolumeSize": self.config.disk_gb, "VolumeType": "gp3", "DeleteOnTermination": True}}]
+        where = f"{instance_type} {market} in {prepared.get('zone') or self.region}"
+        with aws_errors("launch an instance", where):
+            [instance] = self.ec2.run_instances(**run)["Instances"]
+        return _machine(instance)
+
+    def describe(self) -> list[Machine]:
+        found = []
+        filters = [{"Name": f"tag:{names.CLUSTER}", "Values": [self.cluster_name]}]
+        with aws_errors("describe instances", self.cluster_name):
+            for page in self.ec2.get_paginator("describe_instances").paginate(Filters=filters):
+                for reservation in page["Reservations"]:
+                    found.extend(_machine(i) for i in reservation["Instances"])
+        return found
+
+    def terminate(self, instance_ids: list[str]) -> None:
+        """Terminate (never stop): a stopped instance would keep its disk billing and its tags."""
+        ids = sorted(set(instance_ids))
+        try:
+            with aws_errors("terminate instances", ", ".join(ids)):
+                self.ec2.terminate_instances(InstanceIds=ids)
+        except ProvisioningError as error:
+            if "InvalidInstanceID" not in str(error):
+                raise
+            for instance_id in ids:  # one unknown id fails the whole call: end the others one by one
+                with contextlib.suppress(ProvisioningError):
+                    with aws_errors("terminate an instance", instance_id):
+                        self.ec2.terminate_instances(InstanceIds=[instance_id])
+
+    def set_tags(self, instance_id: str, tags: Mapping[str, str]) -> None:
+        with aws_errors("tag an instance", instance_id):
+            self.ec2.create_tags(Resources=[instance_id], Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+
+
+def _machine(instance: dict[str, Any]) -> Machine:
+    return Machine(
+        instance_id=instance["InstanceId"],
+        state=_STATES.get(instance["State"]["Name"], "terminated"),
+        private_ip=instance.get("PrivateIpAddress"),
+        public_ip=instance.get("PublicIpAddress"),
+        tags={t["Key"]: t["Value"] for t in instance.get("Tags", [])},
+    )

@@ -1,0 +1,134 @@
+"""What `prepare` makes on AWS for one cluster, and removes at cleanup: subnet choice, image,
+security group (all traffic from its own members; SSH only from the driver's address when asked),
+key pair. Everything is found again by the cluster's tag, so cleanup works from any process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+from skyward_ray import names
+from skyward_ray.errors import CapacityError, ProvisioningError
+
+DEFAULT_AMI_NAME = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *"
+
+
+def tag_spec(resource: str, tags: dict[str, str]) -> list[dict[str, Any]]:
+    return [{"ResourceType": resource, "Tags": [{"Key": k, "Value": str(v)} for k, v in tags.items()]}]
+
+
+def cluster_filter(cluster_name: str) -> list[dict[str, Any]]:
+    return [{"Name": f"tag:{names.CLUSTER}", "Values": [cluster_name]}]
+
+
+def choose_subnet(ec2: Any, region: str, zone: str | None, vpc_id: str | None, subnet_id: str | None) -> dict[str, Any]:
+    """The subnet to launch into: `subnet_id` if given, else the VPC's (default VPC's) subnet in the zone."""
+    if subnet_id:
+        return ec2.describe_subnets(SubnetIds=[subnet_id])["Subnets"][0]
+    if not vpc_id:
+        vpcs = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+        if not vpcs:
+            raise ProvisioningError(
+                f"AWS: region {region} has no default VPC. Fix: pass sky.AWS(vpc_id=..., subnet_id=...)")
+        vpc_id = vpcs[0]["VpcId"]
+    filters = [{"Name": "vpc-id", "Values": [vpc_id]}]
+    if zone:
+        filters.append({"Name": "availability-zone", "Values": [zone]})
+    subnets = ec2.describe_subnets(Filters=filters)["Subnets"]
+    if not subnets:
+        where = f"zone {zone}" if zone else "any zone"
+        raise CapacityError(f"AWS: VPC {vpc_id} has no subnet in {where}; this offer cannot be placed there")
+    return max(subnets, key=lambda s: (s.get("DefaultForAz", False), s.get("AvailableIpAddressCount", 0)))
+
+
+def default_ami(ec2: Any, architecture: str = "x86_64") -> str:
+    """The newest AWS Deep Learning Base AMI (NVIDIA driver, Ubuntu 22.04) for this architecture."""
+    images = ec2.describe_images(Owners=["amazon"], Filters=[
+        {"Name": "name", "Values": [DEFAULT_AMI_NAME]},
+        {"Name": "state", "Values": ["available"]},
+        {"Name": "architecture", "Values": [architecture]},
+    ])["Images"]
+    if not images:
+        raise ProvisioningError(
+            f"AWS: no image named {DEFAULT_AMI_NAME!r} ({architecture}) in this region. "
+            "Fix: pass sky.AWS(ami='ami-...') with an image that has the NVIDIA driver and python3")
+    return max(images, key=lambda i: i.get("CreationDate", ""))["ImageId"]
+
+
+def architecture(ec2: Any, instance_type: str) -> str:
+    info = ec2.describe_instance_types(InstanceTypes=[instance_type])["InstanceTypes"]
+    archs = info[0].get("ProcessorInfo", {}).get("SupportedArchitectures", ["x86_64"]) if info else ["x86_64"]
+    return "x86_64" if "x86_64" in archs else archs[0]
+
+
+def security_group(ec2: Any, cluster_name: str, vpc_id: str, ssh_cidr: str | None,
+                    driver_group: str | None) -> str:
+    """The cluster's group: all traffic from its own members, SSH from the driver only. Reused if present."""
+    existing = ec2.describe_security_groups(Filters=cluster_filter(cluster_name) + [
+        {"Name": "vpc-id", "Values": [vpc_id]}])["SecurityGroups"]
+    if existing:
+        return existing[0]["GroupId"]
+    group_id = ec2.create_security_group(
+        GroupName=f"skyward-{cluster_name}", VpcId=vpc_id,
+        Description=f"skyward_ray cluster {cluster_name}: nodes talk to each other; SSH from the driver only",
+        TagSpecifications=tag_spec("security-group", {names.CLUSTER: cluster_name, "Name": f"skyward-{cluster_name}"}),
+    )["GroupId"]
+    rules: list[dict[str, Any]] = [{"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": group_id}]}]
+    if driver_group:
+        rules.append({"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": driver_group}]})
+    if ssh_cidr:
+        rules.append({"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+                      "IpRanges": [{"CidrIp": ssh_cidr, "Description": "SSH from the skyward_ray driver"}]})
+    ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=rules)
+    return group_id
+
+
+def key_directory(key_dir: str | None) -> Path:
+    return Path(key_dir or Path.home() / ".skyward_ray" / "keys")
+
+
+def key_pair(ec2: Any, cluster_name: str, key_dir: str | None) -> str:
+    """A key pair for this cluster only; its private half is kept (0600) while the cluster lives."""
+    name = f"skyward-{cluster_name}"
+    with contextlib.suppress(Exception):
+        if ec2.describe_key_pairs(KeyNames=[name])["KeyPairs"]:
+            return name
+    material = ec2.create_key_pair(KeyName=name, KeyType="ed25519",
+                                   TagSpecifications=tag_spec("key-pair", {names.CLUSTER: cluster_name}))["KeyMaterial"]
+    directory = key_directory(key_dir)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = directory / f"{name}.pem"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IRUSR | stat.S_IWUSR)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(material)
+    return name
+
+
+def delete_cluster_resources(ec2: Any, cluster_name: str, key_dir: str | None, timeout: float = 180.0) -> None:
+    """Delete the cluster's security groups and key pair (found by tag/name), retrying while ENIs detach."""
+    from botocore.exceptions import ClientError
+
+    groups = ec2.describe_security_groups(Filters=cluster_filter(cluster_name))["SecurityGroups"]
+    deadline = time.monotonic() + timeout
+    for group in groups:
+        while True:
+            try:
+                ec2.delete_security_group(GroupId=group["GroupId"])
+                break
+            except ClientError as error:
+                code = error.response.get("Error", {}).get("Code")
+                if code == "InvalidGroup.NotFound":
+                    break
+                if code != "DependencyViolation" or time.monotonic() > deadline:
+                    raise
+                time.sleep(3)
+    name = f"skyward-{cluster_name}"
+    with contextlib.suppress(ClientError):
+        ec2.delete_key_pair(KeyName=name)
+    with contextlib.suppress(OSError):
+        (key_directory(key_dir) / f"{name}.pem").unlink()

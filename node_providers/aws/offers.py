@@ -1,0 +1,247 @@
+"""AWS offers: live where credentials allow, else the dated snapshot. Never imports Ray.
+
+EC2 prices on-demand per region and spot per availability zone, so one instance type yields one
+on-demand offer per region (zone left open: the provider picks a subnet) and one spot offer per
+zone that has a plausible spot price. With credentials (resolved without the instance metadata
+service, so planning never waits on a metadata timeout off EC2), GPU facts come from
+DescribeInstanceTypes, availability from DescribeInstanceTypeOfferings and spot prices from
+DescribeSpotPriceHistory (`price_source="live:aws"`); on-demand prices from the Pricing API when it
+answers, else from the snapshot (`"snapshot:aws"`). Without credentials: the snapshot only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from catalog import prices
+from catalog.taxonomy import taxonomy
+from node_providers.aws.session import aws_errors, credentials_resolve_offline, retry_config, session_for
+from skyward_ray.planning.offers import Offer
+
+if TYPE_CHECKING:
+    from node_providers.aws.config import AWS
+    from skyward_ray.planning.accelerators import Accelerator
+
+log = logging.getLogger(__name__)
+
+PROVIDER = "aws"
+PRICE_SOURCE = "snapshot:aws"
+LIVE_SOURCE = "live:aws"
+GPU_TYPE_PATTERNS = ["g*", "p*"]  # every NVIDIA GPU instance family on EC2 (g4dn, g5, g6, g6e, p3, p4d, p5, ...)
+
+
+def list_offers(config: "AWS", accelerator: "Accelerator | None") -> list[Offer]:
+    """Offers in the config's region(s): live where credentials resolve, the snapshot elsewhere."""
+    snapshot = _snapshot_offers(prices.snapshot_version("aws_instance_types"), prices.snapshot_version("aws_prices"))
+    regions = set(config.regions or ()) | ({config.region} if config.region else set())
+    family = accelerator.name if accelerator is not None else None
+    chosen = [o for o in snapshot if (not regions or o.region in regions) and (family is None or o.accelerator == family)]
+    live_regions = sorted(regions) if regions else []
+    if not live_regions or not credentials_resolve_offline(config.profile):
+        return chosen
+    result: list[Offer] = []
+    for region in live_regions:
+        try:
+            live = _live_offers_cached(config.profile, region, _endpoint_key(), family, config.live_offers_ttl)
+        except Exception as error:  # live listing is a refinement: the snapshot stays the answer on failure
+            log.info("aws: live offers for %s unavailable (%s); using the snapshot", region, error)
+            live = None
+        result.extend(live if live is not None else [o for o in chosen if o.region == region])
+    return result
+
+
+def _endpoint_key() -> tuple[str, str]:
+    """Cache key part: a different endpoint (a simulator) is a different cloud."""
+    return os.environ.get("AWS_ENDPOINT_URL_EC2", ""), os.environ.get("AWS_ENDPOINT_URL", "")
+
+
+_LIVE_CACHE: dict[tuple[Any, ...], tuple[float, list[Offer]]] = {}
+_LIVE_LOCK = threading.Lock()
+
+
+def _live_offers_cached(profile: str | None, region: str, endpoint: tuple[str, str], family: str | None,
+                        ttl: float) -> list[Offer]:
+    key = (profile, region, endpoint, family)
+    with _LIVE_LOCK:
+        hit = _LIVE_CACHE.get(key)
+        if hit and time.monotonic() - hit[0] < ttl:
+            return hit[1]
+    offers = live_offers(session_for(profile, region), region, family)
+    with _LIVE_LOCK:
+        _LIVE_CACHE[key] = (time.monotonic(), offers)
+    return offers
+
+
+def gpu_instance_types(ec2: Any, family: str | None) -> dict[str, dict[str, Any]]:
+    """instance type → accelerator facts from DescribeInstanceTypes' GpuInfo (NVIDIA only)."""
+    tax = taxonomy()
+    facts: dict[str, dict[str, Any]] = {}
+    pages = ec2.get_paginator("describe_instance_types").paginate(
+        Filters=[{"Name": "instance-type", "Values": GPU_TYPE_PATTERNS}])
+    for page in pages:
+        for item in page["InstanceTypes"]:
+            gpus = (item.get("GpuInfo") or {}).get("Gpus") or []
+            if not gpus or gpus[0].get("Manufacturer") != "NVIDIA":
+                continue
+            gpu = gpus[0]
+            memory_gb = gpu.get("MemoryInfo", {}).get("SizeInMiB", 0) / 1024
+            variant = tax.lookup(PROVIDER, gpu["Name"], memory_gb)
+            name = variant.family if variant else gpu["Name"]
+            if family is not None and name != family:
+                continue
+            facts[item["InstanceType"]] = {
+                "accelerator": name,
+                "count": int(gpu.get("Count", 1)),
+                "form_factor": variant.form_factor if variant else None,
+                "accelerator_memory_gb": variant.memory_gb if variant else memory_gb,
+                "vcpus": float(item["VCpuInfo"]["DefaultVCpus"]),
+                "memory_gb": item["MemoryInfo"]["SizeInMiB"] / 1024,
+                "architectures": item.get("ProcessorInfo", {}).get("SupportedArchitectures", ["x86_64"]),
+            }
+    return facts
+
+
+def plausible_spot(price: float | None, on_demand: float | None) -> bool:
+    """A spot price is a discount only when it is > 0 and below on-demand (DESIGN §2.1)."""
+    return price is not None and on_demand is not None and 0 < price < on_demand
+
+
+def live_offers(session: Any, region: str, family: str | None) -> list[Offer]:
+    """One region's offers from the EC2 API (spot live, on-demand from Pricing or the snapshot)."""
+    ec2 = session.client("ec2", region_name=region, config=retry_config(3))
+    with aws_errors("list instance types", region):
+        types = gpu_instance_types(ec2, family)
+        if not types:
+            return []
+        zones: dict[str, list[str]] = {}
+        names = sorted(types)
+        for chunk in _chunks(names, 100):
+            for page in ec2.get_paginator("describe_instance_type_offerings").paginate(
+                    LocationType="availability-zone", Filters=[{"Name": "instance-type", "Values": chunk}]):
+                for item in page["InstanceTypeOfferings"]:
+                    zones.setdefault(item["InstanceType"], []).append(item["Location"])
+        spot: dict[tuple[str, str], tuple[float, datetime]] = {}
+        for chunk in _chunks([n for n in names if n in zones], 100):
+            for page in ec2.get_paginator("describe_spot_price_history").paginate(
+                    InstanceTypes=chunk, ProductDescriptions=["Linux/UNIX"], StartTime=datetime.now(timezone.utc)):
+                for item in page["SpotPriceHistory"]:
+                    key = (item["InstanceType"], item["AvailabilityZone"])
+                    stamp = item["Timestamp"]
+                    if key not in spot or stamp > spot[key][1]:
+                        spot[key] = (float(item["SpotPrice"]), stamp)
+    on_demand = _on_demand_prices(session, region, [n for n in names if n in zones])
+    offers: list[Offer] = []
+    for name in names:
+        if name not in zones or name not in on_demand:
+            continue  # not sold here, or no on-demand price to compare a spot price with
+        facts = {k: v for k, v in types[name].items() if k != "architectures"}
+        od_price, od_source, od_as_of = on_demand[name]
+        offers.append(Offer(provider=PROVIDER, market="on-demand", price=od_price, on_demand_price=od_price,
+                            spot_price=None, region=region, zone=None, instance_type=name, price_source=od_source,
+                            price_as_of=od_as_of, **facts))
+        for zone in sorted(zones[name]):
+            price, stamp = spot.get((name, zone), (None, None))
+            if not plausible_spot(price, od_price):
+                continue
+            offers.append(Offer(provider=PROVIDER, market="spot", price=price, on_demand_price=od_price,
+                                spot_price=price, region=region, zone=zone, instance_type=name,
+                                price_source=LIVE_SOURCE, price_as_of=stamp, **facts))
+    return offers
+
+
+def _on_demand_prices(session: Any, region: str, names: list[str]) -> dict[str, tuple[float, str, datetime | None]]:
+    """On-demand $/h per type: the Pricing API when it answers, else the snapshot (recorded in the source)."""
+    found: dict[str, tuple[float, str, datetime | None]] = {}
+    try:
+        pricing = session.client("pricing", region_name="us-east-1", config=retry_config(1))
+        now = datetime.now(timezone.utc)
+        for name in names:
+            price = _pricing_api_price(pricing, region, name)
+            if price is not None:
+                found[name] = (price, LIVE_SOURCE, now)
+    except Exception as error:  # the Pricing API is optional (and absent from simulators)
+        log.info("aws: Pricing API unavailable (%s); on-demand prices from the snapshot", type(error).__name__)
+    for row in prices.rows("aws_prices"):
+        if row["market"] == "on-demand" and row["region"] == region and row["instance_type"] in names:
+            found.setdefault(row["instance_type"], (float(row["price"]), PRICE_SOURCE, prices.as_of(row["as_of"])))
+    return found
+
+
+def _pricing_api_price(pricing: Any, region: str, instance_type: str) -> float | None:
+    filters = {"instanceType": instance_type, "regionCode": region, "operatingSystem": "Linux", "tenancy": "Shared",
+               "preInstalledSw": "NA", "capacitystatus": "Used"}
+    response = pricing.get_products(ServiceCode="AmazonEC2", MaxResults=10, Filters=[
+        {"Type": "TERM_MATCH", "Field": k, "Value": v} for k, v in filters.items()])
+    for item in response.get("PriceList", []):
+        product = json.loads(item) if isinstance(item, str) else item
+        for term in product.get("terms", {}).get("OnDemand", {}).values():
+            for dimension in term.get("priceDimensions", {}).values():
+                usd = float(dimension.get("pricePerUnit", {}).get("USD", 0) or 0)
+                if usd > 0:
+                    return usd
+    return None
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _instance_specs() -> dict[str, dict[str, object]]:
+    """instance type → accelerator facts, resolved through the taxonomy (GpuInfo name + memory)."""
+    tax = taxonomy()
+    specs: dict[str, dict[str, object]] = {}
+    for row in prices.rows("aws_instance_types"):
+        count = int(row["gpu_count"] or 0)
+        gpu_memory_gb = (prices.number(row["gpu_memory_mib"]) or 0) / 1024
+        variant = tax.lookup(PROVIDER, row["gpu_name"], gpu_memory_gb) if count else None
+        specs[row["instance_type"]] = {
+            "accelerator": (variant.family if variant else row["gpu_name"]) if count else None,
+            "count": count,
+            "form_factor": variant.form_factor if variant else None,
+            "accelerator_memory_gb": (variant.memory_gb if variant else gpu_memory_gb) if count else None,
+            "vcpus": prices.number(row["vcpus"]),
+            "memory_gb": (prices.number(row["memory_mib"]) or 0) / 1024,
+        }
+    return specs
+
+
+@lru_cache(maxsize=4)
+def _snapshot_offers(types_version: tuple[str, int], prices_version: tuple[str, int]) -> tuple[Offer, ...]:
+    specs = _instance_specs()
+    on_demand: dict[tuple[str, str], float] = {}
+    price_rows = prices.rows("aws_prices")
+    for row in price_rows:
+        if row["market"] == "on-demand":
+            on_demand.setdefault((row["region"], row["instance_type"]), float(row["price"]))
+    offers: list[Offer] = []
+    for row in price_rows:
+        facts = specs.get(row["instance_type"])
+        if facts is None:
+            continue  # priced but not described: we cannot say what it is, so we do not sell it
+        region_on_demand = on_demand.get((row["region"], row["instance_type"]))
+        is_spot = row["market"] == "spot"
+        offers.append(
+            Offer(
+                provider=PROVIDER,
+                market="spot" if is_spot else "on-demand",
+                price=float(row["price"]),
+                on_demand_price=region_on_demand,
+                spot_price=float(row["price"]) if is_spot else None,
+                region=row["region"],
+                zone=row["zone"] or None,
+                instance_type=row["instance_type"],
+                price_source=PRICE_SOURCE,
+                price_as_of=prices.as_of(row["as_of"]),
+                **facts,
+            )
+        )
+    return tuple(offers)

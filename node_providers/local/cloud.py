@@ -1,0 +1,156 @@
+"""The local "cloud": machines are process groups on this machine (see `ProcessHost`).
+
+Each node runs the same boot script a cloud instance would, as its own process group, bound to
+its own loopback address (127.X.Y.n; Ray binds any 127.x address), with its own HOME and Ray temp
+dir, a small object store, and this machine's CPUs and memory split across the nodes so N nodes
+do not each claim the whole machine.
+
+Accelerators: real NVIDIA GPUs are found with `nvidia-smi` and split between the nodes with
+`CUDA_VISIBLE_DEVICES`; with `Local(simulate_accelerators=True)` nodes advertise the requested
+accelerators with no hardware behind them (the generic provider adds those resources).
+
+State lives in files under the cluster's state dir (`ProcessHost`), so a re-created provider (as
+Ray's autoscaler makes) sees the same machines.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import psutil
+
+from node_providers.local.config import Local
+from node_providers.local.offers import PROVIDER_NAME, detect_gpus
+from node_providers.local.process_host import ProcessHost
+from skyward_ray import names
+from skyward_ray.cluster.contract import BootEnvironment, Cloud, Machine, MachineRequest, Role
+from skyward_ray.errors import SpecError
+from skyward_ray.node.startup_script import colocated_port_args, free_port
+
+
+def new_address_block() -> str:
+    """A random 127.X.Y prefix for one cluster, so concurrent local pools never share addresses."""
+    return f"127.{secrets.randbelow(250) + 2}.{secrets.randbelow(250) + 2}"
+
+
+def default_state_dir(cluster_name: str) -> str:
+    # Short on purpose: Ray puts unix sockets under <temp dir>/session_*/sockets (108-byte limit).
+    base = tempfile.gettempdir() if len(tempfile.gettempdir()) <= 20 else "/tmp"
+    return os.path.join(base, cluster_name)
+
+
+class LocalCloud(Cloud):
+    """Machines on this machine: `ProcessHost` process groups on the cluster's own 127.X.Y block."""
+
+    config_class = Local
+    config: Local
+    _launch_lock = threading.Lock()  # picking an address and booting on it is one step
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._host: ProcessHost | None = None
+
+    @property
+    def host(self) -> ProcessHost:
+        if self._host is None:
+            self._host = ProcessHost(self.prepared["state_dir"])
+        return self._host
+
+    # -- per-cluster resources ------------------------------------------------------------------
+    def prepare(self) -> dict[str, Any]:
+        """Check the GPUs suffice, pick the cluster's address block and head port, make its state dir."""
+        params, gpus = self.params, detect_gpus()
+        if params.accelerator and params.accelerator_count and not self.config.simulate_accelerators and gpus:
+            needed = params.nodes * params.accelerator_count
+            if needed > len(gpus):
+                raise SpecError(
+                    f"accelerator={params.accelerator}:{params.accelerator_count} × nodes={params.nodes} needs "
+                    f"{needed} GPUs, this machine has {len(gpus)}; lower nodes= or count=, or use "
+                    "sky.Local(simulate_accelerators=True) to test placement"
+                )
+        block = new_address_block()
+        head_ip = f"{block}.1"
+        state_dir = default_state_dir(self.cluster_name)
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+        return {"state_dir": state_dir, "address_block": block, "head_ip": head_ip, "gcs_port": free_port(head_ip)}
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.prepared["state_dir"], ignore_errors=True)
+
+    # -- machines -------------------------------------------------------------------------------
+    def boot_environment(self, role: Role, index: int) -> BootEnvironment:
+        params, nodes = self.params, max(self.params.nodes, 1)
+        count = params.accelerator_count if params.accelerator else 0
+        resources = {f"accelerator_type:{params.accelerator}": 1.0} if count else {}
+        return BootEnvironment(
+            instance_id_shell="${" + names.ENV_INSTANCE_ID + "}",
+            node_ip_shell="${" + names.ENV_NODE_IP + "}",
+            # A local "machine" is its process group (the script is its leader): ending it kills the
+            # whole group, so no helper Ray left behind (e.g. agents respawned as the head vanished)
+            # outlives it, as nothing outlives a powered-off cloud instance.
+            shutdown_command="kill -KILL -- -$$",
+            python=sys.executable,
+            temp_dir_shell="${" + names.ENV_MACHINE_DIR + "}/r",
+            extra_ray_args=colocated_port_args(role == "head", self.prepared["head_ip"]),
+            gcs_reconnect_timeout=10,
+            num_cpus=self.config.cpus_per_node or max(1.0, float((os.cpu_count() or 1) // nodes)),
+            num_gpus=float(count),  # no accelerator asked for: tasks get none, even on a GPU machine
+            memory=int(psutil.virtual_memory().total * 0.6 / nodes),
+            object_store_memory=self.config.object_store_memory,
+            resources=resources,
+        )
+
+    def launch(self, request: MachineRequest) -> Machine:
+        with self._launch_lock:
+            return self._launch(request)
+
+    def _launch(self, request: MachineRequest) -> Machine:
+        machines = self.host.machines()
+        instance_id = f"{self.cluster_name}-{request.index}"
+        suffix = itertools.count(1)
+        while instance_id in machines:  # a replaced node keeps its index but gets a new id
+            instance_id = f"{self.cluster_name}-{request.index}r{next(suffix)}"
+        block, used = self.prepared["address_block"], {m.ip for m in machines.values() if not m.terminated}
+        ip = self.prepared["head_ip"] if request.role == "head" else next(
+            f"{block}.{n}" for n in itertools.count(2) if f"{block}.{n}" not in used)
+        self.host.boot(instance_id, request.boot_script, ip, env=self._gpu_env(request.index), tags=dict(request.tags))
+        return Machine(instance_id=instance_id, state="running", private_ip=ip, public_ip=ip, tags=dict(request.tags))
+
+    def _gpu_env(self, index: int) -> dict[str, str]:
+        """Give node `index` its own slice of this machine's GPUs (real GPUs only)."""
+        count = self.params.accelerator_count if self.params.accelerator else 0
+        gpus = detect_gpus()
+        if self.config.simulate_accelerators or not gpus:
+            return {}  # Ray refuses --num-gpus=N beside an empty CUDA_VISIBLE_DEVICES
+        if not count:
+            return {"CUDA_VISIBLE_DEVICES": ""}
+        mine = [str(g[0]) for g in gpus][index * count:(index + 1) * count]
+        return {"CUDA_VISIBLE_DEVICES": ",".join(mine)}
+
+    def describe(self) -> list[Machine]:
+        listed = []
+        for machine in self.host.machines().values():  # one read of the shared state
+            running = not machine.terminated and self.host.root_alive(machine)
+            listed.append(Machine(instance_id=machine.instance_id, state="running" if running else "terminated",
+                                  private_ip=machine.ip, public_ip=machine.ip, tags=dict(machine.tags)))
+        return listed
+
+    def terminate(self, instance_ids: list[str]) -> None:
+        self.host.terminate(list(instance_ids))
+
+    def set_tags(self, instance_id: str, tags: Mapping[str, str]) -> None:
+        self.host.update_tags(instance_id, dict(tags))
+
+    def log_tail(self, instance_id: str, lines: int = 30) -> str:
+        return self.host.log_tail(instance_id, lines)
+
+
+__all__ = ["LocalCloud", "PROVIDER_NAME", "default_state_dir"]

@@ -1,0 +1,310 @@
+"""`sky.Compute`: a pool that exists only inside its `with` block.
+
+Entering selects an offer (`sky.plan`), provisions through the provider's Ray `NodeProvider`,
+boots Ray, and connects this process as the driver. Leaving, for any reason (normal exit, an
+exception, KeyboardInterrupt, SIGTERM/SIGHUP, interpreter exit), terminates every node and waits
+until the provider lists none. Work is sent with the operators of `PendingFunction`; see
+`skyward_ray.api.dispatch` for how a call becomes a Ray task.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import secrets
+import signal
+import threading
+import time
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+import ray
+
+from skyward_ray import names
+from skyward_ray.api import dispatch
+from skyward_ray.cluster import launcher
+from skyward_ray.cluster.contract import ClusterParams
+from skyward_ray.planning import plan as planning
+from skyward_ray.console import console
+from skyward_ray.errors import AuthError, CapacityError, PoolClosedError, ProvisioningError, QuotaError, SpecError
+from skyward_ray.api.function import PendingFunction, RemoteFunction, _not_pending_message
+from skyward_ray.planning.image import Image
+from skyward_ray.planning.nodes import NodeInfo, Nodes, as_nodes
+from skyward_ray.planning.offers import Offer, Plan
+from skyward_ray.cluster.replacer import NodeReplacer
+from skyward_ray.planning.spec import Spec
+
+_OPEN_POOLS: "weakref.WeakSet[Compute]" = weakref.WeakSet()
+_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None)
+
+
+class Compute:
+    """A pool of nodes, provisioned on entry and gone on exit.
+
+    >>> with sky.Compute(nodes=3) as pool:          # provider omitted: sky.Local()
+    ...     square(7) >> pool
+    """
+
+    def __init__(
+        self,
+        *specs: Spec,
+        provider: Any = None,
+        accelerator: Any = None,
+        nodes: int | Nodes = 1,
+        allocation: str = "spot-if-available",
+        image: Image | None = None,
+        region: str | None = None,
+        max_hourly_cost: float | None = None,
+        boot_timeout: float | None = None,
+    ) -> None:
+        self.desired = as_nodes(nodes)
+        if {self.desired.min, self.desired.max} - {None, self.desired.desired}:
+            raise SpecError(
+                f"nodes={self.desired!r}: elastic pools (min=/max= different from desired) are not supported yet; "
+                f"pass nodes={self.desired.desired}"
+            )
+        if image is not None and not isinstance(image, Image):
+            raise SpecError(f"image={image!r}: pass a sky.Image(pip=[...], apt=[...], env={{...}})")
+        self.image = image or Image()
+        self.specs: list[Spec] = planning.specs_from_arguments(
+            list(specs), provider=provider, accelerator=accelerator, allocation=allocation, region=region,
+            max_hourly_cost=max_hourly_cost,
+        )
+        for spec in self.specs:  # refuse what cannot be honoured before anything is provisioned
+            spec.provider.require_provisioning()
+            self.image.check_for(spec.provider)
+        self._boot_timeout = boot_timeout
+        self._cluster: launcher.Cluster | None = None
+        self._replacer: NodeReplacer | None = None
+        self._state = "new"
+        self._lock = threading.RLock()
+        self._previous_handlers: dict[int, Any] = {}
+        self.plan: Plan | None = None
+        self.failures: list[tuple[Offer, ProvisioningError]] = []  # offers tried before the one that worked
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def __enter__(self) -> "Compute":
+        if self._state != "new":
+            raise PoolClosedError("a sky.Compute pool can be entered once; create a new one")
+        if ray.is_initialized():
+            raise SpecError(
+                "this process is already a Ray driver (ray.init was called, or another pool is open); "
+                "call ray.shutdown() or leave the other pool before entering sky.Compute"
+            )
+        self.plan = planning.plan(*self.specs, nodes=self.desired.desired)
+        self._install_signal_handlers()
+        _OPEN_POOLS.add(self)
+        try:
+            self._cluster = self._launch_from_plan(self.plan)
+        except BaseException:
+            self._close()
+            raise
+        self._install_signal_handlers()  # ray.init put its own SIGTERM handler in place of ours
+        self._replacer = NodeReplacer(self._cluster).start()
+        self._state = "open"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._close()
+
+    def _launch_from_plan(self, plan: Plan) -> launcher.Cluster:
+        """Walk the plan: capacity errors move to the next offer; auth/quota errors skip the provider."""
+        blocked_providers: set[str] = set()
+        for offer in plan.offers:
+            spec = plan.specs[offer.spec_index]
+            if spec.provider.name in blocked_providers:
+                continue
+            cluster_name = launcher.new_cluster_name()
+            boot_timeout = self._boot_timeout or spec.provider.boot_timeout
+            params = self._cluster_params(spec, offer, boot_timeout)
+            with console.status(f"starting {self.desired.desired} node(s) on {offer.provider} "
+                                f"({offer.instance_type}, {offer.market})"):
+                try:
+                    cluster = launcher.launch(spec.provider, params, cluster_name, offer, boot_timeout,
+                                              self._runtime_env(spec))
+                except CapacityError as error:
+                    self.failures.append((offer, error))
+                    continue
+                except (AuthError, QuotaError) as error:
+                    self.failures.append((offer, error))
+                    blocked_providers.add(spec.provider.name)
+                    continue
+            console.print(f"[green]pool ready[/]: {len(cluster.nodes)} node(s) on {offer.provider} "
+                          f"in {cluster.timings.get('ready_s', 0):.1f}s")
+            return cluster
+        tried = "\n".join(f"  - {o.provider} {o.instance_type} {o.region or ''} {o.market}: "
+                          f"{type(error).__name__}: {error}" for o, error in self.failures)
+        kinds = {type(error) for _, error in self.failures}
+        error_type = kinds.pop() if len(kinds) == 1 else ProvisioningError  # all auth → AuthError, etc.
+        raise error_type(f"no offer in the plan could be provisioned. Tried:\n{tried}")
+
+    def _cluster_params(self, spec: Spec, offer: Offer, boot_timeout: float) -> ClusterParams:
+        """What this cluster is, for the provider: the offer bought, the image, the token."""
+        installs_at_boot = not spec.provider.nodes_share_driver_python
+        accelerator = offer.accelerator or (spec.accelerator.name if spec.accelerator else None)
+        return ClusterParams(
+            auth_token=secrets.token_hex(32),  # a fresh Ray auth token per cluster
+            nodes=self.desired.desired,
+            instance_type=offer.instance_type,
+            market=offer.market,
+            region=offer.region,
+            zone=offer.zone,
+            offer=offer.label,
+            accelerator=accelerator,
+            accelerator_count=offer.count if accelerator else 0,
+            heartbeat_grace=spec.provider.heartbeat_grace,
+            first_heartbeat_grace=max(boot_timeout * 2, 120.0),
+            pip=list(self.image.pip) if installs_at_boot else [],
+            apt=list(self.image.apt),
+        )
+
+    def _runtime_env(self, spec: Spec) -> dict[str, Any]:
+        env_vars = {**self.image.env, names.ENV_TOTAL_NODES: str(self.desired.desired)}
+        runtime_env: dict[str, Any] = {"env_vars": env_vars}
+        if spec.provider.nodes_share_driver_python and self.image.pip:
+            runtime_env["pip"] = list(self.image.pip)  # nodes share this interpreter: Ray's per-node virtualenv
+        return runtime_env
+
+    def _close(self) -> None:
+        with self._lock:
+            if self._state == "closed":
+                return
+            self._state = "closed"
+            cluster, self._cluster = self._cluster, None
+        try:
+            if self._replacer is not None:
+                self._replacer.stop()
+            if cluster is not None:
+                t0 = time.monotonic()
+                left = launcher.teardown(cluster)
+                if left:
+                    console.print(f"[red]could not confirm the end of: {', '.join(left)}[/]")
+                else:
+                    console.print(f"pool {cluster.name} gone ({time.monotonic() - t0:.1f}s)")
+        finally:
+            self._restore_signal_handlers()
+            _OPEN_POOLS.discard(self)
+
+    def close(self) -> None:
+        """End the pool now (what leaving the `with` block does)."""
+        self._close()
+
+    # -- signals: SIGTERM/SIGHUP unwind through `with` like an exception -------------------------
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in _SIGNALS:
+            previous = signal.getsignal(sig)
+            if previous == signal.SIG_IGN and sig not in self._previous_handlers:
+                continue  # the user ignores this signal on purpose (e.g. nohup): leave it so
+            self._previous_handlers.setdefault(sig, previous)  # keep the user's, not Ray's, to restore
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._restore_signal_handlers()
+        raise SystemExit(128 + signum)
+
+    def _restore_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig, previous in list(self._previous_handlers.items()):
+            if signal.getsignal(sig) == self._on_signal:
+                signal.signal(sig, previous)
+        self._previous_handlers.clear()
+
+    # -- facts ---------------------------------------------------------------------------------
+    def _open_cluster(self) -> launcher.Cluster:
+        if self._state != "open" or self._cluster is None:
+            state = "has exited" if self._state == "closed" else "has not been entered"
+            raise PoolClosedError(f"this pool {state}; send work inside `with sky.Compute(...) as pool:`")
+        return self._cluster
+
+    @property
+    def nodes(self) -> list[NodeInfo]:
+        return list(self._open_cluster().nodes)
+
+    @property
+    def ray_address(self) -> str:
+        driver = self._open_cluster().driver
+        assert driver is not None
+        return driver.address
+
+    @property
+    def name(self) -> str:
+        return self._open_cluster().name
+
+    @property
+    def offer(self) -> Offer:
+        return self._open_cluster().offer
+
+    @property
+    def cost(self) -> float:
+        """Dollars spent so far: the chosen offer's hourly price × nodes × hours since launch."""
+        cluster = self._open_cluster()
+        hours = (time.time() - cluster.started_at) / 3600
+        return cluster.offer.price * len(cluster.nodes) * hours
+
+    @property
+    def replaced(self) -> list[tuple[str, str]]:
+        """Workers lost and replaced so far: (lost instance id, replacement instance id)."""
+        return list(self._replacer.replaced) if self._replacer else []
+
+    @property
+    def timings(self) -> dict[str, float]:
+        return dict(self._open_cluster().timings)
+
+    # -- dispatch (used by the operators) ------------------------------------------------------
+    def _task_options(self, pending: PendingFunction[Any]) -> dict[str, Any]:
+        offer = self._open_cluster().offer
+        if offer.accelerator and offer.count and pending.function.uses_default_accelerators():
+            return {"num_gpus": offer.count}
+        return {}
+
+    def run_one(self, pending: PendingFunction[Any]) -> Any:
+        self._open_cluster()
+        return dispatch.run(pending, self._task_options(pending))
+
+    def run_group(self, pendings: list[PendingFunction[Any]]) -> list[Any]:
+        self._open_cluster()
+        return dispatch.run_many(pendings, [self._task_options(p) for p in pendings])
+
+    def run_on_every_node(self, pending: PendingFunction[Any]) -> list[Any]:
+        nodes = self.nodes
+        return dispatch.run_on_nodes(pending, self._task_options(pending), [n.ray_node_id for n in nodes])
+
+    def submit(self, pending: PendingFunction[Any]) -> concurrent.futures.Future[Any]:
+        self._open_cluster()
+        return dispatch.submit(pending, self._task_options(pending))
+
+    def submit_group(self, pendings: list[PendingFunction[Any]], as_tuple: bool) -> concurrent.futures.Future[Any]:
+        self._open_cluster()
+        return dispatch.submit_many(pendings, [self._task_options(p) for p in pendings], as_tuple)
+
+    def map(self, fn: RemoteFunction[Any, Any], items: Iterable[Any]) -> list[Any]:
+        """One task per item, run in parallel; results in input order."""
+        if not isinstance(fn, RemoteFunction):
+            raise TypeError(_not_pending_message(fn, "pool.map") if callable(fn) else
+                            f"pool.map takes a @sky.function, got {type(fn).__name__}")
+        return self.run_group([fn(item) for item in items])
+
+    # Plain values or undecorated functions on the left of an operator land here.
+    def __rrshift__(self, other: object) -> Any:
+        raise TypeError(_not_pending_message(other, ">>"))
+
+    def __rmatmul__(self, other: object) -> Any:
+        raise TypeError(_not_pending_message(other, "@"))
+
+    def __lt__(self, other: object) -> Any:  # `value > pool` falls back to `pool < value`
+        raise TypeError(_not_pending_message(other, ">"))
+
+    def __repr__(self) -> str:
+        where = f" {self._cluster.name}" if self._cluster else ""
+        return f"<sky.Compute{where} {self._state}, nodes={self.desired.desired}>"
+
+
+@atexit.register
+def _close_open_pools() -> None:
+    """Interpreter exit with a pool still open (no `with`, or sys.exit in a thread): end it."""
+    for pool in list(_OPEN_POOLS):
+        pool.close()

@@ -1,0 +1,218 @@
+"""`@sky.function`: lazy calls that run nowhere until they are sent to a pool.
+
+Calling a decorated function runs nothing; it returns a `PendingFunction` (the function plus its
+arguments). The operators decide where it runs:
+
+    pending >> pool      one node, the value
+    pending @ pool       every node, a list ordered by node index
+    pending > pool       start it, a concurrent.futures.Future
+    a & b, gather(...)   a group; group >> pool runs them in parallel, results in argument order
+
+The Ray remote function is built once per decorated function and reused, so Ray exports the code
+once per cluster, not once per call.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from skyward_ray.errors import SpecError
+
+if TYPE_CHECKING:
+    from skyward_ray.api.compute import Compute
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_RAY_RESOURCE_NAMES = {"CPU": "num_cpus", "GPU": "num_gpus", "memory": "memory"}
+
+
+class FunctionOptions(BaseModel):
+    """Per-function options of `@sky.function(...)`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_retries: int = Field(default=3, ge=-1, description="retries on node loss (not on user errors); -1 = forever")
+    timeout: float | None = Field(default=None, gt=0, description="seconds before the call is cancelled")
+    resources: dict[str, float] | None = Field(
+        default=None, description='per call, e.g. {"CPU": 2, "GPU": 1}; default: 1 CPU and all of a node\'s accelerators'
+    )
+
+    @field_validator("resources")
+    @classmethod
+    def _non_negative(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for key, amount in (value or {}).items():
+            if amount < 0:
+                raise ValueError(f"resources[{key!r}]={amount}: resource amounts must be >= 0")
+        return value
+
+    def ray_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"max_retries": self.max_retries, "retry_exceptions": False}
+        if self.resources is not None:
+            custom = {}
+            for key, amount in self.resources.items():
+                if key in _RAY_RESOURCE_NAMES:
+                    options[_RAY_RESOURCE_NAMES[key]] = amount
+                else:
+                    custom[key] = amount
+            if custom:
+                options["resources"] = custom
+        return options
+
+
+class RemoteFunction(Generic[P, R]):
+    """A function decorated with `@sky.function`. Call it to get a `PendingFunction`."""
+
+    def __init__(self, fn: Callable[P, R], options: FunctionOptions) -> None:
+        self.fn = fn
+        self.options = options
+        self._ray_function: Any = None
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> "PendingFunction[R]":
+        return PendingFunction(self, args, kwargs)
+
+    def local(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the undecorated function here, in this process."""
+        return self.fn(*args, **kwargs)
+
+    def ray_function(self) -> Any:
+        """The Ray remote function, built once (Ray exports it once per cluster)."""
+        if self._ray_function is None:
+            import ray  # here, not at import: decorating and planning never need Ray
+
+            self._ray_function = ray.remote(**self.options.ray_options())(self.fn)
+        return self._ray_function
+
+    def uses_default_accelerators(self) -> bool:
+        resources = self.options.resources
+        return resources is None or "GPU" not in resources
+
+    # Cloudpickle may reach this object through the user function's globals; ship only the
+    # plain function and options, never the cached Ray handle.
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RemoteFunction, (self.fn, self.options))
+
+    def __rshift__(self, other: object) -> Any:
+        raise TypeError(
+            f"{self.__name__} is a @sky.function but was not called: write {self.__name__}(...) >> pool"
+        )
+
+    __matmul__ = __gt__ = __rshift__  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<sky.function {self.__module__}.{self.__qualname__}>"
+
+
+class PendingFunction(Generic[R]):
+    """One call, not run yet: a function and its arguments."""
+
+    __slots__ = ("function", "args", "kwargs")
+
+    def __init__(self, function: RemoteFunction[Any, R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.function = function
+        self.args = args
+        self.kwargs = kwargs
+
+    def __rshift__(self, pool: "Compute") -> R:
+        return _pool(pool, ">>").run_one(self)
+
+    def __matmul__(self, pool: "Compute") -> list[R]:
+        return _pool(pool, "@").run_on_every_node(self)
+
+    def __gt__(self, pool: "Compute") -> Any:
+        return _pool(pool, ">").submit(self)
+
+    def __and__(self, other: "PendingFunction[Any] | PendingGroup") -> "PendingGroup":
+        return PendingGroup([self], as_tuple=True) & other
+
+    def __repr__(self) -> str:
+        return f"<pending {self.function.__name__}(...)>"
+
+
+class PendingGroup:
+    """Several calls to run in parallel; results come back in argument order."""
+
+    __slots__ = ("items", "as_tuple")
+
+    def __init__(self, items: list[PendingFunction[Any]], as_tuple: bool = False) -> None:
+        self.items = items
+        self.as_tuple = as_tuple
+
+    def __and__(self, other: "PendingFunction[Any] | PendingGroup") -> "PendingGroup":
+        if isinstance(other, PendingGroup):
+            return PendingGroup(self.items + other.items, as_tuple=self.as_tuple)
+        if isinstance(other, PendingFunction):
+            return PendingGroup(self.items + [other], as_tuple=self.as_tuple)
+        raise TypeError(_not_pending_message(other, "&"))
+
+    def __rshift__(self, pool: "Compute") -> tuple[Any, ...] | list[Any]:
+        results = _pool(pool, ">>").run_group(self.items)
+        return tuple(results) if self.as_tuple else results
+
+    def __gt__(self, pool: "Compute") -> Any:
+        return _pool(pool, ">").submit_group(self.items, as_tuple=self.as_tuple)
+
+    def __matmul__(self, pool: object) -> Any:
+        raise TypeError("a group cannot be sent with @ (every node); send each call with `call @ pool`")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def gather(*pendings: PendingFunction[Any]) -> PendingGroup:
+    """Group calls to run in parallel: `sky.gather(*calls) >> pool` returns a list in argument order."""
+    for item in pendings:
+        if not isinstance(item, PendingFunction):
+            raise TypeError(_not_pending_message(item, "gather"))
+    return PendingGroup(list(pendings), as_tuple=False)
+
+
+def _pool(pool: object, operator: str) -> "Compute":
+    from skyward_ray.api.compute import Compute
+
+    if not isinstance(pool, Compute):
+        raise TypeError(f"the right side of `{operator}` must be a sky.Compute pool, got {type(pool).__name__}")
+    return pool
+
+
+def _not_pending_message(value: object, operator: str) -> str:
+    if isinstance(value, RemoteFunction):
+        return f"{value.__name__} was not called: pass {value.__name__}(...) to `{operator}`"
+    if callable(value):
+        name = getattr(value, "__name__", repr(value))
+        return f"{name} is not a @sky.function: decorate it with @sky.function and call it, e.g. {name}(...)"
+    return f"`{operator}` takes calls of @sky.function functions, got a plain {type(value).__name__}: {value!r:.60}"
+
+
+def function(fn: Callable[P, R] | None = None, /, *, max_retries: int = 3, timeout: float | None = None,
+             resources: dict[str, float] | None = None) -> Any:
+    """Decorate a function so that calling it returns a `PendingFunction` to send to a pool.
+
+    Bare (`@sky.function`) or with options (`@sky.function(max_retries=0, timeout=60,
+    resources={"GPU": 1})`). `max_retries` covers lost nodes only; an exception raised by your
+    code is never retried and reaches you as its own type.
+    """
+    try:
+        options = FunctionOptions(max_retries=max_retries, timeout=timeout, resources=resources)
+    except ValueError as exc:
+        raise SpecError(f"sky.function options: {exc}") from None
+
+    def decorate(target: Callable[P, R]) -> RemoteFunction[P, R]:
+        if isinstance(target, RemoteFunction):
+            return RemoteFunction(target.fn, options)
+        if not callable(target) or inspect.isclass(target):
+            raise SpecError(
+                f"sky.function decorates a function, got {type(target).__name__} {target!r:.60}; "
+                "put @sky.function directly above a `def`"
+            )
+        return RemoteFunction(target, options)
+
+    if fn is None:
+        return decorate
+    return decorate(fn)

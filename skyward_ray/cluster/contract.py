@@ -1,0 +1,166 @@
+"""The provider contract: everything `skyward_ray` knows about a cloud, declared in one place.
+
+A cloud is narrow on purpose. It rents plain machines that boot themselves from a script, and it
+says what it sells. Everything else (node indexes, tags and labels, rendering the boot script,
+Ray's `NodeProvider` interface and `ray up` compatibility, teardown order) lives once, in
+`skyward_ray.cluster.node_provider.ScriptBootedNodeProvider`. The shape follows dask-cloudprovider's
+`VMCluster` (a cloud implements create/destroy) and SkyPilot's typed provisioning records.
+
+What crosses the line is typed: `ClusterParams` (what the launcher, or a cluster YAML, asks of one
+cluster), `MachineRequest` (one machine to start, with its rendered boot script), `Machine` (what
+the cloud says about one machine), `BootEnvironment` (how the cloud's machines learn who they are
+and how they power off). The user-facing half of a provider, its typed config and its offer
+source, is `skyward_ray.planning.providers.ProviderConfig`, which never imports Ray.
+
+A new cloud is a package `node_providers/<name>/` with a `ProviderConfig` subclass (`config.py`),
+an offer source, a `Cloud` subclass, and a one-line `ScriptBootedNodeProvider` subclass naming
+them; see docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from skyward_ray.planning.providers import ProviderConfig
+
+Role = Literal["head", "worker"]
+MachineState = Literal["pending", "running", "stopping", "terminated"]
+
+# States in which a machine may still bill or come back: never orphan these.
+ACTIVE_STATES: frozenset[str] = frozenset({"pending", "running", "stopping"})
+
+
+class ClusterParams(BaseModel):
+    """What one cluster is: chosen by the launcher from the plan, or written in a cluster YAML
+    (`provider: {cluster: {...}}`). The same for every cloud."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    auth_token: str = Field(default="", repr=False, description="the cluster's Ray token; made at prepare if empty")
+    gcs_port: int = 6379
+    nodes: int = Field(default=1, ge=1, description="the size the pool is launched at (local pools split CPUs by it)")
+    instance_type: str | None = None
+    market: Literal["spot", "on-demand"] = "on-demand"
+    region: str | None = None
+    zone: str | None = None
+    offer: str | None = Field(default=None, description="a label naming the offer bought, e.g. g4dn.xlarge.us-east-1a.spot")
+    accelerator: str | None = None
+    accelerator_count: int = 0
+    heartbeat_grace: float = 30.0
+    first_heartbeat_grace: float = 900.0
+    pip: list[str] = Field(default_factory=list, description="installed by every node's boot script")
+    apt: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict, description="exported on every node before Ray starts")
+
+
+@dataclass(frozen=True)
+class MachineRequest:
+    """One machine to start: its node index and role, the tags to put on it, its boot script, and
+    the cluster YAML's `node_config` for its node type (cloud-specific overrides; usually empty)."""
+
+    index: int
+    role: Role
+    tags: Mapping[str, str]
+    boot_script: str
+    node_config: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Machine:
+    """One machine as the cloud lists it. `tags` hold every fact the cluster keeps about it."""
+
+    instance_id: str
+    state: MachineState
+    private_ip: str | None = None
+    public_ip: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+
+class BootEnvironment(BaseModel):
+    """How this cloud's machines boot: what the generic boot script cannot know by itself."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    instance_id_shell: str = Field(description="shell expression giving the machine's own instance id")
+    node_ip_shell: str = Field(description="shell expression giving the machine's private address")
+    shutdown_command: str = Field(description="ends this machine (and its billing) when Ray exits")
+    python: str = "python3"
+    temp_dir_shell: str | None = Field(default=None, description="Ray's temp dir (short: unix sockets live there)")
+    extra_ray_args: list[str] = Field(default_factory=list)
+    gcs_reconnect_timeout: int = 15
+    num_cpus: float | None = None
+    num_gpus: float | None = None
+    memory: int | None = None
+    object_store_memory: int | None = None
+    resources: dict[str, float] = Field(default_factory=dict)
+    head_wait_timeout: float | None = None
+
+
+class Cloud(ABC):
+    """One cloud's machines. Implementations are thread-safe and keep no state that the cloud
+    does not also hold (tags, names): Ray's autoscaler re-creates providers at will, and a
+    provider made in another process must find the same machines.
+
+    Errors are the typed errors of `skyward_ray.errors`: `CapacityError` (try the next offer),
+    `AuthError` / `QuotaError` (skip this provider), `ProvisioningError` otherwise.
+    """
+
+    #: the config class this cloud is configured by
+    config_class: ClassVar[type[ProviderConfig]]
+    #: how long a `describe()` answer may be reused by the generic provider (spares rate limits)
+    describe_ttl: ClassVar[float] = 0.0
+
+    def __init__(self, cluster_name: str, config: ProviderConfig, params: ClusterParams,
+                 prepared: Mapping[str, Any]) -> None:
+        self.cluster_name = cluster_name
+        self.config = config
+        self.params = params
+        self.prepared = dict(prepared)
+
+    # -- per-cluster resources ------------------------------------------------------------------
+    @abstractmethod
+    def prepare(self) -> dict[str, Any]:
+        """Create what the cluster's machines need (network, security group, key pair, state dir)
+        and return the facts later calls need (ids, addresses). All or nothing: on failure remove
+        what was made. Called once per cluster; the result comes back as `self.prepared`."""
+
+    @abstractmethod
+    def cleanup(self) -> None:
+        """Remove what `prepare` made. Called after every machine was terminated; waits as long as
+        the cloud needs for the machines to be gone before removing what they used."""
+
+    # -- machines -------------------------------------------------------------------------------
+    @abstractmethod
+    def boot_environment(self, role: Role, index: int) -> BootEnvironment:
+        """How a machine of this role and index boots on this cloud (its identity, its shutdown)."""
+
+    @abstractmethod
+    def launch(self, request: MachineRequest) -> Machine:
+        """Start one machine running `request.boot_script`, tagged with `request.tags`. Returns at
+        once (the machine boots by itself). Raises without leaving a machine behind."""
+
+    @abstractmethod
+    def describe(self) -> list[Machine]:
+        """Every machine of this cluster the cloud still lists, in any state."""
+
+    @abstractmethod
+    def terminate(self, instance_ids: list[str]) -> None:
+        """End these machines (terminate, never stop: a stopped machine keeps billing its disk).
+        Unknown or already-ended ids are not an error."""
+
+    @abstractmethod
+    def set_tags(self, instance_id: str, tags: Mapping[str, str]) -> None:
+        """Add or change tags on one machine."""
+
+    def log_tail(self, instance_id: str, lines: int = 30) -> str:
+        """The last lines of the machine's boot log, for error messages; where the cloud has one."""
+        return "(this provider keeps no node log)"

@@ -1,0 +1,330 @@
+"""One Ray `NodeProvider` for every cloud whose machines boot themselves from a script.
+
+A cloud supplies a `Cloud` (see `skyward_ray.cluster.contract`): launch, describe, terminate,
+prepare, clean up. Everything that is the same on every cloud lives here, once:
+
+- node indexes: the head is 0, workers take the lowest free index, a replacement keeps the index
+  it replaces, and concurrent requests never share one;
+- tags and labels, one spelling each (`skyward_ray.names`), with Ray's own autoscaler tags;
+- the boot script: rendered per machine from the cluster's parameters and the cloud's
+  `BootEnvironment`;
+- Ray's v1 `NodeProvider` interface, so the same class serves our launcher, Ray's v2 autoscaler
+  (through its adapter) and `ray up` with `provider: {type: external, module: ...}`;
+- teardown order: workers before the head (a head ended first leaves workers draining).
+
+State lives in the cloud (tags), never only here: a provider re-created in another thread or
+process finds the same machines.
+
+The Ray `provider:` section this class reads:
+
+    provider:
+      type: external
+      module: node_providers.aws.AWSNodeProvider
+      cloud: {region: us-east-1, ...}     # the provider's typed config (sky.AWS fields)
+      cluster: {market: spot, ...}        # ClusterParams; filled in by bootstrap_config
+      prepared: {...}                     # what Cloud.prepare made; filled in by bootstrap_config
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import threading
+import time
+from typing import Any, ClassVar
+
+from ray.autoscaler.node_provider import NodeProvider
+from ray.autoscaler.tags import (
+    NODE_KIND_HEAD,
+    TAG_RAY_CLUSTER_NAME,
+    TAG_RAY_NODE_KIND,
+    TAG_RAY_USER_NODE_TYPE,
+)
+
+from skyward_ray import names
+from skyward_ray.cluster.contract import Cloud, ClusterParams, Machine, MachineRequest, Role
+from skyward_ray.errors import ProvisioningError
+from skyward_ray.node import startup_script
+
+# Resources Ray takes as `ray start` flags rather than as custom resources.
+_BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+
+
+def provider_section(node_provider: str, config_fields: dict[str, Any], params: ClusterParams) -> dict[str, Any]:
+    """The `provider:` section of a cluster config, from a config's "module:Class" and fields."""
+    module, _, cls = node_provider.partition(":")
+    return {"type": "external", "module": f"{module}.{cls}", "cloud": config_fields, "cluster": params.model_dump()}
+
+
+class ScriptBootedNodeProvider(NodeProvider):
+    """Ray node provider over a `Cloud`. Subclasses only name their cloud: `cloud_class = ...`."""
+
+    cloud_class: ClassVar[type[Cloud]]
+
+    def __init__(self, provider_config: dict[str, Any], cluster_name: str) -> None:
+        super().__init__(provider_config, cluster_name)
+        config, params = self._parse(provider_config)
+        self.params = params
+        self.cloud = self.cloud_class(cluster_name, config, params, provider_config.get("prepared") or {})
+        self._lock = threading.RLock()
+        self._reserved_indexes: set[int] = set()
+        self._described: tuple[float, list[Machine]] = (-1e9, [])
+        self._private_ips: dict[str, str] = {}
+        self._head_ip: str | None = None
+
+    @classmethod
+    def _parse(cls, provider_config: dict[str, Any]) -> tuple[Any, ClusterParams]:
+        config = cls.cloud_class.config_class(**(provider_config.get("cloud") or {}))
+        params = ClusterParams(**(provider_config.get("cluster") or {}))
+        return config, params
+
+    # -- prepare / teardown --------------------------------------------------------------------
+    @classmethod
+    def bootstrap_config(cls, cluster_config: dict[str, Any]) -> dict[str, Any]:  # type: ignore[override]
+        """Fill in the cluster's token and instance type, and let the cloud prepare its resources."""
+        provider = cluster_config["provider"]
+        config, params = cls._parse(provider)
+        updates: dict[str, Any] = {}
+        if not params.auth_token:
+            updates["auth_token"] = secrets.token_hex(32)  # a fresh Ray token for every cluster
+        if not params.instance_type:  # a cluster YAML names it per node type
+            types = [t.get("node_config", {}).get("InstanceType")
+                     for t in cluster_config.get("available_node_types", {}).values()]
+            updates["instance_type"] = next((t for t in types if t), None)
+        params = params.model_copy(update=updates)
+        provider["cluster"] = params.model_dump()
+        if not provider.get("prepared"):
+            provider["prepared"] = cls.cloud_class(cluster_config["cluster_name"], config, params, {}).prepare()
+        return cluster_config
+
+    def cleanup_cluster_resources(self) -> None:
+        """End anything still running, then remove what `prepare` made."""
+        leftover = self.non_terminated_nodes({})
+        if leftover:
+            self.terminate_nodes(leftover)
+        self.cloud.cleanup()
+
+    # -- queries -------------------------------------------------------------------------------
+    @property
+    def gcs_port(self) -> int:
+        """The head's Ray port: the cloud may have picked one at prepare (several nodes per host)."""
+        return int(self.cloud.prepared.get("gcs_port", self.params.gcs_port))
+
+    def machines(self, fresh: bool = False) -> list[Machine]:
+        """The cloud's listing of this cluster, reused for the cloud's `describe_ttl` seconds."""
+        with self._lock:
+            at, machines = self._described
+            if not fresh and time.monotonic() - at < self.cloud_class.describe_ttl:
+                return machines
+        machines = self.cloud.describe()
+        with self._lock:
+            self._described = (time.monotonic(), machines)
+            self._private_ips.update({m.instance_id: m.private_ip for m in machines if m.private_ip})
+        return machines
+
+    def _machine(self, node_id: str) -> Machine | None:
+        return next((m for m in self.machines() if m.instance_id == node_id), None)
+
+    def _forget_listing(self) -> None:
+        with self._lock:
+            self._described = (-1e9, [])
+
+    def non_terminated_nodes(self, tag_filters: dict[str, str]) -> list[str]:
+        alive = [m for m in self.machines(fresh=True) if m.active
+                 and all(m.tags.get(k) == v for k, v in tag_filters.items())]
+        alive.sort(key=lambda m: int(m.tags.get(names.NODE_INDEX, 0)))
+        return [m.instance_id for m in alive]
+
+    def is_running(self, node_id: str) -> bool:
+        machine = self._machine(node_id)
+        return machine is not None and machine.state == "running"
+
+    def is_terminated(self, node_id: str) -> bool:
+        machine = self._machine(node_id)
+        return machine is None or machine.state not in ("pending", "running")
+
+    def node_tags(self, node_id: str) -> dict[str, str]:
+        machine = self._machine(node_id)
+        return dict(machine.tags) if machine else {}
+
+    def internal_ip(self, node_id: str) -> str:
+        known = self._private_ips.get(node_id)  # a machine keeps its private address
+        if known:
+            return known
+        machine = self._machine(node_id)
+        return (machine.private_ip or "") if machine else ""
+
+    def external_ip(self, node_id: str) -> str | None:
+        machine = self._machine(node_id)
+        return machine.public_ip if machine else None
+
+    def set_node_tags(self, node_id: str, tags: dict[str, str]) -> None:
+        self.cloud.set_tags(node_id, tags)
+        self._forget_listing()
+
+    def log_tail(self, node_id: str, lines: int = 30) -> str:
+        return self.cloud.log_tail(node_id, lines)
+
+    # -- create --------------------------------------------------------------------------------
+    def create_node(self, node_config: dict[str, Any], tags: dict[str, str], count: int) -> dict[str, Any]:
+        return self.create_node_with_resources_and_labels(node_config, tags, count, {}, {})
+
+    def create_node_with_resources_and_labels(
+        self, node_config: dict[str, Any], tags: dict[str, str], count: int,
+        resources: dict[str, float], labels: dict[str, str],
+    ) -> dict[str, Any]:
+        """Start `count` machines, each with its own index and boot script. Returns {id: info}."""
+        role: Role = "head" if tags.get(TAG_RAY_NODE_KIND) == NODE_KIND_HEAD else "worker"
+        head_ip = None if role == "head" else self._find_head_ip()
+        created: dict[str, Any] = {}
+        for _ in range(count):
+            index = self._reserve_index(role, labels)
+            try:
+                node_tags = {**tags, TAG_RAY_CLUSTER_NAME: self.cluster_name, names.CLUSTER: self.cluster_name,
+                             names.NODE_INDEX: str(index)}
+                if self.params.offer:
+                    node_tags[names.OFFER] = self.params.offer
+                script = startup_script.render(self._boot(role, index, node_tags, labels, resources, head_ip))
+                machine = self.cloud.launch(MachineRequest(index=index, role=role, tags=node_tags, boot_script=script,
+                                                           node_config=dict(node_config)))
+            finally:
+                with self._lock:
+                    self._reserved_indexes.discard(index)
+            self._forget_listing()
+            if machine.private_ip:
+                self._private_ips[machine.instance_id] = machine.private_ip
+            created[machine.instance_id] = {"instance_id": machine.instance_id, "ip": machine.private_ip,
+                                            "index": index}
+        return created
+
+    def _find_head_ip(self) -> str:
+        if self._head_ip:
+            return self._head_ip
+        heads = [m for m in self.machines(fresh=True)
+                 if m.tags.get(TAG_RAY_NODE_KIND) == NODE_KIND_HEAD and m.state in ("pending", "running")]
+        if not heads or not heads[0].private_ip:
+            raise ProvisioningError(f"cluster {self.cluster_name} has no running head node to join workers to")
+        self._head_ip = heads[0].private_ip
+        return self._head_ip
+
+    def _reserve_index(self, role: Role, labels: dict[str, str]) -> int:
+        """The caller's index (a replacement), 0 for the head, else the lowest index not in use."""
+        with self._lock:
+            if names.NODE_INDEX in labels:
+                index = int(labels[names.NODE_INDEX])
+            elif role == "head":
+                index = 0
+            else:
+                used = {int(m.tags.get(names.NODE_INDEX, -1)) for m in self.machines(fresh=True) if m.active}
+                used |= self._reserved_indexes | {0}
+                index = next(i for i in itertools.count(1) if i not in used)
+            self._reserved_indexes.add(index)
+            return index
+
+    def _boot(self, role: Role, index: int, tags: dict[str, str], labels: dict[str, str],
+              resources: dict[str, float], head_ip: str | None) -> startup_script.NodeBoot:
+        params, config = self.params, self.cloud.config
+        env = self.cloud.boot_environment(role, index)
+        num_gpus, custom = env.num_gpus, dict(env.resources)
+        if config.simulate_accelerators and params.accelerator and params.accelerator_count:
+            num_gpus = float(params.accelerator_count)
+            custom.setdefault(f"accelerator_type:{params.accelerator}", 1.0)
+        custom.update({k: v for k, v in resources.items() if k not in _BUILTIN_RESOURCES})
+        node_labels = {**{k: v for k, v in labels.items() if k != names.NODE_INDEX},
+                       names.NODE_INDEX: str(index), names.PROVIDER: config.name}
+        if params.accelerator:
+            node_labels.setdefault(names.ACCELERATOR, params.accelerator)
+        if params.offer:
+            node_labels[names.OFFER] = params.offer
+        spot = params.market == "spot"
+        return startup_script.NodeBoot(
+            role=role,
+            cluster_name=self.cluster_name,
+            auth_token=params.auth_token,
+            gcs_port=self.gcs_port,
+            head_ip=head_ip,
+            python=env.python,
+            pip=list(params.pip),
+            apt=list(params.apt),
+            env={**params.env, names.ENV_NODE_INDEX: str(index), names.ENV_PROVIDER: config.name,
+                 names.ENV_ACCELERATOR: params.accelerator or "",
+                 names.ENV_ACCELERATOR_COUNT: str(params.accelerator_count or 0),
+                 names.ENV_SPOT: "1" if spot else "0"},
+            node_type_name=tags.get(TAG_RAY_USER_NODE_TYPE, names.HEAD_TYPE if role == "head" else names.WORKER_TYPE),
+            labels=node_labels,
+            shell_labels={names.INSTANCE_ID: f"${names.ENV_INSTANCE_ID}"},
+            num_cpus=resources.get("CPU", env.num_cpus),
+            num_gpus=resources.get("GPU", num_gpus),
+            memory=int(resources["memory"]) if "memory" in resources else env.memory,
+            object_store_memory=env.object_store_memory,
+            resources=custom,
+            market_type=params.market,
+            region=params.region,
+            zone=params.zone,
+            instance_id_shell=env.instance_id_shell,
+            node_ip_shell=env.node_ip_shell,
+            temp_dir_shell=env.temp_dir_shell,
+            extra_ray_args=env.extra_ray_args,
+            heartbeat_grace=params.heartbeat_grace,
+            first_heartbeat_grace=params.first_heartbeat_grace,
+            head_wait_timeout=env.head_wait_timeout or params.first_heartbeat_grace,
+            gcs_reconnect_timeout=env.gcs_reconnect_timeout,
+            shutdown_command=env.shutdown_command,
+        )
+
+    # -- terminate -----------------------------------------------------------------------------
+    def terminate_node(self, node_id: str) -> None:
+        self.terminate_nodes([node_id])
+
+    def terminate_nodes(self, node_ids: list[str]) -> None:  # type: ignore[override]
+        """Workers first, the head last: a head ended first leaves its workers draining."""
+        ids = sorted(set(node_ids))
+        if not ids:
+            return
+        kinds = {m.instance_id: m.tags.get(TAG_RAY_NODE_KIND) for m in self.machines(fresh=True)}
+        heads = [i for i in ids if kinds.get(i) == NODE_KIND_HEAD]
+        workers = [i for i in ids if i not in heads]
+        if workers:
+            self.cloud.terminate(workers)
+        if heads:
+            self.cloud.terminate(heads)
+        self._forget_listing()
+
+    # -- `ray up` ------------------------------------------------------------------------------
+    def get_command_runner(self, log_prefix: str, node_id: str, auth_config: dict[str, Any], cluster_name: str,
+                           process_runner: Any, use_internal_ip: bool,
+                           docker_config: dict[str, Any] | None = None) -> "BootScriptCommandRunner":
+        """For `ray up`: machines set themselves up from their boot script; there is nothing to run over SSH."""
+        return BootScriptCommandRunner(node_id)
+
+
+class BootScriptCommandRunner:
+    """What Ray's cluster launcher gets instead of SSH: a runner that runs nothing, and says so.
+
+    A node of a script-booted provider installs the image and starts Ray from its boot script, so
+    the YAML's `setup_commands`/`*_start_ray_commands`/`file_mounts` are not used. Commands are
+    recorded so nobody mistakes them for having run.
+    """
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.skipped: list[str] = []
+
+    def run(self, cmd: str | None = None, timeout: int = 120, exit_on_fail: bool = False,
+            port_forward: Any = None, with_output: bool = False, environment_variables: Any = None,
+            run_env: str = "auto", ssh_options_override_ssh_key: str = "", shutdown_after_run: bool = False) -> Any:
+        if cmd:
+            self.skipped.append(cmd)
+        return b"" if with_output else ""
+
+    def run_rsync_up(self, source: str, target: str, options: Any = None) -> None:
+        self.skipped.append(f"rsync-up {source} {target}")
+
+    def run_rsync_down(self, source: str, target: str, options: Any = None) -> None:
+        self.skipped.append(f"rsync-down {source} {target}")
+
+    def remote_shell_command_str(self) -> str:
+        return f"# {self.node_id} boots from its script; skyward_ray opens no SSH session to it\n"
+
+    def run_init(self, *, as_head: bool, file_mounts: dict[str, str], sync_run_yet: bool) -> bool | None:
+        return None

@@ -1,0 +1,48 @@
+"""Every name that crosses a process or machine boundary, spelled once.
+
+Labels are what Ray nodes carry (`ray start --labels`), tags are what a cloud keeps on its
+instances, environment variables are what a node's startup script exports for Ray and for
+`sky.instance_info()`. One spelling each: a label and the tag holding the same fact share a key,
+so a node is found the same way in Ray's node table and in the cloud's instance list.
+
+This module imports nothing: the node side (`skyward_ray.node`) and every provider can use it.
+"""
+
+from __future__ import annotations
+
+PREFIX = "skyward"
+
+# -- labels and tags (one key for both) ----------------------------------------------------------
+NODE_INDEX = "skyward/node-index"
+INSTANCE_ID = "skyward/instance-id"
+PROVIDER = "skyward/provider"
+ACCELERATOR = "skyward/accelerator"
+OFFER = "skyward/offer"
+CLUSTER = "skyward/cluster"
+
+# Ray's node types, as the autoscaler's `available_node_types` would name them.
+HEAD_TYPE = "skyward.head"
+WORKER_TYPE = "skyward.worker"
+
+# -- environment of a node (exported by the startup script; read by `sky.instance_info()`) --------
+ENV_INSTANCE_ID = "SKYWARD_INSTANCE_ID"  # also the marker every process of a local machine inherits
+ENV_NODE_IP = "SKYWARD_NODE_IP"
+ENV_NODE_INDEX = "SKYWARD_NODE_INDEX"
+ENV_TOTAL_NODES = "SKYWARD_TOTAL_NODES"
+ENV_HEAD_IP = "SKYWARD_HEAD_IP"
+ENV_PROVIDER = "SKYWARD_PROVIDER"
+ENV_ACCELERATOR = "SKYWARD_ACCELERATOR"
+ENV_ACCELERATOR_COUNT = "SKYWARD_ACCELERATOR_COUNT"
+ENV_SPOT = "SKYWARD_SPOT"
+ENV_CLUSTER = "SKYWARD_CLUSTER"
+ENV_PYTHON = "SKYWARD_PYTHON"
+ENV_MACHINE_DIR = "SKYWARD_MACHINE_DIR"  # a simulated or local machine's own directory
+
+# -- the driver's heartbeat in Ray's internal KV (read by the head's watchdog) -------------------
+HEARTBEAT_NAMESPACE = "skyward"
+HEARTBEAT_KEY = "heartbeat"
+HEARTBEAT_DETACHED = b"detached"
+
+# -- this process's own settings -----------------------------------------------------------------
+ENV_QUIET = "SKYWARD_QUIET"
+ENV_KEEP_NODE_LOGS = "SKYWARD_KEEP_NODE_LOGS"

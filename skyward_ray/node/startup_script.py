@@ -1,0 +1,244 @@
+"""The script every node boots itself with (AWS user data, RunPod docker args, Vast onstart, a local process).
+
+Why a script and not SSH: a node that sets itself up needs no inbound port, no key on the driver's
+side and no driver staying online during boot. The script
+
+1. installs the Image unless it is already satisfied (the driver's Ray and Python versions),
+2. starts `ray start --block` as head or worker, with the instance id, node type, labels, market
+   type and the cluster's auth token in the environment Ray reads them from,
+3. on the head, starts a watchdog that stops Ray when the driver's heartbeat stops (teardown layer 3),
+4. when Ray exits for any reason, runs the provider's shutdown command so the machine stops billing.
+
+No cloud credential ever goes into it: the only secret is the cluster's own Ray token, which is
+useless outside this cluster and dies with it.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import socket
+import sys
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+import ray
+
+from skyward_ray import names
+from skyward_ray.names import HEARTBEAT_KEY, HEARTBEAT_NAMESPACE
+
+WATCHDOG_SOURCE = (Path(__file__).parent / "watchdog.py").read_text()
+
+# A worker imports Ray's CLI (about a second of CPU) while the head is still booting, then waits
+# for the head's port, then runs `ray start` exactly as the `ray` command would.
+_WORKER_RAY_START = """\
+import os, socket, sys, time
+import ray.scripts.scripts as ray_cli
+host, port = os.environ["SKYWARD_HEAD_IP"], int(os.environ["SKYWARD_GCS_PORT"])
+deadline = time.monotonic() + float(os.environ["SKYWARD_HEAD_WAIT"])
+while True:
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            print("skyward: head never answered", flush=True)
+            sys.exit(3)
+        time.sleep(0.1)
+sys.argv = ["ray", *sys.argv[1:]]
+sys.exit(ray_cli.main())
+"""
+
+
+class NodeBoot(BaseModel):
+    """Everything one node's startup script needs. Built by a node provider, rendered here."""
+
+    role: str = Field(pattern="^(head|worker)$")
+    cluster_name: str
+    auth_token: str = Field(repr=False)
+    gcs_port: int = 6379
+    head_ip: str | None = Field(default=None, description="required for workers")
+    python: str = "python3"
+    ray_version: str = ray.__version__
+    python_version: str = "%d.%d.%d" % sys.version_info[:3]
+    pip: list[str] = Field(default_factory=list, description="installed on the node when the Image is not satisfied")
+    apt: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict, description="exported before Ray starts; tasks inherit it")
+    node_type_name: str = names.WORKER_TYPE
+    labels: dict[str, str] = Field(default_factory=dict)
+    shell_labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="labels whose values are shell expressions evaluated on the node (e.g. the instance id, "
+                    "known only once the machine runs)",
+    )
+    shell_env: dict[str, str] = Field(
+        default_factory=dict, description="exported after `env`; values are shell expressions evaluated on the node",
+    )
+    num_cpus: float | None = None
+    num_gpus: float | None = None
+    memory: int | None = None
+    object_store_memory: int | None = None
+    resources: dict[str, float] = Field(default_factory=dict)
+    market_type: str | None = Field(default=None, description='"spot" or "on-demand"; Ray reads RAY_NODE_MARKET_TYPE')
+    region: str | None = None
+    zone: str | None = None
+    instance_id_shell: str = Field(default="${" + names.ENV_INSTANCE_ID + "}", description="shell expression giving the instance id")
+    node_ip_shell: str = Field(default="${" + names.ENV_NODE_IP + ":-$(hostname -I | awk '{print $1}')}")
+    temp_dir_shell: str | None = Field(default=None, description="shell expression for Ray's temp dir (short: unix sockets)")
+    extra_ray_args: list[str] = Field(default_factory=list)
+    heartbeat_grace: float = 30.0
+    first_heartbeat_grace: float = 600.0
+    head_wait_timeout: float = 600.0
+    gcs_reconnect_timeout: int = 15
+    shutdown_command: str = ""
+
+
+def _export(name: str, value: object) -> str:
+    return f"export {name}={shlex.quote(str(value))}"
+
+
+def _ray_start_command(boot: NodeBoot) -> list[str]:
+    if boot.role == "head":
+        args = ['"$SKYWARD_PYTHON"', "-m", "ray.scripts.scripts"]
+    else:
+        args = ['"$SKYWARD_PYTHON"', "-c", shlex.quote(_WORKER_RAY_START)]
+    args += ["start", "--block", "--disable-usage-stats"]
+    args.append('--node-ip-address="$NODE_IP"')
+    if boot.role == "head":
+        args += ["--head", f"--port={boot.gcs_port}", "--include-dashboard=false"]
+    else:
+        args.append(f"--address={boot.head_ip}:{boot.gcs_port}")
+    if boot.temp_dir_shell:
+        args.append(f'--temp-dir="{boot.temp_dir_shell}"')
+    if boot.num_cpus is not None:
+        args.append(f"--num-cpus={boot.num_cpus:g}")
+    if boot.num_gpus is not None:
+        args.append(f"--num-gpus={boot.num_gpus:g}")
+    if boot.memory is not None:
+        args.append(f"--memory={boot.memory}")
+    if boot.object_store_memory is not None:
+        args.append(f"--object-store-memory={boot.object_store_memory}")
+    if boot.resources:
+        args.append("--resources=" + shlex.quote(json.dumps(boot.resources)))
+    static = ",".join(f"{k}={v}" for k, v in sorted(boot.labels.items()))
+    dynamic = ",".join(f"{k}={v}" for k, v in sorted(boot.shell_labels.items()))
+    if static and dynamic:
+        args.append("--labels=" + shlex.quote(static + ",") + f'"{dynamic}"')
+    elif static or dynamic:
+        args.append("--labels=" + (shlex.quote(static) if static else f'"{dynamic}"'))
+    args += [shlex.quote(a) for a in boot.extra_ray_args]
+    return args
+
+
+def render(boot: NodeBoot) -> str:
+    """The bash script for one node. Plain text: callers base64 it where their API needs quoting."""
+    if boot.role == "worker" and not boot.head_ip:
+        raise ValueError("a worker's startup script needs head_ip")
+    lines = [
+        "#!/usr/bin/env bash",
+        f"# skyward_ray node bootstrap: cluster {boot.cluster_name}, role {boot.role}",
+        "set -u",
+        _export(names.ENV_PYTHON, boot.python),
+        f'export {names.ENV_INSTANCE_ID}="{boot.instance_id_shell}"',
+        f'NODE_IP="{boot.node_ip_shell}"',
+        f'export {names.ENV_NODE_IP}="$NODE_IP"',
+        _export(names.ENV_CLUSTER, boot.cluster_name),
+        _export("RAY_USAGE_STATS_ENABLED", 0),
+        _export("RAY_AUTH_MODE", "token"),
+        _export("RAY_AUTH_TOKEN", boot.auth_token),
+        f'export RAY_CLOUD_INSTANCE_ID="${names.ENV_INSTANCE_ID}"',
+        _export("RAY_NODE_TYPE_NAME", boot.node_type_name),
+        _export("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", 0),
+        _export("RAY_gcs_rpc_server_reconnect_timeout_s", boot.gcs_reconnect_timeout),
+        _export(names.ENV_HEAD_IP, boot.head_ip or "") if boot.role == "worker" else f'export {names.ENV_HEAD_IP}="$NODE_IP"',
+    ]
+    if boot.market_type:
+        lines.append(_export("RAY_NODE_MARKET_TYPE", boot.market_type))
+    if boot.region:
+        lines.append(_export("RAY_NODE_REGION", boot.region))
+    if boot.zone:
+        lines.append(_export("RAY_NODE_ZONE", boot.zone))
+    for key, value in sorted(boot.env.items()):
+        lines.append(_export(key, value))
+    for key, value in sorted(boot.shell_env.items()):
+        lines.append(f'export {key}="{value}"')
+    if boot.temp_dir_shell:
+        lines.append(f'mkdir -p "{boot.temp_dir_shell}"')
+
+    version_check = (
+        "import sys, ray; "
+        f"sys.exit(0 if ray.__version__ == {boot.ray_version!r} and "
+        f"'%d.%d.%d' % sys.version_info[:3] == {boot.python_version!r} else 1)"
+    )
+    install = []
+    if boot.apt:
+        install.append("(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
+                       + " ".join(shlex.quote(p) for p in boot.apt) + ")")
+    install.append(f'"$SKYWARD_PYTHON" -m pip install -q {shlex.quote(f"ray[default]=={boot.ray_version}")}'
+                   + "".join(" " + shlex.quote(p) for p in boot.pip))
+    lines += [
+        f'if ! "$SKYWARD_PYTHON" -c {shlex.quote(version_check)} 2>/dev/null; then',
+        "  echo 'skyward: installing the image'",
+        "  " + " && ".join(install) + " || { echo 'skyward: image install failed'; " + _shutdown(boot) + "; exit 1; }",
+        "fi",
+    ]
+    if boot.role == "worker":
+        lines += [
+            _export("SKYWARD_GCS_PORT", boot.gcs_port),
+            _export("SKYWARD_HEAD_WAIT", int(boot.head_wait_timeout)),
+        ]
+    lines += [
+        "echo 'skyward: starting ray'",
+        " ".join(_ray_start_command(boot)) + " &",
+        "RAY_PID=$!",
+    ]
+    if boot.role == "head":
+        lines += [
+            f'SKYWARD_WATCH_GCS="$NODE_IP:{boot.gcs_port}" SKYWARD_WATCH_RAY_PID="$RAY_PID" '
+            f"SKYWARD_WATCH_GRACE={boot.heartbeat_grace:g} SKYWARD_WATCH_FIRST_GRACE={boot.first_heartbeat_grace:g} "
+            f"SKYWARD_WATCH_NAMESPACE={HEARTBEAT_NAMESPACE} SKYWARD_WATCH_KEY={HEARTBEAT_KEY} "
+            "\"$SKYWARD_PYTHON\" -c \"$(cat <<'SKYWARD_WATCHDOG'",
+            WATCHDOG_SOURCE.rstrip("\n"),
+            "SKYWARD_WATCHDOG",
+            ')" &',
+        ]
+    lines += [
+        'trap \'kill -TERM "$RAY_PID" 2>/dev/null\' TERM INT HUP',
+        'wait "$RAY_PID"',
+        'wait "$RAY_PID" 2>/dev/null',
+        "echo \"skyward: ray exited ($?); ending this machine\"",
+        _shutdown(boot),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def free_port(ip: str = "", outside_worker_range: bool = False) -> int:
+    """A TCP port free here now; Ray's worker ports (10002-19999) avoided when asked."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind((ip, 0))
+            port = sock.getsockname()[1]
+        if not outside_worker_range or not 10002 <= port <= 19999:
+            return port
+
+
+def colocated_port_args(is_head: bool, ip: str = "") -> list[str]:
+    """`ray start` flags for a node sharing its host with other nodes (local pools, simulated clouds).
+
+    Ray gives these ports fixed defaults (52365, 10001, ...), which collide when several nodes
+    run on one machine; each node gets free ones instead. The client server must stay outside
+    the worker port range.
+    """
+    args = [
+        f"--dashboard-agent-listen-port={free_port(ip)}",
+        f"--metrics-export-port={free_port(ip)}",
+        f"--runtime-env-agent-port={free_port(ip)}",
+    ]
+    if is_head:
+        args.append(f"--ray-client-server-port={free_port(ip, outside_worker_range=True)}")
+    return args
+
+
+def _shutdown(boot: NodeBoot) -> str:
+    return boot.shutdown_command or "true"

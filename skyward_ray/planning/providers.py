@@ -1,0 +1,102 @@
+"""Provider configs: the typed, user-facing half of a provider, and the registry that finds them.
+
+A provider config (`sky.AWS(...)`, `sky.Local()`, ...) says which cloud and how to use it, and
+knows where that cloud sells things (`list_offers`). It never imports Ray, so `sky.plan(...)` and
+`skyward-ray offers` stay pure data work. The machine half, a `skyward_ray.cluster.contract.Cloud`
+behind a generic Ray node provider, is named by `node_provider` and imported only when a pool is
+launched.
+
+Each config class lives in its cloud's package (`node_providers/<name>/config.py`); `PROVIDERS`
+below is the one list of where they are, so nothing in `skyward_ray/` branches on a name.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, ClassVar
+
+from pydantic import ConfigDict, Field
+
+from skyward_ray._validation import SpecModel
+from skyward_ray.errors import ProviderUnavailableError, SpecError
+
+if TYPE_CHECKING:
+    from skyward_ray.planning.accelerators import Accelerator
+    from skyward_ray.planning.offers import Offer
+
+# provider name → "module:ConfigClass"
+PROVIDERS: dict[str, str] = {
+    "local": "node_providers.local.config:Local",
+    "aws": "node_providers.aws.config:AWS",
+    "runpod": "node_providers.runpod.config:RunPod",
+    "vastai": "node_providers.vastai.config:VastAI",
+}
+
+
+class ProviderConfig(SpecModel):
+    """Base of every provider config. `name` is the value `Offer.provider` carries.
+
+    Fields here are the ones every provider honours; a subclass adds its cloud's own. No field is
+    a free-form dict: a typo is an error that names the field, before anything is provisioned.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: ClassVar[str]
+    #: "module:Class" of this provider's Ray node provider, or None while provisioning is not built
+    node_provider: ClassVar[str | None] = None
+    #: True when nodes run on the driver's own machine and interpreter (Image.pip goes to Ray's
+    #: runtime_env there; apt and another Python cannot be honoured)
+    nodes_share_driver_python: ClassVar[bool] = False
+
+    boot_timeout: float = Field(default=600.0, gt=0, description="seconds to wait for every node to join")
+    heartbeat_grace: float = Field(
+        default=30.0, gt=0, description="seconds without a driver heartbeat before the nodes stop themselves"
+    )
+    simulate_accelerators: bool = Field(
+        default=False,
+        description="every node advertises the offer's accelerators to Ray with no hardware behind them "
+                    "(exercise placement on a laptop or in CI)",
+    )
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: object) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        # error messages name every field and what it takes, from the field descriptions
+        cls._spec_hints = {name: info.description or "see the class docstring"
+                           for name, info in cls.model_fields.items()}
+
+    def list_offers(self, accelerator: "Accelerator | None" = None) -> "list[Offer]":
+        """Every offer this provider has that could serve `accelerator` (a hint; may be broader)."""
+        raise NotImplementedError
+
+    def require_provisioning(self) -> str:
+        """The node provider's "module:Class", or a typed refusal saying provisioning is not built."""
+        if self.node_provider is None:
+            raise ProviderUnavailableError(
+                f"provider={self.name!r}: skyward_ray can list and compare {self.name} offers (sky.plan, "
+                f"`skyward-ray offers`) but cannot start {self.name} machines yet. Fix: choose another provider, "
+                f"e.g. provider='aws' or provider='local', or drop {self.name!r} from provider="
+            )
+        return self.node_provider
+
+
+def provider_class(name: str) -> type[ProviderConfig]:
+    """'aws' → the AWS config class; an unknown name → SpecError listing the known ones."""
+    path = PROVIDERS.get(name.strip().lower())
+    if path is None:
+        raise SpecError(f"Unknown provider {name!r}. Known providers: {', '.join(sorted(PROVIDERS))}.")
+    module, _, attribute = path.partition(":")
+    cls = getattr(importlib.import_module(module), attribute)
+    assert issubclass(cls, ProviderConfig), path
+    return cls
+
+
+def provider_classes() -> dict[str, type[ProviderConfig]]:
+    """Every known provider config class by name."""
+    return {name: provider_class(name) for name in PROVIDERS}
+
+
+def provider_from_name(name: str) -> ProviderConfig:
+    """'aws' → AWS() with its defaults."""
+    return provider_class(name)()
