@@ -1,0 +1,231 @@
+"""The provider contract, the generic node provider and the launcher against an in-memory cloud.
+
+No Ray process starts here: these run in about a second. They pin down what every cloud gets
+from the generic layer (indexes, tags and labels, boot scripts, teardown order, cleanup on a
+partial launch failure) and the typed refusal of providers that cannot provision yet.
+"""
+
+from __future__ import annotations
+
+import ast
+import concurrent.futures
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from ray.autoscaler.tags import NODE_KIND_HEAD, NODE_KIND_WORKER, TAG_RAY_CLUSTER_NAME, TAG_RAY_NODE_KIND
+
+import skyward_ray as sky
+from skyward_ray import names
+from skyward_ray.cluster import launcher
+from skyward_ray.cluster.contract import ClusterParams
+from skyward_ray.planning.offers import Offer
+from tests.fakecloud import Fake, FakeCloud, FakeNodeProvider
+
+REPO = Path(__file__).resolve().parent.parent
+OFFER = Offer(provider="fake", accelerator="T4", count=1, market="spot", price=0.2, on_demand_price=0.5,
+              spot_price=0.2, region="r1", zone="r1a", instance_type="f1.small", price_source="test")
+
+
+@pytest.fixture(autouse=True)
+def clean_cloud():
+    FakeCloud.reset()
+    yield
+    FakeCloud.reset()
+
+
+def params(nodes: int = 3, **kw) -> ClusterParams:
+    return ClusterParams(nodes=nodes, instance_type="f1.small", market="spot", region="r1", offer=OFFER.label,
+                         accelerator="T4", accelerator_count=1, **kw)
+
+
+def new_cluster(nodes: int = 3) -> launcher.Cluster:
+    name = launcher.new_cluster_name()
+    provider = launcher.load_node_provider(Fake(), params(nodes), name)
+    return launcher.Cluster(name=name, provider=provider, offer=OFFER, instance_ids=[])
+
+
+def tags(name: str, kind: str) -> dict[str, str]:
+    return {TAG_RAY_CLUSTER_NAME: name, TAG_RAY_NODE_KIND: kind}
+
+
+def test_prepare_runs_once_and_every_cluster_gets_a_fresh_token():
+    first, second = new_cluster(), new_cluster()
+    assert FakeCloud.prepared_clusters == [first.name, second.name]
+    tokens = {c.provider.params.auth_token for c in (first, second)}
+    assert len(tokens) == 2 and all(len(t) == 64 for t in tokens)
+    assert first.provider.provider_config["prepared"] == {"network": f"net-{first.name}"}
+
+
+def test_provision_gives_the_head_index_0_and_workers_1_to_n_with_one_spelling_of_every_name():
+    cluster = new_cluster(4)
+    launcher.provision(cluster, 4)
+    provider = cluster.provider
+    assert provider.non_terminated_nodes({}) == cluster.instance_ids  # head first, then by index
+    assert [provider.node_tags(i)[names.NODE_INDEX] for i in cluster.instance_ids] == ["0", "1", "2", "3"]
+    assert provider.non_terminated_nodes({TAG_RAY_NODE_KIND: NODE_KIND_HEAD}) == cluster.instance_ids[:1]
+    head, worker = (FakeCloud.scripts[i] for i in cluster.instance_ids[:2])
+    for index, script in ((0, head), (1, worker)):
+        assert f"{names.NODE_INDEX}={index}" in script and f"{names.PROVIDER}=fake" in script
+        assert f"{names.OFFER}={OFFER.label}" in script and f"{names.ACCELERATOR}=T4" in script
+        assert f'{names.INSTANCE_ID}=$SKYWARD_INSTANCE_ID' in script
+        assert "RAY_AUTH_TOKEN=" + provider.params.auth_token in script
+        assert "RAY_NODE_MARKET_TYPE=spot" in script and "SKYWARD_SPOT=1" in script
+        assert script.rstrip().endswith("poweroff"), "when Ray exits, the machine ends itself"
+    head_ip = provider.internal_ip(cluster.instance_ids[0])
+    assert "--head" in head and f"--address={head_ip}:6379" in worker  # workers join the head's private address
+    assert provider.node_tags(cluster.instance_ids[1])[names.CLUSTER] == cluster.name
+
+
+def test_a_partial_launch_failure_ends_everything_it_started_and_cleans_up():
+    FakeCloud.fail_launch[2] = sky.CapacityError("no f1.small capacity in r1a")
+    name = launcher.new_cluster_name()
+    with pytest.raises(sky.CapacityError, match="no f1.small capacity"):
+        launcher.launch(Fake(), params(4), name, OFFER, boot_timeout=5, runtime_env=None)
+    machines = FakeCloud.machines[name]
+    assert len(machines) == 3, "the head and the two workers that did launch were created"
+    assert {m.state for m in machines.values()} == {"terminated"}, "and every one of them was ended"
+    assert FakeCloud.cleaned_clusters == [name], "what prepare made was removed"
+
+
+def test_teardown_ends_workers_before_the_head_and_waits_until_none_is_listed():
+    cluster = new_cluster(3)
+    launcher.provision(cluster, 3)
+    head, *workers = cluster.instance_ids
+    assert launcher.teardown(cluster) == []
+    terminations = [ids for call, ids in FakeCloud.calls if call == "terminate"]
+    assert terminations == [tuple(sorted(workers)), (head,)]
+    assert cluster.provider.non_terminated_nodes({}) == []
+    assert FakeCloud.cleaned_clusters == [cluster.name]
+
+
+def test_indexes_are_unique_under_concurrency_and_a_free_index_is_reused():
+    cluster = new_cluster()
+    provider, name = cluster.provider, cluster.name
+    provider.create_node_with_resources_and_labels({}, tags(name, NODE_KIND_HEAD), 1, {}, {})
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:  # as Ray's autoscaler would: no index given
+        created = list(pool.map(lambda _: provider.create_node_with_resources_and_labels(
+            {}, tags(name, NODE_KIND_WORKER), 1, {}, {}), range(6)))
+    indexes = sorted(info["index"] for batch in created for info in batch.values())
+    assert indexes == [1, 2, 3, 4, 5, 6]
+    lost = next(i for batch in created for i, info in batch.items() if info["index"] == 3)
+    provider.terminate_nodes([lost])
+    [again] = provider.create_node_with_resources_and_labels({}, tags(name, NODE_KIND_WORKER), 1, {}, {}).values()
+    assert again["index"] == 3, "the lowest free index is taken"
+    [replacement] = provider.create_node_with_resources_and_labels(
+        {}, tags(name, NODE_KIND_WORKER), 1, {}, {names.NODE_INDEX: "5"}).values()
+    assert replacement["index"] == 5, "a replacement keeps the index it is given"
+
+
+def test_state_lives_in_the_cloud_so_a_re_created_provider_sees_the_same_machines():
+    cluster = new_cluster(2)
+    launcher.provision(cluster, 2)
+    again = FakeNodeProvider(cluster.provider.provider_config, cluster.name)  # what Ray's autoscaler does
+    assert again.non_terminated_nodes({}) == cluster.instance_ids
+    again.set_node_tags(cluster.instance_ids[1], {"extra": "yes"})
+    assert cluster.provider.node_tags(cluster.instance_ids[1])["extra"] == "yes"
+    head = cluster.instance_ids[0]
+    assert again.internal_ip(head) == FakeCloud.machines[cluster.name][head].private_ip
+
+
+@pytest.mark.parametrize("provider", [sky.RunPod(), "vastai", "aws,runpod"])
+def test_providers_without_provisioning_refuse_with_a_typed_error_before_anything_happens(provider):
+    with pytest.raises(sky.ProviderUnavailableError, match="cannot start .* machines yet") as caught:
+        sky.Compute(provider=provider, accelerator="RTX4090")
+    assert "Fix: choose another provider" in str(caught.value)
+    assert isinstance(caught.value, sky.SpecError)
+
+
+def test_provider_configs_are_typed_and_a_typo_names_the_field():
+    with pytest.raises(sky.SpecError, match=r"AWS.regoin: unknown field; did you mean 'region'"):
+        sky.AWS(regoin="us-east-1")
+    with pytest.raises(sky.SpecError, match=r"AWS.disk_gb"):
+        sky.AWS(disk_gb=-5)
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_planning_and_the_offers_command_never_import_ray():
+    plan = _run("import sys, skyward_ray as sky\n"
+                "@sky.function\ndef f(x): return x\n"
+                "sky.plan(provider='aws', accelerator='H100'); sky.plan(provider='aws,runpod,vastai', accelerator='A100')\n"
+                "assert 'ray' not in sys.modules, sorted(m for m in sys.modules if m.startswith('ray'))[:5]")
+    assert plan.returncode == 0, plan.stderr
+    cli = _run("import sys\nfrom typer.testing import CliRunner\nfrom skyward_ray.cli import app\n"
+               "r = CliRunner().invoke(app, ['offers', '--accelerator', 'H100:8', '--provider', 'aws'])\n"
+               "assert r.exit_code == 0, r.output\nassert 'p5.48xlarge' in r.output, r.output\n"
+               "assert 'ray' not in sys.modules")
+    assert cli.returncode == 0, cli.stderr
+
+
+# -- the layout: no module imports "upwards", and no import circles ------------------------------
+LAYERS = {  # a package may import only from the packages listed for it (and the standard library/third parties)
+    "skyward_ray.planning": {"skyward_ray.planning", "catalog"},
+    "skyward_ray.node": {"skyward_ray.node"},
+    "skyward_ray.cluster": {"skyward_ray.cluster", "skyward_ray.node", "skyward_ray.planning"},
+    "node_providers": {"node_providers", "skyward_ray.cluster", "skyward_ray.node", "skyward_ray.planning", "catalog"},
+    "skyward_ray.api": {"skyward_ray.api", "skyward_ray.cluster", "skyward_ray.planning"},
+    "skyward_ray.cli": {"skyward_ray.cli", "skyward_ray.planning"},
+    "catalog": {"catalog"},
+}
+BASE = {"skyward_ray.errors", "skyward_ray.names", "skyward_ray._validation", "skyward_ray.console"}
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for top in ("skyward_ray", "node_providers", "catalog"):
+        for path in (REPO / top).rglob("*.py"):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """Modules imported at module level (imports inside functions are deliberate lazy loads)."""
+    out = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            out |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:  # `from package import module` imports the module
+                name = f"{node.module}.{alias.name}"
+                out.add(name if name in modules else node.module)
+    return out
+
+
+def test_no_module_imports_upwards_and_there_are_no_import_circles():
+    modules = _modules()
+    graph: dict[str, set[str]] = {}
+    wrong = []
+    for module, path in modules.items():
+        ours = {i for i in _imports(path, modules) if i.split(".")[0] in ("skyward_ray", "node_providers", "catalog")}
+        graph[module] = {i for i in ours if i in modules and i != module}
+        layer = next((p for p in sorted(LAYERS, key=len, reverse=True) if module == p or module.startswith(p + ".")),
+                     None)
+        if layer is None:
+            continue  # skyward_ray/__init__.py and the base modules: the public face and the bottom
+        for target in ours:
+            if any(target == b or target.startswith(b + ".") for b in BASE) or any(target == a or target.startswith(a + ".") for a in LAYERS[layer]):
+                continue
+            wrong.append(f"{module} imports {target}")
+    assert wrong == []
+    for base in BASE:
+        assert graph.get(base, set()) <= BASE, f"{base} must import only base modules"
+    # no circles among module-level imports
+    state: dict[str, int] = {}
+
+    def visit(module: str, trail: list[str]) -> None:
+        state[module] = 1
+        for target in graph.get(module, ()):
+            if state.get(target) == 1:
+                raise AssertionError("import circle: " + " → ".join(trail + [module, target]))
+            if not state.get(target):
+                visit(target, trail + [module])
+        state[module] = 2
+
+    for module in graph:
+        if not state.get(module):
+            visit(module, [])
