@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from skyward_ray.planning.offers import Offer  # noqa: E402
-from skyward_ray.planning.providers import AWS, RunPod, VastAI  # noqa: E402
+from skyward_ray import AWS, RunPod, VastAI  # noqa: E402
 from skyward_ray.planning.selector import select  # noqa: E402
 from skyward_ray.planning.spec import Spec  # noqa: E402
 

