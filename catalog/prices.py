@@ -1,9 +1,10 @@
-"""Dated price snapshots: generic CSV tables, one set per provider, parsed once and cached.
+"""Price snapshots: generic CSV tables, one set per provider, parsed once and cached.
 
-A snapshot is what a provider's price API said on a given day (every row carries `source` and
-`as_of`). Offers from a live API replace snapshot rows later; until then these let `sky.plan`
-work with no credentials. This module only reads tables: what the columns mean is the business of
-the provider's module in `node_providers/`.
+A snapshot is a published price list: the shipped ones are copied from the public SkyPilot catalog
+by `catalog/tools/build_snapshots.py`, and every row carries its `source` (file and commit) and
+`as_of` (that commit's date; empty where it is not recorded). Offers from a live API replace
+snapshot rows later; until then these let `sky.plan` work with no credentials. This module only
+reads tables: what the columns mean is the business of the provider's module in `node_providers/`.
 
 `SKYWARD_RAY_CATALOG_DIR` points the loader at another directory of snapshot CSVs (tests use it
 for fixture tables with known quirks).

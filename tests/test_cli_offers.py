@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from typer.testing import CliRunner
 
 from skyward_ray.cli import app
 
 runner = CliRunner()
+FIXTURE_CATALOG = Path(__file__).resolve().parent / "fixtures" / "catalog"
 
 
 def invoke(*args: str):
@@ -25,14 +27,17 @@ def test_offers_json_is_ranked_and_filtered():
     assert {o["provider"] for o in offers} == {"aws", "runpod"}
     assert all(o["market"] == "spot" and o["price"] <= 30 and o["count"] >= 8 for o in offers)
     assert [o["price"] for o in offers] == sorted(o["price"] for o in offers)
-    assert all(o["accelerator"] == "H100" and o["price_age"].startswith("snapshot ") for o in offers)
+    assert all(o["accelerator"] == "H100" and o["price_source"].startswith("snapshot:") for o in offers)
+    # the age is shown exactly when the snapshot row is dated; an undated row claims no age
+    assert all(o["price_age"] == "snapshot" if o["price_as_of"] is None else o["price_age"].startswith("snapshot ")
+               for o in offers)
     assert offers[0]["price_per_accelerator"] == offers[0]["price"] / offers[0]["count"]
 
 
 def test_offers_region_filter():
-    result = invoke("offers", "-a", "L4", "-p", "aws", "--region", "eu-west-1", "--json", "--limit", "0")
+    result = invoke("offers", "-a", "L4", "-p", "aws", "--region", "eu-central-1", "--json", "--limit", "0")
     data = json.loads(result.output)
-    assert data["offers"] and {o["region"] for o in data["offers"]} == {"eu-west-1"}
+    assert data["offers"] and {o["region"] for o in data["offers"]} == {"eu-central-1"}
 
 
 def test_offers_table_has_the_columns():
@@ -41,8 +46,15 @@ def test_offers_table_has_the_columns():
     for column in ("provider", "accelerator", "instance / GPU type", "region / zone", "market", "$/h node",
                    "$/h GPU", "price source"):
         assert column in result.output
-    assert "A100 SXM 80GB ×8" in result.output and "days old)" in result.output
+    assert "A100 SXM 80GB ×8" in result.output and "snapshot" in result.output
     assert "rejected:" in result.output
+
+
+def test_offers_table_shows_the_age_of_dated_snapshot_prices(monkeypatch):
+    monkeypatch.setenv("SKYWARD_RAY_CATALOG_DIR", str(FIXTURE_CATALOG))  # made-up rows dated 2026-11-01
+    result = invoke("offers", "-a", "H100:8", "-p", "aws", "--limit", "5")
+    assert result.exit_code == 0, result.output
+    assert "snapshot 2026-11-01 (" in result.output and "days old)" in result.output
 
 
 def test_plan_json_and_text():

@@ -12,52 +12,15 @@ from skyward_ray.planning.plan import plan, specs_from_arguments
 from skyward_ray import AWS, RunPod, VastAI
 from skyward_ray.planning.spec import Spec
 
-# Fixture snapshots with every quirk (and nothing else), so expectations are exact.
-FIXTURES = {
-    "aws_instance_types.csv": """\
-# fixture
-instance_type,gpu_name,gpu_manufacturer,gpu_count,gpu_memory_mib,vcpus,memory_mib
-p5.48xlarge,H100,NVIDIA,8,81920,192,2097152
-p4d.24xlarge,A100,NVIDIA,8,40960,96,1179648
-p4de.24xlarge,A100,NVIDIA,8,81920,96,1179648
-""",
-    "aws_prices.csv": """\
-region,zone,instance_type,market,price,source,as_of
-us-east-1,,p5.48xlarge,on-demand,55.04,fixture price list,2026-11-01
-us-east-1,us-east-1a,p5.48xlarge,spot,21.00,fixture spot history,2026-11-01
-us-east-1,us-east-1b,p5.48xlarge,spot,0.00,fixture spot history,2026-11-01
-eu-west-1,,p5.48xlarge,on-demand,61.09,fixture price list,2026-11-01
-eu-west-1,eu-west-1a,p5.48xlarge,spot,61.09,fixture spot history,2026-11-01
-us-east-1,,p4d.24xlarge,on-demand,32.77,fixture price list,2026-11-01
-us-east-1,,p4d.24xlarge,on-demand,32.77,fixture price list,2026-11-01
-us-east-1,us-east-1a,p4d.24xlarge,spot,5.09,fixture spot history,2026-11-01
-us-east-1,,p4de.24xlarge,on-demand,40.97,fixture price list,2026-11-01
-""",
-    "runpod_gpu_types.csv": """\
-gpu_type_id,display_name,memory_gb,cloud_type,on_demand_per_gpu,spot_per_gpu,vcpus_per_gpu,memory_gb_per_gpu,max_gpu_count,source,as_of
-NVIDIA H100 80GB HBM3,H100 SXM,80,SECURE,2.99,2.69,20,125,8,fixture gpuTypes,2026-11-10
-NVIDIA H100 SXM,H100 SXM,80,SECURE,2.99,2.69,20,125,8,fixture gpuTypes,2026-11-10
-NVIDIA H100 PCIe,H100 PCIe,80,COMMUNITY,1.99,,16,125,8,fixture gpuTypes,2026-11-10
-NVIDIA GeForce RTX 4090,RTX 4090,24,COMMUNITY,0.69,0.34,8,31,8,fixture gpuTypes,2026-11-10
-""",
-    "vastai_offers.csv": """\
-id,machine_id,gpu_name,num_gpus,gpu_ram,cpu_cores_effective,cpu_ram,dph_total,min_bid,reliability,geolocation,verification,hosting_type,source,as_of
-100,1,H100 SXM,8,81920,128,1024000,17.00,9.50,0.99,"Texas, US",verified,0,fixture bundles,2026-11-20
-101,2,RTX 4090,1,24576,16,64000,0.35,0.20,0.99,"Germany, DE",verified,0,fixture bundles,2026-11-20
-101,2,GeForce RTX 4090,1,24576,16,64000,0.35,0.20,0.99,"Germany, DE",verified,0,fixture bundles,2026-11-20
-102,3,RTX 4090,1,24576,16,64000,0.30,0.00,0.99,"Texas, US",unverified,0,fixture bundles,2026-11-20
-103,4,RTX 4090,1,24576,16,64000,0.31,,0.90,"Texas, US",verified,0,fixture bundles,2026-11-20
-104,5,A100 SXM4,8,40960,64,512000,5.90,,0.99,"Quebec, CA",verified,0,fixture bundles,2026-11-20
-""",
-}
+# Fixture snapshots with every quirk (and nothing else), so expectations are exact. Made up for
+# tests; the shipped snapshots (catalog/snapshots/) hold only published figures.
+FIXTURE_CATALOG = Path(__file__).resolve().parent / "fixtures" / "catalog"
 
 
 @pytest.fixture
-def fixture_catalog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for name, text in FIXTURES.items():
-        (tmp_path / name).write_text(text)
-    monkeypatch.setenv("SKYWARD_RAY_CATALOG_DIR", str(tmp_path))
-    return tmp_path
+def fixture_catalog(monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("SKYWARD_RAY_CATALOG_DIR", str(FIXTURE_CATALOG))
+    return FIXTURE_CATALOG
 
 
 def rows(result):
@@ -161,9 +124,10 @@ def test_specs_from_arguments_rules():
 def test_plan_accepts_compute_arguments_with_the_real_snapshot():
     result = plan(provider=AWS(), accelerator="H100:8", image=object(), region="us-east-1")
     assert result.chosen.instance_type == "p5.48xlarge" and result.chosen.market == "spot"
-    assert 18 <= result.chosen.price <= 25  # anchored on ~21 (FACTS.md)
+    # the cheapest us-east-1 zone in the SkyPilot catalog snapshot (use1-az3)
+    assert result.chosen.price == pytest.approx(20.9934) and result.chosen.zone == "use1-az3"
     on_demand = plan(provider=AWS(), accelerator="H100:8", allocation="on-demand", region="us-east-1")
-    assert on_demand.chosen.price == pytest.approx(55.04)
+    assert on_demand.chosen.price == pytest.approx(98.32)  # as published in that catalog file
 
 
 def test_a_failing_provider_becomes_a_note(monkeypatch):
