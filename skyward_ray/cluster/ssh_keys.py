@@ -1,0 +1,133 @@
+"""Per-cluster SSH keys: one client key pair, one host key pair, and a known_hosts file that pins it.
+
+Why per cluster: a cluster lives for one `with` block, so its keys should too. The driver generates
+both pairs: the client key logs in to the head; the host key is delivered to the head (startup
+script) and pinned in a known_hosts file *before* the first connection. The tunnel can then run
+with `StrictHostKeyChecking=yes` from the very first connection: no trust on first use, and a
+machine-in-the-middle on the cloud's public address is refused instead of silently accepted.
+
+Everything is plain OpenSSH (`ssh-keygen`); no key material goes through Python crypto code.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from skyward_ray.errors import ProvisioningError
+
+__all__ = [
+    "KeyPair",
+    "cluster_key_dir",
+    "generate_keypair",
+    "known_hosts_entry",
+    "remove_key_dir",
+    "write_known_hosts",
+]
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_HOST = re.compile(r"^[A-Za-z0-9.:_-]{1,253}$")
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """Paths of an ed25519 key pair and its public key line (`ssh-ed25519 AAAA... comment`)."""
+
+    private_key: Path
+    public_key: Path
+    public_line: str
+
+
+def default_key_root() -> Path:
+    """Where cluster key directories live unless told otherwise (`$SKYWARD_KEY_DIR` overrides)."""
+    configured = os.environ.get("SKYWARD_KEY_DIR")
+    if configured:
+        return Path(configured)
+    return Path.home() / ".skyward" / "ssh"
+
+
+def _private_dir(path: Path) -> Path:
+    """Create `path` (and parents) and make it 0700: private keys must never be readable by others."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def cluster_key_dir(cluster_name: str, root: Path | None = None) -> Path:
+    """The 0700 directory holding one cluster's keys and known_hosts file (created if missing)."""
+    if not _SAFE_NAME.match(cluster_name):
+        raise ValueError(f"cluster name {cluster_name!r} is not usable as a directory name")
+    base = _private_dir(root if root is not None else default_key_root())
+    return _private_dir(base / cluster_name)
+
+
+def generate_keypair(directory: Path, name: str = "id_ed25519", comment: str = "skyward") -> KeyPair:
+    """Generate an ed25519 key pair as `directory/name` and `directory/name.pub` with ssh-keygen.
+
+    The directory is made 0700 and the private key 0600 (ssh refuses a private key others can read).
+    An existing pair of that name is replaced: keys are per cluster and never reused.
+    """
+    if not _SAFE_NAME.match(name):
+        raise ValueError(f"key name {name!r} is not usable as a file name")
+    if any(c in comment for c in "\r\n\0"):
+        raise ValueError("key comment must be a single line")
+    keygen = shutil.which("ssh-keygen")
+    if keygen is None:
+        raise ProvisioningError("ssh-keygen was not found on PATH; install OpenSSH's client tools")
+    directory = _private_dir(Path(directory))
+    private = directory / name
+    public = directory / f"{name}.pub"
+    for stale in (private, public):
+        stale.unlink(missing_ok=True)
+    done = subprocess.run(
+        [keygen, "-t", "ed25519", "-N", "", "-q", "-f", str(private), "-C", comment],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30,
+    )
+    if done.returncode != 0:
+        raise ProvisioningError(
+            f"ssh-keygen could not create {private} (exit {done.returncode}): {done.stderr.strip()[-500:]}"
+        )
+    private.chmod(0o600)
+    public.chmod(0o644)
+    return KeyPair(private, public, public.read_text().strip())
+
+
+def known_hosts_entry(host: str, port: int, public_line: str) -> str:
+    """One known_hosts line pinning `public_line` (a `.pub` line) for `host` at `port`.
+
+    OpenSSH looks a host up as bare `host` on port 22 and as `[host]:port` otherwise, so the entry
+    uses the form ssh will actually search for.
+    """
+    if not _HOST.match(host):
+        raise ValueError(f"host {host!r} is not an address or host name")
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} is out of range")
+    fields = public_line.split()
+    if len(fields) < 2 or not fields[0].startswith(("ssh-", "ecdsa-", "sk-")):
+        raise ValueError(f"not an OpenSSH public key line: {public_line[:40]!r}")
+    pattern = host if port == 22 else f"[{host}]:{port}"
+    return f"{pattern} {fields[0]} {fields[1]}"
+
+
+def write_known_hosts(path: Path, host: str, port: int, public_line: str) -> Path:
+    """Write a known_hosts file that trusts exactly one host key for `host:port` (replacing the file).
+
+    Give ssh this file with `UserKnownHostsFile=<path>`, `GlobalKnownHostsFile=/dev/null` and
+    `StrictHostKeyChecking=yes`: then only the key generated for this cluster is accepted.
+    """
+    path = Path(path)
+    _private_dir(path.parent)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(known_hosts_entry(host, port, public_line) + "\n")
+    temporary.chmod(0o600)
+    temporary.replace(path)  # atomic: a tunnel starting now reads the old or the new file, never half
+    return path
+
+
+def remove_key_dir(directory: Path) -> None:
+    """Remove a cluster's key directory and everything in it (missing is fine: teardown is idempotent)."""
+    shutil.rmtree(Path(directory), ignore_errors=True)

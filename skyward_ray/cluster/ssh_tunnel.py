@@ -1,0 +1,374 @@
+"""A supervised OpenSSH tunnel from this machine to a cluster's head.
+
+Why: a laptop driver cannot reach a cloud head's private address, and Ray's ports must never be
+opened to the internet. Only the head's sshd (tcp/22) is exposed; Ray Client traffic goes through
+`ssh -L 127.0.0.1:P:127.0.0.1:10001`, so the driver talks to `ray://127.0.0.1:P`.
+
+Why OpenSSH as a subprocess (not paramiko/asyncssh): it is what every machine has, it does the
+crypto, keep-alives and port forwarding well, and it can be ended by process id.
+
+Behaviour:
+
+- strict host-key checking against a per-cluster known_hosts file (see `ssh_keys`): a key that does
+  not match, or a refused login, is a configuration or security problem, never retried;
+- `start()` returns once ssh is authenticated and its local listeners exist. A forwarded port
+  accepts TCP even when the far end is down, so that is all "ready" can mean here: the caller
+  checks its own protocol (e.g. Ray Client connects) on top;
+- a supervisor thread restarts ssh when it exits unexpectedly (network blip, sshd restart, killed),
+  with bounded exponential backoff, on the same local ports so a reconnecting client finds it again;
+- `stop()` ends the ssh process by its pid (SIGTERM, then SIGKILL) and joins the thread.
+
+Latency (measured with Ray Client through this tunnel, OpenSSH 9.2 both ends): with `ssh -N` a
+trivial task's round trip has a median of ~48 ms against ~6 ms with `low_latency=True`. With no
+session, sshd never marks the connection interactive, so its socket keeps Nagle's algorithm, and a
+gRPC reply written in two pieces waits for the client's delayed ACK (40 ms). `low_latency=True`
+replaces `-N` with a pty session running `sleep` on the far side (`-tt ... exec sleep ...`), which
+makes sshd set TCP_NODELAY; the remote `sleep` gets SIGHUP and ends when the connection does.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import psutil
+
+from skyward_ray.errors import ProvisioningError
+
+__all__ = ["Forward", "HostKeyMismatchError", "SSHTunnel", "TunnelError"]
+
+Forward = tuple[int, str, int]
+"""(local_port, remote_host, remote_port); local_port 0 picks a free port on 127.0.0.1."""
+
+
+class TunnelError(ProvisioningError):
+    """The SSH tunnel to a cluster's head could not be set up or kept up; the message has ssh's stderr."""
+
+
+class HostKeyMismatchError(TunnelError):
+    """The head presented a host key other than the one generated for this cluster. Never retried."""
+
+
+_HOST_KEY_SIGNS = (
+    "REMOTE HOST IDENTIFICATION HAS CHANGED",
+    "Host key verification failed",
+    "host key is known for",  # "No ED25519 host key is known for ... and you have requested strict checking"
+    "Host key for",  # "Host key for [x]:22 has changed and you have requested strict checking"
+)
+_AUTH_SIGNS = ("Permission denied", "Too many authentication failures", "no mutual signature")
+_FORWARD_SIGNS = ("Address already in use", "Could not request local forwarding", "cannot listen to port")
+
+
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,252}$")
+_REMOTE_IDLE = "exec sleep 2147483647"
+"""The far side of a `low_latency` session: idle forever, ended by SIGHUP when the connection goes."""
+
+
+def _free_local_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _listening_ports(pid: int) -> set[int]:
+    """Local TCP ports on 127.0.0.1 that process `pid` is listening on (empty if it is gone)."""
+    try:
+        conns = psutil.Process(pid).net_connections(kind="tcp4")
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+        return set()
+    return {c.laddr.port for c in conns if c.status == psutil.CONN_LISTEN and c.laddr.ip == "127.0.0.1"}
+
+
+class SSHTunnel:
+    """`ssh -N -L ...` to `user@host:port`, supervised. Use as a context manager or start()/stop().
+
+    `forwards` are `(local_port, remote_host, remote_port)`; `remote_host` is resolved on the far
+    side (e.g. `127.0.0.1` is the head's own loopback). Local listeners bind 127.0.0.1 only.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        user: str,
+        identity_file: str | Path,
+        known_hosts_file: str | Path,
+        forwards: Sequence[Forward],
+        *,
+        ssh_binary: str = "ssh",
+        max_restarts: int | None = None,
+        backoff: tuple[float, float] = (0.25, 10.0),
+        healthy_after: float = 30.0,
+        extra_options: Sequence[str] = (),
+        low_latency: bool = False,
+    ) -> None:
+        if not forwards:
+            raise ValueError("an SSH tunnel needs at least one forward")
+        for name, value in [("host", host), ("user", user), *(("remote host", rh) for _, rh, _ in forwards)]:
+            if not _NAME.match(str(value)):  # they end up on ssh's command line: no options, no spaces
+                raise ValueError(f"SSH tunnel {name} {value!r} is not a plain host name, IPv4 address or user name")
+        self.host = host
+        self.port = int(port)
+        self.user = user
+        self.identity_file = Path(identity_file)
+        self.known_hosts_file = Path(known_hosts_file)
+        self._requested = [(int(lp), str(rh), int(rp)) for lp, rh, rp in forwards]
+        self._ports = [lp for lp, _, _ in self._requested]
+        self.ssh_binary = ssh_binary
+        self.max_restarts = max_restarts
+        self.backoff = backoff
+        self.healthy_after = healthy_after
+        self.extra_options = list(extra_options)
+        self.low_latency = low_latency
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._started_at = 0.0
+        self._stderr: collections.deque[str] = collections.deque(maxlen=40)
+        self._readers: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._restarts = 0
+        self.error: TunnelError | None = None
+        """Set when the supervisor gave up (fatal ssh error or `max_restarts` reached)."""
+
+    # ----------------------------------------------------------------- public state
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the current ssh process (None before start / after stop)."""
+        proc = self._proc
+        return proc.pid if proc is not None else None
+
+    def local_port(self, i: int = 0) -> int:
+        """The local port of forward `i` (the chosen one when 0 was asked for; stable across restarts)."""
+        port = self._ports[i]
+        if port == 0:
+            raise RuntimeError("the tunnel has not picked its local ports yet: call start() first")
+        return port
+
+    @property
+    def restarts(self) -> int:
+        """How many times the supervisor has relaunched ssh after an unexpected exit."""
+        return self._restarts
+
+    @property
+    def alive(self) -> bool:
+        """ssh is running and all its local listeners exist (it is authenticated and forwarding)."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return False
+        return set(self._ports) <= _listening_ports(proc.pid)
+
+    def stderr_tail(self, lines: int = 15) -> str:
+        """The last lines ssh wrote to stderr (across restarts), for error messages and logs."""
+        return "\n".join(list(self._stderr)[-lines:])
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def command(self) -> list[str]:
+        """The ssh command line, with the ports currently chosen."""
+        # -N: no session. low_latency: a pty session whose only job is to make sshd set TCP_NODELAY
+        argv = [
+            self.ssh_binary, *(["-tt"] if self.low_latency else ["-N"]), "-F", "none",
+            "-i", str(self.identity_file),
+            "-p", str(self.port),
+            "-o", "StrictHostKeyChecking=yes",
+            "-o", f"UserKnownHostsFile={self.known_hosts_file}",
+            "-o", "GlobalKnownHostsFile=/dev/null",
+            "-o", "IdentitiesOnly=yes",
+            "-o", "BatchMode=yes",
+            "-o", "ExitOnForwardFailure=yes",
+            "-o", "ServerAliveInterval=5",
+            "-o", "ServerAliveCountMax=3",
+            "-o", "ConnectTimeout=10",
+            "-o", "ControlMaster=no",
+            "-o", "ControlPath=none",
+            *self.extra_options,
+        ]
+        for local, (_, remote_host, remote_port) in zip(self._ports, self._requested):
+            argv += ["-L", f"127.0.0.1:{local}:{remote_host}:{remote_port}"]
+        argv.append(f"{self.user}@{self.host}")
+        if self.low_latency:
+            argv.append(_REMOTE_IDLE)
+        return argv
+
+    def start(self, timeout: float = 30.0) -> SSHTunnel:
+        """Start ssh and wait until it is authenticated and listening; then start the supervisor.
+
+        Connection refused / timed out (sshd not up yet) is retried until `timeout`; a host-key
+        mismatch or refused login raises at once. Raises `TunnelError` on timeout, with no ssh left.
+        """
+        if self._thread is not None:
+            raise RuntimeError("tunnel already started")
+        if shutil.which(self.ssh_binary) is None:
+            raise TunnelError(f"the ssh client ({self.ssh_binary}) was not found on PATH; install OpenSSH")
+        self._stopping.clear()
+        deadline = time.monotonic() + timeout
+        auto = [i for i, (lp, _, _) in enumerate(self._requested) if lp == 0]
+        delay = self.backoff[0]
+        try:
+            while True:
+                for i in auto:  # picked again on each first-start attempt: a port taken meanwhile is skipped
+                    self._ports[i] = _free_local_port()
+                self._launch()
+                outcome = self._wait_ready(deadline)
+                if outcome == "ready":
+                    break
+                self._raise_if_fatal()
+                if time.monotonic() + delay >= deadline:
+                    raise TunnelError(
+                        f"SSH tunnel to {self.user}@{self.host}:{self.port} was not up within {timeout:.0f} s"
+                        f" ({outcome}). ssh said:\n{self.stderr_tail() or '(nothing)'}"
+                    )
+                time.sleep(delay)
+                delay = min(delay * 2, self.backoff[1])
+        except BaseException:
+            self._end_process()
+            raise
+        self._thread = threading.Thread(target=self._supervise, name=f"ssh-tunnel-{self.host}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """End ssh (SIGTERM, then SIGKILL after `timeout`) and the supervisor. Safe to call twice."""
+        self._stopping.set()
+        self._end_process(timeout)
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout + 5)
+
+    def __enter__(self) -> SSHTunnel:
+        return self.start() if self._thread is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ----------------------------------------------------------------- internals
+
+    def _launch(self) -> None:
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            self._stderr.append(f"--- ssh started at {time.strftime('%H:%M:%S')}")
+            proc = subprocess.Popen(
+                self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE, start_new_session=True,  # no terminal signals from the driver's tty
+            )
+            self._proc = proc
+            self._started_at = time.monotonic()
+        reader = threading.Thread(target=self._read_stderr, args=(proc,), name="ssh-tunnel-stderr", daemon=True)
+        reader.start()
+        self._readers = [r for r in self._readers if r.is_alive()] + [reader]
+
+    def _read_stderr(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            if line:
+                self._stderr.append(line)
+        proc.stderr.close()
+
+    def _wait_ready(self, deadline: float) -> str:
+        """'ready' once the listeners exist, else why not ('ssh exited' / 'timed out')."""
+        proc = self._proc
+        assert proc is not None
+        wanted = set(self._ports)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                self._drain(proc)
+                return f"ssh exited with status {proc.returncode}"
+            if wanted <= _listening_ports(proc.pid):
+                return "ready"
+            time.sleep(0.05)
+        return "timed out"
+
+    def _drain(self, proc: subprocess.Popen[bytes]) -> None:
+        """Give the stderr reader a moment to collect ssh's last words before classifying them."""
+        for reader in self._readers:
+            reader.join(1.0)
+
+    def _fatal_error(self) -> TunnelError | None:
+        """The error for an ssh exit that must not be retried, judged from its stderr, or None."""
+        tail = self.stderr_tail()
+        last_run = tail.rsplit("--- ssh started at", 1)[-1]
+        where = f"{self.user}@{self.host}:{self.port}"
+        if "host key is known for" in last_run:
+            return HostKeyMismatchError(
+                f"SSH host {self.host} (port {self.port}): no host key is pinned for it in {self.known_hosts_file},"
+                f" so its key cannot match the one generated for this cluster; refusing to trust it on first use"
+                f" (possible man-in-the-middle otherwise). Not retried. ssh said:\n{tail}"
+            )
+        if any(sign in last_run for sign in _HOST_KEY_SIGNS):
+            return HostKeyMismatchError(
+                f"SSH host {self.host} (port {self.port}): the host key did not match the one generated for"
+                f" this cluster (pinned in {self.known_hosts_file}); possible man-in-the-middle, so nothing"
+                f" was sent and the connection is not retried. ssh said:\n{tail}"
+            )
+        if any(sign in last_run for sign in _AUTH_SIGNS):
+            return TunnelError(
+                f"SSH login to {where} with key {self.identity_file} was refused (the node does not hold this"
+                f" cluster's public key); not retried. ssh said:\n{tail}"
+            )
+        return None
+
+    def _raise_if_fatal(self) -> None:
+        error = self._fatal_error()
+        if error is not None:
+            raise error
+
+    def _end_process(self, timeout: float = 5.0) -> None:
+        with self._lock:
+            proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()  # by pid: SIGTERM to this ssh only
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        self._drain(proc)
+        with self._lock:
+            if self._proc is proc:
+                self._proc = None
+
+    def _supervise(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            proc = self._proc
+            if proc is None:
+                return
+            while proc.poll() is None and not self._stopping.is_set():
+                try:
+                    proc.wait(0.5)
+                except subprocess.TimeoutExpired:
+                    pass
+            if self._stopping.is_set():
+                return
+            self._drain(proc)
+            error = self._fatal_error()
+            if error is None and self.max_restarts is not None and self._restarts >= self.max_restarts:
+                error = TunnelError(
+                    f"SSH tunnel to {self.user}@{self.host}:{self.port} exited {self._restarts + 1} times;"
+                    f" giving up. ssh said:\n{self.stderr_tail()}"
+                )
+            if error is not None:
+                self.error = error
+                with self._lock:
+                    self._proc = None
+                return
+            ran_for = time.monotonic() - self._started_at
+            failures = 0 if ran_for >= self.healthy_after else failures + 1
+            delay = min(self.backoff[0] * (2 ** max(failures - 1, 0)), self.backoff[1])
+            if self._stopping.wait(delay):
+                return
+            self._restarts += 1
+            self._launch()  # same local ports: ExitOnForwardFailure makes a taken port a retried exit
