@@ -13,7 +13,7 @@ import pytest
 from catalog import prices
 from catalog.taxonomy import taxonomy
 from catalog.tools import build_snapshots
-from skyward_ray.providers import AWS, RunPod, VastAI
+from skyward_ray import AWS, RunPod, VastAI
 
 CATALOG = Path(build_snapshots.__file__).resolve().parent.parent
 SNAPSHOTS = CATALOG / "snapshots"

@@ -27,7 +27,8 @@ def cluster_filter(cluster_name: str) -> list[dict[str, Any]]:
 
 
 def choose_subnet(ec2: Any, region: str, zone: str | None, vpc_id: str | None, subnet_id: str | None) -> dict[str, Any]:
-    """The subnet to launch into: `subnet_id` if given, else the VPC's (default VPC's) subnet in the zone."""
+    """The subnet to launch into: `subnet_id` if given, else the VPC's (default VPC's) subnet in the zone
+    (named, or given by its account-independent zone id)."""
     if subnet_id:
         return ec2.describe_subnets(SubnetIds=[subnet_id])["Subnets"][0]
     if not vpc_id:
@@ -36,10 +37,9 @@ def choose_subnet(ec2: Any, region: str, zone: str | None, vpc_id: str | None, s
             raise ProvisioningError(
                 f"AWS: region {region} has no default VPC. Fix: pass sky.AWS(vpc_id=..., subnet_id=...)")
         vpc_id = vpcs[0]["VpcId"]
-    filters = [{"Name": "vpc-id", "Values": [vpc_id]}]
-    if zone:
-        filters.append({"Name": "availability-zone", "Values": [zone]})
-    subnets = ec2.describe_subnets(Filters=filters)["Subnets"]
+    subnets = ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])["Subnets"]
+    if zone:  # a zone name (us-east-1a, from live offers) or a zone id (use1-az1, as price catalogs publish)
+        subnets = [s for s in subnets if zone in (s.get("AvailabilityZone"), s.get("AvailabilityZoneId"))]
     if not subnets:
         where = f"zone {zone}" if zone else "any zone"
         raise CapacityError(f"AWS: VPC {vpc_id} has no subnet in {where}; this offer cannot be placed there")
