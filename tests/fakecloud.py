@@ -97,3 +97,25 @@ class FakeCloud(Cloud):
 
 class FakeNodeProvider(ScriptBootedNodeProvider):
     cloud_class = FakeCloud
+
+
+# -- a local machine that cannot boot (fault injection for teardown tests) -----------------------
+from node_providers.local.cloud import LocalCloud  # noqa: E402
+from node_providers.local.config import Local  # noqa: E402
+
+
+class UnbootableLocal(Local):
+    """sky.Local whose machines ask Ray for an object store below Ray's minimum: `ray start` exits at once."""
+
+    node_provider: ClassVar[str | None] = "tests.fakecloud:UnbootableLocalNodeProvider"
+
+
+class UnbootableLocalCloud(LocalCloud):
+    config_class = UnbootableLocal
+
+    def boot_environment(self, role: Role, index: int) -> BootEnvironment:
+        return super().boot_environment(role, index).model_copy(update={"object_store_memory": 1024})
+
+
+class UnbootableLocalNodeProvider(ScriptBootedNodeProvider):
+    cloud_class = UnbootableLocalCloud

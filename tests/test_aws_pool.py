@@ -29,7 +29,7 @@ def where() -> dict:
 
     info = sky.instance_info()
     return {"node": info.node, "instance_id": info.instance_id, "ip": info.ip, "spot": info.spot,
-            "provider": info.provider, "shutdown": shutil.which("shutdown"), "path0": os.environ["PATH"].split(":")[0]}
+            "provider": info.provider, "shutdown": shutil.which("shutdown"), "path": os.environ["PATH"].split(":")}
 
 
 @sky.function
@@ -53,14 +53,15 @@ def tag(params: dict[str, str], key: str) -> str | None:
     return None
 
 
-def provider(keys: str) -> sky.AWS:
-    return sky.AWS(region=REGION, key_dir=keys, **SIM_SETTINGS)
+def provider(region) -> sky.AWS:
+    _, hosts, keys = region
+    return sky.AWS(region=REGION, key_dir=keys, ssh_cidr=hosts.ssh_cidr, **SIM_SETTINGS)
 
 
 @pytest.fixture(scope="module")
 def spot_pool(region):
     sim, hosts, keys = region
-    pool = sky.Compute(provider=provider(keys), accelerator=sky.accelerators.T4(), nodes=2,
+    pool = sky.Compute(provider=provider(region), accelerator=sky.accelerators.T4(), nodes=2,
                        allocation="spot-if-available", boot_timeout=120)
     pool.__enter__()
     try:
@@ -100,7 +101,7 @@ def test_the_nodes_shutdown_is_the_simulators_shim(region, spot_pool):
     _, hosts, _ = region
     for answer in where() @ spot_pool:
         assert answer["shutdown"] == str(hosts.shim_dir / "shutdown")
-        assert answer["path0"] == str(hosts.shim_dir)
+        assert answer["path"].index(str(hosts.shim_dir)) < answer["path"].index("/usr/sbin")
 
 
 def test_spot_requests_carry_spot_market_options_and_imdsv2(region, spot_pool):
@@ -115,12 +116,12 @@ def test_spot_requests_carry_spot_market_options_and_imdsv2(region, spot_pool):
 
 
 def test_security_group_allows_only_itself_and_ssh_from_the_driver(region, spot_pool):
-    sim, _, _ = region
+    sim, hosts, _ = region
     [group] = sim.security_groups(cluster=spot_pool.name)
     rules = {(r["IpProtocol"], r.get("FromPort"), r.get("ToPort"),
               tuple(x["CidrIp"] for x in r["IpRanges"]), tuple(x["GroupId"] for x in r["UserIdGroupPairs"]))
              for r in group["IpPermissions"]}
-    assert rules == {("-1", None, None, (), (group["GroupId"],)), ("tcp", 22, 22, ("127.0.0.1/32",), ())}
+    assert rules == {("-1", None, None, (), (group["GroupId"],)), ("tcp", 22, 22, (hosts.ssh_cidr,), ())}
     instances = sim.instances(cluster=spot_pool.name)
     assert all([g["GroupId"] for g in i["SecurityGroups"]] == [group["GroupId"]] for i in instances)
 
@@ -171,7 +172,7 @@ def test_leaving_the_pool_leaves_no_instance_security_group_or_key_pair(region, 
 
 def test_a_capacity_error_moves_to_the_next_offer_and_the_failed_attempt_leaves_nothing(region):
     sim, hosts, keys = region
-    first = sky.plan(provider=provider(keys), accelerator="T4", nodes=2, allocation="on-demand").offers[0]
+    first = sky.plan(provider=provider(region), accelerator="T4", nodes=2, allocation="on-demand").offers[0]
 
     def worker_of_first(params: dict[str, str]) -> bool:  # the head gets one; then the type runs out
         return params.get("InstanceType") == first.instance_type and "worker" in params.values()
@@ -179,7 +180,7 @@ def test_a_capacity_error_moves_to_the_next_offer_and_the_failed_attempt_leaves_
     since = time.time()
     with sim.fault(Fault("RunInstances", code="InsufficientInstanceCapacity", when=worker_of_first,
                          message=f"We currently do not have sufficient {first.instance_type} capacity")) as fault:
-        with sky.Compute(provider=provider(keys), accelerator="T4", nodes=2, allocation="on-demand",
+        with sky.Compute(provider=provider(region), accelerator="T4", nodes=2, allocation="on-demand",
                          boot_timeout=120) as pool:
             assert fault.hits == 1
             assert pool.offer.instance_type != first.instance_type and pool.offer.market == "on-demand"

@@ -24,7 +24,7 @@ from skyward_ray import names
 from skyward_ray.cluster import launcher
 from skyward_ray.cluster.contract import ClusterParams
 from skyward_ray.planning.accelerators import parse_accelerator
-from skyward_ray.cluster.launcher import _port_open
+from tests.simaws.hosts import split_user_data
 from tests.simaws import SIM_SETTINGS, Fault, aws_environment, simulated_aws
 
 REGION = "us-east-1"
@@ -58,7 +58,7 @@ def provider_for(sim, tmp_path, offer, name=None):
     params = ClusterParams(auth_token="token-" + "x" * 58, nodes=2, instance_type=offer.instance_type,
                            market=offer.market, region=offer.region, zone=offer.zone, offer=offer.label,
                            accelerator="T4", accelerator_count=offer.count)
-    config = sky.AWS(region=REGION, key_dir=str(tmp_path), **SIM_SETTINGS)
+    config = sky.AWS(region=REGION, key_dir=str(tmp_path), ssh_cidr="198.18.0.1/32", **SIM_SETTINGS)
     return launcher.load_node_provider(config, params, name), name
 
 
@@ -130,11 +130,13 @@ def test_prepare_makes_exactly_the_specified_security_group_and_a_key_pair_and_t
     assert everything["IpProtocol"] == "-1" and everything["IpRanges"] == []
     assert [p["GroupId"] for p in everything["UserIdGroupPairs"]] == [group["GroupId"]]
     assert (ssh["IpProtocol"], ssh["FromPort"], ssh["ToPort"]) == ("tcp", 22, 22)
-    assert [r["CidrIp"] for r in ssh["IpRanges"]] == ["127.0.0.1/32"] and ssh["UserIdGroupPairs"] == []
+    assert [r["CidrIp"] for r in ssh["IpRanges"]] == ["198.18.0.1/32"] and ssh["UserIdGroupPairs"] == []
     assert not any(r.get("CidrIp") == "0.0.0.0/0" for rule in group["IpPermissions"] for r in rule["IpRanges"])
     assert [k["KeyName"] for k in sim.key_pairs()] == [f"skyward-{name}"]
-    key_file = tmp_path / f"skyward-{name}.pem"
-    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    key_file = tmp_path / name / "id_ed25519"  # made here; only its public half went to AWS
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600 and stat.S_IMODE(key_file.parent.stat().st_mode) == 0o700
+    assert not sim.calls("CreateKeyPair")
+    assert sim.imported_public_key(f"skyward-{name}") == (tmp_path / name / "id_ed25519.pub").read_text().strip()
     assert cfg["ami"] == sim.ami_id, "the default AMI is the newest AWS Deep Learning Base AMI"
     assert cfg["subnet_id"] == sim.subnets[offer.zone], "a spot offer launches in its own zone"
     provider.cleanup_cluster_resources()
@@ -168,12 +170,17 @@ def test_run_instances_sends_market_imdsv2_shutdown_and_tags_and_state_lives_in_
         tags = again.node_tags(worker)
         assert tags[names.CLUSTER] == name and tags[names.NODE_INDEX] == "1"
         assert tags[names.OFFER].startswith("g4dn.xlarge.") and tags["ray-launch-request"] == "r1"
-        assert again.internal_ip(head).startswith("127.0.")
+        assert again.internal_ip(head).startswith("10.231.")  # the simulated VPC
         script = sim.client().describe_instance_attribute(InstanceId=worker, Attribute="userData")["UserData"]["Value"]
         import base64
 
         text = base64.b64decode(script).decode()
         assert "shutdown -h now" in text and "X-aws-ec2-metadata-token" in text and "${SKYWARD_INSTANCE_ID:-" in text
+        head_data = sim.client().describe_instance_attribute(InstanceId=head, Attribute="userData")["UserData"]["Value"]
+        config, head_script = split_user_data(base64.b64decode(head_data).decode())
+        host_key = (tmp_path / name / "ssh_host_ed25519_key.pub").read_text().strip()
+        assert config["ssh_keys"]["ed25519_public"] == host_key and "--head" in head_script
+        assert "ssh_keys" not in text, "only the head gets the host key the driver pins"
         assert f"--address={again.internal_ip(head)}:6379" in text
     finally:
         provider.terminate_nodes(provider.non_terminated_nodes({}))
@@ -217,7 +224,8 @@ def test_missing_credentials_give_one_clear_auth_error_before_anything_is_create
     before = len(sim.calls())
     with aws_environment({**NO_CREDENTIALS_ENV, "AWS_ENDPOINT_URL": sim.endpoint, "AWS_DEFAULT_REGION": REGION}):
         with pytest.raises(sky.AuthError) as caught:
-            with sky.Compute(provider=sky.AWS(region=REGION, key_dir=str(tmp_path), **SIM_SETTINGS),
+            with sky.Compute(provider=sky.AWS(region=REGION, key_dir=str(tmp_path), ssh_cidr="198.18.0.1/32",
+                                              **SIM_SETTINGS),
                              accelerator="T4", nodes=2):
                 pass
     message = str(caught.value)
@@ -238,7 +246,7 @@ def test_ray_up_and_down_through_the_autoscaler_sdk(sim, tmp_path, region):
     config = {
         "cluster_name": name, "max_workers": 1, "upscaling_speed": 1.0, "idle_timeout_minutes": 5,
         "provider": {"type": "external", "module": "node_providers.aws.AWSNodeProvider",
-                     "cloud": {"region": REGION, "key_dir": str(tmp_path),
+                     "cloud": {"region": REGION, "key_dir": str(tmp_path), "ssh_cidr": hosts.ssh_cidr,
                                **{k: v for k, v in SIM_SETTINGS.items() if k != "simulate_accelerators"}},
                      "cluster": {"market": "spot"}},
         "auth": {"ssh_user": "ubuntu"},
@@ -258,9 +266,12 @@ def test_ray_up_and_down_through_the_autoscaler_sdk(sim, tmp_path, region):
         assert head.get("InstanceLifecycle") == "spot"
         assert {"Key": "ray-node-type", "Value": "head"} in head["Tags"]
         deadline = time.monotonic() + 60
-        while not _port_open(head["PrivateIpAddress"], 6379) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert _port_open(head["PrivateIpAddress"], 6379), hosts.log(head["InstanceId"])
+        while head["InstanceId"] not in hosts.sim_hosts and time.monotonic() < deadline:
+            time.sleep(0.2)  # the simulator boots what it sees running
+        machine = hosts.sim_hosts[head["InstanceId"]]  # the head's address is private: look from inside the VPC
+        while not machine.tcp_connects(head["PrivateIpAddress"], 6379) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert machine.tcp_connects(head["PrivateIpAddress"], 6379), hosts.log(head["InstanceId"])
     finally:
         sdk.teardown_cluster(str(path))
         for cache in glob.glob(os.path.join(tempfile.gettempdir(), "ray-config-*")):

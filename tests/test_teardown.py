@@ -9,6 +9,7 @@ import time
 import pytest
 
 import skyward_ray as sky
+from tests.fakecloud import UnbootableLocal
 from node_providers.local.process_host import end_processes, processes_with_marker
 from tests.conftest import run_python, wait_for_line
 
@@ -125,8 +126,7 @@ with sky.Compute(nodes=1) as pool:
 
 def test_a_node_that_cannot_boot_fails_clearly_and_leaves_nothing():
     # A Ray object store below Ray's own minimum makes `ray start` exit at once.
-    provider = sky.Local.model_construct(object_store_memory=1024, boot_timeout=60, heartbeat_grace=30,
-                                         simulate_accelerators=False, cpus_per_node=None)
+    provider = UnbootableLocal(boot_timeout=60)
     before = {p.pid for p in processes_with_marker("sky-*")}
     with pytest.raises(sky.ProvisioningError, match="stopped while booting") as caught:
         with sky.Compute(nodes=2, provider=provider):

@@ -15,11 +15,21 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+import yaml
+
 from node_providers.aws import network
 from node_providers.aws.config import AWS
 from node_providers.aws.session import aws_errors, check_credentials, retry_config, session_for
 from skyward_ray import names
-from skyward_ray.cluster.contract import BootEnvironment, Cloud, Machine, MachineRequest, MachineState, Role
+from skyward_ray.cluster.contract import (
+    BootEnvironment,
+    Cloud,
+    Machine,
+    MachineRequest,
+    MachineState,
+    Role,
+    SSHEndpoint,
+)
 from skyward_ray.errors import ProvisioningError, SpecError
 from skyward_ray.node.startup_script import colocated_port_args
 
@@ -69,18 +79,20 @@ class AWSCloud(Cloud):
         if not self.params.instance_type:
             raise SpecError("AWS: no instance type; set provider.cluster.instance_type or node_config.InstanceType")
         check_credentials(session_for(self.config.profile, self.region))
+        # SSH from the driver's own address only; a driver inside the VPC (driver_security_group) needs none
+        ssh_cidr = self.config.ssh_cidr or (None if self.config.driver_security_group else network.driver_public_cidr())
         ec2, name = self.ec2, self.cluster_name
         try:
             with aws_errors("prepare the network, image and key pair", self.region):
                 subnet = network.choose_subnet(ec2, self.region, self.params.zone, self.config.vpc_id,
                                                self.config.subnet_id)
                 ami = self.config.ami or network.default_ami(ec2, network.architecture(ec2, self.params.instance_type))
-                group = network.security_group(ec2, name, subnet["VpcId"], self.config.ssh_cidr,
+                group = network.security_group(ec2, name, subnet["VpcId"], ssh_cidr,
                                                self.config.driver_security_group)
-                key_name = network.key_pair(ec2, name, self.config.key_dir)
+                key_name = network.import_key_pair(ec2, name, self.params.ssh_public_key)
         except BaseException:
             with contextlib.suppress(Exception):
-                network.delete_cluster_resources(ec2, name, self.config.key_dir, timeout=30)
+                network.delete_cluster_resources(ec2, name, timeout=30)
             raise
         return {"subnet_id": subnet["SubnetId"], "vpc_id": subnet["VpcId"], "zone": subnet["AvailabilityZone"],
                 "ami": ami, "security_group_id": group, "key_name": key_name}
@@ -92,7 +104,7 @@ class AWSCloud(Cloud):
             if ids:
                 self.ec2.get_waiter("instance_terminated").wait(
                     InstanceIds=ids, WaiterConfig={"Delay": 2, "MaxAttempts": 150})
-            network.delete_cluster_resources(self.ec2, self.cluster_name, self.config.key_dir)
+            network.delete_cluster_resources(self.ec2, self.cluster_name)
 
     # -- machines -------------------------------------------------------------------------------
     def boot_environment(self, role: Role, index: int) -> BootEnvironment:
@@ -124,7 +136,7 @@ class AWSCloud(Cloud):
             "SubnetId": node_config.get("SubnetId") or prepared["subnet_id"],
             "SecurityGroupIds": [prepared["security_group_id"]],
             "KeyName": prepared["key_name"],
-            "UserData": request.boot_script,
+            "UserData": user_data(request),
             "InstanceInitiatedShutdownBehavior": "terminate",
             "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 2},
             "TagSpecifications": network.tag_spec("instance", tags) + network.tag_spec(
@@ -167,6 +179,39 @@ class AWSCloud(Cloud):
     def set_tags(self, instance_id: str, tags: Mapping[str, str]) -> None:
         with aws_errors("tag an instance", instance_id):
             self.ec2.create_tags(Resources=[instance_id], Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+
+    def ssh_endpoint(self, machine: Machine) -> SSHEndpoint:
+        if not machine.public_ip:
+            raise ProvisioningError(
+                f"AWS: instance {machine.instance_id} has no public address, so this driver cannot reach it. Fix: use a "
+                "subnet that assigns public addresses (sky.AWS(subnet_id=...)), or run the driver inside the VPC")
+        return SSHEndpoint(host=machine.public_ip, port=22, user=self.config.ssh_user)
+
+    def log_tail(self, instance_id: str, lines: int = 30) -> str:
+        """The instance's console output (cloud-init prints the boot script's output there)."""
+        try:
+            with aws_errors("read the console output", instance_id):
+                output = self.ec2.get_console_output(InstanceId=instance_id, Latest=True).get("Output") or ""
+        except ProvisioningError as error:
+            return f"(no console output: {error})"
+        return "\n".join(output.splitlines()[-lines:]) or "(the console output is empty so far)"
+
+
+def user_data(request: MachineRequest) -> str:
+    """The boot script, and for the head its pinned SSH host key as cloud-init `ssh_keys`, so sshd
+    presents the driver-generated key from its first start (MIME multi-part, as cloud-init reads it)."""
+    if not request.ssh_host_key:
+        return request.boot_script
+    from email.mime.multipart import MIMEMultipart
+    from email.mime.text import MIMEText
+
+    config = "#cloud-config\n" + yaml.safe_dump({"ssh_deletekeys": True, "ssh_genkeytypes": [], "ssh_keys": {
+        "ed25519_private": request.ssh_host_key, "ed25519_public": request.ssh_host_public_key}})
+    message = MIMEMultipart()
+    message.attach(MIMEText(config, "cloud-config"))
+    message.attach(MIMEText(request.boot_script, "x-shellscript"))
+    return message.as_string()
+
 
 
 def _machine(instance: dict[str, Any]) -> Machine:

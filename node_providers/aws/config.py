@@ -29,8 +29,7 @@ class AWS(ProviderConfig):
         default=None, description="source of the cluster's SSH rule, e.g. your address '/32' (default: no SSH rule)")
     driver_security_group: str | None = Field(
         default=None, description="a security group 'sg-...' whose members (a driver inside the VPC) may reach the nodes")
-    key_dir: str | None = Field(
-        default=None, description="where the cluster's private key is kept while it lives (default ~/.skyward_ray/keys)")
+    ssh_user: str = Field(default="ubuntu", description="the image's login user (ubuntu on the default AMI)")
     disk_gb: int | None = Field(default=None, gt=0, description="root volume size in GB (default: the AMI's)")
     num_cpus: float | None = Field(default=None, gt=0, description="CPUs each node advertises to Ray (default: detected)")
     num_gpus: float | None = Field(default=None, ge=0, description="GPUs each node advertises to Ray (default: detected)")

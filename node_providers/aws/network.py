@@ -1,19 +1,17 @@
 """What `prepare` makes on AWS for one cluster, and removes at cleanup: subnet choice, image,
 security group (all traffic from its own members; SSH only from the driver's address when asked),
-key pair. Everything is found again by the cluster's tag, so cleanup works from any process.
+key pair (the driver's public key, imported). Everything is found again by the cluster's tag, so cleanup works from any process.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import stat
+import ipaddress
 import time
-from pathlib import Path
 from typing import Any
 
 from skyward_ray import names
-from skyward_ray.errors import CapacityError, ProvisioningError
+from skyward_ray.errors import CapacityError, ProvisioningError, SpecError
 
 DEFAULT_AMI_NAME = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *"
 
@@ -88,28 +86,35 @@ def security_group(ec2: Any, cluster_name: str, vpc_id: str, ssh_cidr: str | Non
     return group_id
 
 
-def key_directory(key_dir: str | None) -> Path:
-    return Path(key_dir or Path.home() / ".skyward_ray" / "keys")
-
-
-def key_pair(ec2: Any, cluster_name: str, key_dir: str | None) -> str:
-    """A key pair for this cluster only; its private half is kept (0600) while the cluster lives."""
+def import_key_pair(ec2: Any, cluster_name: str, public_key_line: str) -> str:
+    """Import this cluster's public key (made on the driver): the private key never passes through AWS."""
     name = f"skyward-{cluster_name}"
     with contextlib.suppress(Exception):
         if ec2.describe_key_pairs(KeyNames=[name])["KeyPairs"]:
             return name
-    material = ec2.create_key_pair(KeyName=name, KeyType="ed25519",
-                                   TagSpecifications=tag_spec("key-pair", {names.CLUSTER: cluster_name}))["KeyMaterial"]
-    directory = key_directory(key_dir)
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = directory / f"{name}.pem"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IRUSR | stat.S_IWUSR)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(material)
+    ec2.import_key_pair(KeyName=name, PublicKeyMaterial=public_key_line.encode(),
+                        TagSpecifications=tag_spec("key-pair", {names.CLUSTER: cluster_name}))
     return name
 
 
-def delete_cluster_resources(ec2: Any, cluster_name: str, key_dir: str | None, timeout: float = 180.0) -> None:
+def driver_public_cidr(timeout: float = 5.0) -> str:
+    """This machine's public address as a /32, as AWS sees it (checkip.amazonaws.com): the only source
+    the cluster's SSH rule admits."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen("https://checkip.amazonaws.com", timeout=timeout) as answer:  # noqa: S310
+            address = answer.read().decode().strip()
+        ipaddress.IPv4Address(address)
+    except (OSError, ValueError) as error:
+        raise SpecError(
+            f"AWS: could not find this machine's public address through checkip.amazonaws.com ({error}); the pool's "
+            "SSH rule admits only the driver's address. Fix: pass sky.AWS(ssh_cidr='<your public ip>/32')"
+        ) from None
+    return f"{address}/32"
+
+
+def delete_cluster_resources(ec2: Any, cluster_name: str, timeout: float = 180.0) -> None:
     """Delete the cluster's security groups and key pair (found by tag/name), retrying while ENIs detach."""
     from botocore.exceptions import ClientError
 
@@ -130,5 +135,3 @@ def delete_cluster_resources(ec2: Any, cluster_name: str, key_dir: str | None, t
     name = f"skyward-{cluster_name}"
     with contextlib.suppress(ClientError):
         ec2.delete_key_pair(KeyName=name)
-    with contextlib.suppress(OSError):
-        (key_directory(key_dir) / f"{name}.pem").unlink()

@@ -23,6 +23,7 @@ class Local(ProviderConfig):
     name: ClassVar[str] = "local"
     node_provider: ClassVar[str | None] = "node_providers.local.node_provider:LocalNodeProvider"
     nodes_share_driver_python: ClassVar[bool] = True
+    direct_driver: ClassVar[bool] = True
 
     boot_timeout: float = Field(default=90.0, gt=0, description="seconds to wait for every node to join")
     cpus_per_node: float | None = Field(

@@ -155,15 +155,22 @@ class ProcessHost:
         env: dict[str, str] | None = None,
         tags: dict[str, str] | None = None,
         labels: dict[str, str] | None = None,
+        wrapper: list[str] | None = None,
+        inherit_path: bool = True,
     ) -> Machine:
-        """Start `script` as a new machine. Returns at once; the script boots in the background."""
+        """Start `script` as a new machine. Returns at once; the script boots in the background.
+
+        `wrapper` is an argv prefix that execs the script somewhere else (e.g. `ip netns exec NS`:
+        the same process, in a network namespace). With `inherit_path=False` the machine's PATH is
+        only what `env` gives it.
+        """
         directory = self.state_dir / instance_id
         directory.mkdir(parents=True, exist_ok=True)
         script_path = directory / "startup.sh"
         script_path.write_text(script)
         log_path = directory / "node.log"
         child_env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin") if inherit_path else "/usr/bin:/bin",
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             "HOME": str(directory),
             "TMPDIR": str(directory),
@@ -174,7 +181,7 @@ class ProcessHost:
         }
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
-                ["bash", str(script_path)],
+                [*(wrapper or []), "bash", str(script_path)],
                 cwd=directory,
                 env=child_env,
                 stdin=subprocess.DEVNULL,

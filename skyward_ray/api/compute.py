@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import os
 import secrets
 import signal
+import sys
 import threading
 import time
 import weakref
@@ -164,6 +166,11 @@ class Compute:
         runtime_env: dict[str, Any] = {"env_vars": env_vars}
         if spec.provider.nodes_share_driver_python and self.image.pip:
             runtime_env["pip"] = list(self.image.pip)  # nodes share this interpreter: Ray's per-node virtualenv
+        if not spec.provider.nodes_share_driver_python:
+            # Tasks import skyward_ray (instance_info, shard, the operators' wrappers): the nodes get this
+            # very copy through Ray's job runtime_env, whatever is installed there.
+            runtime_env["py_modules"] = shipped_packages()
+            runtime_env["excludes"] = ["__pycache__", "*.pyc"]
         return runtime_env
 
     def _close(self) -> None:
@@ -301,6 +308,15 @@ class Compute:
     def __repr__(self) -> str:
         where = f" {self._cluster.name}" if self._cluster else ""
         return f"<sky.Compute{where} {self._state}, nodes={self.desired.desired}>"
+
+
+def shipped_packages() -> list[str]:
+    """The directories of the packages `import skyward_ray` needs on a node (it imports the provider
+    configs and the catalog)."""
+    import catalog
+    import node_providers
+
+    return [os.path.dirname(module.__file__ or "") for module in (sys.modules["skyward_ray"], node_providers, catalog)]
 
 
 @atexit.register

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
@@ -86,6 +88,7 @@ class RemoteFunction(Generic[P, R]):
         if self._ray_function is None:
             import ray  # here, not at import: decorating and planning never need Ray
 
+            _ship_by_value(self.fn)
             self._ray_function = ray.remote(**self.options.ray_options())(self.fn)
         return self._ray_function
 
@@ -216,3 +219,21 @@ def function(fn: Callable[P, R] | None = None, /, *, max_retries: int = 3, timeo
     if fn is None:
         return decorate
     return decorate(fn)
+
+
+def _ship_by_value(fn: Callable[..., Any]) -> None:
+    """Pickle the function's own module by value when it is the user's code (not an installed
+    distribution, not the standard library): a node has none of the user's files, so a reference
+    to `jobs.helper` would fail to import there. Modules of installed packages stay references."""
+    import sysconfig
+
+    from ray import cloudpickle
+
+    module = sys.modules.get(getattr(fn, "__module__", "") or "")
+    path = os.path.realpath(getattr(module, "__file__", None) or "")
+    if module is None or not path or module.__name__ == "__main__":
+        return  # __main__ is pickled by value already
+    installed = {os.path.realpath(sysconfig.get_paths()[key]) for key in ("purelib", "platlib", "stdlib", "platstdlib")}
+    if any(path.startswith(prefix + os.sep) for prefix in installed) or module.__name__.split(".")[0] == "skyward_ray":
+        return
+    cloudpickle.register_pickle_by_value(module)

@@ -54,6 +54,8 @@ class ClusterParams(BaseModel):
     heartbeat_grace: float = 30.0
     first_heartbeat_grace: float = 900.0
     pip: list[str] = Field(default_factory=list, description="installed by every node's boot script")
+    ssh_key_dir: str = Field(default="", description="the cluster's SSH keys on the driver (0700); made at prepare")
+    ssh_public_key: str = Field(default="", description="the driver's SSH public key line for this cluster")
     apt: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict, description="exported on every node before Ray starts")
 
@@ -68,6 +70,20 @@ class MachineRequest:
     tags: Mapping[str, str]
     boot_script: str
     node_config: Mapping[str, Any] = field(default_factory=dict)
+    ssh_host_key: str | None = field(default=None, repr=False)
+    """The head's SSH host key (private, OpenSSH format), generated on the driver for this cluster:
+    the cloud installs it before sshd starts (cloud-init `ssh_keys` on AWS), so the driver pins it
+    and never trusts a key on first use. None for workers and for clouds driven directly."""
+    ssh_host_public_key: str | None = None
+
+
+@dataclass(frozen=True)
+class SSHEndpoint:
+    """Where the driver reaches a machine's SSH server from outside the cloud."""
+
+    host: str
+    port: int
+    user: str
 
 
 @dataclass(frozen=True)
@@ -93,7 +109,8 @@ class BootEnvironment(BaseModel):
     instance_id_shell: str = Field(description="shell expression giving the machine's own instance id")
     node_ip_shell: str = Field(description="shell expression giving the machine's private address")
     shutdown_command: str = Field(description="ends this machine (and its billing) when Ray exits")
-    python: str = "python3"
+    python: str | None = Field(default=None, description="an interpreter with the driver's Python and Ray "
+                                                         "already there; None: the node makes its own (uv)")
     temp_dir_shell: str | None = Field(default=None, description="Ray's temp dir (short: unix sockets live there)")
     extra_ray_args: list[str] = Field(default_factory=list)
     gcs_reconnect_timeout: int = 15
@@ -160,6 +177,11 @@ class Cloud(ABC):
     @abstractmethod
     def set_tags(self, instance_id: str, tags: Mapping[str, str]) -> None:
         """Add or change tags on one machine."""
+
+    def ssh_endpoint(self, machine: Machine) -> SSHEndpoint:
+        """Where the driver reaches this machine's SSH server (clouds whose config is not
+        `direct_driver`); the key to log in is the cluster's, imported at prepare."""
+        raise NotImplementedError(f"{type(self).__name__} is driven directly; it has no SSH endpoint")
 
     def log_tail(self, instance_id: str, lines: int = 30) -> str:
         """The last lines of the machine's boot log, for error messages; where the cloud has one."""

@@ -1,8 +1,20 @@
 """This process as a Ray driver of one pool: auth token, connection, heartbeat, disconnection.
 
-The token is set in this process's environment only while the pool lives, and Ray's cached
-authentication state is reset on both sides of that window, so consecutive pools (each with its
-own fresh token) work in one process and the user's `~/.ray` is never read or written.
+Two ways in, one interface:
+
+- **direct** (the local provider): `ray.init("<head ip>:<port>")`. A Ray driver attaches to a
+  raylet on its own machine, so this works only where this process shares the head's machine.
+- **through an SSH tunnel** (every cloud): `ray.init("ray://127.0.0.1:<port>")`, Ray Client over a
+  supervised OpenSSH tunnel to the head, plus a second forward to the head's GCS for watching
+  nodes join and for the heartbeat. Only the head's port 22 is reachable from here.
+
+The token is set in this process's environment only while the pool lives (Ray's clients, Ray
+Client's gRPC channel included, read it from there), and Ray's cached authentication state is
+reset on both sides of that window, so consecutive pools (each with its own fresh token) work in
+one process and the user's `~/.ray` is never read or written.
+
+The heartbeat that keeps the head's watchdog from ending the pool goes through a plain GCS client,
+the same in both modes.
 """
 
 from __future__ import annotations
@@ -10,14 +22,18 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from typing import Any
 
 import ray
-from ray.experimental import internal_kv
 
+from skyward_ray.cluster.ssh_tunnel import SSHTunnel
+from skyward_ray.errors import ProvisioningError
 from skyward_ray.names import HEARTBEAT_KEY, HEARTBEAT_NAMESPACE
 
 _AUTH_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_USAGE_STATS_ENABLED")
+CLIENT_SERVER_PORT = 10001  # Ray Client's server on the head (Ray's default), reached through the tunnel
+CLIENT_CONNECT_ATTEMPTS = 3  # Ray 2.60's per-client server sometimes fails its first start; a retry connects
 
 
 def _reset_ray_auth_cache() -> None:
@@ -28,11 +44,19 @@ def _reset_ray_auth_cache() -> None:
 
 
 class DriverConnection:
-    """Connect to a pool's head, keep a heartbeat going, and disconnect cleanly."""
+    """Connect to a pool's head, keep a heartbeat going, and disconnect cleanly.
 
-    def __init__(self, address: str, auth_token: str, node_ip: str | None, runtime_env: dict[str, Any] | None,
+    `gcs_address` is where this process reaches the head's GCS, `ray_address` what `ray.init` gets
+    (a GCS address for a direct driver, `ray://...` for Ray Client). `tunnel`, if any, is owned by
+    the connection and ended with it.
+    """
+
+    def __init__(self, gcs_address: str, ray_address: str, auth_token: str, runtime_env: dict[str, Any] | None,
+                 node_ip: str | None = None, tunnel: SSHTunnel | None = None,
                  heartbeat_interval: float = 2.0) -> None:
-        self.address = address
+        self.gcs_address = gcs_address
+        self.address = ray_address
+        self.tunnel = tunnel
         self._token = auth_token
         self._node_ip = node_ip
         self._runtime_env = runtime_env
@@ -40,8 +64,13 @@ class DriverConnection:
         self._saved_env: dict[str, str | None] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._gcs: Any = None
         self._beats = 0
         self.connected = False
+
+    @property
+    def through_client(self) -> bool:
+        return self.address.startswith("ray://")
 
     def use_token(self) -> None:
         """Put this cluster's token where Ray's clients read it (this process's environment)."""
@@ -56,21 +85,28 @@ class DriverConnection:
         _reset_ray_auth_cache()
 
     def gcs_client(self) -> Any:
-        """A plain GCS client (not a driver): lets the launcher watch nodes join without joining."""
+        """A plain GCS client (not a driver): lets the launcher watch nodes join without joining.
+
+        Raises while the GCS does not answer yet (a forwarded port accepts before the head is up).
+        """
         from ray._raylet import GcsClient
 
-        self.use_token()
-        return GcsClient(address=self.address)
+        if self._gcs is None:
+            self.use_token()
+            self._gcs = GcsClient(address=self.gcs_address)
+        return self._gcs
 
     def connect(self) -> None:
         self.use_token()
-        kwargs: dict[str, Any] = {"address": self.address, "log_to_driver": True, "configure_logging": False}
-        if self._node_ip:
-            kwargs["_node_ip_address"] = self._node_ip
+        kwargs: dict[str, Any] = {"address": self.address}
         if self._runtime_env:
             kwargs["runtime_env"] = self._runtime_env
+        if not self.through_client:
+            kwargs.update(log_to_driver=True, configure_logging=False)
+            if self._node_ip:
+                kwargs["_node_ip_address"] = self._node_ip  # this machine's raylet is the head's own
         try:
-            ray.init(**kwargs)
+            self._init(kwargs)
         except BaseException:
             self._restore_env()
             raise
@@ -79,12 +115,31 @@ class DriverConnection:
         self._thread = threading.Thread(target=self._beat_forever, name="skyward-heartbeat", daemon=True)
         self._thread.start()
 
+    def _init(self, kwargs: dict[str, Any]) -> None:
+        for attempt in range(1, CLIENT_CONNECT_ATTEMPTS + 1):
+            try:
+                ray.init(**kwargs)
+                return
+            except ConnectionError as error:
+                if not self.through_client:
+                    raise
+                if "connection timeout" in str(error):
+                    raise ProvisioningError(
+                        f"Ray Client could not connect to the head through the SSH tunnel ({self.address}): {error}. "
+                        "The cluster's auth token may have been rejected, or the head's client server is down."
+                    ) from None
+                if attempt == CLIENT_CONNECT_ATTEMPTS:
+                    raise ProvisioningError(
+                        f"Ray Client could not connect to the head through the SSH tunnel ({self.address}) after "
+                        f"{attempt} attempts: {error}") from None
+                time.sleep(1.0)  # "Starting Ray client server failed": the head's per-client server crashed at start
+
     def beat(self, value: bytes | None = None) -> None:
         """Tell the head's watchdog this driver is alive (or, with b"detached", to stand down)."""
         self._beats += 1
-        internal_kv._internal_kv_put(
-            HEARTBEAT_KEY, value if value is not None else str(self._beats).encode(), overwrite=True,
-            namespace=HEARTBEAT_NAMESPACE,
+        self.gcs_client().internal_kv_put(
+            HEARTBEAT_KEY.encode(), value if value is not None else str(self._beats).encode(), True,
+            HEARTBEAT_NAMESPACE.encode(), timeout=5,
         )
 
     def _beat_forever(self) -> None:
@@ -100,6 +155,9 @@ class DriverConnection:
             with contextlib.suppress(Exception):
                 ray.shutdown()
             self.connected = False
+        self._gcs = None
+        if self.tunnel is not None:
+            self.tunnel.stop()
         self._restore_env()
 
     def _restore_env(self) -> None:

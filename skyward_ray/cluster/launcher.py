@@ -33,8 +33,10 @@ from ray.autoscaler.tags import (
 
 from skyward_ray import names
 from skyward_ray.cluster.contract import ClusterParams
-from skyward_ray.cluster.driver import DriverConnection
+from skyward_ray.cluster import ssh_keys
+from skyward_ray.cluster.driver import CLIENT_SERVER_PORT, DriverConnection
 from skyward_ray.cluster.node_provider import ScriptBootedNodeProvider, provider_section
+from skyward_ray.cluster.ssh_tunnel import HostKeyMismatchError, SSHTunnel, TunnelError
 from skyward_ray.errors import BootTimeoutError, ProvisioningError
 from skyward_ray.planning.nodes import NodeInfo
 from skyward_ray.planning.offers import Offer
@@ -144,26 +146,16 @@ def launch(
         head = cluster.instance_ids[0]
         cluster.timings["provision_s"] = time.monotonic() - t0
 
-        # A direct driver: this process joins through the head's own raylet, which works where this
-        # process shares the head's network (local pools, the simulated region).
-        node_ip = provider.internal_ip(head)
-        address = f"{node_ip}:{provider.gcs_port}"
         deadline = time.monotonic() + boot_timeout
-        host, port = address.rsplit(":", 1)
-        while not _port_open(host, int(port)):
-            _fail_if_dead(provider, [head])
-            if time.monotonic() > deadline:
-                raise BootTimeoutError(
-                    f"the head node {head} did not open Ray's port {address} within {boot_timeout:g}s.\n"
-                    f"Last lines of its log:\n{_log_tail(provider, head)}"
-                )
-            time.sleep(0.1)
-        cluster.driver = DriverConnection(address, provider.params.auth_token, node_ip, runtime_env)
+        if config.direct_driver:
+            cluster.driver = _direct_driver(provider, head, runtime_env, deadline, boot_timeout)
+        else:
+            cluster.driver = _tunnelled_driver(provider, head, runtime_env, deadline, boot_timeout)
         cluster.timings["head_port_s"] = time.monotonic() - t0
         # Watch the head join through a plain GCS client first: a driver connected to a head that
         # then fails would be ended by Ray itself after 60 s, taking the user's process along. Once
         # the head is alive, connecting overlaps with the workers' boot.
-        gcs = cluster.driver.gcs_client()
+        gcs = _gcs_when_up(cluster.driver, provider, head, deadline, boot_timeout)
         _wait_for_nodes(gcs, provider, [head], offer, deadline, boot_timeout)
         cluster.timings["head_alive_s"] = time.monotonic() - t0
         cluster.driver.connect()
@@ -174,6 +166,77 @@ def launch(
     except BaseException:
         teardown(cluster)
         raise
+
+
+def _direct_driver(provider: ScriptBootedNodeProvider, head: str, runtime_env: dict[str, Any] | None,
+                   deadline: float, boot_timeout: float) -> DriverConnection:
+    """This process joins through the head's own raylet: only where it shares the head's machine (local)."""
+    node_ip = provider.internal_ip(head)
+    address = f"{node_ip}:{provider.gcs_port}"
+    while not _port_open(node_ip, provider.gcs_port):
+        _fail_if_dead(provider, [head])
+        if time.monotonic() > deadline:
+            raise BootTimeoutError(
+                f"the head node {head} did not open Ray's port {address} within {boot_timeout:g}s.\n"
+                f"Last lines of its log:\n{_log_tail(provider, head)}"
+            )
+        time.sleep(0.1)
+    return DriverConnection(address, address, provider.params.auth_token, runtime_env, node_ip=node_ip)
+
+
+def _tunnelled_driver(provider: ScriptBootedNodeProvider, head: str, runtime_env: dict[str, Any] | None,
+                      deadline: float, boot_timeout: float) -> DriverConnection:
+    """Ray Client and a GCS client through an SSH tunnel to the head: a driver anywhere (a laptop).
+
+    The head's host key was generated here and delivered in its boot payload, so it is pinned in a
+    per-cluster known_hosts: a different key is refused at once. Until the head's sshd answers
+    (it is still booting) connecting is retried; the machine ending meanwhile fails the launch.
+    """
+    machine = None
+    while machine is None or not machine.public_ip:
+        _fail_if_dead(provider, [head])
+        if time.monotonic() > deadline:
+            raise BootTimeoutError(f"the head node {head} got no public address within {boot_timeout:g}s")
+        machine = next((m for m in provider.machines(fresh=True) if m.instance_id == head), None)
+        if machine is None or not machine.public_ip:
+            time.sleep(0.5)
+    endpoint = provider.cloud.ssh_endpoint(machine)
+    identity, host_key = provider.ssh_files()
+    known_hosts = ssh_keys.write_known_hosts(identity.parent / "known_hosts", endpoint.host, endpoint.port, host_key)
+    tunnel = SSHTunnel(endpoint.host, endpoint.port, endpoint.user, identity, known_hosts,
+                       forwards=[(0, "127.0.0.1", provider.gcs_port), (0, "127.0.0.1", CLIENT_SERVER_PORT)],
+                       low_latency=True)
+    while True:
+        try:
+            tunnel.start(timeout=min(15.0, max(1.0, deadline - time.monotonic())))
+            break
+        except HostKeyMismatchError:
+            raise  # not the machine we started, or someone in between: never retried
+        except TunnelError as error:  # sshd not up yet, or the login key not installed yet
+            _fail_if_dead(provider, [head])
+            if time.monotonic() > deadline:
+                raise BootTimeoutError(
+                    f"no SSH tunnel to the head node {head} ({endpoint.user}@{endpoint.host}:{endpoint.port}) "
+                    f"within {boot_timeout:g}s: {error}\nLast lines of its log:\n{_log_tail(provider, head)}"
+                ) from None
+    return DriverConnection(f"127.0.0.1:{tunnel.local_port(0)}", f"ray://127.0.0.1:{tunnel.local_port(1)}",
+                            provider.params.auth_token, runtime_env, tunnel=tunnel)
+
+
+def _gcs_when_up(driver: DriverConnection, provider: ScriptBootedNodeProvider, head: str, deadline: float,
+                 boot_timeout: float) -> Any:
+    """A GCS client once the head's GCS answers (a forwarded port accepts before the GCS is up)."""
+    while True:
+        try:
+            return driver.gcs_client()
+        except Exception as error:
+            _fail_if_dead(provider, [head])
+            if time.monotonic() > deadline:
+                raise BootTimeoutError(
+                    f"the head node {head}'s Ray GCS did not answer within {boot_timeout:g}s ({error}).\n"
+                    f"Last lines of its log:\n{_log_tail(provider, head)}"
+                ) from None
+            time.sleep(0.5)
 
 
 def _fail_if_dead(provider: ScriptBootedNodeProvider, instance_ids: list[str]) -> None:

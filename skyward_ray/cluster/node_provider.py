@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
+from pathlib import Path
 import threading
 import time
 from typing import Any, ClassVar
@@ -42,9 +43,12 @@ from ray.autoscaler.tags import (
 )
 
 from skyward_ray import names
+from skyward_ray.cluster import ssh_keys
 from skyward_ray.cluster.contract import Cloud, ClusterParams, Machine, MachineRequest, Role
 from skyward_ray.errors import ProvisioningError
 from skyward_ray.node import startup_script
+
+HOST_KEY_NAME = "ssh_host_ed25519_key"
 
 # Resources Ray takes as `ray start` flags rather than as custom resources.
 _BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
@@ -91,18 +95,37 @@ class ScriptBootedNodeProvider(NodeProvider):
             types = [t.get("node_config", {}).get("InstanceType")
                      for t in cluster_config.get("available_node_types", {}).values()]
             updates["instance_type"] = next((t for t in types if t), None)
+        if not config.direct_driver and not params.ssh_key_dir:
+            updates.update(cls._ssh_keys(cluster_config["cluster_name"], config.key_dir))
         params = params.model_copy(update=updates)
         provider["cluster"] = params.model_dump()
         if not provider.get("prepared"):
             provider["prepared"] = cls.cloud_class(cluster_config["cluster_name"], config, params, {}).prepare()
         return cluster_config
 
+    @staticmethod
+    def _ssh_keys(cluster_name: str, root: str | None) -> dict[str, str]:
+        """This cluster's SSH keys, made here on the driver: the client key (its public half is
+        imported into the cloud, its private half never leaves this machine) and the head's host
+        key (delivered in the head's boot payload, so the driver pins it)."""
+        directory = ssh_keys.cluster_key_dir(cluster_name, Path(root) if root else None)
+        client = ssh_keys.generate_keypair(directory, "id_ed25519", comment=f"skyward-{cluster_name}")
+        ssh_keys.generate_keypair(directory, HOST_KEY_NAME, comment=f"skyward-{cluster_name}-host")
+        return {"ssh_key_dir": str(directory), "ssh_public_key": client.public_line}
+
+    def ssh_files(self) -> tuple[Path, str]:
+        """(the client's private key file, the head's pinned host public key line)."""
+        directory = Path(self.params.ssh_key_dir)
+        return directory / "id_ed25519", (directory / f"{HOST_KEY_NAME}.pub").read_text().strip()
+
     def cleanup_cluster_resources(self) -> None:
-        """End anything still running, then remove what `prepare` made."""
+        """End anything still running, then remove what `prepare` made, and the cluster's keys."""
         leftover = self.non_terminated_nodes({})
         if leftover:
             self.terminate_nodes(leftover)
         self.cloud.cleanup()
+        if self.params.ssh_key_dir:
+            ssh_keys.remove_key_dir(Path(self.params.ssh_key_dir))
 
     # -- queries -------------------------------------------------------------------------------
     @property
@@ -185,8 +208,13 @@ class ScriptBootedNodeProvider(NodeProvider):
                 if self.params.offer:
                     node_tags[names.OFFER] = self.params.offer
                 script = startup_script.render(self._boot(role, index, node_tags, labels, resources, head_ip))
-                machine = self.cloud.launch(MachineRequest(index=index, role=role, tags=node_tags, boot_script=script,
-                                                           node_config=dict(node_config)))
+                host_key = host_public_key = None
+                if role == "head" and self.params.ssh_key_dir:
+                    host_key = (Path(self.params.ssh_key_dir) / HOST_KEY_NAME).read_text()
+                    host_public_key = self.ssh_files()[1]
+                machine = self.cloud.launch(MachineRequest(
+                    index=index, role=role, tags=node_tags, boot_script=script, node_config=dict(node_config),
+                    ssh_host_key=host_key, ssh_host_public_key=host_public_key))
             finally:
                 with self._lock:
                     self._reserved_indexes.discard(index)

@@ -47,7 +47,7 @@ def default_key_root() -> Path:
     configured = os.environ.get("SKYWARD_KEY_DIR")
     if configured:
         return Path(configured)
-    return Path.home() / ".skyward" / "ssh"
+    return Path.home() / ".skyward_ray" / "keys"
 
 
 def _private_dir(path: Path) -> Path:

@@ -59,11 +59,18 @@ class NodeBoot(BaseModel):
     auth_token: str = Field(repr=False)
     gcs_port: int = 6379
     head_ip: str | None = Field(default=None, description="required for workers")
-    python: str = "python3"
+    python: str | None = Field(
+        default=None, description="an interpreter the node already has with the right Python and Ray (local nodes "
+                                  "share the driver's); None: the node's own environment, made with uv when missing")
+    env_dir_shell: str = Field(default="${SKYWARD_ENV_DIR:-/opt/skyward/env}",
+                               description="where the node's own Python environment lives")
     ray_version: str = ray.__version__
     python_version: str = "%d.%d.%d" % sys.version_info[:3]
-    pip: list[str] = Field(default_factory=list, description="installed on the node when the Image is not satisfied")
-    apt: list[str] = Field(default_factory=list)
+    pip: list[str] = Field(default_factory=list, description="installed on every boot (uv skips what is there)")
+    apt: list[str] = Field(default_factory=list, description="installed on every boot")
+    requirements: list[str] = Field(
+        default_factory=lambda: node_requirements(),
+        description="what tasks need to import skyward_ray on the node, pinned to the driver's versions")
     env: dict[str, str] = Field(default_factory=dict, description="exported before Ray starts; tasks inherit it")
     node_type_name: str = names.WORKER_TYPE
     labels: dict[str, str] = Field(default_factory=dict)
@@ -92,6 +99,17 @@ class NodeBoot(BaseModel):
     head_wait_timeout: float = 600.0
     gcs_reconnect_timeout: int = 15
     shutdown_command: str = ""
+
+
+# skyward_ray's own dependencies besides Ray: a task imports skyward_ray on the node (its code
+# travels with the job), so the node needs these, at the driver's versions.
+NODE_DEPENDENCIES = ("pydantic", "rich", "psutil", "packaging", "PyYAML")
+
+
+def node_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in NODE_DEPENDENCIES]
 
 
 def _export(name: str, value: object) -> str:
@@ -139,7 +157,6 @@ def render(boot: NodeBoot) -> str:
         "#!/usr/bin/env bash",
         f"# skyward_ray node bootstrap: cluster {boot.cluster_name}, role {boot.role}",
         "set -u",
-        _export(names.ENV_PYTHON, boot.python),
         f'export {names.ENV_INSTANCE_ID}="{boot.instance_id_shell}"',
         f'NODE_IP="{boot.node_ip_shell}"',
         f'export {names.ENV_NODE_IP}="$NODE_IP"',
@@ -166,23 +183,7 @@ def render(boot: NodeBoot) -> str:
     if boot.temp_dir_shell:
         lines.append(f'mkdir -p "{boot.temp_dir_shell}"')
 
-    version_check = (
-        "import sys, ray; "
-        f"sys.exit(0 if ray.__version__ == {boot.ray_version!r} and "
-        f"'%d.%d.%d' % sys.version_info[:3] == {boot.python_version!r} else 1)"
-    )
-    install = []
-    if boot.apt:
-        install.append("(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
-                       + " ".join(shlex.quote(p) for p in boot.apt) + ")")
-    install.append(f'"$SKYWARD_PYTHON" -m pip install -q {shlex.quote(f"ray[default]=={boot.ray_version}")}'
-                   + "".join(" " + shlex.quote(p) for p in boot.pip))
-    lines += [
-        f'if ! "$SKYWARD_PYTHON" -c {shlex.quote(version_check)} 2>/dev/null; then',
-        "  echo 'skyward: installing the image'",
-        "  " + " && ".join(install) + " || { echo 'skyward: image install failed'; " + _shutdown(boot) + "; exit 1; }",
-        "fi",
-    ]
+    lines += _environment_lines(boot)
     if boot.role == "worker":
         lines += [
             _export("SKYWARD_GCS_PORT", boot.gcs_port),
@@ -213,6 +214,59 @@ def render(boot: NodeBoot) -> str:
     return "\n".join(lines) + "\n"
 
 
+UV_VERSION = "0.13.9"  # pinned: the tool that gives every node the driver's exact Python and Ray
+
+
+def _fail(boot: NodeBoot, what: str) -> str:
+    return "{ echo 'skyward: " + what + " failed; ending this machine'; " + _shutdown(boot) + "; exit 1; }"
+
+
+def _environment_lines(boot: NodeBoot) -> list[str]:
+    """The driver's exact Python and Ray (a uv virtualenv unless the node has them), then the Image.
+
+    Ray checks versions between nodes at patch level and Ray Client checks the driver at minor
+    level, so a node never runs with "close enough". The Image's apt and pip packages are applied on
+    every boot: a package list is cheap to re-check and a reused machine must not run stale code.
+    """
+    pins = " ".join(shlex.quote(p) for p in [f"ray[default]=={boot.ray_version}", *boot.requirements])
+    version_check = (
+        "import sys, ray; "
+        f"sys.exit(0 if ray.__version__ == {boot.ray_version!r} and "
+        f"'%d.%d.%d' % sys.version_info[:3] == {boot.python_version!r} else 1)"
+    )
+    lines = []
+    if boot.python:
+        lines.append(_export(names.ENV_PYTHON, boot.python))
+    else:
+        lines += [f'SKYWARD_ENV="{boot.env_dir_shell}"', f'export {names.ENV_PYTHON}="$SKYWARD_ENV/bin/python"']
+    if boot.apt:
+        lines.append("(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
+                     + " ".join(shlex.quote(p) for p in boot.apt) + ") || " + _fail(boot, "apt install"))
+    uv = [
+        'export PATH="$HOME/.local/bin:$PATH" UV_LINK_MODE="${UV_LINK_MODE:-copy}"',
+        "command -v uv >/dev/null 2>&1 || python3 -m pip install -q --user "
+        + shlex.quote(f"uv=={UV_VERSION}") + " || " + _fail(boot, "installing uv"),
+    ]
+    if boot.python:
+        install = [f'"$SKYWARD_PYTHON" -m pip install -q {pins} || ' + _fail(boot, "installing ray")]
+    else:
+        install = [f'uv venv -q --python {boot.python_version} "$SKYWARD_ENV" && '
+                   f'uv pip install -q --python "$SKYWARD_PYTHON" {pins} || '
+                   + _fail(boot, f"installing Python {boot.python_version} and ray {boot.ray_version}")]
+        lines.append("mkdir -p \"$(dirname \"$SKYWARD_ENV\")\"")
+    lines += [
+        f'if ! "$SKYWARD_PYTHON" -c {shlex.quote(version_check)} 2>/dev/null; then',
+        f"  echo 'skyward: installing Python {boot.python_version} and ray {boot.ray_version}'",
+        *("  " + line for line in (uv if not boot.python else []) + install),
+        "fi",
+    ]
+    if boot.pip:
+        packages = " ".join(shlex.quote(p) for p in boot.pip)
+        lines += ["echo 'skyward: installing the image packages'", *uv,
+                  f'uv pip install -q --python "$SKYWARD_PYTHON" {packages} || ' + _fail(boot, "installing Image.pip")]
+    return lines
+
+
 def free_port(ip: str = "", outside_worker_range: bool = False) -> int:
     """A TCP port free here now; Ray's worker ports (10002-19999) avoided when asked."""
     while True:
@@ -230,14 +284,14 @@ def colocated_port_args(is_head: bool, ip: str = "") -> list[str]:
     run on one machine; each node gets free ones instead. The client server must stay outside
     the worker port range.
     """
-    args = [
-        f"--dashboard-agent-listen-port={free_port(ip)}",
-        f"--metrics-export-port={free_port(ip)}",
-        f"--runtime-env-agent-port={free_port(ip)}",
-    ]
-    if is_head:
-        args.append(f"--ray-client-server-port={free_port(ip, outside_worker_range=True)}")
-    return args
+    flags = ["--dashboard-agent-listen-port", "--metrics-export-port", "--runtime-env-agent-port"]
+    chosen: list[int] = []
+    for flag in flags + (["--ray-client-server-port"] if is_head else []):
+        port = free_port(ip, outside_worker_range=flag == "--ray-client-server-port")
+        while port in chosen:  # a port just freed can be handed out again: Ray refuses duplicates
+            port = free_port(ip, outside_worker_range=flag == "--ray-client-server-port")
+        chosen.append(port)
+    return [f"{flag}={port}" for flag, port in zip(flags + ["--ray-client-server-port"], chosen)]
 
 
 def _shutdown(boot: NodeBoot) -> str:

@@ -48,11 +48,17 @@ class ProviderConfig(SpecModel):
     #: True when nodes run on the driver's own machine and interpreter (Image.pip goes to Ray's
     #: runtime_env there; apt and another Python cannot be honoured)
     nodes_share_driver_python: ClassVar[bool] = False
+    #: True when this process can be a plain Ray driver of the cluster (it shares the head's
+    #: machine and network: the local provider); otherwise the driver uses Ray Client through an
+    #: SSH tunnel to the head
+    direct_driver: ClassVar[bool] = False
 
     boot_timeout: float = Field(default=600.0, gt=0, description="seconds to wait for every node to join")
     heartbeat_grace: float = Field(
         default=30.0, gt=0, description="seconds without a driver heartbeat before the nodes stop themselves"
     )
+    key_dir: str | None = Field(
+        default=None, description="where a cluster's SSH keys are kept while it lives (default ~/.skyward_ray/keys)")
     simulate_accelerators: bool = Field(
         default=False,
         description="every node advertises the offer's accelerators to Ray with no hardware behind them "

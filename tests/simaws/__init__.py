@@ -1,7 +1,7 @@
 """Simulated AWS for tests and benches: moto behind a fault-injecting front, plus a host simulator.
 
     with simulated_aws() as (sim, hosts):
-        with sky.Compute(provider=sky.AWS(region="us-east-1", **SIM_SETTINGS), ...) as pool: ...
+        with sky.Compute(provider=sky.AWS(region="us-east-1", ssh_cidr=hosts.ssh_cidr, **SIM_SETTINGS), ...) as pool:
 
 `simulated_aws` points this process's boto3 at the simulator (and restores the environment after),
 and ends every simulated machine on the way out.
@@ -15,15 +15,17 @@ from collections.abc import Iterator
 
 from tests.simaws.hosts import HostSimulator
 from tests.simaws.server import Fault, SimAWS
+from tests.simnet import check_available
 
-# Every simulated node shares this 2-core machine: small nodes, their own ports, SSH "from" loopback.
+# Every simulated node shares this 2-core machine: small nodes. Hosts log in as root (the simulated
+# image's user); the SSH rule's source is the driver's address on the simulated network
+# (`hosts.ssh_cidr`), so tests pass it per region.
 SIM_SETTINGS = {
     "num_cpus": 1,
     "simulate_accelerators": True,  # each node "has" the offer's GPUs: Ray schedules GPU tasks on it
     "object_store_memory": 80 * 1024**2,
     "memory": 1024**3,
-    "colocated_nodes": True,
-    "ssh_cidr": "127.0.0.1/32",
+    "ssh_user": "root",
 }
 
 __all__ = ["Fault", "HostSimulator", "SIM_SETTINGS", "SimAWS", "simulated_aws", "aws_environment"]
@@ -51,6 +53,11 @@ def aws_environment(env: dict[str, str]) -> Iterator[None]:
 @contextlib.contextmanager
 def simulated_aws(region: str = "us-east-1", boot_delay: float = 0.0,
                   key_dir: str | None = None) -> Iterator[tuple[SimAWS, HostSimulator]]:
+    reason = check_available()
+    if reason is not None:
+        import pytest
+
+        pytest.skip(f"the simulated AWS region needs network namespaces and sshd: {reason}")
     sim = SimAWS(region).start()
     hosts: HostSimulator | None = None
     try:

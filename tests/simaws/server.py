@@ -10,14 +10,18 @@ server through `AWS_ENDPOINT_URL`. In front of moto sits a small WSGI layer that
   for capacity, quota or throttling;
 - answers the Pricing API with the 404 a missing moto backend would give (quickly, no retries).
 
-The region is shaped for the host simulator: its default VPC is `127.0.0.0/16` with one subnet per
-availability zone (`127.0.<n>.0/24`), so every instance gets a loopback address a local process
-can bind, and an AWS Deep Learning AMI (owner alias "amazon") is registered so the provider's
-default image lookup finds it.
+The region is shaped for the host simulator: its default VPC is `10.231.0.0/16` with one subnet per
+availability zone (`10.231.<n>.0/24`, public addresses on launch), the private range of the
+simulated network the hosts live on; public addresses come from that network's public range
+(`public_ips`), so a driver can reach only what a host's security group lets through. An AWS
+Deep Learning AMI (owner alias "amazon") is registered so the provider's default image lookup
+finds it. GetConsoleOutput answers with the instance's boot log (`console_output`), as cloud-init
+prints it on a real instance.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import os
@@ -31,6 +35,7 @@ from urllib.parse import parse_qs
 
 ACCOUNT = "123456789012"
 INTERNAL_KEY = "simaws-internal"  # the simulator's own requests (host watching, test checks) carry this key
+VPC_CIDR = "10.231.0.0/16"
 DLAMI_NAME = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) 20261101"
 # What a host process needs to reach this server; no real AWS endpoint can be reached with these.
 MOTO_ENV = {
@@ -90,6 +95,7 @@ class FaultFront:
     faults: list[Fault] = field(default_factory=list)
     calls: list[Call] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    console_output: Callable[[str], str] | None = None  # instance id → its boot log (the host simulator's)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         started = time.time()
@@ -100,6 +106,15 @@ class FaultFront:
         service, access_key = scope[3], scope[0]
         params = {k: v[0] for k, v in parse_qs(body.decode(errors="replace")).items()}
         action = params.get("Action") or environ.get("HTTP_X_AMZ_TARGET", "").rsplit(".", 1)[-1]
+        if action == "GetConsoleOutput" and self.console_output is not None and access_key != INTERNAL_KEY:
+            instance_id = params.get("InstanceId", "")
+            text = base64.b64encode(self.console_output(instance_id).encode()).decode()
+            answer = (f'<?xml version="1.0" encoding="UTF-8"?>\n<GetConsoleOutputResponse><requestId>{uuid.uuid4()}'
+                      f"</requestId><instanceId>{instance_id}</instanceId><timestamp>{time.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+                      f"</timestamp><output>{text}</output></GetConsoleOutputResponse>").encode()
+            start_response("200 OK", [("Content-Type", "text/xml"), ("Content-Length", str(len(answer)))])
+            self._record(action, params, started, 200, service, access_key)
+            return [answer]
         if service == "pricing":
             status, answer = 404, b'{"message": "Not yet implemented"}'
             start_response("404 Not Found", [("Content-Type", "application/json"), ("Content-Length", str(len(answer)))])
@@ -180,7 +195,28 @@ class SimAWS:
         self._shape_region()
         return self
 
+    def use_public_ips(self, allocate: Callable[[], str]) -> None:
+        """Draw instances' public addresses from `allocate` (the simulated network's public range)
+        instead of moto's random 54.214.x.y, which are real Internet addresses this machine must
+        never send to."""
+        from moto.ec2.models import elastic_network_interfaces
+
+        self._moto_public_ip = getattr(self, "_moto_public_ip", None) or elastic_network_interfaces.random_public_ip
+        elastic_network_interfaces.random_public_ip = allocate
+
+    def imported_public_key(self, key_name: str) -> str:
+        """The public key material the code under test imported as `key_name` (what cloud-init authorizes)."""
+        for call in reversed(self.calls("ImportKeyPair")):
+            if call.params.get("KeyName") == key_name:
+                return base64.b64decode(call.params["PublicKeyMaterial"]).decode().strip()
+        raise KeyError(f"no key pair {key_name!r} was imported")
+
     def stop(self) -> None:
+        moto_public_ip = getattr(self, "_moto_public_ip", None)
+        if moto_public_ip is not None:
+            from moto.ec2.models import elastic_network_interfaces
+
+            elastic_network_interfaces.random_public_ip = moto_public_ip
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -204,14 +240,15 @@ class SimAWS:
         return ec2_backends[ACCOUNT][self.region]
 
     def _shape_region(self) -> None:
-        """Default VPC 127.0.0.0/16 with a subnet per zone; a DLAMI owned by "amazon"."""
+        """Default VPC 10.231.0.0/16 with a subnet per zone; a DLAMI owned by "amazon"."""
         ec2 = self.client()
         zones = [z["ZoneName"] for z in ec2.describe_availability_zones()["AvailabilityZones"]]
         old_default = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
-        self.vpc_id = ec2.create_vpc(CidrBlock="127.0.0.0/16")["Vpc"]["VpcId"]
+        self.vpc_id = ec2.create_vpc(CidrBlock=VPC_CIDR)["Vpc"]["VpcId"]
         for n, zone in enumerate(zones, start=1):
-            self.subnets[zone] = ec2.create_subnet(VpcId=self.vpc_id, CidrBlock=f"127.0.{n}.0/24",
+            self.subnets[zone] = ec2.create_subnet(VpcId=self.vpc_id, CidrBlock=f"10.231.{n}.0/24",
                                                    AvailabilityZone=zone)["Subnet"]["SubnetId"]
+            ec2.modify_subnet_attribute(SubnetId=self.subnets[zone], MapPublicIpOnLaunch={"Value": True})
         backend = self._backend()
         for vpc in old_default:
             backend.vpcs[vpc["VpcId"]].is_default = False

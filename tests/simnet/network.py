@@ -183,6 +183,7 @@ class SimHost:
     public_ip: str
     directory: Path
     sshd_pid: int | None = None
+    allowed_tcp: list[tuple[str, int, int]] = field(default_factory=list)
     _children: list[subprocess.Popen[bytes]] = field(default_factory=list, repr=False)
 
     # ----------------------------------------------------------------- processes
@@ -372,7 +373,10 @@ def _tail(log_path: str | Path | None, lines: int = 20) -> str:
 class SimNetwork:
     """A private VPC plus a public network; `add_host` attaches simulated machines to both."""
 
-    def __init__(self) -> None:
+    def __init__(self, private_net: str | None = None) -> None:
+        """`private_net`: the VPC's range (e.g. a simulated cloud's VPC CIDR); default a random /24."""
+        self._requested_private_net = private_net
+        self._public_ips: set[str] = set()
         self.prefix = ""
         self.directory = Path()
         self.hosts: dict[str, SimHost] = {}
@@ -412,7 +416,8 @@ class SimNetwork:
         try:
             cleanup_orphans()
             rng = random.SystemRandom()
-            self.private_net = ipaddress.IPv4Network(f"10.231.{rng.randrange(256)}.0/24")
+            self.private_net = ipaddress.IPv4Network(
+                self._requested_private_net or f"10.231.{rng.randrange(256)}.0/24")
             self.public_net = self._free_public_net(rng)
             self.driver_ip = str(self.public_net[1])
             self.vpc_namespace = f"{self.prefix}-vpc"
@@ -444,8 +449,23 @@ class SimNetwork:
             self._inodes.add(inode)
         _run([IP, "-n", name, "link", "set", "lo", "up"])
 
-    def add_host(self, name: str) -> SimHost:
-        """Create a host: namespace, private and public veths, firewall. Name: [a-z][a-z0-9]{0,11}."""
+    def allocate_public_ip(self) -> str:
+        """A public address no host has yet (a simulated cloud assigns it at launch, the host takes it at boot)."""
+        for address in self.public_net.hosts():
+            text = str(address)
+            if address.packed[-1] >= 10 and text not in self._public_ips:
+                self._public_ips.add(text)
+                return text
+        raise SimNetError(f"the public network {self.public_net} is full")
+
+    def add_host(self, name: str, private_ip: str | None = None, public_ip: str | None = None,
+                 allowed_tcp: Sequence[tuple[str, int, int]] | None = None) -> SimHost:
+        """Create a host: namespace, private and public veths, firewall. Name: [a-z][a-z0-9]{0,11}.
+
+        Addresses default to the next free ones. `allowed_tcp` lists (source CIDR, first port, last
+        port) that the public side admits, like a security group's rules; default: tcp/22 from the
+        driver's address only.
+        """
         if not self._open:
             raise SimNetError("the network is not open")
         if not _HOST_NAME.match(name) or name in self.hosts or name == "vpc":
@@ -454,8 +474,12 @@ class SimNetwork:
         if index >= 200:
             raise SimNetError("a simulated network holds at most 200 hosts")
         namespace = f"{self.prefix}-{name}"
-        host = SimHost(self, name, index, namespace, str(self.private_net[10 + index]),
-                       str(self.public_net[10 + index]), self.directory / name)
+        if public_ip is None:
+            public_ip = self.allocate_public_ip()
+        self._public_ips.add(public_ip)
+        host = SimHost(self, name, index, namespace, private_ip or str(self.private_net[10 + index]),
+                       public_ip, self.directory / name)
+        host.allowed_tcp = list(allowed_tcp) if allowed_tcp is not None else [(f"{self.driver_ip}/32", 22, 22)]
         host.directory.mkdir(mode=0o700)
         self.hosts[name] = host
         self._add_namespace(namespace)
@@ -465,7 +489,7 @@ class SimNetwork:
             [IP, "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=0"],
             [IP, "-n", vpc, "link", "add", port, "type", "veth", "peer", "name", "priv", "netns", ns],
             [IP, "-n", vpc, "link", "set", port, "master", "br0", "up"],
-            [IP, "-n", ns, "addr", "add", f"{host.private_ip}/24", "dev", "priv"],
+            [IP, "-n", ns, "addr", "add", f"{host.private_ip}/{self.private_net.prefixlen}", "dev", "priv"],
             [IP, "-n", ns, "link", "set", "priv", "up"],
             [IP, "link", "add", root_end, "type", "veth", "peer", "name", "pub", "netns", ns],
             [IP, "link", "set", root_end, "master", self.public_bridge, "up"],
@@ -477,13 +501,16 @@ class SimNetwork:
         return host
 
     def _ruleset(self, host: SimHost) -> str:
+        rules = "\n".join(
+            f'    iifname "pub" ip saddr {cidr} ip daddr {host.public_ip} tcp dport {first}-{last} accept'
+            for cidr, first, last in host.allowed_tcp)
         return f"""\
 table inet simnet {{
   chain input {{
     type filter hook input priority 0; policy drop;
     iifname "lo" accept
     iifname "priv" accept
-    iifname "pub" ip saddr {self.driver_ip} ip daddr {host.public_ip} tcp dport 22 accept
+{rules}
     iifname "pub" ct state established,related accept
   }}
   chain forward {{
