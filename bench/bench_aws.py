@@ -32,7 +32,7 @@ def square(x: int) -> int:
 
 
 def one_round(sim, hosts, keys: str) -> dict[str, float]:
-    provider = sky.AWS(region="us-east-1", key_dir=keys, **SIM_SETTINGS)
+    provider = sky.AWS(region="us-east-1", key_dir=keys, ssh_cidr=hosts.ssh_cidr, **SIM_SETTINGS)
     t0 = time.time()
     m0 = time.monotonic()
     pool = sky.Compute(provider=provider, accelerator="T4", nodes=2, allocation="spot-if-available", boot_timeout=120)

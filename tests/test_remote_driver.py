@@ -1,0 +1,184 @@
+"""A pool driven from outside the cloud: this process is a laptop, the simulated region is elsewhere.
+
+Every simulated instance lives in its own network namespace on a private VPC network that this
+process cannot route to; from here only port 22 of the head's public address answers (what the
+security group admits from the driver's /32), served by an sshd that presents the host key from
+the user data and accepts only the imported key. The nodes make their own Python environment
+with the driver's exact versions. So everything these tests see went through the SSH tunnel.
+
+Nothing here sends a packet to a private address: where a test shows that the VPC is out of
+reach, it asks the routing table, never the network.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+import ray
+
+import skyward_ray as sky
+from tests.simaws import SIM_SETTINGS, aws_environment, simulated_aws
+from tests.simnet import read_banner
+
+REGION = "us-east-1"
+
+
+@pytest.fixture(scope="module")
+def region(tmp_path_factory):
+    with simulated_aws(REGION) as (sim, hosts), aws_environment(sim.client_env()):
+        yield sim, hosts, str(tmp_path_factory.mktemp("keys"))
+        assert hosts.stop() == [], "a simulated machine was still running when the module ended"
+
+
+def aws(region) -> sky.AWS:
+    _, hosts, keys = region
+    return sky.AWS(region=REGION, key_dir=keys, ssh_cidr=hosts.ssh_cidr, **SIM_SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def pool(region):
+    pool = sky.Compute(provider=aws(region), accelerator="T4", nodes=2, boot_timeout=180,
+                       image=sky.Image(pip=["tabulate==0.9.0"]))
+    pool.__enter__()
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+def nothing_left(region, name: str | None = None) -> None:
+    sim, hosts, keys = region
+    assert sim.live_instances(cluster=name) == [] and sim.security_groups(cluster=name) == []
+    assert [k for k in sim.key_pairs() if name is None or name in k["KeyName"]] == []
+    assert hosts.wait_idle() == []
+    if name is not None:
+        assert not os.path.exists(os.path.join(keys, name)), "the cluster's keys are removed at teardown"
+
+
+@sky.function
+def environment() -> dict:
+    import platform
+
+    import tabulate
+
+    return {"node": sky.instance_info().node, "python": platform.python_version(), "ray": ray.__version__,
+            "executable": sys.executable, "cwd": os.getcwd(), "path": list(sys.path), "tabulate": tabulate.__version__}
+
+
+@sky.function
+def square(x: int) -> int:
+    return x * x
+
+
+@sky.function
+def slow(x: int, seconds: float) -> tuple[int, int]:
+    time.sleep(seconds)
+    return x, sky.instance_info().node
+
+
+def test_the_driver_speaks_ray_client_through_the_tunnel(pool):
+    assert pool.ray_address.startswith("ray://127.0.0.1:")
+    assert ray.util.client.ray.is_connected()
+    assert [n.index for n in pool.nodes] == [0, 1] and {n.provider for n in pool.nodes} == {"aws"}
+
+
+def test_every_operator_works(pool):
+    assert square(7) >> pool == 49
+    assert (square(2) & square(3)) >> pool == (4, 9)
+    assert sky.gather(*[square(i) for i in range(20)]) >> pool == [i * i for i in range(20)]
+    assert (square(5) > pool).result(timeout=60) == 25
+    assert pool.map(square, range(6)) == [0, 1, 4, 9, 16, 25]
+    assert [r["node"] for r in environment() @ pool] == [0, 1]
+    assert ray.get(ray.remote(lambda: "plain ray").remote()) == "plain ray"
+
+
+def test_nodes_run_their_own_python_with_the_drivers_exact_versions_and_the_image(pool):
+    here = "%d.%d.%d" % sys.version_info[:3]
+    for node in environment() @ pool:
+        assert node["python"] == here and node["ray"] == ray.__version__
+        assert node["executable"] != sys.executable and not node["executable"].startswith(sys.prefix)
+        assert node["tabulate"] == "0.9.0", "Image.pip is installed on the nodes"
+        assert node["cwd"] != os.getcwd() and os.getcwd() not in node["path"]
+    assert importlib.util.find_spec("tabulate") is None, "only the nodes got it"
+
+
+def test_the_driver_holds_no_connection_to_a_private_address(region, pool):
+    sim = region[0]
+    square(3) >> pool
+    remote = [c.raddr.ip for c in psutil.Process().net_connections(kind="inet") if c.raddr]
+    remote = [ip.removeprefix("::ffff:") for ip in remote]
+    assert remote, "the driver talks to the pool"
+    assert all(ip == "127.0.0.1" for ip in remote), remote  # only the tunnel's local ends
+    ssh = [p for p in psutil.Process().children(recursive=True) if p.name() == "ssh"]
+    assert len(ssh) == 1
+    head = pool.nodes[0]
+    [described] = [i for i in sim.live_instances(cluster=pool.name) if i["InstanceId"] == head.instance_id]
+    peers = {c.raddr.ip.removeprefix("::ffff:") for c in ssh[0].net_connections(kind="inet") if c.raddr}
+    assert described["PublicIpAddress"] in peers, "ssh reaches the head's public address"
+    assert peers <= {described["PublicIpAddress"], "127.0.0.1"}, peers  # and the tunnel's local users, nothing else
+
+
+def test_the_heads_ray_ports_are_out_of_reach_from_the_drivers_side(region, pool):
+    sim, hosts, _ = region
+    head = pool.nodes[0]
+    [described] = [i for i in sim.live_instances(cluster=pool.name) if i["InstanceId"] == head.instance_id]
+    public = described["PublicIpAddress"]
+    assert read_banner(public, 22, timeout=2).startswith("SSH-2.0-")
+    for port in (6379, 10001, 8265):
+        assert read_banner(public, port, timeout=1) is None, f"port {port} answered on the public address"
+    # The private address is on no network of this side: the routing table sends it nowhere we own.
+    route = subprocess.run(["ip", "route", "get", head.ip], capture_output=True, text=True).stdout
+    assert hosts.network.prefix not in route and "198.1" not in route.split(" src ")[0]
+
+
+def test_killing_the_tunnel_mid_gather_recovers(pool):
+    tunnel = pool._cluster.driver.tunnel
+    port_before, restarts_before = tunnel.local_port(1), tunnel.restarts
+    results: list = []
+    worker = threading.Thread(target=lambda: results.append(sky.gather(*[slow(i, 2.0) for i in range(4)]) >> pool))
+    worker.start()
+    time.sleep(1.0)
+    os.kill(tunnel.pid, 9)
+    worker.join(timeout=120)
+    assert not worker.is_alive()
+    assert results and [x for x, _ in results[0]] == [0, 1, 2, 3], "Ray Client reconnected within its grace period"
+    assert tunnel.restarts == restarts_before + 1 and tunnel.local_port(1) == port_before
+    assert square(9) >> pool == 81
+
+
+def test_leaving_the_pool_leaves_nothing(region, pool):
+    name = pool.name
+    tunnel = pool._cluster.driver.tunnel
+    pool.close()
+    assert not tunnel.alive and not psutil.pid_exists(tunnel.pid or 0) or psutil.Process(tunnel.pid).status() == "zombie"
+    nothing_left(region, name)
+
+
+def test_a_tampered_host_key_is_refused_and_leaves_nothing(region):
+    _, hosts, _ = region
+    hosts.tamper_host_keys = True
+    try:
+        with pytest.raises(sky.ProvisioningError, match="host key") as caught:
+            with sky.Compute(provider=aws(region), accelerator="T4", nodes=1, boot_timeout=120):
+                pass
+    finally:
+        hosts.tamper_host_keys = False
+    assert type(caught.value).__name__ == "HostKeyMismatchError"
+    assert [p for p in psutil.Process().children(recursive=True) if p.name() == "ssh"] == []
+    nothing_left(region)
+
+
+def test_a_node_that_cannot_install_its_image_ends_itself_and_the_error_shows_its_log(region):
+    with pytest.raises(sky.ProvisioningError, match="stopped while booting") as caught:
+        with sky.Compute(provider=aws(region), accelerator="T4", nodes=1, boot_timeout=120,
+                         image=sky.Image(pip=["skyward-no-such-package==1.0"])):
+            pass
+    assert "installing Image.pip failed" in str(caught.value)  # from the instance's console output
+    nothing_left(region)
