@@ -31,7 +31,6 @@ from skyward_ray.cluster.contract import (
     SSHEndpoint,
 )
 from skyward_ray.errors import ProvisioningError, SpecError
-from skyward_ray.node.startup_script import colocated_port_args
 
 # IMDSv2 (token first). Only reached when SKYWARD_INSTANCE_ID / SKYWARD_NODE_IP are not already set.
 _IMDS = "http://169.254.169.254/latest"
@@ -113,7 +112,6 @@ class AWSCloud(Cloud):
             instance_id_shell=INSTANCE_ID_SHELL,
             node_ip_shell=NODE_IP_SHELL,
             shutdown_command="shutdown -h now",
-            extra_ray_args=colocated_port_args(role == "head") if config.colocated_nodes else [],
             num_cpus=config.num_cpus,
             num_gpus=config.num_gpus,
             memory=config.memory,

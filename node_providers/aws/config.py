@@ -37,8 +37,6 @@ class AWS(ProviderConfig):
     object_store_memory: int | None = Field(default=None, ge=75 * 1024**2, description="bytes of object store per node")
     resources: dict[str, float] = Field(
         default_factory=dict, description="extra custom Ray resources per node, e.g. {'accelerator_type:T4': 1}")
-    colocated_nodes: bool = Field(
-        default=False, description="True when several nodes share one host (a simulator): each gets its own free ports")
     live_offers_ttl: float = Field(default=120.0, ge=0, description="seconds a live offer listing is reused")
 
     def list_offers(self, accelerator: "Accelerator | None" = None) -> "list[Offer]":

@@ -174,12 +174,7 @@ def _direct_driver(provider: ScriptBootedNodeProvider, head: str, runtime_env: d
     node_ip = provider.internal_ip(head)
     address = f"{node_ip}:{provider.gcs_port}"
     while not _port_open(node_ip, provider.gcs_port):
-        _fail_if_dead(provider, [head])
-        if time.monotonic() > deadline:
-            raise BootTimeoutError(
-                f"the head node {head} did not open Ray's port {address} within {boot_timeout:g}s.\n"
-                f"Last lines of its log:\n{_log_tail(provider, head)}"
-            )
+        _still_booting(provider, head, deadline, boot_timeout, f"did not open Ray's port {address}")
         time.sleep(0.1)
     return DriverConnection(address, address, provider.params.auth_token, runtime_env, node_ip=node_ip)
 
@@ -194,9 +189,7 @@ def _tunnelled_driver(provider: ScriptBootedNodeProvider, head: str, runtime_env
     """
     machine = None
     while machine is None or not machine.public_ip:
-        _fail_if_dead(provider, [head])
-        if time.monotonic() > deadline:
-            raise BootTimeoutError(f"the head node {head} got no public address within {boot_timeout:g}s")
+        _still_booting(provider, head, deadline, boot_timeout, "got no public address")
         machine = next((m for m in provider.machines(fresh=True) if m.instance_id == head), None)
         if machine is None or not machine.public_ip:
             time.sleep(0.5)
@@ -213,12 +206,8 @@ def _tunnelled_driver(provider: ScriptBootedNodeProvider, head: str, runtime_env
         except HostKeyMismatchError:
             raise  # not the machine we started, or someone in between: never retried
         except TunnelError as error:  # sshd not up yet, or the login key not installed yet
-            _fail_if_dead(provider, [head])
-            if time.monotonic() > deadline:
-                raise BootTimeoutError(
-                    f"no SSH tunnel to the head node {head} ({endpoint.user}@{endpoint.host}:{endpoint.port}) "
-                    f"within {boot_timeout:g}s: {error}\nLast lines of its log:\n{_log_tail(provider, head)}"
-                ) from None
+            _still_booting(provider, head, deadline, boot_timeout,
+                           f"gave no SSH tunnel ({endpoint.user}@{endpoint.host}:{endpoint.port})", error)
     return DriverConnection(f"127.0.0.1:{tunnel.local_port(0)}", f"ray://127.0.0.1:{tunnel.local_port(1)}",
                             provider.params.auth_token, runtime_env, tunnel=tunnel)
 
@@ -230,13 +219,18 @@ def _gcs_when_up(driver: DriverConnection, provider: ScriptBootedNodeProvider, h
         try:
             return driver.gcs_client()
         except Exception as error:
-            _fail_if_dead(provider, [head])
-            if time.monotonic() > deadline:
-                raise BootTimeoutError(
-                    f"the head node {head}'s Ray GCS did not answer within {boot_timeout:g}s ({error}).\n"
-                    f"Last lines of its log:\n{_log_tail(provider, head)}"
-                ) from None
+            _still_booting(provider, head, deadline, boot_timeout, "gave no answer from Ray's GCS", error)
             time.sleep(0.5)
+
+
+def _still_booting(provider: ScriptBootedNodeProvider, head: str, deadline: float, boot_timeout: float,
+                   what: str, error: BaseException | None = None) -> None:
+    """Between two polls of a booting head: fail if its machine ended, time out past the deadline."""
+    _fail_if_dead(provider, [head])
+    if time.monotonic() > deadline:
+        cause = f" ({error})" if error is not None else ""
+        raise BootTimeoutError(f"the head node {head} {what} within {boot_timeout:g}s{cause}.\n"
+                               f"Last lines of its log:\n{_log_tail(provider, head)}")
 
 
 def _fail_if_dead(provider: ScriptBootedNodeProvider, instance_ids: list[str]) -> None:
