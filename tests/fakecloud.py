@@ -17,6 +17,8 @@ import threading
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from node_providers.local.cloud import LocalCloud
+from node_providers.local.config import Local
 from skyward_ray.cluster.contract import BootEnvironment, Cloud, Machine, MachineRequest, Role
 from skyward_ray.cluster.node_provider import ScriptBootedNodeProvider
 from skyward_ray.planning.providers import ProviderConfig
@@ -100,8 +102,6 @@ class FakeNodeProvider(ScriptBootedNodeProvider):
 
 
 # -- a local machine that cannot boot (fault injection for teardown tests) -----------------------
-from node_providers.local.cloud import LocalCloud  # noqa: E402
-from node_providers.local.config import Local  # noqa: E402
 
 
 class UnbootableLocal(Local):

@@ -19,13 +19,15 @@ import yaml
 from ray.autoscaler.tags import NODE_KIND_HEAD, NODE_KIND_WORKER, TAG_RAY_CLUSTER_NAME, TAG_RAY_NODE_KIND
 
 import skyward_ray as sky
-from node_providers.aws import AWSNodeProvider, offers as aws_offers, session as aws_session
+from node_providers.aws import AWSNodeProvider
+from node_providers.aws import offers as aws_offers
+from node_providers.aws import session as aws_session
 from skyward_ray import names
 from skyward_ray.cluster import launcher
 from skyward_ray.cluster.contract import ClusterParams
 from skyward_ray.planning.accelerators import parse_accelerator
-from tests.simaws.hosts import split_user_data
 from tests.simaws import SIM_SETTINGS, Fault, aws_environment, simulated_aws
+from tests.simaws.hosts import split_user_data
 
 REGION = "us-east-1"
 NO_CREDENTIALS_ENV = {"AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": os.devnull,

@@ -9,9 +9,9 @@ import time
 import pytest
 
 import skyward_ray as sky
-from tests.fakecloud import UnbootableLocal
 from node_providers.local.process_host import end_processes, processes_with_marker
 from tests.conftest import run_python, wait_for_line
+from tests.fakecloud import UnbootableLocal
 
 
 @sky.function

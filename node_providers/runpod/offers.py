@@ -17,8 +17,8 @@ from catalog.taxonomy import taxonomy
 from skyward_ray.planning.offers import Offer
 
 if TYPE_CHECKING:
-    from skyward_ray.planning.accelerators import Accelerator
     from node_providers.runpod.config import RunPod
+    from skyward_ray.planning.accelerators import Accelerator
 
 PROVIDER = "runpod"
 PRICE_SOURCE = "snapshot:runpod"

@@ -17,8 +17,8 @@ from catalog.taxonomy import taxonomy
 from skyward_ray.planning.offers import Offer
 
 if TYPE_CHECKING:
-    from skyward_ray.planning.accelerators import Accelerator
     from node_providers.vastai.config import VastAI
+    from skyward_ray.planning.accelerators import Accelerator
 
 PROVIDER = "vastai"
 PRICE_SOURCE = "snapshot:vastai"

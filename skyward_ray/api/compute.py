@@ -25,16 +25,16 @@ import ray
 
 from skyward_ray import names
 from skyward_ray.api import dispatch
+from skyward_ray.api.function import PendingFunction, RemoteFunction, _not_pending_message
 from skyward_ray.cluster import launcher
 from skyward_ray.cluster.contract import ClusterParams
-from skyward_ray.planning import plan as planning
+from skyward_ray.cluster.replacer import NodeReplacer
 from skyward_ray.console import console
 from skyward_ray.errors import AuthError, CapacityError, PoolClosedError, ProvisioningError, QuotaError, SpecError
-from skyward_ray.api.function import PendingFunction, RemoteFunction, _not_pending_message
+from skyward_ray.planning import plan as planning
 from skyward_ray.planning.image import Image
 from skyward_ray.planning.nodes import NodeInfo, Nodes, as_nodes
 from skyward_ray.planning.offers import Offer, Plan
-from skyward_ray.cluster.replacer import NodeReplacer
 from skyward_ray.planning.spec import Spec
 
 _OPEN_POOLS: "weakref.WeakSet[Compute]" = weakref.WeakSet()

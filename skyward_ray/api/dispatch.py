@@ -17,8 +17,8 @@ import ray
 from ray.exceptions import GetTimeoutError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from skyward_ray.errors import FunctionTimeoutError
 from skyward_ray.api.function import PendingFunction
+from skyward_ray.errors import FunctionTimeoutError
 
 
 def original_exception(error: BaseException) -> BaseException:

@@ -32,8 +32,8 @@ from ray.autoscaler.tags import (
 )
 
 from skyward_ray import names
-from skyward_ray.cluster.contract import ClusterParams
 from skyward_ray.cluster import ssh_keys
+from skyward_ray.cluster.contract import ClusterParams
 from skyward_ray.cluster.driver import CLIENT_SERVER_PORT, DriverConnection
 from skyward_ray.cluster.node_provider import ScriptBootedNodeProvider, provider_section
 from skyward_ray.cluster.ssh_tunnel import HostKeyMismatchError, SSHTunnel, TunnelError

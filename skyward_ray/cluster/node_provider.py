@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import itertools
 import secrets
-from pathlib import Path
 import threading
 import time
+from pathlib import Path
 from typing import Any, ClassVar
 
 from ray.autoscaler.node_provider import NodeProvider

@@ -19,7 +19,6 @@ from skyward_ray.console import console
 from skyward_ray.planning.nodes import NodeInfo
 
 
-
 class NodeReplacer:
     """A daemon thread that checks the provider every `interval` seconds and replaces lost workers."""
 

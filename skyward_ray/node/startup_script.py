@@ -21,9 +21,8 @@ import socket
 import sys
 from pathlib import Path
 
-from pydantic import BaseModel, Field
-
 import ray
+from pydantic import BaseModel, Field
 
 from skyward_ray import names
 from skyward_ray.names import HEARTBEAT_KEY, HEARTBEAT_NAMESPACE

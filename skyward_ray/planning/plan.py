@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Sequence
 
-from skyward_ray.planning.accelerators import Accelerator, parse_accelerator
 from skyward_ray.errors import NoOffersError, SpecError
+from skyward_ray.planning.accelerators import Accelerator, parse_accelerator
 from skyward_ray.planning.nodes import as_nodes
 from skyward_ray.planning.offer_table import price_age
 from skyward_ray.planning.offers import Offer, Plan

@@ -24,8 +24,8 @@ import gc
 from operator import itemgetter
 from typing import Any, Callable, Iterable, Sequence
 
-from skyward_ray.planning.accelerators import memory_matches
 from skyward_ray.errors import SpecError
+from skyward_ray.planning.accelerators import memory_matches
 from skyward_ray.planning.offers import Offer, Plan, Rejection
 from skyward_ray.planning.spec import Spec
 

@@ -12,8 +12,8 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, field_validator
 
 from skyward_ray._validation import SpecModel
-from skyward_ray.planning.accelerators import Accelerator, parse_accelerator
 from skyward_ray.errors import SpecError
+from skyward_ray.planning.accelerators import Accelerator, parse_accelerator
 from skyward_ray.planning.providers import ProviderConfig, provider_from_name
 
 Allocation = Literal["spot-if-available", "spot", "on-demand", "cheapest"]
