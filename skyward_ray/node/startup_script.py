@@ -243,8 +243,10 @@ def _environment_lines(boot: NodeBoot) -> list[str]:
                      + " ".join(shlex.quote(p) for p in boot.apt) + ") || " + _fail(boot, "apt install"))
     uv = [
         'export PATH="$HOME/.local/bin:$PATH" UV_LINK_MODE="${UV_LINK_MODE:-copy}"',
-        "command -v uv >/dev/null 2>&1 || python3 -m pip install -q --user "
-        + shlex.quote(f"uv=={UV_VERSION}") + " || " + _fail(boot, "installing uv"),
+        # PEP 668 images (Ubuntu 24.04+) refuse a plain --user install; older pips lack the flag
+        "command -v uv >/dev/null 2>&1 || python3 -m pip install -q --user {uv} || "
+        "python3 -m pip install -q --user --break-system-packages {uv} || ".format(uv=shlex.quote(f"uv=={UV_VERSION}"))
+        + _fail(boot, "installing uv"),
     ]
     if boot.python:
         install = [f'"$SKYWARD_PYTHON" -m pip install -q {pins} || ' + _fail(boot, "installing ray")]
