@@ -34,6 +34,7 @@ from skyward_ray.errors import (
     BootTimeoutError,
     CapacityError,
     FunctionTimeoutError,
+    NodeLostError,
     NoOffersError,
     NotInTaskError,
     PoolClosedError,
@@ -73,7 +74,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AWS", "AuthError", "BootTimeoutError", "CapacityError", "Compute", "FunctionTimeoutError", "Image",
-    "InstanceInfo", "Local", "NoOffersError", "NodeInfo", "Nodes", "NotInTaskError", "Offer", "PendingFunction",
+    "InstanceInfo", "Local", "NoOffersError", "NodeInfo", "NodeLostError", "Nodes", "NotInTaskError", "Offer", "PendingFunction",
     "PendingGroup", "Plan", "PoolClosedError", "ProviderUnavailableError", "ProvisioningError", "QuotaError",
     "Rejection", "RemoteFunction", "RunPod", "SkywardError", "Spec", "SpecError", "UnknownAcceleratorError",
     "VastAI", "accelerators", "function", "gather", "instance_info", "plan", "shard",

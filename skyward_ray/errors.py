@@ -44,6 +44,10 @@ class BootTimeoutError(ProvisioningError):
     """A node did not join the Ray cluster in time; the message names it and shows its log tail."""
 
 
+class NodeLostError(SkywardError, RuntimeError):
+    """A node was lost while a call pinned to it (`@`) ran; the message names the node."""
+
+
 class PoolClosedError(SkywardError, RuntimeError):
     """Work was sent to a pool whose `with` block has exited."""
 

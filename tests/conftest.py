@@ -122,3 +122,19 @@ def nothing_left_at_the_end():
         described = [f"{p.pid} {' '.join(p.cmdline())[:80]}" for p in left]
         end_processes(left, grace=1)
         pytest.fail(f"{len(left)} pool processes outlived the test run: {described}")
+
+
+MARKS_NAMESPACE = b"skyward-tests"
+
+
+def wait_started(pool, tag: str, node: int, timeout: float = 60) -> None:
+    """On the driver: wait until a call tagged `tag` has started on node `node` (an event, not a guess).
+
+    The call records its start in the cluster's KV (namespace MARKS_NAMESPACE, key
+    "<tag>:<node>:..."), which works on isolated machines where the driver's files are out of reach.
+    """
+    gcs = pool._cluster.driver.gcs_client()
+    deadline = time.monotonic() + timeout
+    while not gcs.internal_kv_keys(f"{tag}:{node}:".encode(), MARKS_NAMESPACE):
+        assert time.monotonic() < deadline, f"no call tagged {tag!r} started on node {node} within {timeout:g}s"
+        time.sleep(0.05)

@@ -114,3 +114,24 @@ def test_spec_errors_name_the_field_and_the_fix(kwargs, pattern):
 def test_spec_unknown_accelerator_keeps_its_type():
     with pytest.raises(UnknownAcceleratorError, match="Closest: H100"):
         Spec(accelerator="H1OO")
+
+
+# Made-up device lists (what nvidia-smi could print): matching is by exact catalog name, never substring.
+def test_local_gpus_are_named_by_the_catalog_not_by_substring():
+    from node_providers.local.offers import canonical_gpu, gpu_offers
+
+    base = dict(provider="local", market="on-demand", price=0.0, region="local", price_source="test")
+    a100 = gpu_offers(((0, "NVIDIA A100-SXM4-80GB", 80.0), (1, "NVIDIA A100-SXM4-80GB", 80.0)), base)
+    assert [(o.accelerator, o.count, o.form_factor) for o in a100] == [("A100", 2, "SXM")]
+    assert canonical_gpu("NVIDIA A10", 24).family == "A10" and canonical_gpu("NVIDIA A10G", 24).family == "A10G"
+    l40s = gpu_offers(((0, "NVIDIA L40S", 48.0),), base)
+    assert [o.accelerator for o in l40s] == ["L40S"]
+    assert canonical_gpu("NVIDIA L4", 24).family == "L4"
+    unknown = gpu_offers(((0, "NVIDIA Some Future Card", 96.0),), base)
+    assert [o.accelerator for o in unknown] == ["NVIDIA Some Future Card"]  # never passes for a known card
+    # an A100 host offers no A10, an L40S host no L4
+    from skyward_ray.planning.selector import select
+
+    for offers, asked in ((a100, "A10"), (l40s, "L4")):
+        plan = select([Spec(provider=Local(), accelerator=asked)], [offers], nodes=1)
+        assert plan.offers == [] and {r.filter for r in plan.rejected} == {"accelerator"}

@@ -9,17 +9,26 @@ recognisable fake AWS credentials; no instance's user data may contain them.
 from __future__ import annotations
 
 import base64
-import threading
+import os
 import time
 
 import pytest
 
 import skyward_ray as sky
+from tests.conftest import MARKS_NAMESPACE, wait_started
 from tests.simaws import SIM_SETTINGS, Fault, aws_environment, simulated_aws
 
 REGION = "us-east-1"
 SECRETS = {"AWS_ACCESS_KEY_ID": "AKIASKYWARDFAKE00042", "AWS_SECRET_ACCESS_KEY": "skywardFakeSecretDoNotLeak0123456789abcd",
            "AWS_SESSION_TOKEN": "skywardFakeSessionTokenDoNotLeak"}
+
+
+def mark_started(tag: str) -> None:
+    """Inside a task: record in the cluster's KV that a call tagged `tag` started here (see wait_started)."""
+    from ray.experimental import internal_kv
+
+    key = f"{tag}:{sky.instance_info().node}:{os.getpid()}:{time.monotonic_ns()}"
+    internal_kv._internal_kv_put(key, b"1", namespace=MARKS_NAMESPACE.decode())
 
 
 @sky.function
@@ -34,6 +43,7 @@ def where() -> dict:
 
 @sky.function
 def slow_square(x: int, seconds: float) -> tuple[int, str]:
+    mark_started("slow_square")
     time.sleep(seconds)
     return x * x, sky.instance_info().instance_id
 
@@ -143,12 +153,10 @@ def test_no_credential_appears_in_any_user_data(region, spot_pool):
 def test_a_spot_interruption_mid_gather_returns_every_result_and_the_node_is_replaced(region, spot_pool):
     sim, _, _ = region
     worker = spot_pool.nodes[1].instance_id
-    interrupt = threading.Timer(1.5, sim.terminate, args=(worker,))
-    interrupt.start()
-    try:
-        results = sky.gather(*[slow_square(x, 3.0) for x in range(4)]) >> spot_pool
-    finally:
-        interrupt.join()
+    future = sky.gather(*[slow_square(x, 3.0) for x in range(4)]) > spot_pool
+    wait_started(spot_pool, "slow_square", node=1)  # a call is running on the worker: interrupt it now
+    sim.terminate(worker)
+    results = future.result(timeout=180)
     assert [r[0] for r in results] == [0, 1, 4, 9]
     assert sim.instances(cluster=spot_pool.name, states=("terminated",))[0]["InstanceId"] == worker
     deadline = time.monotonic() + 120

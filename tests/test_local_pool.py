@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import ray
 
@@ -60,6 +62,37 @@ def my_shard(data: list[int]) -> list[int]:
     return list(sky.shard(data))
 
 
+@sky.function
+def meet(directory: str, name: str, parties: int) -> str:
+    """Wait (bounded) until `parties` calls have started: they must be running at once, on different nodes."""
+    Path(directory, name).touch()
+    deadline = time.monotonic() + 60
+    while len(list(Path(directory).iterdir())) < parties and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return ray.get_runtime_context().get_node_id()
+
+
+@sky.function(max_retries=0)
+def long_task(directory: str, name: str) -> str:
+    """Marks its start, then runs until cancelled (marking that) or for 60 s."""
+    Path(directory, f"{name}.started").write_text(str(os.getpid()))
+    try:
+        for _ in range(600):  # Python code: the interrupt lands between two short sleeps
+            time.sleep(0.1)
+    except KeyboardInterrupt:  # what ray.cancel raises inside a running task
+        Path(directory, f"{name}.interrupted").touch()
+        raise
+    Path(directory, f"{name}.finished").touch()
+    return "finished"
+
+
+def wait_for(path: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path.name} did not appear within {timeout:g}s"
+        time.sleep(0.05)
+
+
 @ray.remote
 def plain_ray(x: int) -> tuple[int, str]:
     return x + 1, ray.get_runtime_context().get_node_id()
@@ -73,6 +106,17 @@ def pool():
 
 def test_one_call_returns_its_value(pool):
     assert square(7) >> pool == 49
+
+
+@pytest.mark.parametrize("operator", [">>", "@", ">"])
+def test_an_uncalled_function_names_the_operator_in_its_error(pool, operator):
+    with pytest.raises(TypeError, match=rf"write square\(\.\.\.\) {operator} pool"):
+        if operator == ">>":
+            square >> pool
+        elif operator == "@":
+            square @ pool
+        else:
+            square > pool
 
 
 def test_every_node_runs_once_in_node_order(pool):
@@ -96,14 +140,11 @@ def test_gather_returns_a_list_in_argument_order(pool):
     assert sky.gather(*[square(i) for i in range(100)]) >> pool == [i * i for i in range(100)]
 
 
-def test_gather_spreads_over_nodes(pool):
-    @sky.function
-    def node_of(_: int) -> str:
-        time.sleep(0.3)
-        return ray.get_runtime_context().get_node_id()
-
-    used = set(sky.gather(*[node_of(i) for i in range(9)]) >> pool)
-    assert len(used) == 3
+@pytest.mark.parametrize("operator", [">>", ">"])
+def test_a_group_spreads_over_the_nodes_whichever_operator_sends_it(pool, tmp_path: Path, operator):
+    group = sky.gather(*[meet(str(tmp_path), f"p{i}", 3) for i in range(3)])
+    used = group >> pool if operator == ">>" else (group > pool).result(timeout=120)
+    assert len(set(used)) == 3  # all three were running at once, one per node
 
 
 def test_greater_than_gives_a_future(pool):
@@ -112,6 +153,68 @@ def test_greater_than_gives_a_future(pool):
     assert future.result(timeout=60) == 25
     group_future = sky.gather(square(1), square(2)) > pool
     assert group_future.result(timeout=60) == [1, 4]
+    futures = [square(i) > pool for i in range(10)]
+    done, _ = concurrent.futures.wait(futures, timeout=60)
+    assert len(done) == 10
+    assert sorted(f.result() for f in concurrent.futures.as_completed(futures, timeout=60)) == [i * i for i in range(10)]
+
+
+def test_futures_need_no_thread_each(pool):
+    before = threading.active_count()
+    futures = [square(i) > pool for i in range(200)]
+    during = threading.active_count()
+    assert [f.result(timeout=120) for f in futures] == [i * i for i in range(200)]
+    assert during - before < 10, f"{during - before} threads for 200 futures"
+
+
+@sky.function(max_retries=0)
+def stuck_in_c(directory: str) -> None:
+    """One long call into C: a Python-level interrupt cannot land until it returns."""
+    Path(directory, "stuck.started").write_text(str(os.getpid()))
+    time.sleep(60)
+    Path(directory, "stuck.finished").touch()
+
+
+def test_cancel_ends_a_task_stuck_in_a_long_c_call(pool, tmp_path: Path):
+    future = stuck_in_c(str(tmp_path)) > pool
+    wait_for(tmp_path / "stuck.started")
+    pid = int((tmp_path / "stuck.started").read_text())
+    assert future.cancel() is True
+    deadline = time.monotonic() + 30
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the worker running the cancelled task was not ended"
+        time.sleep(0.1)
+    assert not (tmp_path / "stuck.finished").exists()
+
+
+def test_cancel_stops_the_running_task(pool, tmp_path: Path):
+    future = long_task(str(tmp_path), "solo") > pool
+    wait_for(tmp_path / "solo.started")
+    assert future.cancel() is True and future.cancelled()
+    wait_for(tmp_path / "solo.interrupted", timeout=30)
+    assert not (tmp_path / "solo.finished").exists()
+    assert square(4) >> pool == 16
+
+
+@pytest.mark.parametrize("operator", [">>", ">"])
+def test_a_failure_in_a_group_cancels_the_rest_and_raises_the_first_cause(pool, tmp_path: Path, operator):
+    @sky.function(max_retries=0)
+    def fail_when_started(directory: str) -> None:
+        wait_for(Path(directory, "other.started"))
+        raise ValueError("first cause")
+
+    group = sky.gather(long_task(str(tmp_path), "other"), fail_when_started(str(tmp_path)))
+    started = time.monotonic()
+    with pytest.raises(ValueError, match="first cause"):
+        group >> pool if operator == ">>" else (group > pool).result(timeout=120)
+    assert time.monotonic() - started < 50, "the group did not wait for its slowest member"
+    wait_for(tmp_path / "other.interrupted", timeout=30)
+
+
+def test_a_timeout_in_a_group_cancels_the_rest(pool, tmp_path: Path):
+    with pytest.raises(sky.FunctionTimeoutError, match="sleepy ran longer than its timeout=1.5s"):
+        sky.gather(long_task(str(tmp_path), "peer"), sleepy(30)) >> pool
+    wait_for(tmp_path / "peer.interrupted", timeout=30)
 
 
 def test_map_keeps_input_order(pool):
@@ -156,8 +259,11 @@ def test_timeout_cancels_the_call(pool):
     with pytest.raises(sky.FunctionTimeoutError, match="timeout=1.5s"):
         sleepy(30) >> pool
     assert time.monotonic() - started < 10
-    with pytest.raises(TimeoutError):
-        (sleepy(30) > pool).result(timeout=30)
+    future = sleepy(30) > pool
+    # the task's own timeout, not the wait's: the wait below would allow 60 s
+    with pytest.raises(sky.FunctionTimeoutError, match="timeout=1.5s"):
+        future.result(timeout=60)
+    assert time.monotonic() - started < 30
 
 
 def test_shard_splits_data_across_nodes(pool):
@@ -173,15 +279,32 @@ def test_pool_facts(pool):
     assert pool.ray_address.startswith(pool.nodes[0].ip + ":")
     assert pool.plan.chosen.provider == "local"
     assert pool.plan.chosen.price == 0
-    assert pool.cost == 0.0
+    assert pool.cost == 0.0  # the local machine is free; a priced pool's cost is tested on simulated AWS
+
+
+def _exported_functions() -> int:
+    worker = ray._private.worker.global_worker
+    return len(worker.gcs_client.internal_kv_keys(b"RemoteFunction", b"fun"))
 
 
 def test_function_is_exported_once(pool):
-    first = square.ray_function()
-    square(1) >> pool
-    assert square.ray_function() is first
+    @sky.function
+    def cube(x: int) -> int:
+        return x ** 3
+
+    before = _exported_functions()
+    assert cube(2) >> pool == 8
+    after_first = _exported_functions()
+    assert after_first == before + 1
+    assert sky.gather(*[cube(i) for i in range(5)]) >> pool == [i ** 3 for i in range(5)]
+    assert (cube(3) > pool).result(timeout=60) == 27 and len(cube(1) @ pool) == 3
+    assert _exported_functions() == after_first, "later calls reuse the exported function"
 
 
 def test_the_driver_holds_the_pools_own_token_while_it_is_open(pool):
     assert os.environ["RAY_AUTH_MODE"] == "token"
-    assert len(os.environ["RAY_AUTH_TOKEN"]) == 64
+    token = os.environ["RAY_AUTH_TOKEN"]
+    head = pool.nodes[0].instance_id
+    script = Path(pool._cluster.provider.cloud.host.machines()[head].directory, "startup.sh").read_text()
+    assert f"RAY_AUTH_TOKEN={token}" in script, "the driver holds the very token the nodes were booted with"
+    assert token == pool._cluster.provider.params.auth_token and len(set(token)) > 8

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import importlib.util
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -111,9 +112,14 @@ def test_simulated_accelerators_are_placed_like_real_ones():
 
 
 def test_simulated_accelerators_must_be_asked_for():
-    with pytest.raises(sky.NoOffersError) as caught:
-        sky.plan(provider=sky.Local(), accelerator="H100:8")
-    assert "local" in str(caught.value)
+    from node_providers.local.offers import canonical_gpu, detect_gpus
+
+    here = sum(1 for _, name, memory in detect_gpus() if (canonical_gpu(name, memory) or None) and
+               canonical_gpu(name, memory).family == "H100")
+    with pytest.raises(sky.NoOffersError, match=r"on local .*\n\s+\d+ × (accelerator|count): e\.g\. "):
+        sky.plan(provider=sky.Local(), accelerator=f"H100:{here + 1}")  # more than this host has, even a GPU host
+    assert sky.plan(provider=sky.Local(simulate_accelerators=True), accelerator=f"H100:{here + 1}").chosen.count \
+        == here + 1
 
 
 @sky.function
@@ -132,16 +138,28 @@ def test_image_pip_and_env_reach_every_task_but_not_this_process():
 
 
 @sky.function
-def slow_node_id(seconds: float) -> str:
-    time.sleep(seconds)
+def slow_node_id(seconds: float, directory: str) -> str:
+    Path(directory, f"{sky.instance_info().node}-{os.getpid()}-{time.monotonic_ns()}").touch()  # "started"
+    for _ in range(int(seconds * 10)):
+        time.sleep(0.1)
     return ray.get_runtime_context().get_node_id()
 
 
-def test_a_lost_node_s_calls_are_retried_and_the_node_is_replaced():
+def wait_for_start_on(directory: Path, node: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(p.name.startswith(f"{node}-") for p in directory.iterdir()):
+        assert time.monotonic() < deadline, f"no call started on node {node} within {timeout:g}s"
+        time.sleep(0.05)
+
+
+def test_a_lost_node_s_calls_are_retried_the_node_replaced_and_a_pinned_call_fails_naming_it(tmp_path):
+    first, second = tmp_path / "gather", tmp_path / "pinned"
+    first.mkdir()
+    second.mkdir()
     with sky.Compute(nodes=2) as pool:
         head, worker = pool.nodes
-        future = sky.gather(*[slow_node_id(3) for _ in range(4)]) > pool
-        time.sleep(1.5)  # the calls are running on both nodes now
+        future = sky.gather(*[slow_node_id(3, str(first)) for _ in range(4)]) > pool
+        wait_for_start_on(first, 1)  # a call is running on the worker now
         pool._cluster.provider.terminate_nodes([worker.instance_id])  # the machine disappears
         results = future.result(timeout=120)
         assert len(results) == 4
@@ -155,3 +173,25 @@ def test_a_lost_node_s_calls_are_retried_and_the_node_is_replaced():
         assert new.index == 1 and new.instance_id != worker.instance_id and new.ray_node_id != worker.ray_node_id
         where = sky.function(lambda: ray.get_runtime_context().get_node_id())
         assert where() @ pool == [head.ray_node_id, new.ray_node_id]
+
+        # `@` pins each call to its node: losing the node fails the call at once, naming the node
+        pinned = threading.Thread(target=lambda: outcome.append(_raises(lambda: slow_node_id(60, str(second)) @ pool)))
+        outcome: list = []
+        pinned.start()
+        wait_for_start_on(second, 0)
+        wait_for_start_on(second, 1)
+        started = time.monotonic()
+        pool._cluster.provider.terminate_nodes([new.instance_id])
+        pinned.join(timeout=90)
+        assert not pinned.is_alive() and time.monotonic() - started < 60
+        [error] = outcome
+        assert isinstance(error, sky.NodeLostError), repr(error)
+        assert f"node 1 ({new.instance_id}" in str(error) and "pool.replaced" in str(error)
+
+
+def _raises(call) -> BaseException | None:
+    try:
+        call()
+    except BaseException as error:  # noqa: BLE001 - the test inspects it
+        return error
+    return None

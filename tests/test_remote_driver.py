@@ -12,6 +12,8 @@ reach, it asks the routing table, never the network.
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import importlib.util
 import os
 import subprocess
@@ -24,6 +26,7 @@ import pytest
 import ray
 
 import skyward_ray as sky
+from tests.conftest import MARKS_NAMESPACE, wait_started
 from tests.simaws import SIM_SETTINGS, aws_environment, simulated_aws
 from tests.simnet import read_banner
 
@@ -62,6 +65,14 @@ def nothing_left(region, name: str | None = None) -> None:
         assert not os.path.exists(os.path.join(keys, name)), "the cluster's keys are removed at teardown"
 
 
+def mark_started(tag: str) -> None:
+    """Inside a task: record in the cluster's KV that a call tagged `tag` started here (see wait_started)."""
+    from ray.experimental import internal_kv
+
+    key = f"{tag}:{sky.instance_info().node}:{os.getpid()}:{time.monotonic_ns()}"
+    internal_kv._internal_kv_put(key, b"1", namespace=MARKS_NAMESPACE.decode())
+
+
 @sky.function
 def environment() -> dict:
     import platform
@@ -79,6 +90,7 @@ def square(x: int) -> int:
 
 @sky.function
 def slow(x: int, seconds: float) -> tuple[int, int]:
+    mark_started("slow")
     time.sleep(seconds)
     return x, sky.instance_info().node
 
@@ -144,13 +156,19 @@ def test_killing_the_tunnel_mid_gather_recovers(pool):
     results: list = []
     worker = threading.Thread(target=lambda: results.append(sky.gather(*[slow(i, 2.0) for i in range(4)]) >> pool))
     worker.start()
-    time.sleep(1.0)
+    wait_started(pool, "slow", node=0)  # the gather is running: cut the tunnel under it
     os.kill(tunnel.pid, 9)
     worker.join(timeout=120)
     assert not worker.is_alive()
     assert results and [x for x, _ in results[0]] == [0, 1, 2, 3], "Ray Client reconnected within its grace period"
     assert tunnel.restarts == restarts_before + 1 and tunnel.local_port(1) == port_before
     assert square(9) >> pool == 81
+
+
+def test_cost_is_the_offers_hourly_price_times_nodes_times_hours(pool):
+    assert pool.offer.price > 0
+    hours = (time.time() - pool._cluster.started_at) / 3600
+    assert pool.cost == pytest.approx(pool.offer.price * len(pool.nodes) * hours, rel=0.05)
 
 
 def test_leaving_the_pool_leaves_nothing(region, pool):
@@ -181,4 +199,55 @@ def test_a_node_that_cannot_install_its_image_ends_itself_and_the_error_shows_it
                          image=sky.Image(pip=["skyward-no-such-package==1.0"])):
             pass
     assert "installing Image.pip failed" in str(caught.value)  # from the instance's console output
+    nothing_left(region)
+
+
+@contextlib.contextmanager
+def address_service(answer: str | None):
+    """A stand-in for checkip.amazonaws.com on 127.0.0.1 (None: a port where nothing answers)."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = f"{answer}\n".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    port = server.server_address[1]
+    if answer is None:
+        server.server_close()  # the port is free again: a connection is refused
+    else:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    saved = os.environ.get("SKYWARD_CHECKIP_URL")
+    os.environ["SKYWARD_CHECKIP_URL"] = f"http://127.0.0.1:{port}/"
+    try:
+        yield
+    finally:
+        if answer is not None:
+            server.shutdown()
+            server.server_close()
+        if saved is None:
+            os.environ.pop("SKYWARD_CHECKIP_URL", None)
+        else:
+            os.environ["SKYWARD_CHECKIP_URL"] = saved
+
+
+def test_by_default_ssh_is_open_only_to_the_address_the_address_service_reports(region):
+    sim, hosts, keys = region
+    default = sky.AWS(region=REGION, key_dir=keys, **SIM_SETTINGS)  # no ssh_cidr: the default a user gets
+    with address_service(hosts.network.driver_ip):
+        with sky.Compute(provider=default, accelerator="T4", nodes=1, boot_timeout=180) as pool:
+            [group] = sim.security_groups(cluster=pool.name)
+            ssh = [r for r in group["IpPermissions"] if r["IpProtocol"] == "tcp"]
+            assert [(r["FromPort"], [x["CidrIp"] for x in r["IpRanges"]]) for r in ssh] == [(22, [hosts.ssh_cidr])]
+            assert square(6) >> pool == 36
+    nothing_left(region)
+    with address_service(None):
+        with pytest.raises(sky.SpecError, match=r"public address.*Fix: pass sky.AWS\(ssh_cidr="):
+            with sky.Compute(provider=default, accelerator="T4", nodes=1):
+                pass
     nothing_left(region)

@@ -97,18 +97,23 @@ def import_key_pair(ec2: Any, cluster_name: str, public_key_line: str) -> str:
     return name
 
 
+CHECKIP_URL = "https://checkip.amazonaws.com"
+
+
 def driver_public_cidr(timeout: float = 5.0) -> str:
-    """This machine's public address as a /32, as AWS sees it (checkip.amazonaws.com): the only source
-    the cluster's SSH rule admits."""
+    """This machine's public address as a /32, as AWS sees it (checkip.amazonaws.com, or the service
+    named by SKYWARD_CHECKIP_URL, e.g. behind a corporate proxy): the only source the SSH rule admits."""
+    import os
     import urllib.request
 
+    url = os.environ.get("SKYWARD_CHECKIP_URL", CHECKIP_URL)
     try:
-        with urllib.request.urlopen("https://checkip.amazonaws.com", timeout=timeout) as answer:  # noqa: S310
+        with urllib.request.urlopen(url, timeout=timeout) as answer:  # noqa: S310
             address = answer.read().decode().strip()
         ipaddress.IPv4Address(address)
     except (OSError, ValueError) as error:
         raise SpecError(
-            f"AWS: could not find this machine's public address through checkip.amazonaws.com ({error}); the pool's "
+            f"AWS: could not find this machine's public address through {url} ({error}); the pool's "
             "SSH rule admits only the driver's address. Fix: pass sky.AWS(ssh_cidr='<your public ip>/32')"
         ) from None
     return f"{address}/32"

@@ -10,7 +10,6 @@ until the provider lists none. Work is sent with the operators of `PendingFuncti
 from __future__ import annotations
 
 import atexit
-import concurrent.futures
 import os
 import secrets
 import signal
@@ -278,13 +277,13 @@ class Compute:
 
     def run_on_every_node(self, pending: PendingFunction[Any]) -> list[Any]:
         nodes = self.nodes
-        return dispatch.run_on_nodes(pending, self._task_options(pending), [n.ray_node_id for n in nodes])
+        return dispatch.run_on_nodes(pending, self._task_options(pending), nodes)
 
-    def submit(self, pending: PendingFunction[Any]) -> concurrent.futures.Future[Any]:
+    def submit(self, pending: PendingFunction[Any]) -> dispatch.PoolFuture:
         self._open_cluster()
         return dispatch.submit(pending, self._task_options(pending))
 
-    def submit_group(self, pendings: list[PendingFunction[Any]], as_tuple: bool) -> concurrent.futures.Future[Any]:
+    def submit_group(self, pendings: list[PendingFunction[Any]], as_tuple: bool) -> dispatch.PoolFuture:
         self._open_cluster()
         return dispatch.submit_many(pendings, [self._task_options(p) for p in pendings], as_tuple)
 

@@ -1,24 +1,36 @@
 """How a `PendingFunction` becomes a Ray task, and how its result (or error) comes back.
 
 Ray does the work: scheduling, retries on node loss (`max_retries`), object transfer. This module
-adds only what makes a remote call feel local: a remote exception is re-raised as its original
-type with the remote traceback attached as a note, `timeout=` cancels the task, and `>` gives a
-plain `concurrent.futures.Future`.
+adds only what makes a remote call feel local:
+
+- a remote exception is re-raised as its original type, with the remote traceback as a note;
+- `timeout=` cancels the task and raises `FunctionTimeoutError`;
+- a group (`a & b`, `sky.gather`, `pool.map`) spreads over the pool and behaves the same whether it
+  is sent with `>>` (wait) or `>` (a future): the first failure (an error, a timeout, a lost worker)
+  cancels the rest of the group and is what the caller gets;
+- `>` returns a `PoolFuture`, a real `concurrent.futures.Future` resolved by Ray's own completion
+  callbacks (no thread per call), whose `cancel()` cancels the Ray tasks;
+- `@` runs once on each node, pinned to it; a node lost during the call raises `NodeLostError`
+  naming it (a pinned call cannot move elsewhere), and the other nodes' calls are cancelled.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import heapq
+import itertools
 import threading
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayTaskError
+from ray.exceptions import GetTimeoutError, RayError, RayTaskError, TaskCancelledError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from skyward_ray.api.function import PendingFunction
-from skyward_ray.errors import FunctionTimeoutError
+from skyward_ray.errors import FunctionTimeoutError, NodeLostError
+from skyward_ray.planning.nodes import NodeInfo
 
 
 def original_exception(error: BaseException) -> BaseException:
@@ -45,32 +57,169 @@ def _timeout_error(pending: PendingFunction[Any]) -> FunctionTimeoutError:
     )
 
 
-def _get(refs: list[ray.ObjectRef], pendings: list[PendingFunction[Any]], started: float) -> list[Any]:
-    timeouts = [p.function.options.timeout for p in pendings]
-    try:
-        if not any(t is not None for t in timeouts):
-            return ray.get(refs)
-        results = []
-        for ref, pending, timeout in zip(refs, pendings, timeouts):
-            remaining = None if timeout is None else max(0.0, started + timeout - time.monotonic())
+FORCE_CANCEL_AFTER_S = 2.0  # a task stuck in one long C call ignores the interrupt; then its worker is ended
+
+
+def _cancel(refs: Sequence[ray.ObjectRef], force: bool = False) -> None:
+    for ref in refs:
+        try:
+            ray.cancel(ref, force=force)
+        except Exception:  # already finished, or the pool is going away
+            pass
+
+
+class _Deadlines:
+    """One daemon thread for every pending deadline (`timeout=`), however many futures wait."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._order = itertools.count()
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def add(self, deadline: float, expire: Callable[[], None]) -> None:
+        with self._wake:
+            heapq.heappush(self._heap, (deadline, next(self._order), expire))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="skyward-deadlines", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._heap or self._heap[0][0] > time.monotonic():
+                    self._wake.wait(None if not self._heap else self._heap[0][0] - time.monotonic())
+                _, _, expire = heapq.heappop(self._heap)
             try:
-                results.append(ray.get(ref, timeout=remaining))
-            except GetTimeoutError:
-                ray.cancel(ref, force=True)
-                raise _timeout_error(pending) from None
-        return results
-    except RayTaskError as error:
-        for ref in refs:  # one failed: the rest of a group is not wanted any more
-            try:
-                ray.cancel(ref)
+                expire()
             except Exception:
                 pass
-        raise original_exception(error) from None
+
+
+_DEADLINES = _Deadlines()
+
+
+class PoolFuture(concurrent.futures.Future):  # type: ignore[type-arg]
+    """The result of a call or a group sent to a pool, as a `concurrent.futures.Future`.
+
+    It is resolved by Ray's completion callbacks, so no thread waits for it; `wait` and
+    `as_completed` work on it. `cancel()` cancels the Ray tasks and returns True until a result
+    is in. The first failure of a group cancels the rest and is the future's exception.
+    """
+
+    def __init__(self, refs: list[ray.ObjectRef], pendings: list[PendingFunction[Any]],
+                 shape: Callable[[list[Any]], Any] | None,
+                 lost: Callable[[int, BaseException], BaseException] | None = None) -> None:
+        super().__init__()
+        self._refs = refs
+        self._pendings = pendings
+        self._shape = shape
+        self._lost = lost
+        self._values: list[Any] = [None] * len(refs)
+        self._finished: set[int] = set()  # indexes whose task has ended (any outcome)
+        self._left = len(refs)
+        self._settled = False
+        self._guard = threading.Lock()
+        started = time.monotonic()
+        for index, (ref, pending) in enumerate(zip(refs, pendings)):
+            if pending.function.options.timeout is not None:
+                _DEADLINES.add(started + pending.function.options.timeout, lambda i=index: self._expired(i))
+            ref.future().add_done_callback(lambda done, i=index: self._one_done(i, done))
+
+    def _settle(self) -> bool:
+        """True for the one caller that may set the outcome."""
+        with self._guard:
+            if self._settled:
+                return False
+            self._settled = True
+            return True
+
+    def _one_done(self, index: int, done: concurrent.futures.Future) -> None:  # type: ignore[type-arg]
+        with self._guard:
+            self._finished.add(index)
+        if self._settled:
+            return
+        try:
+            value = done.result()
+        except BaseException as error:
+            self._fail(self._translate(index, error))
+            return
+        with self._guard:
+            self._values[index] = value
+            self._left -= 1
+            finished = self._left == 0
+        if finished and self._settle():
+            result = self._values[0] if self._shape is None else self._shape(self._values)
+            try:
+                self.set_result(result)
+            except concurrent.futures.InvalidStateError:
+                pass  # cancelled meanwhile
+
+    def _translate(self, index: int, error: BaseException) -> BaseException:
+        if isinstance(error, RayTaskError):
+            return original_exception(error)
+        if isinstance(error, RayError) and not isinstance(error, TaskCancelledError) and self._lost is not None:
+            return self._lost(index, error)
+        return error
+
+    def _stop_tasks(self) -> None:
+        """Interrupt the unfinished tasks (KeyboardInterrupt in Python code); end the workers of
+        those still running a moment later (a long call into C never sees the interrupt)."""
+        _cancel(self._refs)
+
+        def force() -> None:
+            with self._guard:
+                running = [ref for i, ref in enumerate(self._refs) if i not in self._finished]
+            _cancel(running, force=True)
+
+        _DEADLINES.add(time.monotonic() + FORCE_CANCEL_AFTER_S, force)
+
+    def _fail(self, error: BaseException) -> None:
+        if not self._settle():
+            return
+        self._stop_tasks()
+        try:
+            self.set_exception(error)
+        except concurrent.futures.InvalidStateError:
+            pass
+
+    def _expired(self, index: int) -> None:
+        if self._settled:
+            return
+        _cancel([self._refs[index]], force=True)
+        self._fail(_timeout_error(self._pendings[index]))
+
+    def cancel(self) -> bool:
+        if not self._settle():
+            return super().cancel()  # already resolved: False, as concurrent.futures says
+        self._stop_tasks()
+        return super().cancel()
+
+    def wait(self) -> Any:
+        """The result, as `>>` gives it; an interrupted wait (Ctrl-C) cancels the tasks first."""
+        try:
+            return self.result()
+        except BaseException:
+            if not self.done():
+                self.cancel()
+            raise
 
 
 def run(pending: PendingFunction[Any], options: dict[str, Any]) -> Any:
-    started = time.monotonic()
-    return _get([_submit(pending, options)], [pending], started)[0]
+    """One call, waited for: `ray.get` directly (the fastest path for the common case)."""
+    ref = _submit(pending, options)
+    timeout = pending.function.options.timeout
+    try:
+        return ray.get(ref, timeout=timeout)
+    except GetTimeoutError:
+        _cancel([ref], force=True)
+        raise _timeout_error(pending) from None
+    except RayTaskError as error:
+        raise original_exception(error) from None
+    except BaseException:  # interrupted (Ctrl-C, SIGTERM): the task is not wanted any more
+        _cancel([ref])
+        raise
 
 
 def _spread(options: dict[str, Any]) -> dict[str, Any]:
@@ -78,45 +227,35 @@ def _spread(options: dict[str, Any]) -> dict[str, Any]:
     return options if "scheduling_strategy" in options else {**options, "scheduling_strategy": "SPREAD"}
 
 
-def run_many(pendings: list[PendingFunction[Any]], options: list[dict[str, Any]]) -> list[Any]:
-    started = time.monotonic()
-    refs = [_submit(p, _spread(o)) for p, o in zip(pendings, options)]
-    return _get(refs, pendings, started)
-
-
-def run_on_nodes(pending: PendingFunction[Any], options: dict[str, Any], ray_node_ids: list[str]) -> list[Any]:
-    """One task per node, each pinned to its node (hard affinity); results in node order."""
-    started = time.monotonic()
-    refs = [
-        _submit(pending, {**options, "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id, soft=False)})
-        for node_id in ray_node_ids
-    ]
-    return _get(refs, [pending] * len(refs), started)
-
-
-def _future_from(refs: list[ray.ObjectRef], pendings: list[PendingFunction[Any]],
-                 shape: type | None) -> concurrent.futures.Future[Any]:
-    """A Future resolved by a waiter thread, so errors and timeouts behave as with `>>`."""
-    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-    started = time.monotonic()
-
-    def wait() -> None:
-        try:
-            values = _get(refs, pendings, started)
-            future.set_result(values[0] if shape is None else shape(values))
-        except BaseException as error:  # the Future carries it to whoever calls .result()
-            future.set_exception(error)
-
-    future.set_running_or_notify_cancel()
-    threading.Thread(target=wait, name="skyward-future", daemon=True).start()
-    return future
-
-
-def submit(pending: PendingFunction[Any], options: dict[str, Any]) -> concurrent.futures.Future[Any]:
-    return _future_from([_submit(pending, options)], [pending], None)
+def submit(pending: PendingFunction[Any], options: dict[str, Any]) -> PoolFuture:
+    return PoolFuture([_submit(pending, options)], [pending], None)
 
 
 def submit_many(pendings: list[PendingFunction[Any]], options: list[dict[str, Any]],
-                as_tuple: bool) -> concurrent.futures.Future[Any]:
-    refs = [_submit(p, o) for p, o in zip(pendings, options)]
-    return _future_from(refs, pendings, tuple if as_tuple else list)
+                as_tuple: bool) -> PoolFuture:
+    refs = [_submit(p, _spread(o)) for p, o in zip(pendings, options)]
+    return PoolFuture(refs, pendings, tuple if as_tuple else list)
+
+
+def run_many(pendings: list[PendingFunction[Any]], options: list[dict[str, Any]]) -> list[Any]:
+    return submit_many(pendings, options, as_tuple=False).wait()
+
+
+def run_on_nodes(pending: PendingFunction[Any], options: dict[str, Any], nodes: list[NodeInfo]) -> list[Any]:
+    """Once on each node, pinned to it (hard affinity, no retry elsewhere); results in node order."""
+    refs = [
+        _submit(pending, {**options, "max_retries": 0,
+                          "scheduling_strategy": NodeAffinitySchedulingStrategy(node.ray_node_id, soft=False)})
+        for node in nodes
+    ]
+
+    def lost(index: int, error: BaseException) -> BaseException:
+        node = nodes[index]
+        return NodeLostError(
+            f"node {node.index} ({node.instance_id}, {node.ip}) was lost during `{pending.function.__name__}(...) "
+            f"@ pool`; the calls on the other nodes were cancelled. A call sent with @ is pinned to its node and "
+            f"cannot move: send it again once the pool has replaced the node (pool.replaced). Cause: "
+            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        )
+
+    return PoolFuture(refs, [pending] * len(refs), list, lost=lost).wait()

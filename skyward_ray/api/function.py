@@ -101,12 +101,19 @@ class RemoteFunction(Generic[P, R]):
     def __reduce__(self) -> tuple[Any, ...]:
         return (RemoteFunction, (self.fn, self.options))
 
-    def __rshift__(self, other: object) -> Any:
-        raise TypeError(
-            f"{self.__name__} is a @sky.function but was not called: write {self.__name__}(...) >> pool"
+    def _not_called(self, operator: str) -> TypeError:
+        return TypeError(
+            f"{self.__name__} is a @sky.function but was not called: write {self.__name__}(...) {operator} pool"
         )
 
-    __matmul__ = __gt__ = __rshift__  # type: ignore[assignment]
+    def __rshift__(self, other: object) -> Any:
+        raise self._not_called(">>")
+
+    def __matmul__(self, other: object) -> Any:
+        raise self._not_called("@")
+
+    def __gt__(self, other: object) -> Any:
+        raise self._not_called(">")
 
     def __repr__(self) -> str:
         return f"<sky.function {self.__module__}.{self.__qualname__}>"

@@ -190,7 +190,9 @@ def render(boot: NodeBoot) -> str:
         ]
     lines += [
         "echo 'skyward: starting ray'",
-        " ".join(_ray_start_command(boot)) + " &",
+        # A non-interactive shell starts `&` jobs with SIGINT ignored, and Ray's workers would inherit
+        # that: ray.cancel() could then never interrupt a running task. Restore it before exec.
+        "( trap - INT; exec " + " ".join(_ray_start_command(boot)) + " ) &",
         "RAY_PID=$!",
     ]
     if boot.role == "head":
