@@ -159,6 +159,16 @@ def test_greater_than_gives_a_future(pool):
     assert sorted(f.result() for f in concurrent.futures.as_completed(futures, timeout=60)) == [i * i for i in range(10)]
 
 
+def test_a_returned_exception_is_a_value_not_a_failure(pool):
+    @sky.function
+    def give_error(message: str) -> ValueError:
+        return ValueError(message)
+
+    [returned] = sky.gather(give_error("kept")) >> pool
+    assert isinstance(returned, ValueError) and str(returned) == "kept"
+    assert str((give_error("also") > pool).result(timeout=60)) == "also"
+
+
 def test_futures_need_no_thread_each(pool):
     before = threading.active_count()
     futures = [square(i) > pool for i in range(200)]

@@ -68,6 +68,14 @@ def _cancel(refs: Sequence[ray.ObjectRef], force: bool = False) -> None:
             pass
 
 
+def _is_failure(value: Any) -> bool:
+    """Whether a completion carries a failure rather than a result. A task may return an exception
+    object as its value (a sweep collecting errors): only Ray's errors, and Ray Client's transport
+    errors, are failures."""
+    return isinstance(value, (RayError, ConnectionError)) or (
+        isinstance(value, BaseException) and type(value).__module__.startswith("grpc"))
+
+
 class _Deadlines:
     """One daemon thread for every pending deadline (`timeout=`), however many futures wait."""
 
@@ -125,7 +133,8 @@ class PoolFuture(concurrent.futures.Future):  # type: ignore[type-arg]
         for index, (ref, pending) in enumerate(zip(refs, pendings)):
             if pending.function.options.timeout is not None:
                 _DEADLINES.add(started + pending.function.options.timeout, lambda i=index: self._expired(i))
-            ref.future().add_done_callback(lambda done, i=index: self._one_done(i, done))
+            # Ray's own completion hook (what ObjectRef.future() is built on), without a Future per call
+            ref._on_completed(lambda outcome, i=index: self._one_done(i, outcome))
 
     def _settle(self) -> bool:
         """True for the one caller that may set the outcome."""
@@ -135,15 +144,14 @@ class PoolFuture(concurrent.futures.Future):  # type: ignore[type-arg]
             self._settled = True
             return True
 
-    def _one_done(self, index: int, done: concurrent.futures.Future) -> None:  # type: ignore[type-arg]
+    def _one_done(self, index: int, value: Any) -> None:
+        """Ray's callback: `value` is the task's result, or the exception it ended with."""
         with self._guard:
             self._finished.add(index)
         if self._settled:
             return
-        try:
-            value = done.result()
-        except BaseException as error:
-            self._fail(self._translate(index, error))
+        if _is_failure(value):
+            self._fail(self._translate(index, value))
             return
         with self._guard:
             self._values[index] = value
@@ -157,11 +165,7 @@ class PoolFuture(concurrent.futures.Future):  # type: ignore[type-arg]
                 pass  # cancelled meanwhile
 
     def _translate(self, index: int, error: BaseException) -> BaseException:
-        if isinstance(error, RayTaskError):
-            return original_exception(error)
-        if isinstance(error, RayError) and not isinstance(error, TaskCancelledError) and self._lost is not None:
-            return self._lost(index, error)
-        return error
+        return _translate(error, index, self._lost)
 
     def _stop_tasks(self) -> None:
         """Interrupt the unfinished tasks (KeyboardInterrupt in Python code); end the workers of
@@ -196,14 +200,6 @@ class PoolFuture(concurrent.futures.Future):  # type: ignore[type-arg]
         self._stop_tasks()
         return super().cancel()
 
-    def wait(self) -> Any:
-        """The result, as `>>` gives it; an interrupted wait (Ctrl-C) cancels the tasks first."""
-        try:
-            return self.result()
-        except BaseException:
-            if not self.done():
-                self.cancel()
-            raise
 
 
 def run(pending: PendingFunction[Any], options: dict[str, Any]) -> Any:
@@ -238,7 +234,58 @@ def submit_many(pendings: list[PendingFunction[Any]], options: list[dict[str, An
 
 
 def run_many(pendings: list[PendingFunction[Any]], options: list[dict[str, Any]]) -> list[Any]:
-    return submit_many(pendings, options, as_tuple=False).wait()
+    refs = [_submit(p, _spread(o)) for p, o in zip(pendings, options)]
+    return wait_group(refs, pendings)
+
+
+def wait_group(refs: list[ray.ObjectRef], pendings: list[PendingFunction[Any]],
+               lost: Callable[[int, BaseException], BaseException] | None = None) -> list[Any]:
+    """A group waited for here, with `PoolFuture`'s semantics (first failure cancels the rest) at
+    `ray.get`'s speed: completions are collected in batches with `ray.wait`, so a failure is seen
+    as soon as it happens rather than when the slowest member ends."""
+    started = time.monotonic()
+    deadlines = {i: started + p.function.options.timeout for i, p in enumerate(pendings)
+                 if p.function.options.timeout is not None}
+    index = {ref: i for i, ref in enumerate(refs)}
+    values: dict[int, Any] = {}
+    remaining = list(refs)
+    try:
+        while remaining:
+            ready, remaining = ray.wait(remaining, num_returns=len(remaining), timeout=0.05, fetch_local=False)
+            if ready:
+                try:
+                    values.update(zip((index[r] for r in ready), ray.get(ready)))
+                except RayError as error:
+                    failed = next((index[r] for r in ready if _failed(r)), 0)
+                    raise _translate(error, failed, lost) from None
+            now = time.monotonic()
+            late = [i for i, deadline in deadlines.items() if deadline <= now and i not in values]
+            if late:
+                _cancel([refs[late[0]]], force=True)
+                raise _timeout_error(pendings[late[0]])
+    except BaseException:  # a failure, a timeout, or an interrupted wait: the rest is not wanted any more
+        unfinished = [r for r in refs if index[r] not in values]
+        _cancel(unfinished)
+        _DEADLINES.add(time.monotonic() + FORCE_CANCEL_AFTER_S, lambda: _cancel(unfinished, force=True))
+        raise
+    return [values[i] for i in range(len(refs))]
+
+
+def _failed(ref: ray.ObjectRef) -> bool:
+    try:
+        ray.get(ref, timeout=0)
+        return False
+    except Exception:
+        return True
+
+
+def _translate(error: BaseException, index: int,
+               lost: Callable[[int, BaseException], BaseException] | None) -> BaseException:
+    if isinstance(error, RayTaskError):
+        return original_exception(error)
+    if isinstance(error, RayError) and not isinstance(error, TaskCancelledError) and lost is not None:
+        return lost(index, error)
+    return error
 
 
 def run_on_nodes(pending: PendingFunction[Any], options: dict[str, Any], nodes: list[NodeInfo]) -> list[Any]:
@@ -258,4 +305,4 @@ def run_on_nodes(pending: PendingFunction[Any], options: dict[str, Any], nodes: 
             f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         )
 
-    return PoolFuture(refs, [pending] * len(refs), list, lost=lost).wait()
+    return wait_group(refs, [pending] * len(refs), lost=lost)
