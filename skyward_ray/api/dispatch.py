@@ -117,13 +117,11 @@ class PoolFuture(concurrent.futures.Future):  # type: ignore[type-arg]
     """
 
     def __init__(self, refs: list[ray.ObjectRef], pendings: list[PendingFunction[Any]],
-                 shape: Callable[[list[Any]], Any] | None,
-                 lost: Callable[[int, BaseException], BaseException] | None = None) -> None:
+                 shape: Callable[[list[Any]], Any] | None) -> None:
         super().__init__()
         self._refs = refs
         self._pendings = pendings
         self._shape = shape
-        self._lost = lost
         self._values: list[Any] = [None] * len(refs)
         self._finished: set[int] = set()  # indexes whose task has ended (any outcome)
         self._left = len(refs)
@@ -165,7 +163,7 @@ class PoolFuture(concurrent.futures.Future):  # type: ignore[type-arg]
                 pass  # cancelled meanwhile
 
     def _translate(self, index: int, error: BaseException) -> BaseException:
-        return _translate(error, index, self._lost)
+        return _translate(error, index, None)
 
     def _stop_tasks(self) -> None:
         """Interrupt the unfinished tasks (KeyboardInterrupt in Python code); end the workers of
