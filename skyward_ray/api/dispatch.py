@@ -61,6 +61,8 @@ FORCE_CANCEL_AFTER_S = 2.0  # a task stuck in one long C call ignores the interr
 
 
 def _cancel(refs: Sequence[ray.ObjectRef], force: bool = False) -> None:
+    if not ray.is_initialized():
+        return  # the pool is gone (and Ray would start a fresh local cluster to serve the call)
     for ref in refs:
         try:
             ray.cancel(ref, force=force)
