@@ -72,6 +72,13 @@ def pool_processes(except_open: bool = False) -> list:
 
 @pytest.fixture(autouse=True)
 def no_leftover_processes():
+    import ray
+
+    from skyward_ray.api.compute import _OPEN_POOLS
+
+    if ray.is_initialized() and not list(_OPEN_POOLS):
+        ray.shutdown()
+        pytest.fail("Ray was left initialized in the test process with no pool open (by the previous test)")
     before = {p.pid for p in pool_processes()}
     yield
     deadline = time.monotonic() + 10

@@ -17,6 +17,7 @@ import skyward_ray as sky
 from node_providers.local import LocalNodeProvider
 from node_providers.local.process_host import processes_with_marker
 from skyward_ray import names
+from skyward_ray.api import dispatch
 from skyward_ray.cluster import launcher
 from skyward_ray.cluster.contract import ClusterParams
 
@@ -187,6 +188,8 @@ def test_a_lost_node_s_calls_are_retried_the_node_replaced_and_a_pinned_call_fai
         [error] = outcome
         assert isinstance(error, sky.NodeLostError), repr(error)
         assert f"node 1 ({new.instance_id}" in str(error) and "pool.replaced" in str(error)
+    time.sleep(dispatch.FORCE_CANCEL_AFTER_S + 1)  # past the deferred forced cancel of the failed group
+    assert not ray.is_initialized(), "a cancel after the pool was gone must not start a Ray of its own"
 
 
 def _raises(call) -> BaseException | None:
