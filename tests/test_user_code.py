@@ -248,3 +248,18 @@ def test_a_tune_sweep_from_the_users_package_spreads_over_the_pool(tmp_path):
     used = {node for node, *_ in rows}
     assert used <= set(result["nodes"]) and len(used) >= 2, used
     print(f"tune sweep: {time.monotonic() - started:.1f}s, trials on {len(used)} nodes")
+
+
+def test_users_code_reaches_simulated_aws_nodes_that_have_none_of_the_drivers_files(tmp_path):
+    from tests.simaws import SIM_SETTINGS, aws_environment, simulated_aws
+
+    keys = tmp_path / "keys"
+    with simulated_aws("us-east-1") as (sim, hosts), aws_environment(sim.client_env()):
+        provider = (f"provider=sky.AWS(region='us-east-1', key_dir={str(keys)!r}, ssh_cidr={hosts.ssh_cidr!r}, "
+                    f"**{SIM_SETTINGS!r}), accelerator='T4', nodes=2, boot_timeout=180")
+        result = _drive(tmp_path, provider, env=sim.client_env(), timeout=360)
+        assert sim.live_instances() == [] and hosts.wait_idle() == []
+        assert hosts.stop() == []
+    _check(result, 2)
+    for node in result["nodes_view"]:
+        assert "py_modules_files" in node["jobs"], node["jobs"]
