@@ -207,6 +207,38 @@ def test_users_code_reaches_local_nodes_from_a_driver_elsewhere(tmp_path):
     _check(_drive(tmp_path, "nodes=2"), 2)
 
 
+EXCLUDED_DRIVER = r'''
+import json
+import skyward_ray as sky
+import jobs
+from jobs import JobError, Result, fail, run
+
+with sky.Compute(nodes=1, image=sky.Image(excludes=["jobs"])) as pool:
+    shipped = sorted(pool._code_modules)
+    r = run(3) >> pool
+    try:
+        fail("by value") >> pool
+    except JobError as error:
+        caught = str(error)
+print("RESULT " + json.dumps({"shipped": [p.rsplit("/", 1)[-1] for p in shipped],
+                             "result": [type(r) is Result, r.value], "caught": caught}), flush=True)
+'''
+
+
+def test_an_excluded_package_falls_back_to_pickling_by_value(tmp_path):
+    code = write_user_project(tmp_path)
+    proc = run_python(EXCLUDED_DRIVER, env={"PYTHONPATH": f"{REPO}{os.pathsep}{code}"}, cwd=str(tmp_path))
+    try:
+        result = json.loads(wait_for_line(proc, "RESULT ", timeout=180))
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert result["shipped"] == ["textutil.py"], "jobs stays home"
+    assert result["result"] == [True, 7] and result["caught"] == "by value"
+
+
 TUNE_DRIVER = r'''
 import json, tempfile
 import ray
