@@ -209,6 +209,7 @@ class Compute:
         finally:
             self._restore_signal_handlers()
             _OPEN_POOLS.discard(self)
+            user_code.deactivate()
             if self._code_dir is not None:
                 shutil.rmtree(self._code_dir, ignore_errors=True)
                 self._code_dir = None

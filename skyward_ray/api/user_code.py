@@ -234,6 +234,12 @@ def activate(code: UserCode) -> None:
                 cloudpickle.register_pickle_by_value(module)
 
 
+def deactivate() -> None:
+    """The pool is gone: nothing is shipped any more (registrations by value stay, as cloudpickle's do)."""
+    global _shipped
+    _shipped = frozenset()
+
+
 def shipped() -> frozenset[str]:
     """Top-level module names the open pool ships by reference."""
     return _shipped
