@@ -196,9 +196,12 @@ def collect(image: Image) -> UserCode:
                 excluded(sources[0].name, is_dir, str(sources[0]), patterns):
             code.excluded.append(name)
             continue
+        files = [f for source in sources for f in _walk(name, source, patterns)]
+        if not files:  # everything in it excluded: it cannot be imported there, so it goes by value
+            code.excluded.append(name)
+            continue
         code.roots[name] = sources
-        for source in sources:
-            code.files.extend(_walk(name, source, patterns))
+        code.files.extend(files)
     _check_size(code, image)
     return code
 

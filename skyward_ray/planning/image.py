@@ -26,7 +26,7 @@ _HINTS = {
     "apt": 'a list of Debian package names, e.g. ["ffmpeg"]',
     "env": 'a dict of environment variables, e.g. {"HF_HOME": "/data/hf"}',
     "python": 'a Python version such as "3.11"',
-    "includes": 'a list of paths (a package directory or a .py file) or module names, e.g. ["../shared/utils", "mylib"]',
+    "includes": 'a list of paths (a package directory or a .py file) or module names, e.g. ["../lib/utils", "mylib"]',
     "excludes": 'a list of glob patterns, e.g. ["*.csv", "data", "jobs/checkpoints/*"]',
     "max_code_mib": "a size in MiB above 0, e.g. 250",
 }
