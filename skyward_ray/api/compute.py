@@ -12,18 +12,21 @@ from __future__ import annotations
 import atexit
 import os
 import secrets
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 import weakref
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import ray
 
 from skyward_ray import names
-from skyward_ray.api import dispatch
+from skyward_ray.api import dispatch, user_code
 from skyward_ray.api.function import PendingFunction, RemoteFunction, _not_pending_message
 from skyward_ray.cluster import launcher
 from skyward_ray.cluster.contract import ClusterParams
@@ -81,6 +84,8 @@ class Compute:
         self._state = "new"
         self._lock = threading.RLock()
         self._previous_handlers: dict[int, Any] = {}
+        self._code_modules: list[str] = []  # the staged user code, as py_modules entries
+        self._code_dir: str | None = None
         self.plan: Plan | None = None
         self.failures: list[tuple[Offer, ProvisioningError]] = []  # offers tried before the one that worked
 
@@ -93,10 +98,12 @@ class Compute:
                 "this process is already a Ray driver (ray.init was called, or another pool is open); "
                 "call ray.shutdown() or leave the other pool before entering sky.Compute"
             )
+        code = user_code.collect(self.image)  # the user's own modules; too big → SpecError, nothing started
         self.plan = planning.plan(*self.specs, nodes=self.desired.desired)
         self._install_signal_handlers()
         _OPEN_POOLS.add(self)
         try:
+            self._stage_user_code(code)
             self._cluster = self._launch_from_plan(self.plan)
         except BaseException:
             self._close()
@@ -108,6 +115,13 @@ class Compute:
 
     def __exit__(self, *exc: object) -> None:
         self._close()
+
+    def _stage_user_code(self, code: user_code.UserCode) -> None:
+        """Copy the user's modules to a directory of this pool's own, for the job's `py_modules`."""
+        if code.files:
+            self._code_dir = tempfile.mkdtemp(prefix="skyward-code-")
+            self._code_modules = code.stage(Path(self._code_dir))
+        user_code.activate(code)
 
     def _launch_from_plan(self, plan: Plan) -> launcher.Cluster:
         """Walk the plan: capacity errors move to the next offer; auth/quota errors skip the provider."""
@@ -165,11 +179,14 @@ class Compute:
         runtime_env: dict[str, Any] = {"env_vars": env_vars}
         if spec.provider.nodes_share_driver_python and self.image.pip:
             runtime_env["pip"] = list(self.image.pip)  # nodes share this interpreter: Ray's per-node virtualenv
+        py_modules = list(self._code_modules)  # the user's own code, staged (already without excludes)
         if not spec.provider.nodes_share_driver_python:
             # Tasks import skyward_ray (instance_info, shard, the operators' wrappers): the nodes get this
             # very copy through Ray's job runtime_env, whatever is installed there.
-            runtime_env["py_modules"] = shipped_packages()
+            py_modules += shipped_packages()
             runtime_env["excludes"] = ["__pycache__", "*.pyc"]
+        if py_modules:
+            runtime_env["py_modules"] = py_modules
         return runtime_env
 
     def _close(self) -> None:
@@ -191,6 +208,10 @@ class Compute:
         finally:
             self._restore_signal_handlers()
             _OPEN_POOLS.discard(self)
+            user_code.deactivate()
+            if self._code_dir is not None:
+                shutil.rmtree(self._code_dir, ignore_errors=True)
+                self._code_dir = None
 
     def close(self) -> None:
         """End the pool now (what leaving the `with` block does)."""

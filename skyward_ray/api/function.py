@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
@@ -229,18 +228,20 @@ def function(fn: Callable[P, R] | None = None, /, *, max_retries: int = 3, timeo
 
 
 def _ship_by_value(fn: Callable[..., Any]) -> None:
-    """Pickle the function's own module by value when it is the user's code (not an installed
-    distribution, not the standard library): a node has none of the user's files, so a reference
-    to `jobs.helper` would fail to import there. Modules of installed packages stay references."""
-    import sysconfig
-
+    """Pickle the function's own module by value when it is the user's code that the open pool does
+    not ship (excluded, or imported after the pool opened; see `user_code`). Shipped modules travel
+    by reference: the node imports them from the job's `py_modules`, so classes stay the driver's.
+    Modules of installed packages stay references; `__main__` is pickled by value already."""
     from ray import cloudpickle
 
+    from skyward_ray.api import user_code
+
     module = sys.modules.get(getattr(fn, "__module__", "") or "")
-    path = os.path.realpath(getattr(module, "__file__", None) or "")
-    if module is None or not path or module.__name__ == "__main__":
-        return  # __main__ is pickled by value already
-    installed = {os.path.realpath(sysconfig.get_paths()[key]) for key in ("purelib", "platlib", "stdlib", "platstdlib")}
-    if any(path.startswith(prefix + os.sep) for prefix in installed) or module.__name__.split(".")[0] == "skyward_ray":
+    if module is None or module.__name__ in ("__main__", "__mp_main__"):
         return
-    cloudpickle.register_pickle_by_value(module)
+    top = module.__name__.split(".")[0]
+    if top in user_code.shipped() or top in user_code.OWN_PACKAGES:
+        return
+    root = sys.modules.get(top)
+    if root is not None and user_code.module_sources(root):
+        cloudpickle.register_pickle_by_value(module)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
 import sys
 from typing import TYPE_CHECKING
@@ -16,6 +18,7 @@ if TYPE_CHECKING:
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _APT_NAME = re.compile(r"^[a-z0-9][a-z0-9+.\-]*(=[A-Za-z0-9.+:~\-]+)?$")
+_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 _HINTS = {
@@ -23,6 +26,9 @@ _HINTS = {
     "apt": 'a list of Debian package names, e.g. ["ffmpeg"]',
     "env": 'a dict of environment variables, e.g. {"HF_HOME": "/data/hf"}',
     "python": 'a Python version such as "3.11"',
+    "includes": 'a list of paths (a package directory or a .py file) or module names, e.g. ["../lib/utils", "mylib"]',
+    "excludes": 'a list of glob patterns, e.g. ["*.csv", "data", "jobs/checkpoints/*"]',
+    "max_code_mib": "a size in MiB above 0, e.g. 250",
 }
 
 
@@ -41,6 +47,14 @@ class Image(SpecModel):
     apt: tuple[str, ...] = Field(default=(), description="Debian package names")
     env: dict[str, str] = Field(default_factory=dict, description="environment variables for every task")
     python: str | None = Field(default=None, description='Python version on the nodes, e.g. "3.11"')
+    includes: tuple[str, ...] = Field(
+        default=(), description="your code to ship besides what is found in sys.modules: paths (a package "
+                                "directory or a .py file) or importable module names")
+    excludes: tuple[str, ...] = Field(
+        default=(), description="glob patterns of files or directories not to ship; without a '/' a pattern matches "
+                                "a name at any depth (\"*.csv\", \"data\"), with one the path from the shipped "
+                                "package's parent (\"jobs/data/*\"); a top-level name drops that whole package")
+    max_code_mib: float = Field(default=100.0, gt=0, description="the most the shipped code may weigh, in MiB")
 
     @field_validator("pip", mode="before")
     @classmethod
@@ -79,6 +93,32 @@ class Image(SpecModel):
         if value is not None and not re.match(r"^3\.\d+(\.\d+)?$", value):
             raise ValueError(f'Image.python: {value!r} is not a Python version; write e.g. "3.11"')
         return value
+
+    @field_validator("includes", mode="before")
+    @classmethod
+    def _valid_includes(cls, value: object) -> tuple[str, ...]:
+        items = (value,) if isinstance(value, (str, os.PathLike)) else tuple(value or ())  # type: ignore[arg-type]
+        for item in items:
+            text = os.fspath(item) if isinstance(item, (str, os.PathLike)) else None
+            if not text:
+                raise ValueError(f"{item!r} is neither a path nor a module name")
+            if os.path.exists(text):
+                if not (os.path.isdir(text) or text.endswith(".py")):
+                    raise ValueError(f"{text!r} is a file but not a .py module; include its "
+                                     "directory, or ship data through your own storage")
+            elif not _MODULE_NAME.match(text) or importlib.util.find_spec(text.split(".")[0]) is None:
+                raise ValueError(f"{text!r} is no existing path and no importable module; "
+                                 "give a package directory, a .py file, or a module name this Python can import")
+        return tuple(os.fspath(i) for i in items)  # type: ignore[arg-type]
+
+    @field_validator("excludes", mode="before")
+    @classmethod
+    def _valid_excludes(cls, value: object) -> tuple[str, ...]:
+        items = (value,) if isinstance(value, str) else tuple(value or ())  # type: ignore[arg-type]
+        for item in items:
+            if not isinstance(item, str) or not item.strip("/"):
+                raise ValueError(f"{item!r} is not a glob pattern; write e.g. \"*.csv\" or \"data\"")
+        return tuple(items)  # type: ignore[arg-type]
 
     def python_matches(self, version: str) -> bool:
         """Does `python=` (e.g. "3.11" or "3.11.7") name this X.Y.Z version? Compared by component,
