@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import ray
 
 import skyward_ray as sky
 from skyward_ray.api import user_code
