@@ -23,14 +23,6 @@ SECRETS = {"AWS_ACCESS_KEY_ID": "AKIASKYWARDFAKE00042", "AWS_SECRET_ACCESS_KEY":
            "AWS_SESSION_TOKEN": "skywardFakeSessionTokenDoNotLeak"}
 
 
-def mark_started(tag: str) -> None:
-    """Inside a task: record in the cluster's KV that a call tagged `tag` started here (see wait_started)."""
-    from ray.experimental import internal_kv
-
-    key = f"{tag}:{sky.instance_info().node}:{os.getpid()}:{time.monotonic_ns()}"
-    internal_kv._internal_kv_put(key, b"1", namespace=MARKS_NAMESPACE.decode())
-
-
 @sky.function
 def where() -> dict:
     import os
@@ -43,7 +35,10 @@ def where() -> dict:
 
 @sky.function
 def slow_square(x: int, seconds: float) -> tuple[int, str]:
-    mark_started("slow_square")
+    from ray.experimental import internal_kv  # the mark wait_started waits for (no helper: nodes import no test module)
+
+    internal_kv._internal_kv_put(f"slow_square:{sky.instance_info().node}:{os.getpid()}:{time.monotonic_ns()}", b"1",
+                                 namespace=MARKS_NAMESPACE.decode())
     time.sleep(seconds)
     return x * x, sky.instance_info().instance_id
 

@@ -65,14 +65,6 @@ def nothing_left(region, name: str | None = None) -> None:
         assert not os.path.exists(os.path.join(keys, name)), "the cluster's keys are removed at teardown"
 
 
-def mark_started(tag: str) -> None:
-    """Inside a task: record in the cluster's KV that a call tagged `tag` started here (see wait_started)."""
-    from ray.experimental import internal_kv
-
-    key = f"{tag}:{sky.instance_info().node}:{os.getpid()}:{time.monotonic_ns()}"
-    internal_kv._internal_kv_put(key, b"1", namespace=MARKS_NAMESPACE.decode())
-
-
 @sky.function
 def environment() -> dict:
     import platform
@@ -90,7 +82,10 @@ def square(x: int) -> int:
 
 @sky.function
 def slow(x: int, seconds: float) -> tuple[int, int]:
-    mark_started("slow")
+    from ray.experimental import internal_kv  # the mark wait_started waits for (no helper: nodes import no test module)
+
+    internal_kv._internal_kv_put(f"slow:{sky.instance_info().node}:{os.getpid()}:{time.monotonic_ns()}", b"1",
+                                 namespace=MARKS_NAMESPACE.decode())
     time.sleep(seconds)
     return x, sky.instance_info().node
 
