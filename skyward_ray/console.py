@@ -12,6 +12,8 @@ from typing import Any
 
 from rich.console import Console
 
+from skyward_ray import names
+
 
 class _SkywardConsole:
     def __init__(self) -> None:
@@ -19,7 +21,7 @@ class _SkywardConsole:
 
     @property
     def quiet(self) -> bool:
-        return os.environ.get("SKYWARD_QUIET", "") not in ("", "0")
+        return os.environ.get(names.ENV_QUIET, "") not in ("", "0")
 
     def print(self, *args: Any, **kwargs: Any) -> None:
         if not self.quiet:

@@ -10,8 +10,6 @@ This module imports nothing: the node side (`skyward_ray.node`) and every provid
 
 from __future__ import annotations
 
-PREFIX = "skyward"
-
 # -- labels and tags (one key for both) ----------------------------------------------------------
 NODE_INDEX = "skyward/node-index"
 INSTANCE_ID = "skyward/instance-id"
@@ -41,7 +39,6 @@ ENV_MACHINE_DIR = "SKYWARD_MACHINE_DIR"  # a simulated or local machine's own di
 # -- the driver's heartbeat in Ray's internal KV (read by the head's watchdog) -------------------
 HEARTBEAT_NAMESPACE = "skyward"
 HEARTBEAT_KEY = "heartbeat"
-HEARTBEAT_DETACHED = b"detached"
 
 # -- this process's own settings -----------------------------------------------------------------
 ENV_QUIET = "SKYWARD_QUIET"

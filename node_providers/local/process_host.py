@@ -29,7 +29,9 @@ from pathlib import Path
 
 import psutil
 
-INSTANCE_MARKER = "SKYWARD_INSTANCE_ID"
+from skyward_ray import names
+
+INSTANCE_MARKER = names.ENV_INSTANCE_ID
 
 
 @dataclass
@@ -43,7 +45,6 @@ class Machine:
     directory: str
     log_path: str
     tags: dict[str, str] = field(default_factory=dict)
-    labels: dict[str, str] = field(default_factory=dict)
     terminated: bool = False
 
 
@@ -154,7 +155,6 @@ class ProcessHost:
         ip: str,
         env: dict[str, str] | None = None,
         tags: dict[str, str] | None = None,
-        labels: dict[str, str] | None = None,
         wrapper: list[str] | None = None,
         inherit_path: bool = True,
     ) -> Machine:
@@ -198,7 +198,6 @@ class ProcessHost:
             directory=str(directory),
             log_path=str(log_path),
             tags=dict(tags or {}),
-            labels=dict(labels or {}),
         )
         with self._locked_state() as machines:
             machines[instance_id] = machine
@@ -238,7 +237,7 @@ class ProcessHost:
         for machine in targets:
             with contextlib.suppress(ChildProcessError, psutil.NoSuchProcess, psutil.TimeoutExpired):
                 psutil.Process(machine.pid).wait(0)
-            if not (keep_directory or os.environ.get("SKYWARD_KEEP_NODE_LOGS")):
+            if not (keep_directory or os.environ.get(names.ENV_KEEP_NODE_LOGS)):
                 shutil.rmtree(machine.directory, ignore_errors=True)
 
     def _processes_of(self, targets: list[Machine]) -> list[psutil.Process]:

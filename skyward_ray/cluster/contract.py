@@ -119,7 +119,6 @@ class BootEnvironment(BaseModel):
     memory: int | None = None
     object_store_memory: int | None = None
     resources: dict[str, float] = Field(default_factory=dict)
-    head_wait_timeout: float | None = None
 
 
 class Cloud(ABC):

@@ -63,9 +63,10 @@ def new_cluster_name() -> str:
 
 def load_node_provider(config: ProviderConfig, params: ClusterParams, cluster_name: str) -> ScriptBootedNodeProvider:
     """Prepare the cluster's resources (`bootstrap_config`) and return its node provider."""
-    module_name, _, class_name = config.require_provisioning().partition(":")
+    node_provider = config.require_provisioning()
+    module_name, _, class_name = node_provider.partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
-    section = provider_section(config.require_provisioning(), config.model_dump(), params)
+    section = provider_section(node_provider, config.model_dump(), params)
     cluster_config = cls.bootstrap_config({"cluster_name": cluster_name, "provider": section})
     return cls(cluster_config["provider"], cluster_name)
 

@@ -295,7 +295,7 @@ class ScriptBootedNodeProvider(NodeProvider):
             extra_ray_args=env.extra_ray_args,
             heartbeat_grace=params.heartbeat_grace,
             first_heartbeat_grace=params.first_heartbeat_grace,
-            head_wait_timeout=env.head_wait_timeout or params.first_heartbeat_grace,
+            head_wait_timeout=params.first_heartbeat_grace,
             gcs_reconnect_timeout=env.gcs_reconnect_timeout,
             shutdown_command=env.shutdown_command,
         )

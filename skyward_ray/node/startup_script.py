@@ -78,9 +78,6 @@ class NodeBoot(BaseModel):
         description="labels whose values are shell expressions evaluated on the node (e.g. the instance id, "
                     "known only once the machine runs)",
     )
-    shell_env: dict[str, str] = Field(
-        default_factory=dict, description="exported after `env`; values are shell expressions evaluated on the node",
-    )
     num_cpus: float | None = None
     num_gpus: float | None = None
     memory: int | None = None
@@ -177,8 +174,6 @@ def render(boot: NodeBoot) -> str:
         lines.append(_export("RAY_NODE_ZONE", boot.zone))
     for key, value in sorted(boot.env.items()):
         lines.append(_export(key, value))
-    for key, value in sorted(boot.shell_env.items()):
-        lines.append(f'export {key}="{value}"')
     if boot.temp_dir_shell:
         lines.append(f'mkdir -p "{boot.temp_dir_shell}"')
 
