@@ -10,11 +10,11 @@ until the provider lists none. Work is sent with the operators of `PendingFuncti
 from __future__ import annotations
 
 import atexit
+import importlib
 import os
 import secrets
 import shutil
 import signal
-import sys
 import tempfile
 import threading
 import time
@@ -333,10 +333,7 @@ class Compute:
 def shipped_packages() -> list[str]:
     """The directories of the packages `import skyward_ray` needs on a node (it imports the provider
     configs and the catalog)."""
-    import catalog
-    import node_providers
-
-    return [os.path.dirname(module.__file__ or "") for module in (sys.modules["skyward_ray"], node_providers, catalog)]
+    return [os.path.dirname(importlib.import_module(name).__file__ or "") for name in sorted(user_code.OWN_PACKAGES)]
 
 
 @atexit.register
