@@ -169,8 +169,11 @@ def test_cost_is_the_offers_hourly_price_times_nodes_times_hours(pool):
 def test_leaving_the_pool_leaves_nothing(region, pool):
     name = pool.name
     tunnel = pool._cluster.driver.tunnel
+    ssh_pid = tunnel.pid
+    assert ssh_pid is not None and psutil.pid_exists(ssh_pid)
     pool.close()
-    assert not tunnel.alive and not psutil.pid_exists(tunnel.pid or 0) or psutil.Process(tunnel.pid).status() == "zombie"
+    assert not tunnel.alive
+    assert not psutil.pid_exists(ssh_pid) or psutil.Process(ssh_pid).status() == psutil.STATUS_ZOMBIE, "ssh was ended"
     nothing_left(region, name)
 
 
