@@ -319,8 +319,9 @@ for address in os.environ["SIMNET_RAY_ADDRESSES"].split(","):
         try:
             ray.init(address, logging_level="ERROR", log_to_driver=False)
             break
-        except Exception as exc:  # Ray 2.60: the first client connection may fail once this way
-            if "Starting Ray client server failed" not in str(exc) or attempt == 3:
+        except Exception as exc:  # Ray 2.60: the head's per-client server may fail its first start
+            starting = ("Starting Ray client server failed", "Initialization failure from server")
+            if not any(s in str(exc) for s in starting) or attempt == 3:
                 raise
             print("RETRY", type(exc).__name__, str(exc).splitlines()[0][:200], flush=True)
     connect = time.monotonic() - started
