@@ -233,3 +233,19 @@ def test_live_prices_show_minutes():
     fresh = offer(market="spot", price=20.0, od=55.0).model_copy(
         update={"price_source": "live:aws", "price_as_of": datetime.now(timezone.utc) - timedelta(minutes=3)})
     assert "live (3 min old)" in str(select([Spec(provider=AWS())], [[fresh]]))
+
+
+def test_offers_without_a_private_network_serve_one_node_only():
+    """An offer whose machines cannot reach each other's Ray ports is fine for one node, and is
+    rejected for a pool of several with the offer's own reason."""
+    lonely = offer(provider="vastai", instance="ask-1", price=10.0, region="Texas, US").model_copy(
+        update={"single_node_reason": "hosts on different Vast.ai machines share no private network"})
+    networked = offer(provider="vastai", instance="ask-2", price=12.0, region="Texas, US")
+    spec = Spec(provider=VastAI(), accelerator=H100(count=8), allocation="on-demand")
+    assert [o.instance_type for o in select([spec], [[lonely, networked]], nodes=1).offers] == ["ask-1", "ask-2"]
+    two = select([spec], [[lonely, networked]], nodes=2)
+    assert [o.instance_type for o in two.offers] == ["ask-2"]
+    (rejection,) = [r for r in two.rejected if r.filter == "network"]
+    assert rejection.offer.instance_type == "ask-1"
+    assert rejection.reason == ("2 nodes cannot form one Ray cluster here: hosts on different Vast.ai machines "
+                                "share no private network")

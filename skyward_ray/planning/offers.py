@@ -51,6 +51,11 @@ class Offer(BaseModel):
     tier: str | None = Field(
         default=None, description='provider purchase tier, e.g. RunPod "SECURE"/"COMMUNITY"; part of identity'
     )
+    single_node_reason: str | None = Field(
+        default=None,
+        description="why several nodes of this offer cannot form one Ray cluster (no private network between "
+                    "machines); None when they can. The selector rejects such offers for pools of 2+ nodes.",
+    )
 
     @property
     def label(self) -> str:

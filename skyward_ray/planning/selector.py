@@ -9,7 +9,8 @@ Pure and deterministic (no I/O, no clock), so it is tested on fixture tables and
 * a spot price of 0, or not below the on-demand price of the same thing, is no discount: that
   spot entry is rejected (it says why), never ranked.
 * filters: provider, accelerator (family; memory and form factor when asked), at least `count`
-  per node, min vCPUs / RAM, region / zone, `max_hourly_cost` per node.
+  per node, min vCPUs / RAM, region / zone, `max_hourly_cost` per node, and for pools of 2+
+  nodes a private network between machines (`Offer.single_node_reason`).
 * several specs share one ranking. Entries a spec asked for outright (any market under `spot`,
   `on-demand`, `cheapest`; spot under `spot-if-available`) form the first tier; the on-demand
   fallbacks of `spot-if-available` specs form the second tier, after every first-tier entry.
@@ -43,7 +44,7 @@ def select(specs: Sequence[Spec], offers_per_spec: Sequence[Iterable[Offer]], no
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        kept, rejected = _rank(specs, offers_per_spec)
+        kept, rejected = _rank(specs, offers_per_spec, nodes)
         ranked = sorted(kept.values(), key=itemgetter(0))
         offers_out = [offer if offer.spec_index == index else _with_spec_index(offer, index) for _, offer, index in ranked]
     finally:
@@ -52,13 +53,14 @@ def select(specs: Sequence[Spec], offers_per_spec: Sequence[Iterable[Offer]], no
     return Plan(offers=offers_out, rejected=rejected, specs=list(specs), nodes=nodes)
 
 
-def _rank(specs: Sequence[Spec], offers_per_spec: Sequence[Iterable[Offer]]) -> tuple[dict[Any, Any], list[Rejection]]:
+def _rank(specs: Sequence[Spec], offers_per_spec: Sequence[Iterable[Offer]],
+          nodes: int = 1) -> tuple[dict[Any, Any], list[Rejection]]:
     kept: dict[tuple[Any, ...], tuple[tuple[Any, ...], Offer, int]] = {}
     rejected: list[Rejection] = []
     reject = rejected.append
     for spec_index, (spec, offers) in enumerate(zip(specs, offers_per_spec)):
         offers = offers if isinstance(offers, (list, tuple)) else list(offers)
-        checks = _checks(spec, offers)
+        checks = _checks(spec, offers, nodes)
         group = _SPOT_FIRST if spec.allocation == "spot-if-available" else _ONE_ORDER
         for offer in offers:
             for check in checks:
@@ -85,7 +87,7 @@ def _rank(specs: Sequence[Spec], offers_per_spec: Sequence[Iterable[Offer]]) -> 
     return kept, rejected
 
 
-def _checks(spec: Spec, offers: Sequence[Offer]) -> list[Check]:
+def _checks(spec: Spec, offers: Sequence[Offer], nodes: int = 1) -> list[Check]:
     """The filters this spec needs, cheapest first; each returns (filter, reason) or None."""
     checks: list[Check] = []
     provider = spec.provider.name
@@ -129,6 +131,11 @@ def _checks(spec: Spec, offers: Sequence[Offer]) -> list[Check]:
             else ("zone", f"zone {o.zone or o.region or 'not listed'}, asked {zone}")
         )
     checks.append(_market_check(spec, offers))
+    if nodes > 1:
+        checks.append(
+            lambda o: None if o.single_node_reason is None
+            else ("network", f"{nodes} nodes cannot form one Ray cluster here: {o.single_node_reason}")
+        )
     if spec.max_hourly_cost is not None:
         cap = spec.max_hourly_cost
         checks.append(
