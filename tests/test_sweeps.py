@@ -42,6 +42,7 @@ def slow_trial(seconds: float) -> float:
 @pytest.fixture(scope="module")
 def pool():
     with sky.Compute(nodes=2) as opened:
+        after(0.0) @ opened  # every node has a worker process up: the timings below are the calls' own
         yield opened
 
 
@@ -50,7 +51,7 @@ def test_as_completed_yields_in_finishing_order_with_items(pool):
     assert trials[0].item == 0.1 and trials[0].index == 1, "the short call comes back first"
     assert sorted(t.index for t in trials) == [0, 1, 2] and all(t.ok and t.value == t.item for t in trials)
     finished = [t.seconds for t in trials]
-    assert finished == sorted(finished) and finished[0] < 1.0 <= finished[-1]
+    assert finished == sorted(finished) and finished[-1] - finished[0] >= 0.9
 
 
 def test_failed_trials_are_kept_and_the_sweep_goes_on(pool):
