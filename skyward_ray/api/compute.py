@@ -340,8 +340,7 @@ class Compute:
             raise SpecError(f"mode={mode!r}: use 'max' (higher score is better) or 'min' (lower is better)")
         config_list = sweeps.items_list(configs)
         trials = self.as_completed(fn, config_list, return_exceptions=True)
-        show = sweeps.wants_progress(console.quiet) if progress is None else progress
-        return sweeps.Sweep(trials, len(config_list), sweeps._score_of(score), mode, show)
+        return sweeps.Sweep(trials, len(config_list), sweeps.score_function(score), mode, progress)
 
     # Plain values or undecorated functions on the left of an operator land here.
     def __rrshift__(self, other: object) -> Any:

@@ -16,7 +16,6 @@ every call is one Ray task, spread over the pool, retried by Ray on node loss.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from ray.exceptions import RayError
 
 from skyward_ray.api import dispatch
 from skyward_ray.api.function import PendingFunction, RemoteFunction
+from skyward_ray.api.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def as_completed(pendings: Sequence[PendingFunction[Any]], options: Sequence[dic
                                     lambda: dispatch._cancel(remaining, force=True))
 
 
-def _score_of(score: str | Callable[[Any], float] | None) -> Callable[[Any], float]:
+def score_function(score: str | Callable[[Any], float] | None) -> Callable[[Any], float]:
     if score is None:
         return float
     if isinstance(score, str):
@@ -112,23 +112,23 @@ class Sweep:
     total: int
     score: Callable[[Any], float]
     mode: Literal["max", "min"] = "max"
-    show_progress: bool = False
+    show_progress: bool | None = None  # None: on a terminal
     trials: list[Trial] = field(default_factory=list)
     failed: list[Trial] = field(default_factory=list)
     best: Trial | None = None
     started: float = field(default_factory=time.monotonic)
 
     def __iter__(self) -> Iterator[Trial]:
-        progress = _Progress(self) if self.show_progress else None
+        progress = Progress("sweep", self.total, enabled=self.show_progress)
+        progress.started = self.started
         try:
             for trial in self.trials_iter:
                 self._record(trial)
-                if progress is not None:
-                    progress.update()
+                best = None if self.best is None else f"{self.score(self.best.value):.4g} ({self.best.item!r:.40})"
+                progress.update(done=self.done, failed=len(self.failed), best=best)
                 yield trial
         finally:
-            if progress is not None:
-                progress.stop()
+            progress.stop()
 
     def run(self) -> "Sweep":
         """Wait for every trial; returns self (for `pool.sweep(...).run().best`)."""
@@ -159,38 +159,6 @@ class Sweep:
             return None if not self.trials else 0.0
         elapsed = time.monotonic() - self.started
         return elapsed / self.done * (self.total - self.done)
-
-
-class _Progress:
-    """A live line on a terminal: done/total, in flight, failed, best, elapsed, ETA (rich)."""
-
-    def __init__(self, sweep: Sweep) -> None:
-        from rich.live import Live
-
-        self.sweep = sweep
-        self.live = Live(self._render(), refresh_per_second=4, transient=False)
-        self.live.start()
-
-    def _render(self) -> Any:
-        from rich.text import Text
-
-        s = self.sweep
-        elapsed = time.monotonic() - s.started
-        eta = s.eta_seconds()
-        best = "—" if s.best is None else f"{s.score(s.best.value):.4g} ({s.best.item!r:.40})"
-        return Text(f"sweep {s.done}/{s.total} done · {s.total - s.done} running or queued · {len(s.failed)} failed"
-                    f" · best {best} · {elapsed:,.0f}s elapsed · ETA {'—' if eta is None else f'{eta:,.0f}s'}")
-
-    def update(self) -> None:
-        self.live.update(self._render())
-
-    def stop(self) -> None:
-        self.update()
-        self.live.stop()
-
-
-def wants_progress(quiet: bool) -> bool:
-    return not quiet and sys.stdout.isatty()
 
 
 def check_function(fn: Any, where: str) -> RemoteFunction[Any, Any]:
