@@ -1,0 +1,1 @@
+"""A local Vast.ai (see server.py) and its host simulator (hosts.py)."""
