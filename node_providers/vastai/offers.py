@@ -11,6 +11,7 @@ snapshot) identifies the offer, so an ask listed under two gpu_names is one offe
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from datetime import datetime, timezone
@@ -78,7 +79,7 @@ def _snapshot_offers(version: tuple[str, int]) -> tuple[tuple[Offer, float | Non
             accelerator_memory_gb=variant.memory_gb if variant else gpu_memory_gb,
             on_demand_price=on_demand,
             spot_price=bid,
-            region=row["geolocation"] or None,
+            region=region(row["geolocation"]),
             instance_type=row["instance_type"],
             vcpus=prices.number(row["vcpus"]),
             memory_gb=prices.number(row["memory_gib"]),
@@ -159,7 +160,7 @@ def row_offers(row: dict[str, Any], now: datetime | None = None) -> list[Offer]:
         accelerator_memory_gb=variant.memory_gb if variant else gpu_memory_gb,
         on_demand_price=on_demand,
         spot_price=bid,
-        region=row.get("geolocation") or None,
+        region=region(row.get("geolocation")),
         instance_type=str(row["id"]),
         vcpus=_number(row.get("cpu_cores_effective")),
         memory_gb=(_number(row.get("cpu_ram")) or 0) / 1024 or None,
@@ -185,6 +186,12 @@ def live_offers(config: "VastAI", family: str | None) -> list[Offer]:
     now = datetime.now(timezone.utc)
     offers = [o for row in rows for o in row_offers(row, now)]
     return [o for o in offers if family is None or o.accelerator == family]
+
+
+def region(geolocation: Any) -> str | None:
+    """Vast's `geolocation` ("Texas, US") as a region name safe in Ray labels and offer labels ("Texas-US")."""
+    text = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(geolocation or "")).strip("-")
+    return text or None
 
 
 def _number(value: Any) -> float | None:
