@@ -100,6 +100,9 @@ def _snapshot_offers(version: tuple[str, int]) -> tuple[tuple[Offer, float | Non
 
 _LIVE_CACHE: dict[tuple[Any, ...], tuple[float, list[dict[str, Any]]]] = {}
 _LIVE_LOCK = threading.Lock()
+# ask id → the row it was last listed with (a later listing without it keeps it: the launch of an ask
+# rented meanwhile still knows its card, count and price)
+_SEEN: dict[tuple[str, str], dict[str, Any]] = {}
 
 
 def search_query(config: "VastAI") -> dict[str, Any]:
@@ -133,15 +136,16 @@ def search_rows(config: "VastAI", fresh: bool = False) -> list[dict[str, Any]]:
     rows = [r for r in rows if isinstance(r, dict)]
     with _LIVE_LOCK:
         _LIVE_CACHE[key] = (time.monotonic(), rows)
+        if len(_SEEN) > 50_000:
+            _SEEN.clear()
+        _SEEN.update({(config.server_url, str(r.get("id"))): r for r in rows})
     return rows
 
 
 def cached_row(config: "VastAI", ask_id: str) -> dict[str, Any] | None:
-    """The row an ask id was listed with in this process (None if never listed here)."""
-    key = (config.server_url, config.resolved_api_key(), config.min_reliability, config.verified_only)
+    """The row an ask id was last listed with in this process (None if never listed here)."""
     with _LIVE_LOCK:
-        hit = _LIVE_CACHE.get(key)
-    return next((r for r in (hit[1] if hit else []) if str(r.get("id")) == str(ask_id)), None)
+        return _SEEN.get((config.server_url, str(ask_id)))
 
 
 def row_offers(row: dict[str, Any], now: datetime | None = None) -> list[Offer]:
