@@ -13,7 +13,8 @@ Only the network peer is fake: the code under test uses the real SDK, pointed he
   every row carries a numeric `start_date` and `extra_env` as `[[key, value], ...]` as the SDK needs;
   `actual_status` goes null → "loading" → "running" (or "stopped" when interrupted);
 - `PUT /api/v0/instances/{id}/` (label_instance, stop): `{"success": true}`;
-- `DELETE /api/v0/instances/{id}/` (destroy_instance): the instance leaves the listing.
+- `DELETE /api/v0/instances/{id}/` (destroy_instance): the instance leaves the listing and its
+  ask is listed again.
 
 Every request needs `Authorization: Bearer <key>`: the account's key may do everything; an
 instance's own key (`CONTAINER_API_KEY` in its container) may only destroy or read that instance;
@@ -111,7 +112,8 @@ class SimVast:
                  loading_delay: float = 0.3) -> None:
         self.user_key = user_key
         self.asks: dict[int, dict[str, Any]] = {a["id"]: dict(a) for a in (asks or [])}
-        self.rented: set[int] = set()
+        self.rented: set[int] = set()  # asks not listed now: rented by an instance here, or taken by someone else
+        self.taken: set[int] = set()
         self.instances: dict[int, Instance] = {}
         self.destroyed: dict[int, Instance] = {}
         self.calls: list[Call] = []
@@ -160,6 +162,7 @@ class SimVast:
         """Someone else rents this ask: it leaves the listing, and renting it answers no_such_ask."""
         with self._lock:
             self.rented.add(int(ask_id))
+            self.taken.add(int(ask_id))
 
     def raise_floor(self, ask_id: int, min_bid: float) -> None:
         """The market moved: the ask's minimum bid is now `min_bid` (a lower bid is invalid_price)."""
@@ -299,6 +302,8 @@ class SimVast:
         if instance is None:
             return 404, {"success": False, "error": "no_such_instance", "msg": "Instance not found"}
         self.destroyed[instance.id] = instance
+        if instance.ask["id"] not in self.taken:  # the host's GPUs are offered again
+            self.rented.discard(instance.ask["id"])
         return 200, {"success": True}
 
     def _list(self, query: dict[str, str]) -> dict[str, Any]:

@@ -1,0 +1,85 @@
+"""Real Ray pools on the local Vast.ai: the REST fake for the API, its host simulator boots each
+instance's onstart script in its own network namespace; the driver reaches the head through an
+SSH tunnel to the direct port Vast advertised, pinned to the host key the driver generated.
+
+Vast.ai offers serve one-node pools only (no private network between hosts), so every pool here
+has one node. The driver process carries the account's key; no instance may see it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+import skyward_ray as sky
+from tests.simvast import SIM_SETTINGS, USER_KEY, ask_row, simulated_vast
+
+
+@sky.function
+def where() -> dict:
+    import os
+
+    info = sky.instance_info()
+    return {"node": info.node, "instance_id": info.instance_id, "spot": info.spot, "provider": info.provider,
+            "container_id": os.environ.get("CONTAINER_ID"), "has_instance_key": bool(os.environ.get("CONTAINER_API_KEY")),
+            "env": json.dumps(dict(os.environ))}
+
+
+@pytest.fixture(scope="module")
+def vast(tmp_path_factory):
+    asks = [ask_row(101, dph_total=0.20, min_bid=0.08), ask_row(102, dph_total=0.22, min_bid=0.09),
+            ask_row(103, dph_total=0.30, min_bid=0.12)]
+    with simulated_vast(asks) as (sim, hosts):
+        yield sim, hosts, str(tmp_path_factory.mktemp("keys"))
+        assert hosts.stop() == [], "a simulated machine was still running when the module ended"
+
+
+def provider(vast) -> sky.VastAI:
+    sim, _, keys = vast
+    return sky.VastAI(api_key=sim.user_key, server_url=sim.url, key_dir=keys, live_offers_ttl=0, **SIM_SETTINGS)
+
+
+@pytest.fixture(autouse=True)
+def nothing_left(vast):
+    yield
+    sim, hosts, _ = vast
+    left = hosts.wait_idle(timeout=20)
+    if left:
+        hosts.host.terminate(left)
+        pytest.fail(f"simulated machines left running: {left}")
+    assert sim.live() == [], "an instance was left at Vast.ai"
+
+
+def test_a_one_node_spot_pool_runs_a_task_through_the_ssh_tunnel_and_leaves_no_instance(vast):
+    sim, hosts, _ = vast
+    started = time.monotonic()
+    with sky.Compute(provider=provider(vast), accelerator="T4", nodes=1, allocation="spot", boot_timeout=180) as pool:
+        ready = time.monotonic() - started
+        assert pool.offer.provider == "vastai" and pool.offer.market == "spot" and pool.offer.instance_type == "101"
+        [answer] = where() @ pool
+        [instance] = sim.live()
+        assert answer["instance_id"] == answer["container_id"] == str(instance.id)
+        assert answer["spot"] and answer["provider"] == "vastai" and answer["has_instance_key"]
+        assert USER_KEY not in answer["env"], "the account's key reached an instance"
+        assert instance.payload["price"] == 0.08  # the ask's minimum bid
+        assert (instance.payload["runtype"], instance.payload["env"]) == ("ssh_direc ssh_proxy", {"-p 2222:2222": "1"})
+    print(f"\n1-node Vast.ai pool ready in {ready:.1f}s")
+    deletes = [c for c in sim.calls if c.method == "DELETE"]
+    assert deletes and all(c.status in (200, 404) for c in deletes)
+
+
+def test_a_capacity_error_moves_to_the_next_offer_and_the_failed_attempt_leaves_nothing(vast):
+    sim, _, _ = vast
+    sim.fail_next_create("no_such_ask", times=2)  # the ask, and its same-card replacement, rented meanwhile
+    with sky.Compute(provider=provider(vast), accelerator="T4", nodes=1, allocation="on-demand",
+                     boot_timeout=180) as pool:
+        assert len(pool.failures) == 1 and isinstance(pool.failures[0][1], sky.CapacityError)
+        assert pool.failures[0][0].instance_type == "101"
+        assert "no_such_ask" in str(pool.failures[0][1])
+        [answer] = where() @ pool
+        [instance] = sim.live()
+        assert answer["instance_id"] == str(instance.id) and instance.ask["id"] != 101
+    creates = [(c.path, c.status) for c in sim.calls if c.method == "PUT" and c.path.startswith("/api/v0/asks/")]
+    assert creates[-3:-1] == [("/api/v0/asks/101/", 404), ("/api/v0/asks/102/", 404)]
