@@ -9,9 +9,7 @@ instance's own key only, states from actual_status, and the plan refusing multi-
 from __future__ import annotations
 
 import base64
-import gzip
 import json
-import os
 import re
 import subprocess
 import time
@@ -27,6 +25,7 @@ from skyward_ray.cluster import launcher
 from skyward_ray.cluster.contract import ClusterParams
 from skyward_ray.planning.accelerators import parse_accelerator
 from tests.simvast import SIM_SETTINGS, USER_KEY, SimVast, ask_row
+from tests.simvast.server import decode_onstart
 
 
 def asks():
@@ -86,9 +85,7 @@ def create(provider, name, kind=NODE_KIND_HEAD, index=None):
 
 def onstart_text(payload):
     """The onstart script and the boot script it carries (gzip + base64), as one text."""
-    onstart = payload["onstart"]
-    blobs = re.findall(r"echo ([A-Za-z0-9+/=]{40,}) \| base64 -d \| gunzip", onstart)
-    return onstart + "".join(gzip.decompress(base64.b64decode(b)).decode() for b in blobs)
+    return decode_onstart(payload["onstart"])
 
 
 # -- offers ------------------------------------------------------------------------------------------

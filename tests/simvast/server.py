@@ -88,7 +88,7 @@ class Instance:
             "is_bid": self.payload.get("price") is not None, "min_bid": self.ask["min_bid"],
             "start_date": self.created, "extra_env": env, "onstart": self.payload.get("onstart"),
             "public_ipaddr": self.public_ip if running else None,
-            "local_ipaddrs": f"{self.private_ip} " if running else None,
+            "local_ipaddrs": f"{self.private_ip} ",  # the host's address: known once the ask is rented
             "ports": ports if running else {},
             "ssh_host": self.public_ip if running else None, "ssh_port": None, "ssh_idx": None,
             "geolocation": self.ask["geolocation"], "reliability2": self.ask["reliability2"],
@@ -114,6 +114,7 @@ class SimVast:
         self.asks: dict[int, dict[str, Any]] = {a["id"]: dict(a) for a in (asks or [])}
         self.rented: set[int] = set()  # asks not listed now: rented by an instance here, or taken by someone else
         self.taken: set[int] = set()
+        self.blocked: set[int] = set()
         self.instances: dict[int, Instance] = {}
         self.destroyed: dict[int, Instance] = {}
         self.calls: list[Call] = []
@@ -172,6 +173,15 @@ class SimVast:
     def fail_next_create(self, code: str = "no_such_ask", times: int = 1) -> None:
         with self._lock:
             self._create_faults.append((code, times))
+
+    def block(self, ask_id: int) -> None:
+        """Every rent of this ask answers no_such_ask (it stays listed: a stale listing) until `unblock`."""
+        with self._lock:
+            self.blocked.add(int(ask_id))
+
+    def unblock(self, ask_id: int) -> None:
+        with self._lock:
+            self.blocked.discard(int(ask_id))
 
     def interrupt(self, instance_id: int | str) -> None:
         """An interruptible instance outbid (or its host gone): the container stops; Vast keeps listing it."""
@@ -274,7 +284,7 @@ class SimVast:
                 self._create_faults.pop(0)
             return _error(code)
         ask = self.asks.get(ask_id)
-        if ask is None or ask_id in self.rented:
+        if ask is None or ask_id in self.rented or ask_id in self.blocked:
             return _error("no_such_ask")
         price = body.get("price")
         if price is not None and (ask.get("min_bid") is None or float(price) < float(ask["min_bid"])):
@@ -313,6 +323,16 @@ class SimVast:
         page = rows[:limit]
         next_token = str(page[-1]["id"]) if len(rows) > limit else None
         return {"instances": page, "next_token": next_token, "total_instances": len(self.instances)}
+
+
+def decode_onstart(onstart: str) -> str:
+    """An onstart script with the boot script it carries (gzip + base64) appended as text."""
+    import base64
+    import gzip
+    import re
+
+    blobs = re.findall(r"echo ([A-Za-z0-9+/=]{40,}) \| base64 -d \| gunzip", onstart or "")
+    return (onstart or "") + "".join("\n" + gzip.decompress(base64.b64decode(b)).decode() for b in blobs)
 
 
 def _matches(value: Any, condition: dict[str, Any]) -> bool:
