@@ -78,7 +78,11 @@ def shutdown_command(server_url: str) -> str:
     python = ("python3 -c 'import os,urllib.request as u; u.urlopen(u.Request(os.path.expandvars("
               f'"{url}"), data=b"{{}}", method="DELETE", headers={{"Authorization": "Bearer "+os.environ'
               "[\"CONTAINER_API_KEY\"], \"Content-Type\": \"application/json\"}), timeout=20)'")
-    return f"{{ {curl} || {python}; }}"
+    # Vast puts both variables in the container's PID 1 environment; a process that lost them
+    # (e.g. started from an SSH session) reads them back from there.
+    recover = ('[ -n "${CONTAINER_API_KEY:-}" ] || while IFS= read -r kv; do export "$kv"; done < <(tr "\\0" "\\n" '
+               '< /proc/1/environ 2>/dev/null | grep -E "^(CONTAINER_ID|CONTAINER_API_KEY)=")')
+    return f"{{ {recover}; {curl} || {python}; }}"
 
 
 def onstart(request: MachineRequest, ssh_port: int, ssh_public_key: str) -> str:
