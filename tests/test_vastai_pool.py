@@ -83,3 +83,25 @@ def test_a_capacity_error_moves_to_the_next_offer_and_the_failed_attempt_leaves_
         assert answer["instance_id"] == str(instance.id) and instance.ask["id"] != 101
     creates = [(c.path, c.status) for c in sim.calls if c.method == "PUT" and c.path.startswith("/api/v0/asks/")]
     assert creates[-3:-1] == [("/api/v0/asks/101/", 404), ("/api/v0/asks/102/", 404)]
+
+
+@sky.function
+def nap(seconds: float) -> float:
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
+def test_an_interrupted_instance_fails_the_call_and_is_still_destroyed_at_teardown(vast):
+    sim, hosts, _ = vast
+    with pytest.raises(Exception) as caught:  # noqa: PT011 - what the user sees is the driver's own error
+        with sky.Compute(provider=provider(vast), accelerator="T4", nodes=1, allocation="spot",
+                         boot_timeout=180) as pool:
+            [instance] = sim.live()
+            sim.interrupt(instance.id)  # outbid: the container stops, Vast keeps the instance (and its disk)
+            nap(30) @ pool
+    assert not isinstance(caught.value, AssertionError), caught.value
+    assert sim.live() == [] and instance.id in sim.destroyed
+    [delete] = [c for c in sim.calls if c.method == "DELETE" and c.path == f"/api/v0/instances/{instance.id}/"]
+    assert (delete.key_kind, delete.status) == ("user", 200), "teardown destroyed the stopped instance"
