@@ -105,3 +105,18 @@ def test_an_interrupted_instance_fails_the_call_and_is_still_destroyed_at_teardo
     assert sim.live() == [] and instance.id in sim.destroyed
     [delete] = [c for c in sim.calls if c.method == "DELETE" and c.path == f"/api/v0/instances/{instance.id}/"]
     assert (delete.key_kind, delete.status) == ("user", 200), "teardown destroyed the stopped instance"
+
+
+def test_a_boot_that_never_finishes_times_out_and_leaves_no_instance(vast):
+    sim, _, _ = vast
+    sim.stuck_loading = True  # the image never finishes loading
+    try:
+        started = time.monotonic()
+        with pytest.raises(sky.BootTimeoutError, match="within 6s"):
+            with sky.Compute(provider=provider(vast), accelerator="T4", nodes=1, allocation="on-demand",
+                             boot_timeout=6):
+                pass
+        assert time.monotonic() - started < 60
+    finally:
+        sim.stuck_loading = False
+    assert sim.live() == []
