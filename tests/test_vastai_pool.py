@@ -120,3 +120,12 @@ def test_a_boot_that_never_finishes_times_out_and_leaves_no_instance(vast):
     finally:
         sim.stuck_loading = False
     assert sim.live() == []
+
+
+def test_a_boot_past_its_timeout_shows_the_instances_own_log_and_leaves_nothing(vast):
+    sim, _, _ = vast
+    with pytest.raises(sky.BootTimeoutError) as caught:
+        with sky.Compute(provider=provider(vast), accelerator="T4", nodes=1, allocation="on-demand", boot_timeout=5):
+            pass
+    assert "skyward: installing Python" in str(caught.value), str(caught.value)  # from `vastai logs`
+    assert sim.live() == []

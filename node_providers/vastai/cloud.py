@@ -281,6 +281,16 @@ class VastAICloud(Cloud):
                 "asks for direct_port_count >= 1)")
         return SSHEndpoint(host=str(host).strip(), port=int(mapped[0]["HostPort"]), user=self.config.ssh_user)
 
+    def log_tail(self, instance_id: str, lines: int = 30) -> str:
+        """The container's output (`vastai logs`): the onstart script's and the boot script's lines."""
+        try:
+            with vast_errors("read the instance's log", instance_id):
+                text = self.api.logs(int(instance_id), tail=str(lines))
+        except Exception as error:  # a log is a courtesy in an error message: never fail for it
+            return f"(no log: {error})"
+        text = text if isinstance(text, str) else json.dumps(text)
+        return "\n".join(text.splitlines()[-lines:]) or "(the instance's log is empty so far)"
+
 
 def _machine(row: Mapping[str, Any]) -> Machine:
     local = str(row.get("local_ipaddrs") or "").split()

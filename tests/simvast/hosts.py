@@ -86,6 +86,7 @@ class VastHosts:
         self.network.open()
         self.sim.public_ips = self.network.allocate_public_ip
         self.sim.private_ips = self._next_private_ip
+        self.sim.log_source = lambda instance_id, lines: self.host.log_tail(str(instance_id), lines)
         self._thread = threading.Thread(target=self._run, name="simvast-hosts", daemon=True)
         self._thread.start()
         return self
@@ -100,6 +101,7 @@ class VastHosts:
         left = self.running()
         if left:
             self.host.terminate(left)
+        self.sim.log_source = None
         for sim_host in self.sim_hosts.values():
             sim_host.stop(grace=1.0)
         self.network.close()

@@ -13,6 +13,8 @@ Only the network peer is fake: the code under test uses the real SDK, pointed he
   every row carries a numeric `start_date` and `extra_env` as `[[key, value], ...]` as the SDK needs;
   `actual_status` goes null → "loading" → "running" (or "stopped" when interrupted);
 - `PUT /api/v0/instances/{id}/` (label_instance, stop): `{"success": true}`;
+- `PUT /api/v0/instances/request_logs/{id}/` (logs): a `result_url` whose body is the tail of the
+  instance's container output;
 - `DELETE /api/v0/instances/{id}/` (destroy_instance): the instance leaves the listing and its
   ask is listed again.
 
@@ -120,6 +122,8 @@ class SimVast:
         self.calls: list[Call] = []
         self.loading_delay = loading_delay
         self.stuck_loading = False
+        self.log_source: Callable[[int, int], str] | None = None  # (instance id, lines) → its container log
+        self._log_results: dict[str, str] = {}
         self.public_ips: Callable[[], str] | None = None
         self.private_ips: Callable[[], str] | None = None
         self._create_faults: list[tuple[str, int]] = []  # (error code, times)
@@ -232,6 +236,9 @@ class SimVast:
 
     def _route(self, method: str, path: str, query: dict[str, str], body: Any, kind: str,
                own: int | None) -> tuple[int, Any]:
+        if method == "GET" and path.startswith("/logs/"):  # a log result URL: unauthenticated, as Vast's are
+            text = self._log_results.get(path[len("/logs/"):])
+            return (200, _Text(text)) if text is not None else (404, {"detail": "not found"})
         if kind in ("none", "bad"):
             return 401, {"success": False, "error": "invalid_user_key", "msg": "Invalid user key"}
         parts = [p for p in path.split("/") if p]
@@ -247,6 +254,14 @@ class SimVast:
             return self._create(int(parts[3]), body if isinstance(body, dict) else {})
         if method == "GET" and parts == ["api", "v1", "instances"]:
             return 200, self._list(query)
+        if method == "PUT" and parts[:4] == ["api", "v0", "instances", "request_logs"] and len(parts) == 5:
+            instance_id = int(parts[4]) if parts[4].isdigit() else -1
+            if instance_id not in self.instances:
+                return 404, {"success": False, "error": "no_such_instance", "msg": "Instance not found"}
+            lines = int((body or {}).get("tail") or 1000)
+            token = secrets.token_hex(8)
+            self._log_results[token] = self.log_source(instance_id, lines) if self.log_source else ""
+            return 200, {"success": True, "result_url": f"{self.url}/logs/{token}"}
         if parts[:3] == ["api", "v0", "instances"] and len(parts) == 4 and parts[3].isdigit():
             instance_id = int(parts[3])
             if method == "DELETE":
@@ -364,6 +379,10 @@ def _coerce(wanted: Any, value: Any) -> Any:
     return wanted
 
 
+class _Text(str):
+    """A plain-text answer (a log result URL's body)."""
+
+
 def _error(code: str) -> tuple[int, Any]:
     if code == "no_such_ask":
         return 404, {"success": False, "error": "no_such_ask", "msg": "Instance type not found or no longer available"}
@@ -391,9 +410,10 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             body = None
         status, answer = self.simvast.handle(method, parts.path, query, body, self.headers)
-        data = json.dumps(answer).encode()
+        plain = isinstance(answer, _Text)
+        data = answer.encode() if plain else json.dumps(answer).encode()
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", "text/plain" if plain else "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
