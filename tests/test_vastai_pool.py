@@ -129,3 +129,30 @@ def test_a_boot_past_its_timeout_shows_the_instances_own_log_and_leaves_nothing(
             pass
     assert "skyward: installing Python" in str(caught.value), str(caught.value)  # from `vastai logs`
     assert sim.live() == []
+
+
+def test_instances_reach_each_other_only_through_opened_public_ports(vast):
+    """Why Vast.ai pools are one node: another instance's Ray ports are unreachable (the fake is faithful to it)."""
+    sim, hosts, _ = vast
+    auth = {"Authorization": f"Bearer {USER_KEY}"}
+    ids = []
+    try:
+        for ask in (101, 102):
+            status, answer = sim.handle("PUT", f"/api/v0/asks/{ask}/", {},
+                                        {"image": "ubuntu", "onstart": "sleep 120", "env": {"-p 2222:2222": "1"}},
+                                        auth)
+            assert status == 200, answer
+            ids.append(answer["new_contract"])
+        deadline = time.monotonic() + 30
+        while not all(i in hosts.sim_hosts for i in ids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        first, second = (hosts.sim_hosts[i] for i in ids)
+        first.start_echo_server("0.0.0.0", 6379, "ray-gcs")
+        first.start_echo_server("0.0.0.0", 2222, "sshd")
+        assert not second.tcp_connects(first.private_ip, 6379), "a Vast.ai instance reached another's private side"
+        assert not second.tcp_connects(first.public_ip, 6379), "a port nobody opened was reachable"
+        host_port = sim.instances[ids[0]].host_ports[2222]
+        assert (second.read_banner(first.public_ip, host_port) or "").startswith("sshd")  # opened, at its host port
+    finally:
+        for instance_id in ids:
+            sim.handle("DELETE", f"/api/v0/instances/{instance_id}/", {}, {}, auth)

@@ -5,7 +5,8 @@ A background thread polls the fake's instances. For each new running instance it
 the simulated network (`tests.simnet`, as `tests.simaws.hosts` does):
 
 - its own network namespace with the instance's address, and its public address on the public
-  network; only the ports the create request opened (`"-p 2222:2222"` in `env`, plus 22 for the
+  network; nothing reaches it from other instances' private side (Vast.ai instances on different
+  hosts share no network); only the ports the create request opened (`"-p 2222:2222"` in `env`, plus 22 for the
   SSH launch mode) are reachable from outside, each at the host port Vast advertised in the
   instance's `ports` (a DNAT rule maps host port → container port, as Docker does on a host);
 - the onstart script, run as the machine's root process group inside the namespace with exactly
@@ -153,7 +154,10 @@ class VastHosts:
         self.sim_hosts[instance.id] = host
         rules = "\n".join(f'    iifname "pub" tcp dport {hp} dnat to {instance.public_ip}:{port}'
                           for port, hp in instance.host_ports.items())
-        nat = f"table ip simvast {{\n  chain pre {{\n    type nat hook prerouting priority -100;\n{rules}\n  }}\n}}\n"
+        # Docker on a host maps each opened port (host port → container port); and containers on
+        # different hosts share no network: nothing arrives on the private side.
+        nat = (f"table ip simvast {{\n  chain pre {{\n    type nat hook prerouting priority -100;\n{rules}\n  }}\n"
+               f"  chain isolate {{\n    type filter hook input priority -10;\n    iifname \"priv\" drop\n  }}\n}}\n")
         subprocess.run([IP, "netns", "exec", host.namespace, "nft", "-f", "-"], input=nat, text=True, check=True,
                        capture_output=True)
         machine_dir = self.host.state_dir / str(instance.id)
