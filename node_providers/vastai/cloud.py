@@ -174,6 +174,9 @@ class VastAICloud(Cloud):
         try:
             return self._create(ask, request, original)
         except AskGoneError as gone:
+            if original is None:  # listed in another process: its card and price are unknown here
+                raise CapacityError(f"{gone}; ask {ask} was not listed by this process, so no same-card, "
+                                    "same-price replacement can be chosen") from None
             replacement = self._replacement(ask, original)
             if replacement is None:
                 raise CapacityError(f"{gone}; no other {self._wanted()} ask within its price ceiling is listed "
@@ -192,7 +195,7 @@ class VastAICloud(Cloud):
         value = row.get("min_bid") if self.params.market == "spot" else row.get("dph_total")
         return float(value) if value is not None else None
 
-    def _replacement(self, gone: str, original: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    def _replacement(self, gone: str, original: Mapping[str, Any]) -> dict[str, Any] | None:
         """The cheapest listed ask for the same card and count, at most `replacement_price_margin` dearer."""
         price = self._price(original)
         ceiling = None if price is None else price * (1 + self.config.replacement_price_margin)
@@ -206,7 +209,7 @@ class VastAICloud(Cloud):
                 continue
             if self.params.accelerator and offer.accelerator != self.params.accelerator:
                 continue
-            if original is not None and row.get("gpu_name") != original.get("gpu_name"):
+            if row.get("gpu_name") != original.get("gpu_name"):
                 continue
             if ceiling is not None and offer.price > ceiling + 1e-9:
                 continue

@@ -20,20 +20,21 @@ from tests.conformance import Harness
 from tests.simvast import SIM_SETTINGS, USER_KEY, ask_row, simulated_vast
 from tests.simvast.server import decode_onstart
 
-# Prices more than 10% apart: an ask made unavailable finds no same-card replacement within the
-# price ceiling, so its capacity error reaches the launcher, which moves to the next offer.
-ASKS = [ask_row(101, dph_total=0.20, min_bid=0.08), ask_row(102, dph_total=0.30, min_bid=0.12),
-        ask_row(103, dph_total=0.40, min_bid=0.16), ask_row(104, dph_total=0.50, min_bid=0.20),
-        ask_row(105, dph_total=0.60, min_bid=0.24)]
+# Three T4 asks at one price (a cluster's later nodes rent siblings of the first ask by re-search
+# within the price ceiling), then dearer ones.
+ASKS = [ask_row(101, dph_total=0.20, min_bid=0.08), ask_row(102, dph_total=0.20, min_bid=0.08),
+        ask_row(103, dph_total=0.20, min_bid=0.08), ask_row(104, dph_total=0.40, min_bid=0.16),
+        ask_row(105, dph_total=0.60, min_bid=0.24), ask_row(106, dph_total=0.80, min_bid=0.32)]
 
 
 @contextlib.contextmanager
 def harness() -> Iterator[Harness]:
     with simulated_vast(ASKS) as (sim, hosts), tempfile.TemporaryDirectory(prefix="keys-") as keys:
         config = sky.VastAI(api_key=USER_KEY, server_url=sim.url, key_dir=keys, live_offers_ttl=0, **SIM_SETTINGS)
+        assert config.list_offers(sky.accelerators.T4()), "the fake lists T4 asks"  # the launch knows their prices
 
         def params(nodes: int = 1, **kw: Any) -> ClusterParams:
-            # each node rents its own ask: the first from the cheapest, the rest by re-search (any price)
+            # each node rents its own ask: the first the cheapest, the rest by re-search within the ceiling
             return ClusterParams(auth_token="t" * 64, nodes=nodes, instance_type="101", market="on-demand",
                                  region="Texas-US", offer="101.Texas-US.on-demand", accelerator="T4",
                                  accelerator_count=1, **kw)
@@ -47,11 +48,19 @@ def harness() -> Iterator[Harness]:
 
         @contextlib.contextmanager
         def fail_capacity(instance_type: str) -> Iterator[None]:
-            sim.block(int(instance_type))
+            """The card is sold out at that price: the ask and every same-card ask within 10% of it answer
+            no_such_ask (still listed: a stale listing), so the re-search finds no replacement either."""
+            gone = sim.asks[int(instance_type)]
+            blocked = [a for a, row in sim.asks.items() if row["gpu_name"] == gone["gpu_name"]
+                       and row["dph_total"] <= gone["dph_total"] * 1.1
+                       and (row["min_bid"] or 0) <= (gone["min_bid"] or 0) * 1.1]
+            for ask in blocked:
+                sim.block(ask)
             try:
                 yield
             finally:
-                sim.unblock(int(instance_type))
+                for ask in blocked:
+                    sim.unblock(ask)
 
         def interrupt(instance_id: str) -> None:
             sim.interrupt(int(instance_id))
