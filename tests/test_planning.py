@@ -74,8 +74,12 @@ def test_vast_filters_and_dedup(fixture_catalog):
 
 
 def test_three_providers_in_one_plan(fixture_catalog):
+    single = plan(provider=[AWS(), RunPod(), VastAI()], accelerator="H100:8", nodes=1)
+    assert [o.provider for o in single.offers][:3] == ["vastai", "aws", "runpod"]
     result = plan(provider=[AWS(), RunPod(), VastAI()], accelerator="H100:8", nodes=2)
-    assert [o.provider for o in result.offers][:3] == ["vastai", "aws", "runpod"]
+    # Vast.ai hosts share no private network: its offers serve one-node pools only
+    assert "vastai" not in {o.provider for o in result.offers}
+    assert {r.filter for r in result.rejected if r.offer.provider == "vastai"} >= {"network"}
     assert result.nodes == 2
     assert [result.specs[o.spec_index].provider.name for o in result.offers] == [o.provider for o in result.offers]
     same = plan(Spec(provider="aws", accelerator="H100:8"), Spec(provider="runpod", accelerator="H100:8"),

@@ -1,4 +1,4 @@
-"""`sky.VastAI()`: the Vast.ai marketplace. Offers only, for now: provisioning is refused with a typed error."""
+"""`sky.VastAI(...)`: the Vast.ai marketplace. Every setting a user may make is a typed field."""
 
 from __future__ import annotations
 
@@ -12,15 +12,41 @@ if TYPE_CHECKING:
     from skyward_ray.planning.accelerators import Accelerator
     from skyward_ray.planning.offers import Offer
 
+DEFAULT_SERVER_URL = "https://console.vast.ai"
+
 
 class VastAI(ProviderConfig):
-    """Vast.ai marketplace. The API key comes from `api_key` or `VAST_API_KEY`."""
+    """Vast.ai marketplace. The API key comes from `api_key` or `VAST_API_KEY`; it stays on this
+    machine (instances end themselves with their own instance-scoped key)."""
 
     name: ClassVar[str] = "vastai"
+    node_provider: ClassVar[str | None] = "node_providers.vastai.node_provider:VastAINodeProvider"
 
     api_key: str | None = Field(default=None, repr=False, description="Vast.ai API key; default: VAST_API_KEY")
+    server_url: str = Field(default=DEFAULT_SERVER_URL, description="the Vast.ai API's base URL")
     min_reliability: float = Field(default=0.95, ge=0, le=1, description="a number in 0..1")
     verified_only: bool = Field(default=True, description="True to list verified hosts only")
+    image: str = Field(default="ubuntu:22.04", description="the Docker image every instance runs")
+    disk_gb: float = Field(default=32.0, gt=0, description="each instance's disk in GB")
+    ssh_port: int = Field(default=2222, ge=1, le=65535,
+                          description="the container port skyward's own sshd listens on (opened as a direct port)")
+    ssh_user: str = Field(default="root", description="the login user inside the container")
+    num_cpus: float | None = Field(default=None, gt=0, description="CPUs each node advertises to Ray (default: detected)")
+    num_gpus: float | None = Field(default=None, ge=0, description="GPUs each node advertises to Ray (default: detected)")
+    memory: int | None = Field(default=None, gt=0, description="bytes of memory each node advertises to Ray")
+    object_store_memory: int | None = Field(default=None, ge=75 * 1024**2, description="bytes of object store per node")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="extra custom Ray resources per node, e.g. {'accelerator_type:T4': 1}")
+    replacement_price_margin: float = Field(
+        default=0.10, ge=0, description="when an ask is rented before launch, a same-card ask may cost up to this "
+                                        "fraction more (0.10: 10%)")
+    live_offers_ttl: float = Field(default=60.0, ge=0, description="seconds a live offer listing is reused")
+
+    def resolved_api_key(self) -> str | None:
+        """`api_key`, else VAST_API_KEY; None when neither is set (offers then come from the snapshot)."""
+        import os
+
+        return self.api_key or os.environ.get("VAST_API_KEY") or None
 
     def list_offers(self, accelerator: "Accelerator | None" = None) -> "list[Offer]":
         from node_providers.vastai.offers import list_offers

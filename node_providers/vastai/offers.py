@@ -1,4 +1,5 @@
-"""Vast.ai marketplace: offers (from the dated snapshot for now; live `search_offers` later).
+"""Vast.ai marketplace offers: live `search_offers` when an API key is configured (cached for
+`live_offers_ttl` seconds), the dated snapshot when there is none.
 
 Each row is one host's GPUs at a price for the whole bundle (`dph_total`), plus an interruptible
 floor (`min_bid`, where listed) that we treat as the spot price. Rows are filtered by the config's
@@ -9,8 +10,13 @@ snapshot) identifies the offer, so an ask listed under two gpu_names is one offe
 
 from __future__ import annotations
 
+import logging
+import re
+import threading
+import time
+from datetime import datetime, timezone
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from catalog import prices
 from catalog.taxonomy import taxonomy
@@ -20,17 +26,32 @@ if TYPE_CHECKING:
     from node_providers.vastai.config import VastAI
     from skyward_ray.planning.accelerators import Accelerator
 
+log = logging.getLogger(__name__)
+
 PROVIDER = "vastai"
 PRICE_SOURCE = "snapshot:vastai"
+LIVE_SOURCE = "live:vastai"
+# Every Vast.ai instance is a container on some host's Docker bridge: instances on different hosts
+# reach each other only through NAT'd public ports, never on all ports as Ray needs. Vast.ai's
+# overlay networks (machines of one physical cluster) are not created by this provider yet.
+SINGLE_NODE_REASON = ("Vast.ai instances on different hosts share no private network (Ray needs every port "
+                      "between nodes); skyward_ray does not create Vast.ai overlay networks yet")
 
 
 def list_offers(config: "VastAI", accelerator: "Accelerator | None") -> list[Offer]:
+    """Live asks when an API key is configured, else the snapshot's."""
+    family = accelerator.name if accelerator is not None else None
+    if config.resolved_api_key():
+        return live_offers(config, family)
+    return snapshot_offers(config, family)
+
+
+def snapshot_offers(config: "VastAI", family: str | None) -> list[Offer]:
     """Snapshot asks at or above `min_reliability` (verified only if asked), for the family asked.
 
     A row that lists no reliability or verification (the SkyPilot-derived snapshot has neither) is
     not filtered on it: the snapshot cannot tell.
     """
-    family = accelerator.name if accelerator is not None else None
     return [
         offer
         for offer, reliability, verified in _snapshot_offers(prices.snapshot_version("vastai_offers"))
@@ -58,12 +79,13 @@ def _snapshot_offers(version: tuple[str, int]) -> tuple[tuple[Offer, float | Non
             accelerator_memory_gb=variant.memory_gb if variant else gpu_memory_gb,
             on_demand_price=on_demand,
             spot_price=bid,
-            region=row["geolocation"] or None,
+            region=region(row["geolocation"]),
             instance_type=row["instance_type"],
             vcpus=prices.number(row["vcpus"]),
             memory_gb=prices.number(row["memory_gib"]),
             price_source=PRICE_SOURCE,
             price_as_of=prices.as_of(row["as_of"]),
+            single_node_reason=SINGLE_NODE_REASON,
         )
         reliability = prices.number(row["reliability"])  # None: not listed
         verified = {"verified": True, "unverified": False}.get(row["verification"])  # None: not listed
@@ -72,3 +94,112 @@ def _snapshot_offers(version: tuple[str, int]) -> tuple[tuple[Offer, float | Non
         if bid is not None:
             offers.append((Offer(market="spot", price=bid, **common), reliability, verified))
     return tuple(offers)
+
+
+# -- live offers -------------------------------------------------------------------------------------
+
+_LIVE_CACHE: dict[tuple[Any, ...], tuple[float, list[dict[str, Any]]]] = {}
+_LIVE_LOCK = threading.Lock()
+# ask id → the row it was last listed with (a later listing without it keeps it: the launch of an ask
+# rented meanwhile still knows its card, count and price)
+_SEEN: dict[tuple[str, str], dict[str, Any]] = {}
+
+
+def search_query(config: "VastAI") -> dict[str, Any]:
+    """The `search_offers` filters: rentable asks on hosts at the config's reliability (and
+    verification), with at least one direct port (skyward's sshd is reached on one)."""
+    query: dict[str, Any] = {
+        "rentable": {"eq": True},
+        "rented": {"eq": False},
+        "external": {"eq": False},
+        "reliability": {"gte": config.min_reliability},
+        "direct_port_count": {"gte": 1},
+        "num_gpus": {"gte": 1},
+    }
+    if config.verified_only:
+        query["verified"] = {"eq": True}
+    return query
+
+
+def search_rows(config: "VastAI", fresh: bool = False) -> list[dict[str, Any]]:
+    """The raw ask rows `search_offers` returns, reused for `live_offers_ttl` seconds unless `fresh`."""
+    from node_providers.vastai.api import client, vast_errors
+
+    key = (config.server_url, config.resolved_api_key(), config.min_reliability, config.verified_only)
+    with _LIVE_LOCK:
+        hit = _LIVE_CACHE.get(key)
+        if not fresh and hit and time.monotonic() - hit[0] < config.live_offers_ttl:
+            return hit[1]
+    with vast_errors("search offers"):
+        rows = client(config).search_offers(query=search_query(config), type="on-demand", order="dph_total",
+                                            limit=1000, storage=config.disk_gb, no_default=True)
+    rows = [r for r in rows if isinstance(r, dict)]
+    with _LIVE_LOCK:
+        _LIVE_CACHE[key] = (time.monotonic(), rows)
+        if len(_SEEN) > 50_000:
+            _SEEN.clear()
+        _SEEN.update({(config.server_url, str(r.get("id"))): r for r in rows})
+    return rows
+
+
+def cached_row(config: "VastAI", ask_id: str) -> dict[str, Any] | None:
+    """The row an ask id was last listed with in this process (None if never listed here)."""
+    with _LIVE_LOCK:
+        return _SEEN.get((config.server_url, str(ask_id)))
+
+
+def row_offers(row: dict[str, Any], now: datetime | None = None) -> list[Offer]:
+    """One ask row → its on-demand offer and, where it lists a minimum bid, its interruptible (spot) offer."""
+    tax = taxonomy()
+    count = int(row.get("num_gpus") or 0)
+    gpu_memory_gb = float(row.get("gpu_ram") or 0) / 1024
+    variant = tax.lookup(PROVIDER, row.get("gpu_name") or "", gpu_memory_gb)
+    on_demand = _number(row.get("dph_total"))
+    bid = _number(row.get("min_bid"))
+    common = dict(
+        provider=PROVIDER,
+        accelerator=variant.family if variant else row.get("gpu_name"),
+        count=count,
+        form_factor=variant.form_factor if variant else None,
+        accelerator_memory_gb=variant.memory_gb if variant else gpu_memory_gb,
+        on_demand_price=on_demand,
+        spot_price=bid,
+        region=region(row.get("geolocation")),
+        instance_type=str(row["id"]),
+        vcpus=_number(row.get("cpu_cores_effective")),
+        memory_gb=(_number(row.get("cpu_ram")) or 0) / 1024 or None,
+        price_source=LIVE_SOURCE,
+        price_as_of=now or datetime.now(timezone.utc),
+        single_node_reason=SINGLE_NODE_REASON,
+    )
+    offers = []
+    if on_demand is not None:
+        offers.append(Offer(market="on-demand", price=on_demand, **common))
+    if bid is not None and on_demand is not None and 0 < bid < on_demand:
+        offers.append(Offer(market="spot", price=bid, **common))
+    return offers
+
+
+def live_offers(config: "VastAI", family: str | None) -> list[Offer]:
+    """Offers from `search_offers`; on a listing failure the snapshot answers (and the log says why)."""
+    try:
+        rows = search_rows(config)
+    except Exception as error:  # a live listing is a refinement: the snapshot stays the answer
+        log.info("vastai: live offers unavailable (%s); using the snapshot", error)
+        return snapshot_offers(config, family)
+    now = datetime.now(timezone.utc)
+    offers = [o for row in rows for o in row_offers(row, now)]
+    return [o for o in offers if family is None or o.accelerator == family]
+
+
+def region(geolocation: Any) -> str | None:
+    """Vast's `geolocation` ("Texas, US") as a region name safe in Ray labels and offer labels ("Texas-US")."""
+    text = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(geolocation or "")).strip("-")
+    return text or None
+
+
+def _number(value: Any) -> float | None:
+    try:
+        return None if value is None or value == "" else float(value)
+    except (TypeError, ValueError):
+        return None
