@@ -57,6 +57,9 @@ class Harness:
     """Make a machine skyward did not create (another tool's, another user's); returns its id."""
     compute_settings: dict[str, Any] = field(default_factory=dict)
     """Extra keywords for `sky.Compute` in pool-level tests (e.g. a boot timeout)."""
+    pool_nodes: int = 2
+    """Nodes of the pool-level test: 1 for a cloud whose machines share no private network (its
+    offers serve one-node pools only, and losing that node loses the pool)."""
 
 
 def open_harness(name: str) -> AbstractContextManager[Harness]:

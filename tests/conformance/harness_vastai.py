@@ -89,6 +89,7 @@ def harness() -> Iterator[Harness]:
                 fail_capacity=fail_capacity,
                 foreign_machine=foreign_machine,
                 compute_settings={"boot_timeout": 180},
+                pool_nodes=1,  # Vast.ai hosts share no private network: every offer is one node only
             )
         finally:
             for instance_id in foreign:
