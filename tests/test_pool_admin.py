@@ -217,3 +217,32 @@ def _public_key() -> str:
         path = Path(directory) / "k"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
         return (path.with_suffix(".pub")).read_text().strip()
+
+
+# -- the cost guard in the plan walk (simulated AWS) ----------------------------------------------------
+def test_a_fallback_offer_over_the_pool_ceiling_is_skipped_never_bought(key_root, tmp_path):
+    from tests.simaws import aws_environment
+    from tests.simaws.server import Fault, SimAWS
+
+    sim = SimAWS("us-east-1").start()
+    try:
+        with aws_environment(sim.client_env()):
+            pool = sky.Compute(provider=sky.AWS(region="us-east-1", key_dir=str(tmp_path), ssh_cidr="198.18.0.1/32"),
+                               accelerator="T4", nodes=1, allocation="spot-if-available", max_pool_hourly_cost=0.45)
+            with sim.fault(Fault("RunInstances", code="InsufficientInstanceCapacity")):
+                with pytest.raises(sky.ProvisioningError) as caught:
+                    with pool:
+                        pass
+            message = str(caught.value)
+            assert pool.plan.chosen.market == "spot" and pool.plan.chosen.price <= 0.45
+            assert "InsufficientInstanceCapacity" in message
+            assert "over the cost guard's ceiling of $0.45/h per pool (set by max_pool_hourly_cost=)" in message
+            dear = [o for o in pool.plan.offers if o.price > 0.45]
+            assert dear, "the plan has offers over the ceiling"
+            launched = sim.calls("RunInstances")
+            assert launched and all(c.params.get("InstanceMarketOptions.MarketType") == "spot" for c in launched), \
+                "an offer over the ceiling was asked for"
+            assert sim.live_instances() == [] and sim.security_groups() == []
+            assert not list((pool_state.runtime_root() / "pools").glob("*.json"))
+    finally:
+        sim.stop()
