@@ -17,6 +17,9 @@ PROVIDER = "skyward/provider"
 ACCELERATOR = "skyward/accelerator"
 OFFER = "skyward/offer"
 CLUSTER = "skyward/cluster"
+OWNER = "skyward/owner"  # host/pid/start time of the process keeping the pool alive (`cluster.pool_state`)
+STARTED = "skyward/started"  # when the pool was launched (epoch seconds)
+PRICE = "skyward/price"  # USD per hour per node of the offer bought
 
 # Ray's node types, as the autoscaler's `available_node_types` would name them.
 HEAD_TYPE = "skyward.head"
@@ -43,3 +46,4 @@ HEARTBEAT_KEY = "heartbeat"
 # -- this process's own settings -----------------------------------------------------------------
 ENV_QUIET = "SKYWARD_QUIET"
 ENV_KEEP_NODE_LOGS = "SKYWARD_KEEP_NODE_LOGS"
+ENV_RUNTIME_DIR = "SKYWARD_RUNTIME_DIR"  # this user's private dir for local pools and pool state files

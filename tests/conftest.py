@@ -42,6 +42,8 @@ def _run_temp_dir() -> str:
 
 RUN_TEMP_DIR = _run_temp_dir()
 os.environ["TMPDIR"] = RUN_TEMP_DIR
+# Local pools' private dirs and every pool's state file (skyward_ray.cluster.pool_state) live here too.
+os.environ["SKYWARD_RUNTIME_DIR"] = RUN_TEMP_DIR
 tempfile.tempdir = None  # re-read TMPDIR
 
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 import skyward_ray as sky
-from node_providers.local.process_host import processes_with_marker
+from tests.conftest import pool_processes
 
 
 @sky.function
@@ -21,9 +21,10 @@ def plain(x: int) -> int:
 
 @pytest.fixture(autouse=True)
 def nothing_starts():
-    before = {p.pid for p in processes_with_marker("sky-*")}
+    # this run's pools only: other test runs on the machine start (and their watchdogs spawn) processes meanwhile
+    before = {p.pid for p in pool_processes()}
     yield
-    assert [p for p in processes_with_marker("sky-*") if p.pid not in before] == []
+    assert [p for p in pool_processes() if p.pid not in before] == []
 
 
 @pytest.mark.parametrize("nodes", [0, -2])

@@ -141,7 +141,7 @@ def test_max_hourly_cost_is_per_node_and_per_market():
     plan = select([Spec(provider=AWS(), max_hourly_cost=30)], [TABLE])
     assert ranked(plan) == [("p5.48xlarge", "spot", "us-east-1a", 21.0), ("p5.48xlarge", "spot", "us-east-1b", 23.0)]
     capped = [r.reason for r in plan.rejected if r.filter == "max_hourly_cost"]
-    assert "$55.00/h per node (on-demand) is over max_hourly_cost $30.00/h" in capped
+    assert "$55.00/h per node (on-demand) is over max_hourly_cost $30.00/h per node" in capped
 
 
 def test_regions_zones_and_node_size():

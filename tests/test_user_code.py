@@ -100,11 +100,10 @@ def test_an_oversized_include_is_refused_before_anything_is_provisioned(tmp_path
     (big / "__init__.py").write_text("")
     (big / "weights.bin").write_bytes(os.urandom(3 * 1024 * 1024))
     (big / "small.bin").write_bytes(os.urandom(1024 * 1024))
-    import tempfile
 
     pool = sky.Compute(nodes=1, image=sky.Image(includes=[str(big)], max_code_mib=2))
     staged_before = _staging_dirs()
-    clusters_before = {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("sky-")}
+    clusters_before = _pool_dirs()
     started = time.monotonic()
     with pytest.raises(sky.SpecError) as caught:
         pool.__enter__()
@@ -114,8 +113,16 @@ def test_an_oversized_include_is_refused_before_anything_is_provisioned(tmp_path
     assert "excludes=['bulky/weights.bin']" in message and '"*.bin"' in message
     assert time.monotonic() - started < 5
     assert _staging_dirs() == staged_before, "nothing was staged"
-    clusters_after = {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("sky-")}
+    clusters_after = _pool_dirs()
     assert clusters_after == clusters_before and not ray.is_initialized(), "no cluster was prepared or joined"
+
+
+def _pool_dirs() -> set[str]:
+    """Local pools' directories and pool state files (under this user's runtime root)."""
+    from skyward_ray.cluster.pool_state import runtime_root
+
+    root = runtime_root()
+    return {str(p) for p in root.iterdir() if (p / "cluster").exists()} | {str(p) for p in root.glob("pools/*")}
 
 
 def _staging_dirs() -> set[str]:

@@ -18,12 +18,14 @@ from typing import Any
 import yaml
 
 from node_providers.aws import network
+from node_providers.aws.admin import list_clusters
 from node_providers.aws.config import AWS
 from node_providers.aws.session import aws_errors, check_credentials, retry_config, session_for
 from skyward_ray import names
 from skyward_ray.cluster.contract import (
     BootEnvironment,
     Cloud,
+    ClusterListing,
     Machine,
     MachineRequest,
     MachineState,
@@ -71,6 +73,13 @@ class AWSCloud(Cloud):
         if client is None:
             client = self._local.ec2 = session_for(self.config.profile, self.region).client("ec2", config=retry_config())
         return client
+
+    # -- every cluster (skyward-ray status / down / gc) ------------------------------------------
+    @classmethod
+    def list_clusters(cls, config: AWS) -> list[ClusterListing]:  # type: ignore[override]
+        """Every skyward cluster in the config's region(s), found by the `skyward/cluster` tag alone:
+        instances in any state but terminated, security groups and key pairs left behind."""
+        return list_clusters(config)
 
     # -- per-cluster resources ------------------------------------------------------------------
     def prepare(self) -> dict[str, Any]:

@@ -20,7 +20,6 @@ import os
 import secrets
 import shutil
 import sys
-import tempfile
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -31,7 +30,16 @@ from node_providers.local.config import Local
 from node_providers.local.offers import PROVIDER_NAME, detect_gpus
 from node_providers.local.process_host import ProcessHost
 from skyward_ray import names
-from skyward_ray.cluster.contract import BootEnvironment, Cloud, Machine, MachineRequest, Role
+from skyward_ray.cluster import pool_state
+from skyward_ray.cluster.contract import (
+    BootEnvironment,
+    Cloud,
+    ClusterListing,
+    ClusterParams,
+    Machine,
+    MachineRequest,
+    Role,
+)
 from skyward_ray.errors import SpecError
 from skyward_ray.node.startup_script import colocated_port_args, free_port
 
@@ -41,10 +49,37 @@ def new_address_block() -> str:
     return f"127.{secrets.randbelow(250) + 2}.{secrets.randbelow(250) + 2}"
 
 
+# What one local node costs this machine at the least: Ray's processes (GCS on the head, raylet,
+# agents: about 0.4-0.5 GiB resident together) besides its object store; and how many nodes one
+# CPU carries (each node spends about a CPU-second booting and a few percent idling).
+CLUSTER_FILE = "cluster"  # in a local pool's state dir: the pool's name
+NODE_OVERHEAD_BYTES = 512 * 1024**2
+NODES_PER_CPU = 2
+
+
+def check_capacity(nodes: int, object_store_memory: int, cpus: int | None = None,
+                   available_memory: int | None = None) -> None:
+    """Refuse a local pool this machine cannot hold, before any process is started."""
+    cpus = cpus if cpus is not None else (os.cpu_count() or 1)
+    available = available_memory if available_memory is not None else psutil.virtual_memory().available
+    by_cpu = max(2, NODES_PER_CPU * cpus)
+    per_node = object_store_memory + NODE_OVERHEAD_BYTES
+    by_memory = max(1, available // per_node)
+    most = min(by_cpu, by_memory)
+    if nodes > most:
+        why = (f"{cpus} CPU{'s' if cpus != 1 else ''} carry at most {by_cpu} local nodes ({NODES_PER_CPU} per CPU)"
+               if by_cpu <= by_memory else
+               f"{available / 1024**3:.1f} GiB of available memory holds at most {by_memory} local nodes "
+               f"({per_node / 1024**3:.2f} GiB each: Ray's processes plus the object store)")
+        raise SpecError(
+            f"sky.Local: nodes={nodes} is more than this machine can run: {why}. Nothing was started. "
+            f"Fix: pass nodes={most} or fewer, or use a cloud provider (provider=sky.AWS(), ...) for a bigger pool")
+
+
 def default_state_dir(cluster_name: str) -> str:
-    # Short on purpose: Ray puts unix sockets under <temp dir>/session_*/sockets (108-byte limit).
-    base = tempfile.gettempdir() if len(tempfile.gettempdir()) <= 20 else "/tmp"
-    return os.path.join(base, cluster_name)
+    """A new private directory for one local pool (mkdtemp, 0700) under this user's runtime root
+    (`skyward_ray.cluster.pool_state.runtime_root`); its machines.json names the cluster."""
+    return str(pool_state.new_pool_dir())
 
 
 class LocalCloud(Cloud):
@@ -67,6 +102,7 @@ class LocalCloud(Cloud):
     # -- per-cluster resources ------------------------------------------------------------------
     def prepare(self) -> dict[str, Any]:
         """Check the GPUs suffice, pick the cluster's address block and head port, make its state dir."""
+        check_capacity(self.params.nodes, self.config.object_store_memory)
         params, gpus = self.params, detect_gpus()
         if params.accelerator and params.accelerator_count and not self.config.simulate_accelerators and gpus:
             needed = params.nodes * params.accelerator_count
@@ -76,14 +112,33 @@ class LocalCloud(Cloud):
                     f"{needed} GPUs, this machine has {len(gpus)}; lower nodes= or count=, or use "
                     "sky.Local(simulate_accelerators=True) to test placement"
                 )
+        state_dir = default_state_dir(self.cluster_name)
+        with open(os.open(os.path.join(state_dir, CLUSTER_FILE), os.O_WRONLY | os.O_CREAT, 0o600), "w") as out:
+            out.write(self.cluster_name)  # how `list_clusters` names this directory's pool
         block = new_address_block()
         head_ip = f"{block}.1"
-        state_dir = default_state_dir(self.cluster_name)
-        os.makedirs(state_dir, mode=0o700, exist_ok=True)
         return {"state_dir": state_dir, "address_block": block, "head_ip": head_ip, "gcs_port": free_port(head_ip)}
 
     def cleanup(self) -> None:
         shutil.rmtree(self.prepared["state_dir"], ignore_errors=True)
+
+    @classmethod
+    def list_clusters(cls, config: Local) -> list[ClusterListing]:  # type: ignore[override]
+        """Every local pool of this user: the directories under the runtime root that hold a pool."""
+        found = []
+        for entry in sorted(pool_state.runtime_root().iterdir()):
+            if not (entry / CLUSTER_FILE).is_file() and not (entry / "machines.json").is_file():
+                continue
+            try:
+                name = (entry / CLUSTER_FILE).read_text().strip()
+            except OSError:
+                name = ""
+            prepared = {"state_dir": str(entry)}
+            machines = cls(name or entry.name, config, ClusterParams(), prepared).describe()
+            if not name:
+                name = next((m.tags.get(names.CLUSTER, "") for m in machines if m.tags.get(names.CLUSTER)), entry.name)
+            found.append(ClusterListing(name=name, machines=machines, prepared=prepared, resources=[str(entry)]))
+        return found
 
     # -- machines -------------------------------------------------------------------------------
     def boot_environment(self, role: Role, index: int) -> BootEnvironment:
@@ -97,6 +152,7 @@ class LocalCloud(Cloud):
             # whole group, so no helper Ray left behind (e.g. agents respawned as the head vanished)
             # outlives it, as nothing outlives a powered-off cloud instance.
             shutdown_command="kill -KILL -- -$$",
+            token_in_environment=True,
             python=sys.executable,
             temp_dir_shell="${" + names.ENV_MACHINE_DIR + "}/r",
             extra_ray_args=colocated_port_args(role == "head", self.prepared["head_ip"]),
@@ -121,7 +177,11 @@ class LocalCloud(Cloud):
         block, used = self.prepared["address_block"], {m.ip for m in machines.values() if not m.terminated}
         ip = self.prepared["head_ip"] if request.role == "head" else next(
             f"{block}.{n}" for n in itertools.count(2) if f"{block}.{n}" not in used)
-        self.host.boot(instance_id, request.boot_script, ip, env=self._gpu_env(request.index), tags=dict(request.tags))
+        # The token reaches the node in its environment only (readable by this user alone), never in
+        # its script or on a command line; Ray's metrics exporter (an HTTP port) is off on local nodes.
+        env = {**self._gpu_env(request.index), "RAY_AUTH_TOKEN": self.params.auth_token,
+               "RAY_enable_metrics_collection": "false"}
+        self.host.boot(instance_id, request.boot_script, ip, env=env, tags=dict(request.tags))
         return Machine(instance_id=instance_id, state="running", private_ip=ip, public_ip=ip, tags=dict(request.tags))
 
     def _gpu_env(self, index: int) -> dict[str, str]:

@@ -110,25 +110,31 @@ def _wait_until_gone(processes: list[psutil.Process], timeout: float) -> list[ps
     return alive
 
 
+def _private_file(path: Path, flags: int) -> int:
+    """Open `path` as a file only its owner can read (0600 from its creation); returns the descriptor."""
+    return os.open(path, flags | os.O_NOFOLLOW, 0o600)
+
+
 class ProcessHost:
     """Starts, lists and ends script-booted machines; state shared through `state_dir/machines.json`."""
 
     def __init__(self, state_dir: str | os.PathLike[str]) -> None:
         self.state_dir = Path(state_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._state_file = self.state_dir / "machines.json"
         self._lock_file = self.state_dir / "machines.lock"
 
     # -- state -------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _locked_state(self) -> Iterator[dict[str, Machine]]:
-        with open(self._lock_file, "a+") as lock:
+        with open(_private_file(self._lock_file, os.O_RDWR | os.O_CREAT), "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 machines = self._read()
                 yield machines
                 tmp = self._state_file.with_suffix(".tmp")
-                tmp.write_text(json.dumps({k: asdict(v) for k, v in machines.items()}, indent=1))
+                with open(_private_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w") as out:
+                    out.write(json.dumps({k: asdict(v) for k, v in machines.items()}, indent=1))
                 tmp.replace(self._state_file)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
@@ -165,9 +171,10 @@ class ProcessHost:
         only what `env` gives it.
         """
         directory = self.state_dir / instance_id
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         script_path = directory / "startup.sh"
-        script_path.write_text(script)
+        with open(_private_file(script_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w") as out:
+            out.write(script)
         log_path = directory / "node.log"
         child_env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin") if inherit_path else "/usr/bin:/bin",
@@ -179,7 +186,7 @@ class ProcessHost:
             "SKYWARD_NODE_IP": ip,
             "SKYWARD_MACHINE_DIR": str(directory),
         }
-        with open(log_path, "ab") as log:
+        with open(_private_file(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "ab") as log:
             proc = subprocess.Popen(
                 [*(wrapper or []), "bash", str(script_path)],
                 cwd=directory,
@@ -189,6 +196,7 @@ class ProcessHost:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 close_fds=True,
+                umask=0o077,  # what the machine writes is its owner's only
             )
         machine = Machine(
             instance_id=instance_id,

@@ -29,11 +29,12 @@ from skyward_ray import names
 from skyward_ray.api import dispatch, user_code
 from skyward_ray.api import sweep as sweeps
 from skyward_ray.api.function import PendingFunction, RemoteFunction, _not_pending_message
-from skyward_ray.cluster import launcher
+from skyward_ray.cluster import launcher, pool_state
 from skyward_ray.cluster.contract import ClusterParams
 from skyward_ray.cluster.replacer import NodeReplacer
 from skyward_ray.console import console
 from skyward_ray.errors import AuthError, CapacityError, PoolClosedError, ProvisioningError, QuotaError, SpecError
+from skyward_ray.planning import cost_guard
 from skyward_ray.planning import plan as planning
 from skyward_ray.planning.image import Image
 from skyward_ray.planning.nodes import NodeInfo, Nodes, as_nodes
@@ -49,6 +50,12 @@ class Compute:
 
     >>> with sky.Compute(nodes=3) as pool:          # provider omitted: sky.Local()
     ...     square(7) >> pool
+
+    Money: `max_hourly_cost` caps the price **per node** (USD/h) of the offers considered;
+    `max_pool_hourly_cost` (default $100/h, or `$SKYWARD_MAX_POOL_HOURLY_COST`) caps the whole
+    pool's price (nodes × price per node) and `max_pool_nodes` (default 64, or
+    `$SKYWARD_MAX_POOL_NODES`) its size: a pool over either is refused with `SpecError` before
+    anything is created (`skyward_ray.planning.cost_guard`).
     """
 
     def __init__(
@@ -62,8 +69,12 @@ class Compute:
         region: str | None = None,
         max_hourly_cost: float | None = None,
         boot_timeout: float | None = None,
+        max_pool_hourly_cost: float | None = None,
+        max_pool_nodes: int | None = None,
     ) -> None:
         self.desired = as_nodes(nodes)
+        self._ceilings = cost_guard.ceilings(max_pool_hourly_cost, max_pool_nodes)
+        cost_guard.check_nodes(self.desired.max or self.desired.desired, self._ceilings)
         if {self.desired.min, self.desired.max} - {None, self.desired.desired}:
             raise SpecError(
                 f"nodes={self.desired!r}: elastic pools (min=/max= different from desired) are not supported yet; "
@@ -101,6 +112,7 @@ class Compute:
             )
         code = user_code.collect(self.image)  # the user's own modules; too big → SpecError, nothing started
         self.plan = planning.plan(*self.specs, nodes=self.desired.desired)
+        cost_guard.check_cost(self.desired.desired, self.plan.chosen.price, self._ceilings, _offer_words(self.plan.chosen))
         self._install_signal_handlers()
         _OPEN_POOLS.add(self)
         try:
@@ -130,6 +142,11 @@ class Compute:
         for offer in plan.offers:
             spec = plan.specs[offer.spec_index]
             if spec.provider.name in blocked_providers:
+                continue
+            try:  # a fallback dearer than the cost guard allows is skipped, never bought
+                cost_guard.check_cost(self.desired.desired, offer.price, self._ceilings, _offer_words(offer))
+            except SpecError as error:
+                self.failures.append((offer, error))  # type: ignore[arg-type]
                 continue
             cluster_name = launcher.new_cluster_name()
             boot_timeout = self._boot_timeout or spec.provider.boot_timeout
@@ -173,6 +190,7 @@ class Compute:
             first_heartbeat_grace=max(boot_timeout * 2, 120.0),
             pip=list(self.image.pip) if installs_at_boot else [],
             apt=list(self.image.apt),
+            pool_tags=pool_state.owner_tags(offer.price),
         )
 
     def _runtime_env(self, spec: Spec) -> dict[str, Any]:
@@ -355,6 +373,10 @@ class Compute:
     def __repr__(self) -> str:
         where = f" {self._cluster.name}" if self._cluster else ""
         return f"<sky.Compute{where} {self._state}, nodes={self.desired.desired}>"
+
+
+def _offer_words(offer: Offer) -> str:
+    return f"{offer.provider} {offer.instance_type} {offer.market}"
 
 
 def shipped_packages() -> list[str]:

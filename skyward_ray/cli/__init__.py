@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from skyward_ray.cli import offers as cli_offers
+from skyward_ray.cli import pools as cli_pools
 
 app = typer.Typer(
     name="skyward-ray",
@@ -14,6 +15,7 @@ app = typer.Typer(
 )
 
 cli_offers.register(app)
+cli_pools.register(app)
 
 if __name__ == "__main__":
     app()

@@ -58,6 +58,9 @@ class ClusterParams(BaseModel):
     ssh_public_key: str = Field(default="", description="the driver's SSH public key line for this cluster")
     apt: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict, description="exported on every node before Ray starts")
+    pool_tags: dict[str, str] = Field(
+        default_factory=dict, description="tags put on every machine of the pool: who keeps it alive, since when, "
+                                          "at what price (`skyward_ray.cluster.pool_state.owner_tags`)")
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,24 @@ class Machine:
         return self.state in ACTIVE_STATES
 
 
+@dataclass(frozen=True)
+class ClusterListing:
+    """One skyward cluster as a cloud lists it, found by skyward's own tags and names only
+    (`Cloud.list_clusters`): what `skyward-ray status` shows and what `down`/`gc` end."""
+
+    name: str
+    machines: list[Machine]
+    region: str | None = None
+    prepared: Mapping[str, Any] = field(default_factory=dict)
+    """what a `Cloud` of this cluster needs as `prepared` to terminate and clean up (local: its state dir)"""
+    resources: list[str] = field(default_factory=list)
+    """what `prepare` made that `cleanup` removes (security groups, key pairs, directories), for display"""
+
+    @property
+    def active(self) -> list[Machine]:
+        return [m for m in self.machines if m.active]
+
+
 class BootEnvironment(BaseModel):
     """How this cloud's machines boot: what the generic boot script cannot know by itself."""
 
@@ -109,6 +130,10 @@ class BootEnvironment(BaseModel):
     instance_id_shell: str = Field(description="shell expression giving the machine's own instance id")
     node_ip_shell: str = Field(description="shell expression giving the machine's private address")
     shutdown_command: str = Field(description="ends this machine (and its billing) when Ray exits")
+    token_in_environment: bool = Field(
+        default=False, description="the cloud puts the cluster's token in the machine's environment itself "
+                                   "(RAY_AUTH_TOKEN; local: the child process's environment), so the boot script "
+                                   "never holds it")
     python: str | None = Field(default=None, description="an interpreter with the driver's Python and Ray "
                                                          "already there; None: the node makes its own (uv)")
     temp_dir_shell: str | None = Field(default=None, description="Ray's temp dir (short: unix sockets live there)")
@@ -141,6 +166,17 @@ class Cloud(ABC):
         self.config = config
         self.params = params
         self.prepared = dict(prepared)
+
+    # -- every cluster of this cloud (skyward-ray status / down / gc) ----------------------------
+    @classmethod
+    def list_clusters(cls, config: ProviderConfig) -> list[ClusterListing]:
+        """Every skyward cluster this cloud holds for this user, machines or only leftovers (a
+        security group, a key pair, a state dir), found by skyward's own tags and names only and
+        never anything skyward did not create. Raises `AuthError` where there are no credentials.
+        A cluster listed here is ended by `cls(listing.name, config, ClusterParams(region=...),
+        listing.prepared)`: `terminate` its machines, then `cleanup`. Optional: a cloud that does
+        not implement it is left out of `skyward-ray status`/`gc` (and says so)."""
+        raise NotImplementedError(f"{cls.__name__} cannot list its clusters yet")
 
     # -- per-cluster resources ------------------------------------------------------------------
     @abstractmethod

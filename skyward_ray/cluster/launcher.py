@@ -32,7 +32,7 @@ from ray.autoscaler.tags import (
 )
 
 from skyward_ray import names
-from skyward_ray.cluster import ssh_keys
+from skyward_ray.cluster import pool_state, ssh_keys
 from skyward_ray.cluster.contract import ClusterParams
 from skyward_ray.cluster.driver import CLIENT_SERVER_PORT, DriverConnection
 from skyward_ray.cluster.node_provider import ScriptBootedNodeProvider, provider_section
@@ -140,7 +140,12 @@ def launch(
 ) -> Cluster:
     """Provision `params.nodes` nodes, boot Ray on them, and connect this process. Cleans up on failure."""
     t0 = time.monotonic()
-    provider = load_node_provider(config, params, cluster_name)
+    record_pool(config, params, cluster_name, offer)  # before anything exists: `skyward-ray gc` finds what follows
+    try:
+        provider = load_node_provider(config, params, cluster_name)
+    except BaseException:  # prepare is all or nothing: no resource is left, so no state either
+        pool_state.remove_record(cluster_name)
+        raise
     cluster = Cluster(name=cluster_name, provider=provider, offer=offer, instance_ids=[])
     try:
         provision(cluster, params.nodes)
@@ -305,4 +310,13 @@ def teardown(cluster: Cluster, wait_timeout: float = 60.0) -> list[str]:
         left = provider.non_terminated_nodes({TAG_RAY_CLUSTER_NAME: cluster.name})
     if not left:
         provider.cleanup_cluster_resources()
+        pool_state.remove_record(cluster.name)
     return left
+
+
+def record_pool(config: ProviderConfig, params: ClusterParams, cluster_name: str, offer: Offer) -> None:
+    """The pool's 0600 state file: which provider, what it costs, and which process keeps it alive."""
+    pool_state.write_record(pool_state.PoolRecord(
+        name=cluster_name, provider=config.name, provider_config=config.model_dump(mode="json"),
+        owner=pool_state.Owner.current(), region=params.region, offer=params.offer, price_per_node=offer.price,
+        nodes=params.nodes))

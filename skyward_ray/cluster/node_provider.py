@@ -207,6 +207,7 @@ class ScriptBootedNodeProvider(NodeProvider):
                              names.NODE_INDEX: str(index)}
                 if self.params.offer:
                     node_tags[names.OFFER] = self.params.offer
+                node_tags.update({k: v for k, v in self.params.pool_tags.items() if k not in node_tags})
                 script = startup_script.render(self._boot(role, index, node_tags, labels, resources, head_ip))
                 host_key = host_public_key = None
                 if role == "head" and self.params.ssh_key_dir:
@@ -268,7 +269,7 @@ class ScriptBootedNodeProvider(NodeProvider):
         return startup_script.NodeBoot(
             role=role,
             cluster_name=self.cluster_name,
-            auth_token=params.auth_token,
+            auth_token="" if env.token_in_environment else params.auth_token,
             gcs_port=self.gcs_port,
             head_ip=head_ip,
             python=env.python,

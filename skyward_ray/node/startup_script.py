@@ -15,7 +15,9 @@ useless outside this cluster and dies with it.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 import shlex
 import socket
 import sys
@@ -25,6 +27,7 @@ import ray
 from pydantic import BaseModel, Field
 
 from skyward_ray import names
+from skyward_ray.errors import SpecError
 from skyward_ray.names import HEARTBEAT_KEY, HEARTBEAT_NAMESPACE
 
 WATCHDOG_SOURCE = (Path(__file__).parent / "watchdog.py").read_text()
@@ -145,10 +148,82 @@ def _ray_start_command(boot: NodeBoot) -> list[str]:
     return args
 
 
+# What may be interpolated into the script. Every value is also shell-quoted where it is used; the
+# patterns keep names to the characters their consumers (bash, Ray's --labels parser, cloud tags)
+# accept, so a hostile value is refused with a clear error instead of reaching a shell.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+_LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,252}")
+_LABEL_VALUE = re.compile(r"[A-Za-z0-9 ._:+@/-]{0,253}")
+_VERSION = re.compile(r"[0-9A-Za-z.+-]{1,64}")
+_TOKEN = re.compile(r"[A-Za-z0-9_.+/=-]{0,512}")
+_PLACE = re.compile(r"[A-Za-z0-9 ._,:()-]{0,128}")  # regions and zones ("us-east-1a", "Texas, US")
+
+
+def _refuse(field: str, value: object, rule: str) -> SpecError:
+    return SpecError(f"boot script: {field}={str(value)[:80]!r} is not allowed ({rule}); nothing was started")
+
+
+def validate(boot: NodeBoot) -> None:
+    """Check every value `render` interpolates; raise `SpecError` naming the first bad one.
+
+    The `*_shell` fields, `shutdown_command` and `extra_ray_args` come from the provider's own code
+    (`BootEnvironment`), not from users: the first are shell by design, the last are quoted.
+    """
+    checks: list[tuple[str, object, re.Pattern[str], str]] = [
+        ("cluster_name", boot.cluster_name, _NAME, "letters, digits, '.', '_', '-'"),
+        ("node_type_name", boot.node_type_name, _NAME, "letters, digits, '.', '_', '-'"),
+        ("ray_version", boot.ray_version, _VERSION, "a version number"),
+        ("python_version", boot.python_version, _VERSION, "a version number"),
+    ]
+    if not _TOKEN.fullmatch(boot.auth_token):
+        raise _refuse("auth_token", "(hidden)", "a token of letters and digits")
+    for field, value, pattern, rule in checks:
+        if not pattern.fullmatch(str(value)):
+            raise _refuse(field, value, rule)
+    for field in ("region", "zone"):
+        value = getattr(boot, field)
+        if value is not None and not _PLACE.fullmatch(value):
+            raise _refuse(field, value, "a region or zone name")
+    if boot.market_type not in (None, "spot", "on-demand"):
+        raise _refuse("market_type", boot.market_type, "'spot' or 'on-demand'")
+    if not 0 < boot.gcs_port < 65536:
+        raise _refuse("gcs_port", boot.gcs_port, "a TCP port")
+    if boot.head_ip is not None:
+        try:
+            ipaddress.ip_address(boot.head_ip)
+        except ValueError:
+            raise _refuse("head_ip", boot.head_ip, "an IPv4 or IPv6 address") from None
+    for key in boot.env:
+        if not _ENV_NAME.fullmatch(key):
+            raise _refuse("env", key, "environment variable names are letters, digits and '_'")
+    for key, value in boot.labels.items():
+        if not _LABEL_KEY.fullmatch(key):
+            raise _refuse("labels", key, "label keys are letters, digits, '.', '_', '/', '-'")
+        if not _LABEL_VALUE.fullmatch(value):
+            raise _refuse("labels", value, "label values are letters, digits, spaces and '._:+@/-'")
+    for key in boot.shell_labels:
+        if not _LABEL_KEY.fullmatch(key):
+            raise _refuse("shell_labels", key, "label keys are letters, digits, '.', '_', '/', '-'")
+    for key in boot.resources:
+        if not _LABEL_KEY.fullmatch(key) and not re.fullmatch(r"accelerator_type:[A-Za-z0-9._-]+", key):
+            raise _refuse("resources", key, "resource names are letters, digits, '.', '_', '/', ':', '-'")
+
+
+def _token_lines(boot: NodeBoot) -> list[str]:
+    """The token in the script only where the cloud has no other channel (cloud user data); a cloud
+    that sets it in the machine's environment (`BootEnvironment.token_in_environment`) gets a check."""
+    if boot.auth_token:
+        return [_export("RAY_AUTH_TOKEN", boot.auth_token)]
+    return [': "${RAY_AUTH_TOKEN:?skyward: no cluster token in the environment}"',
+            "export RAY_AUTH_TOKEN"]
+
+
 def render(boot: NodeBoot) -> str:
     """The bash script for one node. Plain text: callers base64 it where their API needs quoting."""
     if boot.role == "worker" and not boot.head_ip:
         raise ValueError("a worker's startup script needs head_ip")
+    validate(boot)
     lines = [
         "#!/usr/bin/env bash",
         f"# skyward_ray node bootstrap: cluster {boot.cluster_name}, role {boot.role}",
@@ -159,7 +234,7 @@ def render(boot: NodeBoot) -> str:
         _export(names.ENV_CLUSTER, boot.cluster_name),
         _export("RAY_USAGE_STATS_ENABLED", 0),
         _export("RAY_AUTH_MODE", "token"),
-        _export("RAY_AUTH_TOKEN", boot.auth_token),
+        *_token_lines(boot),
         f'export RAY_CLOUD_INSTANCE_ID="${names.ENV_INSTANCE_ID}"',
         _export("RAY_NODE_TYPE_NAME", boot.node_type_name),
         _export("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", 0),

@@ -176,7 +176,8 @@ def _nearest(result: Plan, offers_per_spec: Sequence[Sequence[Offer]], limit: in
     capped = [r for r in misses if r.filter == "max_hourly_cost"]
     if capped:
         cheapest = min(r.offer.price for r in capped)
-        lines.append(f"raise max_hourly_cost to at least {cheapest:.2f} to get the cheapest offer that fits the rest")
+        lines.append(f"raise max_hourly_cost to at least {cheapest:.2f} (USD per node per hour) to get the cheapest offer "
+                     "that fits the rest")
     asked_providers = {spec.provider.name for spec in result.specs}
     for spec in result.specs:
         if spec.accelerator is None:

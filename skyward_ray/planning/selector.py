@@ -140,7 +140,7 @@ def _checks(spec: Spec, offers: Sequence[Offer], nodes: int = 1) -> list[Check]:
         cap = spec.max_hourly_cost
         checks.append(
             lambda o: None if o.price <= cap
-            else ("max_hourly_cost", f"${o.price:,.2f}/h per node ({o.market}) is over max_hourly_cost ${cap:,.2f}/h")
+            else ("max_hourly_cost", f"${o.price:,.2f}/h per node ({o.market}) is over max_hourly_cost ${cap:,.2f}/h per node")
         )
     return checks
 

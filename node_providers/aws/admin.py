@@ -1,0 +1,64 @@
+"""Every skyward cluster in an AWS account, by skyward's own tag (`skyward/cluster`) and nothing else:
+what `skyward-ray status` lists and `down`/`gc` end (see `Cloud.list_clusters`)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from node_providers.aws.config import AWS
+from node_providers.aws.session import aws_errors, credentials_resolve_offline, retry_config, session_for
+from skyward_ray import names
+from skyward_ray.cluster.contract import ClusterListing, Machine
+from skyward_ray.errors import AuthError, SpecError
+
+_LISTED_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
+
+
+def regions(config: AWS) -> list[str]:
+    """The regions to look in: the config's, else the environment's default region."""
+    if config.regions:
+        return list(config.regions)
+    region = config.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if not region:
+        raise SpecError("AWS: no region to look in. Fix: pass --region (or sky.AWS(region=...)), or set AWS_DEFAULT_REGION")
+    return [region]
+
+
+def list_clusters(config: AWS) -> list[ClusterListing]:
+    if not credentials_resolve_offline(config.profile):
+        raise AuthError("AWS: no credentials configured; not looked at")
+    found: list[ClusterListing] = []
+    for region in regions(config):
+        found.extend(_region_clusters(config, region))
+    return found
+
+
+def _region_clusters(config: AWS, region: str) -> list[ClusterListing]:
+    from node_providers.aws.cloud import _machine
+
+    ec2: Any = session_for(config.profile, region).client("ec2", config=retry_config())
+    tagged = [{"Name": "tag-key", "Values": [names.CLUSTER]}]
+    machines: dict[str, list[Machine]] = {}
+    resources: dict[str, list[str]] = {}
+    with aws_errors("list skyward's instances, security groups and key pairs", region):
+        for page in ec2.get_paginator("describe_instances").paginate(
+                Filters=tagged + [{"Name": "instance-state-name", "Values": _LISTED_STATES}]):
+            for reservation in page["Reservations"]:
+                for instance in reservation["Instances"]:
+                    machine = _machine(instance)
+                    machines.setdefault(machine.tags[names.CLUSTER], []).append(machine)
+        for group in ec2.describe_security_groups(Filters=tagged)["SecurityGroups"]:
+            name = _tag(group, names.CLUSTER)
+            if name:
+                resources.setdefault(name, []).append(f"security group {group['GroupId']}")
+        for pair in ec2.describe_key_pairs(Filters=tagged).get("KeyPairs", []):
+            name = _tag(pair, names.CLUSTER)
+            if name and pair.get("KeyName") == f"skyward-{name}":
+                resources.setdefault(name, []).append(f"key pair {pair['KeyName']}")
+    return [ClusterListing(name=name, machines=machines.get(name, []), region=region, resources=resources.get(name, []))
+            for name in sorted(set(machines) | set(resources))]
+
+
+def _tag(resource: dict[str, Any], key: str) -> str | None:
+    return next((t["Value"] for t in resource.get("Tags", []) if t["Key"] == key), None)

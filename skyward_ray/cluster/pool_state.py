@@ -1,0 +1,180 @@
+"""Where a pool's private files live, and how `skyward-ray gc` knows whether a pool's driver lives.
+
+**The runtime root** (`runtime_root()`): one directory per user, 0700 and owned by that user,
+holding every local pool's machines and every pool's state file. In order:
+`$SKYWARD_RUNTIME_DIR` (tests and unusual set-ups), `$XDG_RUNTIME_DIR/sky` (the user's own
+runtime dir, on systemd machines), else `/tmp/sky-<uid>`. It is short on purpose: Ray puts unix
+sockets below a local node's temp dir, and a socket path holds at most 107 bytes. A root that
+exists but is not a private directory of this user (a symlink, someone else's, group- or
+world-accessible) is refused, never used.
+
+**The pool state file** (`<root>/pools/<name>.json`, 0600): written by the launcher before the
+first machine of a pool is asked for, removed once teardown has confirmed that nothing is left.
+It records the provider config, the offer and its price, and **who keeps the pool alive**: the
+owner process's host, pid and start time (`Owner`). A pool's driver is *live* when that process
+still runs on this host with the same start time (pids are reused; the start time tells them
+apart). A driver on another host cannot be checked from here: `gc` leaves such pools alone.
+A later detached pool, kept alive by a keeper process, writes the same file with
+`kind="keeper"` and the keeper's identity: `gc` treats both the same way.
+
+The same owner identity is put on every machine as the tag `skyward/owner`
+(`owner_tags`), so a pool whose state file was lost (a reboot clears the runtime dir) is still
+judged by the cloud's own listing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import stat
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import psutil
+
+from skyward_ray import names
+
+ENV_RUNTIME_DIR = names.ENV_RUNTIME_DIR
+OWNER_TAG, STARTED_TAG, PRICE_TAG = names.OWNER, names.STARTED, names.PRICE
+
+
+def _private_dir(path: Path) -> Path:
+    """Create `path` 0700, or check an existing one is a private directory of this user."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise PermissionError(f"{path} is not a directory of this user; skyward_ray will not keep secrets there")
+    if info.st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
+def runtime_root() -> Path:
+    """This user's private runtime directory for skyward_ray (see the module docstring)."""
+    configured = os.environ.get(ENV_RUNTIME_DIR)
+    if configured:
+        return _private_dir(Path(configured))
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and len(xdg) <= 16 and os.path.isdir(xdg):
+        with contextlib.suppress(OSError):
+            return _private_dir(Path(xdg) / "sky")
+    return _private_dir(Path("/tmp") / f"sky-{os.getuid()}")
+
+
+def new_pool_dir() -> Path:
+    """A fresh private (mkdtemp, 0700) directory for one local pool's machines."""
+    return Path(tempfile.mkdtemp(prefix="", dir=runtime_root()))
+
+
+def records_dir() -> Path:
+    return _private_dir(runtime_root() / "pools")
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The process that keeps a pool alive (its driver, or later a keeper)."""
+
+    host: str
+    pid: int
+    create_time: float
+
+    @classmethod
+    def current(cls) -> "Owner":
+        return cls(socket.gethostname(), os.getpid(), psutil.Process().create_time())
+
+    def as_tag(self) -> str:
+        return f"{self.host}/{self.pid}/{self.create_time:.2f}"
+
+    @classmethod
+    def from_tag(cls, value: str | None) -> "Owner | None":
+        try:
+            host, pid, created = (value or "").rsplit("/", 2)
+            return cls(host, int(pid), float(created))
+        except ValueError:
+            return None
+
+    def alive(self) -> bool | None:
+        """True/False on this host; None when the owner is on another host (cannot be checked here)."""
+        if self.host != socket.gethostname():
+            return None
+        try:
+            proc = psutil.Process(self.pid)
+            return abs(proc.create_time() - self.create_time) < 0.05 and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+
+def owner_tags(price_per_node: float | None = None) -> dict[str, str]:
+    """Tags every machine of a pool carries: who keeps it alive, since when, at what price per node."""
+    tags = {OWNER_TAG: Owner.current().as_tag(), STARTED_TAG: str(int(time.time()))}
+    if price_per_node is not None:
+        tags[PRICE_TAG] = f"{price_per_node:.4f}"
+    return tags
+
+
+@dataclass
+class PoolRecord:
+    """One pool's state file."""
+
+    name: str
+    provider: str
+    provider_config: dict[str, Any]
+    owner: Owner
+    region: str | None = None
+    offer: str | None = None
+    price_per_node: float = 0.0
+    nodes: int = 1
+    started_at: float = field(default_factory=time.time)
+    kind: Literal["driver", "keeper"] = "driver"
+
+    @property
+    def hourly_cost(self) -> float:
+        return self.price_per_node * self.nodes
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "PoolRecord":
+        data = dict(data)
+        data["owner"] = Owner(**data["owner"])
+        return cls(**data)
+
+
+def record_path(name: str) -> Path:
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"pool name {name!r} is not usable as a file name")
+    return records_dir() / f"{name}.json"
+
+
+def write_record(record: PoolRecord) -> Path:
+    """Write the state file atomically, 0600 from its creation (never readable by others, not even briefly)."""
+    path = record_path(record.name)
+    temporary = path.with_name(f".{record.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(asdict(record), out, indent=1)
+    os.replace(temporary, path)
+    return path
+
+
+def remove_record(name: str) -> None:
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        record_path(name).unlink()
+
+
+def read_records() -> dict[str, PoolRecord]:
+    """Every pool state file of this user (unreadable ones are skipped)."""
+    found = {}
+    for path in sorted(records_dir().glob("*.json")):
+        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+            record = PoolRecord.from_json(json.loads(path.read_text()))
+            found[record.name] = record
+    return found
+
+
+__all__ = ["ENV_RUNTIME_DIR", "OWNER_TAG", "Owner", "PoolRecord", "new_pool_dir", "owner_tags",
+           "read_records", "record_path", "remove_record", "runtime_root", "write_record"]
