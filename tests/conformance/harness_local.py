@@ -1,7 +1,7 @@
 """The local provider in the conformance suite: machines are process groups on this machine.
 
 The "cloud's side" is the operating system: what bills is a live process carrying a skyward
-instance marker and a cluster state directory; the cloud taking a machine away is its process
+instance marker, a pool's private directory and its state record; the cloud taking a machine away is its process
 group being killed from outside.
 """
 
@@ -19,6 +19,7 @@ import psutil
 
 import skyward_ray as sky
 from node_providers.local.process_host import INSTANCE_MARKER, end_processes, machine_identity, processes_with_marker
+from skyward_ray.cluster import pool_state
 from skyward_ray.cluster.contract import ClusterParams
 from tests.conformance import Harness
 
@@ -42,11 +43,13 @@ def harness() -> Iterator[Harness]:
         run_dir = str(_run_dir()) + "/"
         machines = sorted({machine_identity(p) or "" for p in processes_with_marker("*")
                            if _home(p).startswith(run_dir)})
+        root = pool_state.runtime_root()
         return {"processes": [m for m in machines if m],
-                "state_dirs": sorted(p.name for p in _run_dir().glob("sky-*") if p.is_dir())}
+                "pool_dirs": sorted(p.parent.name for p in root.glob("*/machines.json")),
+                "pool_records": sorted(p.name for p in (root / "pools").glob("*.json"))}
 
     def boot_payloads() -> list[str]:
-        return [path.read_text() for path in _run_dir().glob("sky-*/**/startup.sh")]
+        return [path.read_text() for path in pool_state.runtime_root().glob("*/**/startup.sh")]
 
     def interrupt(instance_id: str) -> None:
         end_processes(processes_with_marker(instance_id), grace=0.5)
