@@ -198,6 +198,7 @@ class SimRunPod:
         self.ended: dict[str, Pod] = {}  # terminated pods (RunPod no longer lists them)
         self.capacity_out: dict[str | None, int | None] = {}  # GPU type (None: all) → launches left to refuse
         self.never_boot: set[str] = set()  # GPU types whose pods never get a runtime
+        self.bid_slip: dict[str, float] = {}  # GPU type → how far the floor rises between a read and a rent
         self.calls_log: list[Call] = []
         self.hosts: Any = None  # tests.simrunpod.hosts.PodHosts, once attached
         self._lock = threading.RLock()
@@ -260,6 +261,7 @@ class SimRunPod:
         with self._lock:
             self.capacity_out.clear()
             self.never_boot.clear()
+            self.bid_slip.clear()
             self.gpus = snapshot_gpu_prices()
 
     def set_bid_floor(self, gpu_type: str, per_gpu: float) -> None:
@@ -356,7 +358,7 @@ class SimRunPod:
             if interruptible:
                 if gpu.bid_floor is None:
                     raise QueryFailed(CAPACITY_MESSAGE)
-                if float(spec["bidPerGpu"]) + 1e-9 < gpu.bid_floor:
+                if float(spec["bidPerGpu"]) + 1e-9 < gpu.bid_floor + self.bid_slip.get(gpu_type, 0.0):
                     raise QueryFailed(BID_MESSAGE)
                 price = float(spec["bidPerGpu"]) * count
             else:
