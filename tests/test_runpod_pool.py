@@ -1,0 +1,103 @@
+"""Real Ray pools on the fake RunPod: the real SDK against the fake API, each pod's container command
+booted as an isolated machine (tests.simrunpod), the driver reaching the head through the SSH
+tunnel to the pod's mapped public port with the pinned host key.
+
+The driver process carries the fake account's user key (RUNPOD_API_KEY); no pod may see it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import skyward_ray as sky
+from tests.simrunpod import SIM_SETTINGS, USER_KEY, simulated_runpod
+
+GPU = "NVIDIA GeForce RTX 4090"
+
+
+@sky.function
+def where() -> dict:
+    import os
+
+    info = sky.instance_info()
+    return {"node": info.node, "instance_id": info.instance_id, "ip": info.ip, "spot": info.spot,
+            "pod_id": os.environ.get("RUNPOD_POD_ID"), "key": os.environ.get("RUNPOD_API_KEY")}
+
+
+@pytest.fixture(scope="module")
+def account(tmp_path_factory):
+    with simulated_runpod() as (sim, hosts):
+        yield sim, hosts, str(tmp_path_factory.mktemp("keys"))
+        assert hosts.stop() == [], "a simulated pod was still running when the module ended"
+
+
+@pytest.fixture
+def fake(account):
+    sim, hosts, keys = account
+    yield sim, hosts, keys
+    sim.clear_faults()
+    assert sim.live_pods() == [], "a pod was left in the account"
+    assert hosts.wait_idle() == [], "a simulated pod machine was left running"
+
+
+def runpod(keys: str) -> sky.RunPod:
+    return sky.RunPod(key_dir=keys, **SIM_SETTINGS)
+
+
+def test_a_one_node_pool_runs_a_task_through_the_ssh_tunnel_and_leaves_no_pod(fake):
+    sim, hosts, keys = fake
+    started = time.monotonic()
+    with sky.Compute(provider=runpod(keys), accelerator="RTX4090", nodes=1, boot_timeout=120) as pool:
+        [answer] = where() @ pool
+        first_result = time.monotonic() - started
+        assert pool.offer.provider == "runpod" and pool.offer.instance_type == GPU
+        [pod] = sim.live_pods()
+        assert answer["instance_id"] == answer["pod_id"] == pod.id
+        assert answer["key"] == pod.pod_key and answer["key"] != USER_KEY, "the pod holds only its own key"
+        ssh = [c for c in hosts.sim_hosts[pod.id].listening_ports()]
+        assert 22 in ssh
+    print(f"\nrunpod 1-node pool: first result {first_result:.1f}s after Compute() "
+          f"(container start {hosts.boot_seconds[pod.id]:.2f}s after placement)")
+    assert sim.live_pods() == []
+
+
+def test_a_two_node_pool_on_the_global_network_uses_both_pods(fake):
+    sim, hosts, keys = fake
+    with sky.Compute(provider=runpod(keys), accelerator="RTX4090", nodes=2, allocation="on-demand",
+                     boot_timeout=120) as pool:
+        answers = where() @ pool
+        pods = {p.id: p for p in sim.live_pods()}
+        assert [a["node"] for a in answers] == [0, 1]
+        assert {a["instance_id"] for a in answers} == set(pods) and len(pods) == 2
+        assert all(p.global_network and not p.interruptible for p in pods.values())
+        assert {a["ip"] for a in answers} == {hosts.sim_hosts[i].private_ip for i in pods}, "Ray runs on the private network"
+    assert sim.live_pods() == []
+
+
+def test_a_capacity_error_on_the_first_offer_moves_to_the_next_and_leaves_nothing(fake):
+    sim, hosts, keys = fake
+    sim.fail_capacity(GPU, times=1)  # the first launch (the cheapest offer) finds none
+    with sky.Compute(provider=runpod(keys), accelerator="RTX4090", nodes=1, allocation="spot-if-available",
+                     boot_timeout=120) as pool:
+        assert isinstance(pool.failures[0][1], sky.CapacityError)
+        assert "no longer any instances available" in str(pool.failures[0][1])
+        failed = pool.failures[0][0]
+        assert failed != pool.offer and failed.price <= pool.offer.price
+        [answer] = where() @ pool
+        assert answer["spot"] == (pool.offer.market == "spot")
+        assert [p.id for p in sim.live_pods()] == [answer["instance_id"]], "the failed attempt left no pod"
+        assert sim.live_pods()[0].gpu_count == pool.offer.count
+    deploys = [c for c in sim.calls() if c.operation in ("podRentInterruptable", "podFindAndDeployOnDemand")][-2:]
+    assert [c.status for c in deploys] == [200, 200] and "bidPerGpu" in deploys[0].query
+
+
+def test_a_pod_that_never_boots_times_out_and_is_terminated(fake):
+    sim, hosts, keys = fake
+    sim.never_boot.add(GPU)
+    with pytest.raises(sky.BootTimeoutError):
+        with sky.Compute(provider=runpod(keys), accelerator="RTX4090", nodes=1, allocation="on-demand",
+                         boot_timeout=6):
+            pass
+    assert sim.live_pods() == [] and len(sim.ended) >= 1
