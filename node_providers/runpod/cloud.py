@@ -10,7 +10,8 @@ that host key and reaches the head through `ssh -L` to the public port RunPod ma
 Pods have no tags. A pod's identity is its name, `skyward-<cluster>-<role>-<index>`, and its
 tags travel base64-encoded in one env variable (`SKYWARD_POD_TAGS`), so a provider made in
 another process finds the same pods; `describe` lists the account's pods by that name prefix.
-`set_tags` changes are kept in this process only: RunPod cannot change a running pod's env
+`set_tags` changes are kept in this process (shared by every provider instance in it, as Ray's
+autoscaler re-creates providers at will), not at RunPod: RunPod cannot change a running pod's env
 without restarting it.
 
 A pod ends itself with only what RunPod gives every pod about itself: its id (`RUNPOD_POD_ID`)
@@ -77,6 +78,11 @@ _POD_FIELDS = ("id name desiredStatus env costPerHr gpuCount imageName machineId
                "runtime { uptimeInSeconds ports { ip isIpPublic privatePort publicPort type } }")
 
 
+# Tag changes made in this process, by pod id: every provider instance here sees them.
+_TAG_LOCK = threading.Lock()
+_TAG_CHANGES: dict[str, dict[str, str]] = {}
+
+
 def pod_prefix(cluster_name: str) -> str:
     return f"{NAME_PREFIX}-{cluster_name}-"
 
@@ -94,7 +100,6 @@ class RunPodCloud(Cloud):
         self._name = re.compile(re.escape(self.prefix) + r"(head|worker)-(\d+)")
         self._lock = threading.Lock()
         self._ssh: dict[str, tuple[str, int]] = {}  # pod id → (public ip, public port of 22)
-        self._tag_changes: dict[str, dict[str, str]] = {}
 
     @property
     def key(self) -> str:
@@ -210,8 +215,8 @@ class RunPodCloud(Cloud):
         tags: dict[str, str] = {}
         with contextlib.suppress(Exception):
             tags = {str(k): str(v) for k, v in json.loads(base64.b64decode(env.get(ENV_TAGS, ""))).items()}
-        with self._lock:
-            tags.update(self._tag_changes.get(pod["id"], {}))
+        with _TAG_LOCK:
+            tags.update(_TAG_CHANGES.get(pod["id"], {}))
         runtime = pod.get("runtime")
         status = (pod.get("desiredStatus") or "").upper()
         state: MachineState = _STATES.get(status, "running" if runtime else "pending")
@@ -240,8 +245,8 @@ class RunPodCloud(Cloud):
 
     def set_tags(self, instance_id: str, tags: Mapping[str, str]) -> None:
         """Kept in this process (RunPod cannot change a running pod's env without a restart)."""
-        with self._lock:
-            self._tag_changes.setdefault(instance_id, {}).update(tags)
+        with _TAG_LOCK:
+            _TAG_CHANGES.setdefault(instance_id, {}).update(tags)
 
     def ssh_endpoint(self, machine: Machine) -> SSHEndpoint:
         with self._lock:
