@@ -129,7 +129,7 @@ def test_state_lives_in_the_cloud_so_a_re_created_provider_sees_the_same_machine
     assert again.internal_ip(head) == FakeCloud.machines[cluster.name][head].private_ip
 
 
-@pytest.mark.parametrize("provider", [sky.RunPod(), "vastai", "aws,runpod"])
+@pytest.mark.parametrize("provider", [sky.VastAI(), "vastai", "aws,vastai"])
 def test_providers_without_provisioning_refuse_with_a_typed_error_before_anything_happens(provider):
     with pytest.raises(sky.ProviderUnavailableError, match="cannot start .* machines yet") as caught:
         sky.Compute(provider=provider, accelerator="RTX4090")
