@@ -9,6 +9,7 @@ Pods here get no machine (no host simulator): they stay pending, which is all th
 from __future__ import annotations
 
 import base64
+import os
 import re
 import subprocess
 import time
@@ -243,3 +244,15 @@ def test_a_pod_ends_itself_with_its_own_key_and_that_key_ends_nothing_else(sim, 
     assert provider.non_terminated_nodes({}) == [head]
     provider.cleanup_cluster_resources()
     assert provider.non_terminated_nodes({}) == []
+
+
+def test_planning_with_live_runpod_offers_imports_no_ray(sim):
+    import subprocess
+    import sys
+
+    code = ("import sys, skyward_ray as sky\n"
+            "p = sky.plan(provider=sky.RunPod(live_offers_ttl=0), accelerator='RTX4090', nodes=2)\n"
+            "print(p.offers[0].price_source, 'ray' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], env=dict(os.environ), capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert done.stdout.split() == ["live:runpod", "False"], done.stderr[-2000:]
