@@ -47,7 +47,7 @@ from skyward_ray.cluster.contract import (
     Role,
     SSHEndpoint,
 )
-from skyward_ray.errors import AuthError, ProvisioningError, SpecError
+from skyward_ray.errors import AuthError, CapacityError, ProvisioningError, SpecError
 
 NAME_PREFIX = "skyward"
 ENV_TAGS = "SKYWARD_POD_TAGS"
@@ -187,8 +187,6 @@ class RunPodCloud(Cloud):
             types = graphql(self.key, query).get("gpuTypes") or []
         floor = ((types[0].get("lowestPrice") or {}).get("minimumBidPrice")) if types else None
         if not floor:
-            from skyward_ray.errors import CapacityError
-
             raise CapacityError(f"RunPod: {gpu_type} has no interruptible price now (no spot capacity)")
         return float(floor)
 
