@@ -131,7 +131,10 @@ class PodHosts:
         except Exception as error:
             self.errors.append(f"end {pod_id}: {type(error).__name__}: {error}")
         shutil.rmtree(NETNS_ETC / host.namespace, ignore_errors=True)
-        self._write_hosts_files()
+        try:
+            self._write_hosts_files()
+        except Exception as error:  # the fake's bookkeeping must never fail the API call that ended the pod
+            self.errors.append(f"hosts files after ending {pod_id}: {type(error).__name__}: {error}")
 
     # -- booting -----------------------------------------------------------------------------------
     def _boot_guarded(self, pod: Any, placed: float) -> None:
@@ -156,9 +159,9 @@ class PodHosts:
             self.sim_hosts[pod.id] = host
         _nft(host, _port_map(port))
         if pod.global_network:
+            (NETNS_ETC / host.namespace).mkdir(parents=True, exist_ok=True)
             with self._lock:
                 self.global_pods[pod.id] = host.private_ip
-            (NETNS_ETC / host.namespace).mkdir(parents=True, exist_ok=True)
             self._write_hosts_files()
         else:
             _nft(host, _ISOLATED)
@@ -199,8 +202,11 @@ class PodHosts:
             namespaces = [self.sim_hosts[p].namespace for p in self.global_pods if p in self.sim_hosts]
         for namespace in namespaces:
             path = NETNS_ETC / namespace / "hosts"
-            with open(path, "w") as handle:  # same inode: a bind mount already made sees the change
-                handle.write("\n".join(lines) + "\n")
+            try:
+                with open(path, "w") as handle:  # same inode: a bind mount already made sees the change
+                    handle.write("\n".join(lines) + "\n")
+            except FileNotFoundError:  # that pod is ending right now
+                pass
 
     def _netns_dirs(self) -> list[str]:
         if not NETNS_ETC.is_dir() or not self.network.prefix:
