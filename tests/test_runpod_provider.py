@@ -256,3 +256,13 @@ def test_planning_with_live_runpod_offers_imports_no_ray(sim):
     done = subprocess.run([sys.executable, "-c", code], env=dict(os.environ), capture_output=True, text=True,
                           timeout=120, cwd=Path(__file__).resolve().parent.parent)
     assert done.stdout.split() == ["live:runpod", "False"], done.stderr[-2000:]
+
+
+def test_an_exited_pod_counts_as_gone_and_is_terminated_so_it_stops_billing(sim, tmp_path):
+    provider, name = provider_for(tmp_path, nodes=2, market="spot")
+    [head] = create(provider, name)
+    [worker] = create(provider, name, NODE_KIND_WORKER)
+    sim.interrupt(worker)  # RunPod takes the interruptible pod back: EXITED, its volume still billing
+    assert provider.non_terminated_nodes({}) == [head]
+    assert worker in sim.ended and worker not in {p.id for p in sim.live_pods()}
+    provider.cleanup_cluster_resources()

@@ -71,9 +71,10 @@ SHUTDOWN_COMMAND = (
 )
 
 # RunPod's desiredStatus → the contract's. A pod whose runtime is null has no container yet.
-# EXITED (its container ended, or an interruptible pod was taken back) still bills its disks and
-# can be restarted: active, so teardown terminates it.
-_STATES: dict[str, MachineState] = {"EXITED": "stopping", "TERMINATED": "terminated", "DEAD": "terminated"}
+# EXITED (its container ended, or RunPod took an interruptible pod back) never comes back for
+# skyward_ray, yet keeps billing its volume: `describe` terminates it on sight and reports it
+# terminated, so the pool replaces the node at once and nothing is left billing.
+_STATES: dict[str, MachineState] = {"EXITED": "terminated", "TERMINATED": "terminated", "DEAD": "terminated"}
 _POD_FIELDS = ("id name desiredStatus env costPerHr gpuCount imageName machineId "
                "runtime { uptimeInSeconds ports { ip isIpPublic privatePort publicPort type } }")
 
@@ -197,7 +198,7 @@ class RunPodCloud(Cloud):
         with runpod_errors("list pods", self.cluster_name):
             pods = (graphql(self.key, f"query myPods {{ myself {{ pods {{ {_POD_FIELDS} }} }} }}")
                     .get("myself") or {}).get("pods") or []
-        found = []
+        found, exited = [], []
         for pod in pods:
             if not self._name.fullmatch(pod.get("name") or ""):
                 continue
@@ -205,7 +206,12 @@ class RunPodCloud(Cloud):
             if ssh is not None:
                 with self._lock:
                     self._ssh[machine.instance_id] = ssh
+            if (pod.get("desiredStatus") or "").upper() == "EXITED":
+                exited.append(machine.instance_id)
             found.append(machine)
+        if exited:  # ended, and still billing its disk: terminate now (retried on the next listing if it fails)
+            with contextlib.suppress(ProvisioningError):
+                self.terminate(exited)
         return found
 
     def _machine(self, pod: dict[str, Any]) -> tuple[Machine, tuple[str, int] | None]:
