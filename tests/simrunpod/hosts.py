@@ -84,10 +84,13 @@ class PodHosts:
         for thread in list(self._threads):
             thread.join(timeout=30)
         left = self.running()
-        for pod_id in list(self.sim_hosts):
-            self.end(pod_id)
         self.sim.hosts = None
         try:
+            for pod_id in list(self.sim_hosts):
+                try:
+                    self.end(pod_id)
+                except Exception as error:  # keep going: the namespaces and files must go regardless
+                    self.errors.append(f"end {pod_id}: {type(error).__name__}: {error}")
             self.network.close()
         finally:
             for name in list(self._netns_dirs()):
