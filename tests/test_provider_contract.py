@@ -12,6 +12,7 @@ import concurrent.futures
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from ray.autoscaler.tags import NODE_KIND_HEAD, NODE_KIND_WORKER, TAG_RAY_CLUSTER_NAME, TAG_RAY_NODE_KIND
@@ -21,6 +22,7 @@ from skyward_ray import names
 from skyward_ray.cluster import launcher
 from skyward_ray.cluster.contract import ClusterParams
 from skyward_ray.planning.offers import Offer
+from skyward_ray.planning.providers import ProviderConfig
 from tests.fakecloud import Fake, FakeCloud, FakeNodeProvider
 
 REPO = Path(__file__).resolve().parent.parent
@@ -129,7 +131,16 @@ def test_state_lives_in_the_cloud_so_a_re_created_provider_sees_the_same_machine
     assert again.internal_ip(head) == FakeCloud.machines[cluster.name][head].private_ip
 
 
-@pytest.mark.parametrize("provider", [sky.RunPod(), "aws,runpod"])
+class OffersOnly(ProviderConfig):
+    """A provider that lists offers but cannot start machines yet (made up for this test)."""
+
+    name: ClassVar[str] = "offers-only"
+
+    def list_offers(self, accelerator=None):
+        return []
+
+
+@pytest.mark.parametrize("provider", [OffersOnly(), [OffersOnly(), "aws"]])
 def test_providers_without_provisioning_refuse_with_a_typed_error_before_anything_happens(provider):
     with pytest.raises(sky.ProviderUnavailableError, match="cannot start .* machines yet") as caught:
         sky.Compute(provider=provider, accelerator="RTX4090")

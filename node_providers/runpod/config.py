@@ -1,4 +1,4 @@
-"""`sky.RunPod()`: RunPod pods. Offers only, for now: provisioning is refused with a typed error."""
+"""`sky.RunPod(...)`: RunPod pods. Every setting a user may make is a typed field (no free-form dict)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,35 @@ if TYPE_CHECKING:
     from skyward_ray.planning.accelerators import Accelerator
     from skyward_ray.planning.offers import Offer
 
+DEFAULT_IMAGE = "runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04"
+
 
 class RunPod(ProviderConfig):
-    """RunPod pods. The API key comes from `api_key`, `RUNPOD_API_KEY` or `~/.runpod/config.toml`."""
+    """RunPod pods. The API key comes from `api_key`, else `RUNPOD_API_KEY`, else `~/.runpod/config.toml`.
+
+    The key stays on the driver: a pod ends itself with the pod-scoped key RunPod gives every pod.
+    """
 
     name: ClassVar[str] = "runpod"
+    node_provider: ClassVar[str | None] = "node_providers.runpod.node_provider:RunPodNodeProvider"
 
     api_key: str | None = Field(default=None, repr=False, description="RunPod API key; default: RUNPOD_API_KEY")
     cloud_type: Literal["ALL", "SECURE", "COMMUNITY"] = Field(
-        default="ALL", description='"ALL", "SECURE" or "COMMUNITY"')
+        default="ALL", description='"ALL", "SECURE" or "COMMUNITY" (pools of 2+ pods use SECURE: global networking)')
+    image: str = Field(default=DEFAULT_IMAGE, description="the container image every pod runs (needs bash, curl, "
+                                                          "openssh-server or apt-get)")
+    container_disk_gb: int = Field(default=20, gt=0, description="each pod's container disk in GB (gone with the pod)")
+    volume_gb: int = Field(default=0, ge=0, description="each pod's volume disk in GB (0: none; billed while the pod exists)")
+    ssh_user: str = Field(default="root", description="the login user in the pod (root in RunPod images)")
+    min_vcpu_count: int = Field(default=1, ge=1, description="fewest vCPUs a pod may get")
+    min_memory_gb: int = Field(default=1, ge=1, description="least memory in GB a pod may get")
+    num_cpus: float | None = Field(default=None, gt=0, description="CPUs each node advertises to Ray (default: detected)")
+    num_gpus: float | None = Field(default=None, ge=0, description="GPUs each node advertises to Ray (default: detected)")
+    memory: int | None = Field(default=None, gt=0, description="bytes of memory each node advertises to Ray")
+    object_store_memory: int | None = Field(default=None, ge=75 * 1024**2, description="bytes of object store per node")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="extra custom Ray resources per node, e.g. {'accelerator_type:L4': 1}")
+    live_offers_ttl: float = Field(default=120.0, ge=0, description="seconds a live offer listing is reused")
 
     def list_offers(self, accelerator: "Accelerator | None" = None) -> "list[Offer]":
         from node_providers.runpod.offers import list_offers

@@ -8,6 +8,8 @@ importing the selector.
 
 from __future__ import annotations
 
+import re
+
 from datetime import datetime
 from typing import Literal
 
@@ -59,8 +61,10 @@ class Offer(BaseModel):
 
     @property
     def label(self) -> str:
-        """A Ray-label-safe name of this purchase, e.g. g4dn.xlarge.us-east-1a.spot (tags and labels carry it)."""
-        return f"{self.instance_type}.{self.zone or self.region or 'any'}.{self.market}"
+        """A Ray-label-safe name of this purchase, e.g. g4dn.xlarge.us-east-1a.spot (tags and labels carry it).
+        Characters a Ray label value may not hold (the spaces of RunPod's GPU type ids) become '-'."""
+        raw = f"{self.instance_type}.{self.zone or self.region or 'any'}.{self.market}"
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", raw).strip("-._")[:63].rstrip("-._")
 
     @property
     def price_per_accelerator(self) -> float | None:

@@ -1,0 +1,85 @@
+"""The fake RunPod in the conformance suite: the real runpod SDK against the fake GraphQL API
+(tests.simrunpod), every pod's container command booted as an isolated machine. The driver carries
+the fake account's user key; no pod may see it."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import re
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import skyward_ray as sky
+from skyward_ray.cluster.contract import ClusterParams
+from tests.conformance import Harness
+from tests.simrunpod import SIM_SETTINGS, USER_KEY, simulated_runpod
+
+ACCELERATOR = "A100"  # two RunPod GPU types (PCIe, SXM): a capacity error on one leaves the other
+_DEPLOYS = ("podFindAndDeployOnDemand", "podRentInterruptable")
+
+
+def _payload(query: str) -> str:
+    """The boot payload a deploy mutation carries: its `dockerArgs` with the base64 inside decoded."""
+    args = re.search(r'dockerArgs: "([^"]*)"', query)
+    if args is None:
+        return ""
+    encoded = re.search(r"echo (\S+) \| base64 -d", args.group(1))
+    decoded = base64.b64decode(encoded.group(1)).decode() if encoded else ""
+    return f"{args.group(1)}\n{decoded}\n{query}"
+
+
+@contextlib.contextmanager
+def harness() -> Iterator[Harness]:
+    with simulated_runpod() as (sim, hosts), tempfile.TemporaryDirectory(prefix="keys-") as keys:
+        assert hosts is not None
+        config = sky.RunPod(key_dir=keys, **SIM_SETTINGS)
+        offer = next(o for o in config.list_offers(sky.accelerators.RTX4090())
+                     if o.count == 1 and o.market == "on-demand")
+
+        def params(nodes: int = 1, **kw: Any) -> ClusterParams:
+            return ClusterParams(auth_token="t" * 64, nodes=nodes, instance_type=offer.instance_type,
+                                 market=offer.market, offer=offer.label, accelerator=offer.accelerator,
+                                 accelerator_count=offer.count, **kw)
+
+        def billable() -> dict[str, list[str]]:
+            return {"pods": sorted(p.id for p in sim.live_pods()), "machines": sorted(hosts.running())}
+
+        def boot_payloads() -> list[str]:
+            payloads = [_payload(c.query) for c in sim.calls() if c.operation in _DEPLOYS]
+            env = [f"{k}={v}" for pod in [*sim.live_pods(), *sim.ended.values()] for k, v in pod.env.items()]
+            return [p + "\n" + "\n".join(env) for p in payloads if p]
+
+        @contextlib.contextmanager
+        def fail_capacity(instance_type: str) -> Iterator[None]:
+            sim.fail_capacity(instance_type)
+            try:
+                yield
+            finally:
+                with sim._lock:
+                    sim.capacity_out.pop(instance_type, None)
+
+        foreign: list[str] = []
+
+        def foreign_machine() -> str:
+            foreign.append(sim.add_foreign_pod("someone-elses-notebook"))
+            return foreign[-1]
+
+        try:
+            yield Harness(
+                name="runpod",
+                config=config,
+                params=params,
+                accelerator=ACCELERATOR,
+                billable=billable,
+                boot_payloads=boot_payloads,
+                secrets=[USER_KEY],
+                interrupt=sim.interrupt,
+                fail_capacity=fail_capacity,
+                foreign_machine=foreign_machine,
+                compute_settings={"boot_timeout": 120},
+            )
+        finally:
+            for pod_id in foreign:
+                sim._end(pod_id)

@@ -1,0 +1,68 @@
+"""A fake RunPod for tests and benches: a GraphQL API the real runpod SDK talks to, plus a pod host simulator.
+
+    with simulated_runpod() as (sim, hosts):
+        with sky.Compute(provider=sky.RunPod(**SIM_SETTINGS), accelerator="RTX4090") as pool: ...
+
+`simulated_runpod` points this process's SDK at the fake (`RUNPOD_API_BASE_URL`, `RUNPOD_API_KEY`;
+restored after) and ends every simulated pod on the way out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+from tests.simnet import check_available
+from tests.simrunpod.hosts import PodHosts
+from tests.simrunpod.server import BID_MESSAGE, CAPACITY_MESSAGE, USER_KEY, SimRunPod
+
+# Every simulated pod shares this 2-core machine: small nodes.
+SIM_SETTINGS = {
+    "num_cpus": 1,
+    "simulate_accelerators": True,  # each pod "has" the offer's GPUs: Ray schedules GPU tasks on it
+    "object_store_memory": 80 * 1024**2,
+    "memory": 1024**3,
+    "live_offers_ttl": 0,
+}
+
+__all__ = ["BID_MESSAGE", "CAPACITY_MESSAGE", "PodHosts", "SIM_SETTINGS", "SimRunPod", "USER_KEY",
+           "runpod_environment", "simulated_runpod"]
+
+
+@contextlib.contextmanager
+def runpod_environment(env: dict[str, str]) -> Iterator[None]:
+    """Set RunPod variables for the block; restore (or remove) them after."""
+    saved = {k: os.environ.get(k) for k in ("RUNPOD_API_BASE_URL", "RUNPOD_API_KEY", *env)}
+    for key in saved:
+        os.environ.pop(key, None)
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
+def simulated_runpod(boot_delay: float = 0.0, with_hosts: bool = True) -> Iterator[tuple[SimRunPod, PodHosts | None]]:
+    if with_hosts:
+        reason = check_available()
+        if reason is not None:
+            import pytest
+
+            pytest.skip(f"the simulated RunPod pods need network namespaces and sshd: {reason}")
+    sim = SimRunPod().start()
+    hosts: PodHosts | None = None
+    try:
+        with runpod_environment(sim.client_env()):
+            if with_hosts:
+                hosts = PodHosts(sim, boot_delay=boot_delay).start()
+            yield sim, hosts
+    finally:
+        if hosts is not None:
+            hosts.stop()
+        sim.stop()
