@@ -148,7 +148,10 @@ def test_hostile_names_and_addresses_are_refused(value):
 def test_addresses_are_checked_as_addresses():
     assert "--address=10.1.2.3:6379" in startup_script.render(_boot(head_ip="10.1.2.3"))
     assert "--address=fd00::1:6379" in startup_script.render(_boot(head_ip="fd00::1"))
-    for bad in ("10.1.2", "999.1.1.1", "host.example.com", "10.0.0.1 --block"):
+    # a private network's DNS name (RunPod's global network) is an address too
+    assert "--address=4rynev041mziag.runpod.internal:6379" in startup_script.render(
+        _boot(head_ip="4rynev041mziag.runpod.internal"))
+    for bad in ("10.1.2", "999.1.1.1", "-host.example.com", "a..b", "10.0.0.1 --block"):
         with pytest.raises(SpecError, match="head_ip"):
             startup_script.render(_boot(head_ip=bad))
 

@@ -160,6 +160,22 @@ _TOKEN = re.compile(r"[A-Za-z0-9_.+/=-]{0,512}")
 _PLACE = re.compile(r"[A-Za-z0-9 ._,:()-]{0,128}")  # regions and zones ("us-east-1a", "Texas, US")
 
 
+_HOSTNAME_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def _is_address_or_hostname(value: str) -> bool:
+    """An IP address, or an RFC 1123 host name (labels of letters, digits and inner '-') whose last
+    label is not all digits (so a malformed address such as 10.1.2 is not taken for a name)."""
+    try:
+        ipaddress.ip_address(value)
+        return True
+    except ValueError:
+        pass
+    labels = value.rstrip(".").split(".")
+    return 0 < len(value) <= 253 and not labels[-1].isdigit() and \
+        all(_HOSTNAME_LABEL.fullmatch(label) for label in labels)
+
+
 def _refuse(field: str, value: object, rule: str) -> SpecError:
     return SpecError(f"boot script: {field}={str(value)[:80]!r} is not allowed ({rule}); nothing was started")
 
@@ -189,11 +205,9 @@ def validate(boot: NodeBoot) -> None:
         raise _refuse("market_type", boot.market_type, "'spot' or 'on-demand'")
     if not 0 < boot.gcs_port < 65536:
         raise _refuse("gcs_port", boot.gcs_port, "a TCP port")
-    if boot.head_ip is not None:
-        try:
-            ipaddress.ip_address(boot.head_ip)
-        except ValueError:
-            raise _refuse("head_ip", boot.head_ip, "an IPv4 or IPv6 address") from None
+    if boot.head_ip is not None and not _is_address_or_hostname(boot.head_ip):
+        raise _refuse("head_ip", boot.head_ip, "an IPv4 or IPv6 address, or a DNS host name "
+                                               "(a private network's name, e.g. <pod id>.runpod.internal)")
     for key in boot.env:
         if not _ENV_NAME.fullmatch(key):
             raise _refuse("env", key, "environment variable names are letters, digits and '_'")
