@@ -11,15 +11,17 @@ cloud passes this suite before it ships.
 from __future__ import annotations
 
 import contextlib
+import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from ray.autoscaler.tags import NODE_KIND_HEAD, NODE_KIND_WORKER, TAG_RAY_CLUSTER_NAME, TAG_RAY_NODE_KIND
 
 import skyward_ray as sky
 from skyward_ray import names
-from skyward_ray.cluster import launcher
+from skyward_ray.cluster import launcher, pool_admin, pool_state
 from skyward_ray.cluster.node_provider import ScriptBootedNodeProvider
 from tests.conformance import HARNESSES, Harness, open_harness
 
@@ -41,10 +43,10 @@ def _tags(name: str, kind: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def cluster(h: Harness, nodes: int = 1) -> Iterator[tuple[ScriptBootedNodeProvider, str]]:
+def cluster(h: Harness, nodes: int = 1, **params: Any) -> Iterator[tuple[ScriptBootedNodeProvider, str]]:
     """A prepared cluster's node provider; every machine it made is ended and its resources removed after."""
     name = launcher.new_cluster_name()
-    provider = launcher.load_node_provider(h.config, h.params(nodes=nodes), name)
+    provider = launcher.load_node_provider(h.config, h.params(nodes=nodes, **params), name)
     try:
         yield provider, name
     finally:
@@ -138,6 +140,25 @@ def test_no_credential_appears_in_any_boot_payload(harness):
         for payload in payloads:
             for secret in harness.secrets:
                 assert secret not in payload, f"a {harness.name} credential is in a boot payload"
+
+
+def test_status_lists_skywards_clusters_and_gc_ends_only_those_whose_driver_is_gone(harness):
+    """What `skyward-ray status` and `gc` see: every skyward cluster of the account with its driver's
+    liveness (the owner tag on its machines), never a foreign machine; `end` leaves nothing."""
+    dead = pool_state.Owner(socket.gethostname(), 4_000_000, 1.0).as_tag()  # no such process
+    with cluster(harness, pool_tags={names.OWNER: dead}) as (orphaned, orphan_name), \
+            cluster(harness, pool_tags=pool_state.owner_tags(0.5)) as (kept, kept_name):
+        (orphan_head,) = create(orphaned, orphan_name, NODE_KIND_HEAD)
+        create(kept, kept_name, NODE_KIND_HEAD)
+        pools = {p.name: p for p in pool_admin.survey(configs=[harness.config], providers=[harness.name]).pools}
+        assert {orphan_name, kept_name} <= set(pools)
+        assert pools[orphan_name].liveness == "dead" and pools[kept_name].liveness == "live"
+        assert [m.instance_id for m in pools[orphan_name].active] == [orphan_head]
+        assert pool_admin.end(pools[orphan_name]) == []
+        orphaned._forget_listing()
+        assert orphaned.non_terminated_nodes({}) == [] and len(kept.non_terminated_nodes({})) == 1
+        again = {p.name for p in pool_admin.survey(configs=[harness.config], providers=[harness.name]).pools}
+        assert orphan_name not in again and kept_name in again
 
 
 # -- a whole pool --------------------------------------------------------------------------------------

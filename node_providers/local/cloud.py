@@ -195,7 +195,13 @@ class LocalCloud(Cloud):
         mine = [str(g[0]) for g in gpus][index * count:(index + 1) * count]
         return {"CUDA_VISIBLE_DEVICES": ",".join(mine)}
 
+    def _removed(self) -> bool:
+        """The pool's directory is gone (cleaned up, or ended by `skyward-ray down`): it has no machines."""
+        return not os.path.isdir(self.prepared["state_dir"])
+
     def describe(self) -> list[Machine]:
+        if self._removed():
+            return []
         listed = []
         for machine in self.host.machines().values():  # one read of the shared state
             running = not machine.terminated and self.host.root_alive(machine)
@@ -204,7 +210,8 @@ class LocalCloud(Cloud):
         return listed
 
     def terminate(self, instance_ids: list[str]) -> None:
-        self.host.terminate(list(instance_ids))
+        if not self._removed():
+            self.host.terminate(list(instance_ids))
 
     def set_tags(self, instance_id: str, tags: Mapping[str, str]) -> None:
         self.host.update_tags(instance_id, dict(tags))

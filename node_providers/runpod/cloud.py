@@ -41,6 +41,8 @@ from skyward_ray import names
 from skyward_ray.cluster.contract import (
     BootEnvironment,
     Cloud,
+    ClusterListing,
+    ClusterParams,
     Machine,
     MachineRequest,
     MachineState,
@@ -84,6 +86,9 @@ _TAG_LOCK = threading.Lock()
 _TAG_CHANGES: dict[str, dict[str, str]] = {}
 
 
+_ANY_POD_NAME = re.compile(re.escape(NAME_PREFIX) + r"-(?P<cluster>[A-Za-z0-9-]+)-(head|worker)-\d+")
+
+
 def pod_prefix(cluster_name: str) -> str:
     return f"{NAME_PREFIX}-{cluster_name}-"
 
@@ -105,6 +110,18 @@ class RunPodCloud(Cloud):
     @property
     def key(self) -> str:
         return require_key(self.config.api_key)
+
+    # -- every skyward cluster of the account (skyward-ray status / down / gc) ------------------
+    @classmethod
+    def list_clusters(cls, config: RunPod) -> list[ClusterListing]:  # type: ignore[override]
+        """The account's pods named `skyward-<cluster>-<role>-<index>`, by cluster; nothing else."""
+        key = require_key(config.api_key)
+        with runpod_errors("list pods"):
+            pods = (graphql(key, "query myPods { myself { pods { id name } } }").get("myself") or {}).get("pods") or []
+        clusters = sorted({match["cluster"] for pod in pods
+                           if (match := _ANY_POD_NAME.fullmatch(pod.get("name") or ""))})
+        return [ClusterListing(name=name, machines=cls(name, config, ClusterParams(), {}).describe())
+                for name in clusters]
 
     # -- per-cluster resources ------------------------------------------------------------------
     def prepare(self) -> dict[str, Any]:

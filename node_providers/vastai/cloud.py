@@ -29,6 +29,7 @@ from skyward_ray import names
 from skyward_ray.cluster.contract import (
     BootEnvironment,
     Cloud,
+    ClusterListing,
     Machine,
     MachineRequest,
     MachineState,
@@ -137,6 +138,19 @@ class VastAICloud(Cloud):
     @property
     def api(self) -> Any:
         return client(self.config)
+
+    # -- every skyward cluster of the account (skyward-ray status / down / gc) ------------------
+    @classmethod
+    def list_clusters(cls, config: VastAI) -> list[ClusterListing]:  # type: ignore[override]
+        """The account's instances labelled `skyward:<cluster>/...`, by cluster; nothing else."""
+        with vast_errors("list instances"):
+            rows = client(config).show_instances()
+        found: dict[str, list[Machine]] = {}
+        for row in rows:
+            label = str(row.get("label") or "")
+            if label.startswith(LABEL_PREFIX):
+                found.setdefault(label[len(LABEL_PREFIX):].split("/", 1)[0], []).append(_machine(row))
+        return [ClusterListing(name=name, machines=machines) for name, machines in sorted(found.items())]
 
     # -- per-cluster resources ------------------------------------------------------------------
     def prepare(self) -> dict[str, Any]:

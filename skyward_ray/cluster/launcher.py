@@ -317,6 +317,6 @@ def teardown(cluster: Cluster, wait_timeout: float = 60.0) -> list[str]:
 def record_pool(config: ProviderConfig, params: ClusterParams, cluster_name: str, offer: Offer) -> None:
     """The pool's 0600 state file: which provider, what it costs, and which process keeps it alive."""
     pool_state.write_record(pool_state.PoolRecord(
-        name=cluster_name, provider=config.name, provider_config=config.model_dump(mode="json"),
+        name=cluster_name, provider=config.name, provider_config=config.without_secrets(),
         owner=pool_state.Owner.current(), region=params.region, offer=params.offer, price_per_node=offer.price,
         nodes=params.nodes))

@@ -72,6 +72,12 @@ class ProviderConfig(SpecModel):
         cls._spec_hints = {name: info.description or "see the class docstring"
                            for name, info in cls.model_fields.items()}
 
+    def without_secrets(self) -> dict[str, object]:
+        """The config's fields minus its secrets (fields declared `repr=False`, such as `api_key`):
+        what may be written to a state file. A secret comes back from the environment when read."""
+        secret = {name for name, info in type(self).model_fields.items() if not info.repr}
+        return self.model_dump(mode="json", exclude=secret)
+
     def list_offers(self, accelerator: "Accelerator | None" = None) -> "list[Offer]":
         """Every offer this provider has that could serve `accelerator` (a hint; may be broader)."""
         raise NotImplementedError
