@@ -1,0 +1,114 @@
+"""Elastic pools: `sky.Nodes(min=1, max=3)` grows under load and shrinks back when idle, through Ray's
+v2 autoscaler running in this (the driver's) process, on the local provider and on the simulated AWS
+region; nothing is left after the pool ends.
+
+The load is a barrier: three 1-CPU calls that each wait until all three run at once, so the pool
+must hold three 1-CPU nodes at the same time and the demand lasts until the new nodes have joined.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import skyward_ray as sky
+from node_providers.local.process_host import processes_with_marker
+from tests.conftest import MARKS_NAMESPACE
+from tests.simaws import SIM_SETTINGS, aws_environment, simulated_aws
+
+IDLE_TIMEOUT = 3.0
+
+
+@sky.function
+def meet(tag: str, parties: int) -> str:
+    """Mark this call's start, wait (bounded) until `parties` calls of `tag` run at once; say where it ran."""
+    import os
+    import time
+
+    from ray.experimental import internal_kv  # a helper of the tests cannot be imported on a node
+
+    node = sky.instance_info().instance_id
+    namespace = MARKS_NAMESPACE.decode()
+    internal_kv._internal_kv_put(f"{tag}:{node}:{os.getpid()}", b"1", namespace=namespace)
+    deadline = time.monotonic() + 150
+    while len(internal_kv._internal_kv_list(f"{tag}:", namespace=namespace)) < parties:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(internal_kv._internal_kv_list(f'{tag}:', namespace=namespace))} "
+                               f"of {parties} calls ran at once")
+        time.sleep(0.1)
+    return node
+
+
+def wait_for(condition, timeout: float, what: str) -> float:
+    """Poll `condition` until true; return the seconds it took."""
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout, f"{what} did not happen within {timeout:g}s"
+        time.sleep(0.25)
+    return time.monotonic() - started
+
+
+def grow_and_shrink(pool: sky.Compute, tag: str, boot_timeout: float) -> tuple[str, list[str]]:
+    """The scenario both providers run: 1 node, 3 at once under load, back to 1 when idle."""
+    assert len(pool.nodes) == 1
+    head = pool.nodes[0].instance_id
+    ran = sky.gather(*[meet(tag, 3) for _ in range(3)]) >> pool
+    assert len(set(ran)) == 3 and head in ran, f"the three calls ran on {ran}"
+    wait_for(lambda: {n.instance_id for n in pool.nodes} == set(ran), 15, "pool.nodes listing the 3 nodes")
+    assert [n.index for n in pool.nodes] == [0, 1, 2]
+    workers = sorted(set(ran) - {head})
+    wait_for(lambda: [n.instance_id for n in pool.nodes] == [head], IDLE_TIMEOUT + boot_timeout,
+             "shrinking back to the head")
+    assert sky.gather(*[meet(f"{tag}-after", 1) for _ in range(2)]) >> pool == [head, head]
+    return head, workers
+
+
+def test_nodes_spec_for_elastic_pools():
+    nodes = sky.Nodes(min=1, max=8, idle_timeout=120)
+    assert (nodes.desired, nodes.floor, nodes.ceiling, nodes.elastic, nodes.idle_timeout) == (1, 1, 8, True, 120)
+    assert sky.Nodes(2, max=4).floor == 2 and sky.Nodes(2, max=4).elastic
+    assert not sky.Nodes(3).elastic and not sky.Nodes(3, min=3, max=3).elastic
+    with pytest.raises(sky.SpecError, match="idle_timeout"):
+        sky.Nodes(min=1, max=3, idle_timeout=0)
+    with pytest.raises(sky.SpecError, match="max=2 is less than desired=3"):
+        sky.Nodes(min=3, max=2)
+
+
+def test_a_local_elastic_pool_grows_to_max_under_load_and_shrinks_back_when_idle():
+    with sky.Compute(provider=sky.Local(cpus_per_node=1),
+                     nodes=sky.Nodes(min=1, max=3, idle_timeout=IDLE_TIMEOUT)) as pool:
+        head, workers = grow_and_shrink(pool, "local", boot_timeout=60)
+        for worker in workers:  # a worker ended by the autoscaler is a machine gone, all its processes
+            wait_for(lambda: not processes_with_marker(worker), 15, f"{worker}'s processes ending")
+        assert processes_with_marker(head)
+    # the conftest fixture fails the test if any process of the pool outlives it
+
+
+# -- the simulated AWS region --------------------------------------------------------------------
+REGION = "us-east-1"
+
+
+@pytest.fixture(scope="module")
+def region(tmp_path_factory):
+    with simulated_aws(REGION) as (sim, hosts), aws_environment(sim.client_env()):
+        yield sim, hosts, str(tmp_path_factory.mktemp("keys"))
+        assert hosts.stop() == [], "a simulated machine was still running when the module ended"
+
+
+def test_an_aws_elastic_pool_grows_to_max_and_shrinks_back_and_leaves_nothing(region):
+    sim, hosts, keys = region
+    provider = sky.AWS(region=REGION, key_dir=keys, ssh_cidr=hosts.ssh_cidr, **SIM_SETTINGS)
+    since = time.time()
+    with sky.Compute(provider=provider, accelerator="T4", allocation="on-demand", boot_timeout=120,
+                     nodes=sky.Nodes(min=1, max=3, idle_timeout=IDLE_TIMEOUT)) as pool:
+        name = pool.name
+        head, workers = grow_and_shrink(pool, "aws", boot_timeout=90)
+        launched = [c for c in sim.calls("RunInstances", since=since) if name in c.params.values()]
+        assert len(launched) == 3, "the head, then two workers started by the autoscaler"
+        wait_for(lambda: [i["InstanceId"] for i in sim.live_instances(cluster=name)] == [head], 60,
+                 "the two idle workers' instances terminating")
+        assert sorted(i["InstanceId"] for i in sim.instances(cluster=name, states=("terminated",))) == workers
+    assert sim.live_instances(cluster=name) == []
+    assert sim.security_groups(cluster=name) == [] and sim.key_pairs() == []
+    assert hosts.wait_idle() == []
