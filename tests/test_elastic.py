@@ -13,7 +13,7 @@ import time
 import pytest
 
 import skyward_ray as sky
-from node_providers.local.process_host import processes_with_marker
+from node_providers.local.process_host import end_processes, processes_with_marker
 from tests.conftest import MARKS_NAMESPACE
 from tests.simaws import SIM_SETTINGS, aws_environment, simulated_aws
 
@@ -83,6 +83,27 @@ def test_a_local_elastic_pool_grows_to_max_under_load_and_shrinks_back_when_idle
             wait_for(lambda: not processes_with_marker(worker), 15, f"{worker}'s processes ending")
         assert processes_with_marker(head)
     # the conftest fixture fails the test if any process of the pool outlives it
+
+
+def test_a_lost_worker_of_an_elastic_pool_is_replaced_to_keep_min():
+    with sky.Compute(provider=sky.Local(cpus_per_node=1),
+                     nodes=sky.Nodes(2, min=2, max=3, idle_timeout=IDLE_TIMEOUT)) as pool:
+        head, lost = [n.instance_id for n in pool.nodes]
+        end_processes(processes_with_marker(lost), grace=0.5)  # the machine is gone, as a spot interruption
+        wait_for(lambda: len(pool.nodes) == 2 and lost not in {n.instance_id for n in pool.nodes}, 90,
+                 "a new worker replacing the lost one")
+        assert [n.index for n in pool.nodes] == [0, 1]
+        ran = sky.gather(*[meet("replaced", 2) for _ in range(2)]) >> pool
+        assert sorted(ran) == sorted(n.instance_id for n in pool.nodes) and lost not in ran
+
+
+def test_leaving_an_elastic_pool_while_it_grows_leaves_nothing():
+    with sky.Compute(provider=sky.Local(cpus_per_node=1),
+                     nodes=sky.Nodes(min=1, max=3, idle_timeout=IDLE_TIMEOUT)) as pool:
+        sky.gather(*[meet("leaving", 3) for _ in range(3)]) > pool  # sent, never awaited
+        wait_for(lambda: processes_with_marker(f"{pool.name}-1") or processes_with_marker(f"{pool.name}-2"), 30,
+                 "the autoscaler starting a worker")
+    # the conftest fixture fails the test if a worker being started outlives the pool
 
 
 # -- the simulated AWS region --------------------------------------------------------------------
