@@ -85,6 +85,49 @@ def test_a_local_elastic_pool_grows_to_max_under_load_and_shrinks_back_when_idle
     # the conftest fixture fails the test if any process of the pool outlives it
 
 
+@sky.function
+def where_am_i() -> str:
+    return sky.instance_info().instance_id
+
+
+def test_an_elastic_pool_grows_for_placement_groups_and_actors_and_keeps_requested_nodes():
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    @ray.remote(num_cpus=1)
+    class Where:
+        def instance(self) -> str:
+            import skyward_ray
+
+            return skyward_ray.instance_info().instance_id
+
+    with sky.Compute(provider=sky.Local(cpus_per_node=1),
+                     nodes=sky.Nodes(min=1, max=3, idle_timeout=IDLE_TIMEOUT)) as pool:
+        group = placement_group([{"CPU": 1}] * 2, strategy="STRICT_SPREAD")  # a gang: two nodes at once
+        ray.get(group.ready(), timeout=120)
+        wait_for(lambda: len(pool.nodes) == 2, 15, "pool.nodes listing the placement group's 2 nodes")
+        remove_placement_group(group)
+        actors = [Where.remote() for _ in range(3)]  # three 1-CPU actors: three nodes
+        ran = ray.get([actor.instance.remote() for actor in actors], timeout=120)
+        assert len(set(ran)) == 3
+        wait_for(lambda: {n.instance_id for n in pool.nodes} == set(ran), 15, "pool.nodes listing the 3 nodes")
+        pool.request_nodes(3)  # kept although idle, until the request is withdrawn
+        for actor in actors:
+            ray.kill(actor)
+        time.sleep(IDLE_TIMEOUT + 4)
+        assert {n.instance_id for n in pool.nodes} == set(ran)
+        pool.request_nodes(0)
+        wait_for(lambda: len(pool.nodes) == 1, IDLE_TIMEOUT + 60, "shrinking back once the request is withdrawn")
+        assert where_am_i() >> pool == pool.nodes[0].instance_id
+
+
+def test_request_nodes_needs_an_elastic_pool():
+    with pytest.raises(sky.SpecError, match="needs an elastic pool.*fixed size of 2"):
+        sky.Compute(nodes=2).request_nodes(3)
+    with pytest.raises(sky.PoolClosedError):
+        sky.Compute(nodes=sky.Nodes(min=1, max=2)).request_nodes(2)
+
+
 def test_a_lost_worker_of_an_elastic_pool_is_replaced_to_keep_min():
     with sky.Compute(provider=sky.Local(cpus_per_node=1),
                      nodes=sky.Nodes(2, min=2, max=3, idle_timeout=IDLE_TIMEOUT)) as pool:

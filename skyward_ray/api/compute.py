@@ -307,6 +307,16 @@ class Compute:
     def timings(self) -> dict[str, float]:
         return dict(self._open_cluster().timings)
 
+    def request_nodes(self, count: int) -> None:
+        """Elastic pools: keep at least `count` nodes (capped at max) ready, with no work waiting,
+        until the next request; `request_nodes(0)` lets idle nodes go again."""
+        if not self.desired.elastic:
+            raise SpecError(f"pool.request_nodes needs an elastic pool, e.g. nodes=sky.Nodes(min=1, max="
+                            f"{max(2, self.desired.desired)}); this one has a fixed size of {self.desired.desired}")
+        self._open_cluster()
+        assert self._scaler is not None
+        self._scaler.request_nodes(count)
+
     # -- dispatch (used by the operators) ------------------------------------------------------
     def _task_options(self, pending: PendingFunction[Any]) -> dict[str, Any]:
         offer = self._open_cluster().offer

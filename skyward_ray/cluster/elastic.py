@@ -159,7 +159,9 @@ class ElasticScaler:
         driver = self.cluster.driver
         assert driver is not None
         count = max(0, min(count, self.max_nodes))
-        request_cluster_resources(driver.gcs_address, [{"resources": dict(self._worker_bundle)}] * count)
+        # A whole node's CPUs and accelerators; not its memory, which Ray measures per machine.
+        bundle = {k: v for k, v in self._worker_bundle.items() if k not in ("memory", "object_store_memory")}
+        request_cluster_resources(driver.gcs_address, [{"resources": bundle}] * count)
 
     # -- the loop --------------------------------------------------------------------------------
     def _run(self) -> None:
