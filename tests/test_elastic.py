@@ -157,6 +157,7 @@ REGION = "us-east-1"
 def region(tmp_path_factory):
     with simulated_aws(REGION) as (sim, hosts), aws_environment(sim.client_env()):
         yield sim, hosts, str(tmp_path_factory.mktemp("keys"))
+        hosts.wait_idle(timeout=30)  # a machine EC2 has terminated may take a moment to stop here
         assert hosts.stop() == [], "a simulated machine was still running when the module ended"
 
 
