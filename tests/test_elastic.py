@@ -177,3 +177,11 @@ def test_an_aws_elastic_pool_grows_to_max_and_shrinks_back_and_leaves_nothing(re
     assert sim.live_instances(cluster=name) == []
     assert sim.security_groups(cluster=name) == [] and sim.key_pairs() == []
     assert hosts.wait_idle() == []
+
+
+def test_the_serving_statuses_are_rays():
+    from ray.core.generated.autoscaler_pb2 import NodeStatus
+
+    from skyward_ray.cluster import elastic
+
+    assert elastic._SERVING == (NodeStatus.RUNNING, NodeStatus.IDLE)

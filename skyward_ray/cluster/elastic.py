@@ -43,7 +43,8 @@ from skyward_ray.cluster import launcher
 from skyward_ray.console import console
 from skyward_ray.planning.nodes import NodeInfo
 
-# Ray's node status in the autoscaler's view (autoscaler.proto NodeStatus): RUNNING, IDLE.
+# Ray's node status in the autoscaler's view (autoscaler.proto NodeStatus): RUNNING = 1, IDLE = 3
+# (not DRAINING = 4 or DEAD = 2). Spelled as numbers so importing this module does not load Ray's protos.
 _SERVING = (1, 3)
 
 
