@@ -8,6 +8,7 @@ must hold three 1-CPU nodes at the same time and the demand lasts until the new 
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -73,6 +74,23 @@ def test_nodes_spec_for_elastic_pools():
         sky.Nodes(min=1, max=3, idle_timeout=0)
     with pytest.raises(sky.SpecError, match="max=2 is less than desired=3"):
         sky.Nodes(min=3, max=2)
+
+
+def test_an_elastic_pool_is_priced_and_counted_at_max_by_the_cost_guard(monkeypatch):
+    for key in [k for k in os.environ if k.startswith("AWS_")]:  # offers from the snapshot, nothing asked of AWS
+        monkeypatch.delenv(key)
+    for key, value in {"AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": os.devnull,
+                       "AWS_SHARED_CREDENTIALS_FILE": os.devnull}.items():
+        monkeypatch.setenv(key, value)
+    pool = sky.Compute(provider=sky.AWS(region="us-east-1"), accelerator="H100:8", allocation="on-demand",
+                       nodes=sky.Nodes(min=1, max=2))
+    price = sky.plan(provider=sky.AWS(region="us-east-1"), accelerator="H100:8", allocation="on-demand").chosen.price
+    assert 50 < price <= 100, "one node fits the default $100/h ceiling, two do not"
+    with pytest.raises(sky.SpecError, match=rf"2 nodes × \${price:,.2f}/h per node"):
+        with pool:
+            pass
+    with pytest.raises(sky.SpecError, match="nodes=100 .*ceiling of 64 nodes"):
+        sky.Compute(nodes=sky.Nodes(min=1, max=100))
 
 
 def test_a_local_elastic_pool_grows_to_max_under_load_and_shrinks_back_when_idle():
