@@ -255,13 +255,8 @@ class HostSimulator:
             key_path.chmod(0o600)
             host.start_sshd(key_path, self.sim.imported_public_key(instance["KeyName"]))
         machine_dir = self.host.state_dir / instance_id
-        # Its own /tmp, as a real instance has: Ray's default temp dir (/tmp/ray) is named by the head's
-        # session, so nodes sharing one would race for the same socket names. Short: sockets live below.
-        tmp = self.root / "t" / str(len(self.sim_hosts))
-        tmp.mkdir(parents=True, exist_ok=True)
         env = {
             "PATH": self.path,
-            "TMPDIR": str(tmp),
             "SIMAWS_SHUTDOWN_DIR": str(self.shutdown_dir),
             "UV_CACHE_DIR": str(self.uv_cache),
             "UV_OFFLINE": "1",  # a namespace reaches no package index: the cache is this region's mirror
