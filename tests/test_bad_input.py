@@ -40,9 +40,11 @@ def test_nodes_must_be_a_number():
         sky.Nodes(2, min=3)
 
 
-def test_elastic_pools_are_refused_until_supported():
-    with pytest.raises(sky.SpecError, match="elastic pools .* are not supported yet; pass nodes=3"):
-        sky.Compute(nodes=sky.Nodes(3, max=6))
+def test_elastic_pool_bounds_are_checked():
+    with pytest.raises(sky.SpecError, match="max=2 is less than desired=3; raise max"):
+        sky.Compute(nodes=sky.Nodes(3, max=2))
+    with pytest.raises(sky.SpecError, match="Nodes.idle_timeout: .*Fix: seconds"):
+        sky.Compute(nodes=sky.Nodes(min=1, max=3, idle_timeout=-1))
 
 
 def test_unknown_accelerator_lists_the_closest_names():

@@ -31,6 +31,7 @@ from skyward_ray.api import sweep as sweeps
 from skyward_ray.api.function import PendingFunction, RemoteFunction, _not_pending_message
 from skyward_ray.cluster import launcher, pool_state
 from skyward_ray.cluster.contract import ClusterParams
+from skyward_ray.cluster.elastic import ElasticScaler
 from skyward_ray.cluster.replacer import NodeReplacer
 from skyward_ray.console import console
 from skyward_ray.errors import AuthError, CapacityError, PoolClosedError, ProvisioningError, QuotaError, SpecError
@@ -72,14 +73,9 @@ class Compute:
         max_pool_hourly_cost: float | None = None,
         max_pool_nodes: int | None = None,
     ) -> None:
-        self.desired = as_nodes(nodes)
+        self.desired = as_nodes(nodes)  # elastic when min=/max= differ from desired (see cluster/elastic.py)
         self._ceilings = cost_guard.ceilings(max_pool_hourly_cost, max_pool_nodes)
         cost_guard.check_nodes(self.desired.max or self.desired.desired, self._ceilings)
-        if {self.desired.min, self.desired.max} - {None, self.desired.desired}:
-            raise SpecError(
-                f"nodes={self.desired!r}: elastic pools (min=/max= different from desired) are not supported yet; "
-                f"pass nodes={self.desired.desired}"
-            )
         if image is not None and not isinstance(image, Image):
             raise SpecError(f"image={image!r}: pass a sky.Image(pip=[...], apt=[...], env={{...}})")
         self.image = image or Image()
@@ -93,6 +89,7 @@ class Compute:
         self._boot_timeout = boot_timeout
         self._cluster: launcher.Cluster | None = None
         self._replacer: NodeReplacer | None = None
+        self._scaler: ElasticScaler | None = None  # elastic pools: Ray's autoscaler, which also replaces lost nodes
         self._state = "new"
         self._lock = threading.RLock()
         self._previous_handlers: dict[int, Any] = {}
@@ -111,8 +108,8 @@ class Compute:
                 "call ray.shutdown() or leave the other pool before entering sky.Compute"
             )
         code = user_code.collect(self.image)  # the user's own modules; too big → SpecError, nothing started
-        self.plan = planning.plan(*self.specs, nodes=self.desired.desired)
-        cost_guard.check_cost(self.desired.desired, self.plan.chosen.price, self._ceilings, _offer_words(self.plan.chosen))
+        self.plan = planning.plan(*self.specs, nodes=self.desired.ceiling)  # an elastic pool is priced at max
+        cost_guard.check_cost(self.desired.ceiling, self.plan.chosen.price, self._ceilings, _offer_words(self.plan.chosen))
         self._install_signal_handlers()
         _OPEN_POOLS.add(self)
         try:
@@ -122,7 +119,15 @@ class Compute:
             self._close()
             raise
         self._install_signal_handlers()  # ray.init put its own SIGTERM handler in place of ours
-        self._replacer = NodeReplacer(self._cluster).start()
+        try:
+            if self.desired.elastic:
+                self._scaler = ElasticScaler(self._cluster, self.desired.floor, self.desired.ceiling,
+                                             self.desired.idle_timeout).start()
+            else:
+                self._replacer = NodeReplacer(self._cluster).start()
+        except BaseException:
+            self._close()
+            raise
         self._state = "open"
         return self
 
@@ -144,7 +149,7 @@ class Compute:
             if spec.provider.name in blocked_providers:
                 continue
             try:  # a fallback dearer than the cost guard allows is skipped, never bought
-                cost_guard.check_cost(self.desired.desired, offer.price, self._ceilings, _offer_words(offer))
+                cost_guard.check_cost(self.desired.ceiling, offer.price, self._ceilings, _offer_words(offer))
             except SpecError as error:
                 self.failures.append((offer, error))  # type: ignore[arg-type]
                 continue
@@ -215,6 +220,8 @@ class Compute:
             self._state = "closed"
             cluster, self._cluster = self._cluster, None
         try:
+            if self._scaler is not None:
+                self._scaler.stop()  # before teardown: no node may be launched while the pool ends
             if self._replacer is not None:
                 self._replacer.stop()
             if cluster is not None:
@@ -299,6 +306,16 @@ class Compute:
     @property
     def timings(self) -> dict[str, float]:
         return dict(self._open_cluster().timings)
+
+    def request_nodes(self, count: int) -> None:
+        """Elastic pools: keep at least `count` nodes (capped at max) ready, with no work waiting,
+        until the next request; `request_nodes(0)` lets idle nodes go again."""
+        if not self.desired.elastic:
+            raise SpecError(f"pool.request_nodes needs an elastic pool, e.g. nodes=sky.Nodes(min=1, max="
+                            f"{max(2, self.desired.desired)}); this one has a fixed size of {self.desired.desired}")
+        self._open_cluster()
+        assert self._scaler is not None
+        self._scaler.request_nodes(count)
 
     # -- dispatch (used by the operators) ------------------------------------------------------
     def _task_options(self, pending: PendingFunction[Any]) -> dict[str, Any]:

@@ -110,7 +110,7 @@ def plan(
     max_hourly_cost: float | None = None,
 ) -> Plan:
     """Ranked offers for these arguments; raises `NoOffersError` (with reasons) when none fits."""
-    count = as_nodes(nodes).desired
+    count = as_nodes(nodes).ceiling  # an elastic pool may grow to max: plan (and price) for max
     spec_list = specs_from_arguments(
         specs, provider=provider, accelerator=accelerator, allocation=allocation, region=region,
         max_hourly_cost=max_hourly_cost,
