@@ -160,10 +160,12 @@ def test_killing_the_tunnel_mid_gather_recovers(pool):
     assert square(9) >> pool == 81
 
 
-def test_cost_is_the_offers_hourly_price_times_nodes_times_hours(pool):
+def test_cost_counts_every_machine_from_its_launch_at_the_offers_price(pool):
     assert pool.offer.price > 0
-    hours = (time.time() - pool._cluster.started_at) / 3600
-    assert pool.cost == pytest.approx(pool.offer.price * len(pool.nodes) * hours, rel=0.05)
+    upper = pool.offer.price * len(pool.nodes) * (time.time() - pool._cluster.started_at) / 3600
+    assert 0 < pool.cost <= upper and pool.cost == pytest.approx(upper, rel=0.25)
+    assert pool.cost_summary.startswith(f"{len(pool.nodes)} machines, ")
+    assert f"× ${pool.offer.price:,.4f}/h ({pool.offer.market}, {pool.offer.price_source}" in pool.cost_summary
 
 
 def test_leaving_the_pool_leaves_nothing(region, pool):
@@ -172,6 +174,9 @@ def test_leaving_the_pool_leaves_nothing(region, pool):
     ssh_pid = tunnel.pid
     assert ssh_pid is not None and psutil.pid_exists(ssh_pid)
     pool.close()
+    spent = pool.cost
+    time.sleep(0.2)
+    assert pool.cost == spent > 0, "after exit the cost stops growing and stays readable"
     assert not tunnel.alive
     assert not psutil.pid_exists(ssh_pid) or psutil.Process(ssh_pid).status() == psutil.STATUS_ZOMBIE, "ssh was ended"
     nothing_left(region, name)

@@ -30,6 +30,7 @@ from skyward_ray.api import dispatch, user_code
 from skyward_ray.api import sweep as sweeps
 from skyward_ray.api.function import PendingFunction, RemoteFunction, _not_pending_message
 from skyward_ray.cluster import launcher, pool_state
+from skyward_ray.cluster.billing import Ledger
 from skyward_ray.cluster.contract import ClusterParams
 from skyward_ray.cluster.elastic import ElasticScaler
 from skyward_ray.cluster.replacer import NodeReplacer
@@ -97,6 +98,7 @@ class Compute:
         self._code_dir: str | None = None
         self.plan: Plan | None = None
         self.failures: list[tuple[Offer, ProvisioningError]] = []  # offers tried before the one that worked
+        self._ledgers: list[Ledger] = []  # one per launch attempt: failed attempts' machines cost money too
 
     # -- lifecycle -----------------------------------------------------------------------------
     def __enter__(self) -> "Compute":
@@ -158,9 +160,11 @@ class Compute:
             params = self._cluster_params(spec, offer, boot_timeout)
             with console.status(f"starting {self.desired.desired} node(s) on {offer.provider} "
                                 f"({offer.instance_type}, {offer.market})"):
+                ledger = Ledger(offer.price, offer.market, offer.price_source, offer.price_as_of)
+                self._ledgers.append(ledger)
                 try:
                     cluster = launcher.launch(spec.provider, params, cluster_name, offer, boot_timeout,
-                                              self._runtime_env(spec))
+                                              self._runtime_env(spec), ledger=ledger)
                 except CapacityError as error:
                     self.failures.append((offer, error))
                     continue
@@ -230,7 +234,7 @@ class Compute:
                 if left:
                     console.print(f"[red]could not confirm the end of: {', '.join(left)}[/]")
                 else:
-                    console.print(f"pool {cluster.name} gone ({time.monotonic() - t0:.1f}s)")
+                    console.print(f"pool {cluster.name} gone ({time.monotonic() - t0:.1f}s); cost: {self.cost_summary}")
         finally:
             self._restore_signal_handlers()
             _OPEN_POOLS.discard(self)
@@ -293,10 +297,22 @@ class Compute:
 
     @property
     def cost(self) -> float:
-        """Dollars spent so far: the chosen offer's hourly price × nodes × hours since launch."""
-        cluster = self._open_cluster()
-        hours = (time.time() - cluster.started_at) / 3600
-        return cluster.offer.price * len(cluster.nodes) * hours
+        """USD spent so far (also after exit): every machine this pool started, failed launch
+        attempts included, from its launch to its end, at the price of the offer it was launched
+        from. List prices × wall time; the cloud's bill rounds in its own units."""
+        return sum(ledger.spent() for ledger in self._ledgers)
+
+    @property
+    def cost_summary(self) -> str:
+        """The cost as one line: machines, node-hours × price (market, price source) = USD."""
+        if not self._ledgers:
+            return "nothing started: $0.00"
+        line = self._ledgers[-1].summary()
+        earlier = sum(ledger.spent() for ledger in self._ledgers[:-1])
+        tried = sum(len(ledger.spans) for ledger in self._ledgers[:-1])
+        if tried:
+            line += f"; plus ${earlier:,.4f} for {tried} machine(s) of failed launch attempts"
+        return line
 
     @property
     def replaced(self) -> list[tuple[str, str]]:

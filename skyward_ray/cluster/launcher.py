@@ -33,6 +33,7 @@ from ray.autoscaler.tags import (
 
 from skyward_ray import names
 from skyward_ray.cluster import pool_state, ssh_keys
+from skyward_ray.cluster.billing import Ledger
 from skyward_ray.cluster.contract import ClusterParams
 from skyward_ray.cluster.driver import CLIENT_SERVER_PORT, DriverConnection
 from skyward_ray.cluster.node_provider import ScriptBootedNodeProvider, provider_section
@@ -137,8 +138,10 @@ def launch(
     offer: Offer,
     boot_timeout: float,
     runtime_env: dict[str, Any] | None,
+    ledger: Ledger | None = None,
 ) -> Cluster:
-    """Provision `params.nodes` nodes, boot Ray on them, and connect this process. Cleans up on failure."""
+    """Provision `params.nodes` nodes, boot Ray on them, and connect this process. Cleans up on failure.
+    `ledger`, when given, records every machine's launch and end (what the pool spends)."""
     t0 = time.monotonic()
     record_pool(config, params, cluster_name, offer)  # before anything exists: `skyward-ray gc` finds what follows
     try:
@@ -146,6 +149,7 @@ def launch(
     except BaseException:  # prepare is all or nothing: no resource is left, so no state either
         pool_state.remove_record(cluster_name)
         raise
+    provider.ledger = ledger
     cluster = Cluster(name=cluster_name, provider=provider, offer=offer, instance_ids=[])
     try:
         provision(cluster, params.nodes)

@@ -44,6 +44,7 @@ from ray.autoscaler.tags import (
 
 from skyward_ray import names
 from skyward_ray.cluster import ssh_keys
+from skyward_ray.cluster.billing import Ledger
 from skyward_ray.cluster.contract import Cloud, ClusterParams, Machine, MachineRequest, Role
 from skyward_ray.errors import ProvisioningError
 from skyward_ray.node import startup_script
@@ -75,6 +76,8 @@ class ScriptBootedNodeProvider(NodeProvider):
         self._described: tuple[float, list[Machine]] = (-1e9, [])
         self._private_ips: dict[str, str] = {}
         self._head_ip: str | None = None
+        #: the pool's spending record, when a driver keeps one (`sky.Compute`); None under `ray up`
+        self.ledger: Ledger | None = None
 
     @classmethod
     def _parse(cls, provider_config: dict[str, Any]) -> tuple[Any, ClusterParams]:
@@ -140,6 +143,8 @@ class ScriptBootedNodeProvider(NodeProvider):
             if not fresh and time.monotonic() - at < self.cloud_class.describe_ttl:
                 return machines
         machines = self.cloud.describe()
+        if self.ledger is not None:
+            self.ledger.seen_active(m.instance_id for m in machines if m.active)
         with self._lock:
             self._described = (time.monotonic(), machines)
             self._private_ips.update({m.instance_id: m.private_ip for m in machines if m.private_ip})
@@ -220,6 +225,8 @@ class ScriptBootedNodeProvider(NodeProvider):
                 with self._lock:
                     self._reserved_indexes.discard(index)
             self._forget_listing()
+            if self.ledger is not None:
+                self.ledger.launched([machine.instance_id])
             if machine.private_ip:
                 self._private_ips[machine.instance_id] = machine.private_ip
             created[machine.instance_id] = {"instance_id": machine.instance_id, "ip": machine.private_ip,
@@ -317,6 +324,8 @@ class ScriptBootedNodeProvider(NodeProvider):
             self.cloud.terminate(workers)
         if heads:
             self.cloud.terminate(heads)
+        if self.ledger is not None:
+            self.ledger.ended(ids)
         self._forget_listing()
 
     # -- `ray up` ------------------------------------------------------------------------------
