@@ -192,7 +192,7 @@ def test_run_instances_sends_market_imdsv2_shutdown_and_tags_and_state_lives_in_
 
 @pytest.mark.parametrize("code, error", [
     ("InsufficientInstanceCapacity", sky.CapacityError), ("SpotMaxPriceTooLow", sky.CapacityError),
-    ("MaxSpotInstanceCountExceeded", sky.CapacityError), ("Unsupported", sky.CapacityError),
+    ("MaxSpotInstanceCountExceeded", sky.SpotQuotaError), ("Unsupported", sky.CapacityError),
     ("UnauthorizedOperation", sky.AuthError), ("AuthFailure", sky.AuthError),
     ("VcpuLimitExceeded", sky.QuotaError), ("InstanceLimitExceeded", sky.QuotaError),
 ])
