@@ -27,6 +27,29 @@ class _SkywardConsole:
         if not self.quiet:
             self._console.print(*args, **kwargs)
 
+    @property
+    def interactive(self) -> bool:
+        """Whether live displays make sense: a terminal, and not silenced."""
+        return not self.quiet and self._console.is_terminal
+
+    def live(self, text: str) -> Any:
+        """A started single-line live display (`.update(text)`, `.stop()`)."""
+        from rich.live import Live
+        from rich.text import Text
+
+        class _Line:
+            def __init__(self, console: Console) -> None:
+                self._live = Live(Text(text), console=console, refresh_per_second=4, transient=False)
+                self._live.start()
+
+            def update(self, line: str) -> None:
+                self._live.update(Text(line))
+
+            def stop(self) -> None:
+                self._live.stop()
+
+        return _Line(self._console)
+
     @contextlib.contextmanager
     def status(self, message: str) -> Iterator[None]:
         if self.quiet or not self._console.is_terminal:

@@ -318,3 +318,53 @@ def test_the_driver_holds_the_pools_own_token_while_it_is_open(pool):
     script = Path(pool._cluster.provider.cloud.host.machines()[head].directory, "startup.sh").read_text()
     assert f"RAY_AUTH_TOKEN={token}" in script, "the driver holds the very token the nodes were booted with"
     assert token == pool._cluster.provider.params.auth_token and len(set(token)) > 8
+
+
+@sky.function
+def rendezvous(port: int) -> dict:
+    """What torch.distributed's env:// rendezvous does, without torch: rank 0 listens on
+    MASTER_ADDR:MASTER_PORT, every other rank connects to it and is told the world size."""
+    import socket
+
+    env = sky.instance_info().distributed_env(master_port=port)
+    address, world = (env["MASTER_ADDR"], int(env["MASTER_PORT"])), int(env["WORLD_SIZE"])
+    if env["RANK"] == "0":
+        with socket.create_server(address) as server:
+            server.settimeout(60)
+            for _ in range(world - 1):
+                peer, _ = server.accept()
+                with peer:
+                    peer.sendall(str(world).encode())
+        return {**env, "told": str(world)}
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with socket.create_connection(address, timeout=5) as conn:
+                return {**env, "told": conn.recv(16).decode()}
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def test_distributed_env_gives_every_node_a_rank_and_a_reachable_master(pool):
+    import random
+
+    answers = rendezvous(random.randint(30000, 40000)) @ pool
+    head = pool.nodes[0].ip
+    assert [a["RANK"] for a in answers] == ["0", "1", "2"] and {a["WORLD_SIZE"] for a in answers} == {"3"}
+    assert {a["MASTER_ADDR"] for a in answers} == {head} and {a["told"] for a in answers} == {"3"}
+    assert [a["NODE_RANK"] for a in answers] == ["0", "1", "2"] and {a["LOCAL_RANK"] for a in answers} == {"0"}
+
+
+def test_distributed_env_with_one_process_per_gpu_numbers_ranks_node_major():
+    from skyward_ray.api.runtime import InstanceInfo
+
+    info = InstanceInfo(node=1, total_nodes=2, is_head=False, head_ip="10.0.0.5", ip="10.0.0.6", instance_id="i-1",
+                        ray_node_id="n", provider="aws", accelerator="H100", accelerator_count=8, spot=False,
+                        cluster="sky-x")
+    env = info.distributed_env(master_port=29400, processes_per_node=8, local_rank=3)
+    assert env == {"MASTER_ADDR": "10.0.0.5", "MASTER_PORT": "29400", "WORLD_SIZE": "16", "RANK": "11",
+                   "LOCAL_RANK": "3", "LOCAL_WORLD_SIZE": "8", "NODE_RANK": "1"}
+    with pytest.raises(ValueError, match="local_rank=8 must be in 0..processes_per_node-1"):
+        info.distributed_env(processes_per_node=8, local_rank=8)

@@ -20,14 +20,15 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import ray
 
 from skyward_ray import names
 from skyward_ray.api import dispatch, user_code
+from skyward_ray.api import sweep as sweeps
 from skyward_ray.api.function import PendingFunction, RemoteFunction, _not_pending_message
 from skyward_ray.cluster import launcher
 from skyward_ray.cluster.contract import ClusterParams
@@ -397,12 +398,38 @@ class Compute:
         self._open_cluster()
         return dispatch.submit_many(pendings, [self._task_options(p) for p in pendings], as_tuple)
 
-    def map(self, fn: RemoteFunction[Any, Any], items: Iterable[Any]) -> list[Any]:
-        """One task per item, run in parallel; results in input order."""
-        if not isinstance(fn, RemoteFunction):
-            raise TypeError(_not_pending_message(fn, "pool.map") if callable(fn) else
-                            f"pool.map takes a @sky.function, got {type(fn).__name__}")
-        return self.run_group([fn(item) for item in items])
+    def map(self, fn: RemoteFunction[Any, Any], items: Iterable[Any], *, return_exceptions: bool = False) -> list[Any]:
+        """One task per item, run in parallel; results in input order. With `return_exceptions`,
+        a failed call's exception takes its place in the list and the others run on (a sweep);
+        without it, the first failure cancels the rest and is raised (a group)."""
+        fn = sweeps.check_function(fn, "pool.map")
+        if not return_exceptions:
+            return self.run_group([fn(item) for item in items])
+        trials = sorted(self.as_completed(fn, items, return_exceptions=True), key=lambda t: t.index)
+        return [t.value if t.ok else t.error for t in trials]
+
+    def as_completed(self, fn: RemoteFunction[Any, Any], items: Iterable[Any], *,
+                     return_exceptions: bool = False) -> Iterator[sweeps.Trial]:
+        """One task per item, all sent now; yields a `Trial` (index, item, value or error) as each
+        finishes. Leaving the loop early cancels the calls still running."""
+        fn = sweeps.check_function(fn, "pool.as_completed")
+        item_list = sweeps.items_list(items)
+        pendings = [fn(item) for item in item_list]
+        self._open_cluster()
+        return sweeps.as_completed(pendings, [self._task_options(p) for p in pendings], item_list, return_exceptions)
+
+    def sweep(self, fn: RemoteFunction[Any, Any], configs: Iterable[Any], *,
+              score: str | Callable[[Any], float] | None = None, mode: Literal["max", "min"] = "max",
+              progress: bool | None = None) -> sweeps.Sweep:
+        """A hyperparameter sweep: `fn(config)` for every config, failures kept, the best so far
+        tracked by `score` (a result key, a function, or None for numeric results). Iterate it
+        for trials as they finish, or `.run()` it. `progress` (default: on a terminal) shows a
+        live line with done, running, failed, best, elapsed and ETA."""
+        if mode not in ("max", "min"):
+            raise SpecError(f"mode={mode!r}: use 'max' (higher score is better) or 'min' (lower is better)")
+        config_list = sweeps.items_list(configs)
+        trials = self.as_completed(fn, config_list, return_exceptions=True)
+        return sweeps.Sweep(trials, len(config_list), sweeps.score_function(score), mode, progress)
 
     # Plain values or undecorated functions on the left of an operator land here.
     def __rrshift__(self, other: object) -> Any:

@@ -29,6 +29,7 @@ from ray.exceptions import GetTimeoutError, RayError, RayTaskError, TaskCancelle
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from skyward_ray.api.function import PendingFunction
+from skyward_ray.api.progress import Progress
 from skyward_ray.errors import FunctionTimeoutError, NodeLostError, PoolLostError
 from skyward_ray.planning.nodes import NodeInfo
 
@@ -280,15 +281,18 @@ def submit_many(pendings: list[PendingFunction[Any]], options: list[dict[str, An
 
 def run_many(pendings: list[PendingFunction[Any]], options: list[dict[str, Any]]) -> list[Any]:
     refs = [_submit(p, _spread(o)) for p, o in zip(pendings, options)]
-    return wait_group(refs, pendings)
+    return wait_group(refs, pendings, show_progress=True)
 
 
 def wait_group(refs: list[ray.ObjectRef], pendings: list[PendingFunction[Any]],
-               lost: Callable[[int, BaseException], BaseException] | None = None) -> list[Any]:
+               lost: Callable[[int, BaseException], BaseException] | None = None,
+               show_progress: bool = False) -> list[Any]:
     """A group waited for here, with `PoolFuture`'s semantics (first failure cancels the rest) at
     `ray.get`'s speed: completions are collected in batches with `ray.wait`, so a failure is seen
-    as soon as it happens rather than when the slowest member ends."""
+    as soon as it happens rather than when the slowest member ends. With `show_progress`, a wait
+    longer than a moment shows a live line on a terminal."""
     started = time.monotonic()
+    progress = Progress(_group_label(pendings), len(refs)) if show_progress else None
     deadlines = {i: started + p.function.options.timeout for i, p in enumerate(pendings)
                  if p.function.options.timeout is not None}
     index = {ref: i for i, ref in enumerate(refs)}
@@ -303,7 +307,13 @@ def wait_group(refs: list[ray.ObjectRef], pendings: list[PendingFunction[Any]],
                     values.update(zip((index[r] for r in ready), ray.get(ready)))
                 except RayError as error:
                     failed = next((index[r] for r in ready if _failed(r)), 0)
+                    if progress is not None:
+                        progress.update(done=len(values), failed=1)
                     raise _translate(error, failed, lost) from None
+                if progress is not None:
+                    progress.update(done=len(values))
+            elif progress is not None:
+                progress.update()
             now = time.monotonic()
             late = [i for i, deadline in deadlines.items() if deadline <= now and i not in values]
             if late:
@@ -316,7 +326,15 @@ def wait_group(refs: list[ray.ObjectRef], pendings: list[PendingFunction[Any]],
         _cancel(unfinished)
         _DEADLINES.add(time.monotonic() + FORCE_CANCEL_AFTER_S, lambda: _cancel(unfinished, force=True))
         raise
+    finally:
+        if progress is not None:
+            progress.stop()
     return [values[i] for i in range(len(refs))]
+
+
+def _group_label(pendings: list[PendingFunction[Any]]) -> str:
+    names = {p.function.__name__ for p in pendings}
+    return f"{names.pop()} ×{len(pendings)}" if len(names) == 1 else f"group of {len(pendings)}"
 
 
 def _failed(ref: ray.ObjectRef) -> bool:

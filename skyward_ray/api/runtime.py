@@ -37,6 +37,30 @@ class InstanceInfo(BaseModel):
     def index(self) -> int:
         return self.node
 
+    def distributed_env(self, master_port: int = 29500, processes_per_node: int = 1,
+                        local_rank: int = 0) -> dict[str, str]:
+        """What `torch.distributed.init_process_group("env://")` (and torchrun-style code) reads:
+        the head is the master, ranks follow node indexes. With several processes per node (one
+        per GPU), process `local_rank` of node `n` has rank `n * processes_per_node + local_rank`.
+
+            os.environ.update(sky.instance_info().distributed_env())
+            torch.distributed.init_process_group("nccl")   # or "gloo" on CPUs
+        """
+        if processes_per_node < 1 or not 0 <= local_rank < processes_per_node:
+            raise ValueError(f"local_rank={local_rank} must be in 0..processes_per_node-1 "
+                             f"(processes_per_node={processes_per_node})")
+        if not 0 < master_port < 65536:
+            raise ValueError(f"master_port={master_port} is not a TCP port (1..65535)")
+        return {
+            "MASTER_ADDR": self.head_ip,
+            "MASTER_PORT": str(master_port),
+            "WORLD_SIZE": str(self.total_nodes * processes_per_node),
+            "RANK": str(self.node * processes_per_node + local_rank),
+            "LOCAL_RANK": str(local_rank),
+            "LOCAL_WORLD_SIZE": str(processes_per_node),
+            "NODE_RANK": str(self.node),
+        }
+
 
 def _in_task() -> bool:
     if not ray.is_initialized():

@@ -100,7 +100,8 @@ def module_sources(module: ModuleType, installed: tuple[str, ...] | None = None)
     installed = installed_locations() if installed is None else installed
     search = getattr(module, "__path__", None)
     if search is not None:
-        candidates = [os.path.realpath(p) for p in list(search) if os.path.isdir(p)]
+        # a namespace package's path can name one directory twice (sys.path holds '' and its absolute form)
+        candidates = list(dict.fromkeys(os.path.realpath(p) for p in list(search) if os.path.isdir(p)))
     else:
         file = getattr(module, "__file__", None)
         candidates = [os.path.realpath(file)] if isinstance(file, str) and file.endswith(".py") else []

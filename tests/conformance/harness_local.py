@@ -1,0 +1,78 @@
+"""The local provider in the conformance suite: machines are process groups on this machine.
+
+The "cloud's side" is the operating system: what bills is a live process carrying a skyward
+instance marker and a cluster state directory; the cloud taking a machine away is its process
+group being killed from outside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+
+import skyward_ray as sky
+from node_providers.local.process_host import INSTANCE_MARKER, end_processes, machine_identity, processes_with_marker
+from skyward_ray.cluster.contract import ClusterParams
+from tests.conformance import Harness
+
+
+def _run_dir() -> Path:
+    return Path(tempfile.gettempdir())
+
+
+def _home(proc: psutil.Process) -> str:
+    try:
+        return proc.environ().get("HOME", "")
+    except psutil.Error:
+        return ""
+
+
+@contextlib.contextmanager
+def harness() -> Iterator[Harness]:
+    foreign: list[subprocess.Popen] = []
+
+    def billable() -> dict[str, list[str]]:
+        run_dir = str(_run_dir()) + "/"
+        machines = sorted({machine_identity(p) or "" for p in processes_with_marker("*")
+                           if _home(p).startswith(run_dir)})
+        return {"processes": [m for m in machines if m],
+                "state_dirs": sorted(p.name for p in _run_dir().glob("sky-*") if p.is_dir())}
+
+    def boot_payloads() -> list[str]:
+        return [path.read_text() for path in _run_dir().glob("sky-*/**/startup.sh")]
+
+    def interrupt(instance_id: str) -> None:
+        end_processes(processes_with_marker(instance_id), grace=0.5)
+
+    def foreign_machine() -> str:
+        # another tool's process group on this machine, marked the way skyward marks its machines
+        identity = "foreign-0"
+        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True,
+                                env={**os.environ, INSTANCE_MARKER: identity, "HOME": str(_run_dir() / identity)})
+        foreign.append(proc)
+        return identity
+
+    try:
+        yield Harness(
+            name="local",
+            config=sky.Local(),
+            params=lambda nodes=1, **kw: ClusterParams(auth_token="t" * 64, nodes=nodes, **kw),
+            accelerator=None,
+            billable=billable,
+            boot_payloads=boot_payloads,
+            secrets=[],
+            interrupt=interrupt,
+            fail_capacity=None,  # one machine, one offer: nothing to fall back to
+            foreign_machine=foreign_machine,
+        )
+    finally:
+        for proc in foreign:
+            proc.kill()
+            proc.wait(timeout=10)
