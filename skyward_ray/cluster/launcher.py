@@ -350,6 +350,20 @@ def signals_held() -> Iterator[list[int]]:
                 signal.signal(sig, handler)
 
 
+def reassert_signal_handlers() -> None:
+    """Install Python's handlers again at the OS level. Ray's core worker puts its own SIGTERM
+    handler in at `ray.init` and, at `ray.shutdown`, puts back what it found then (the default,
+    which kills): Python still reports its own handler, but a SIGTERM would end the process
+    mid-teardown."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in _HELD_SIGNALS:
+        with contextlib.suppress(ValueError, OSError, TypeError):
+            handler = signal.getsignal(sig)
+            if handler is not None:
+                signal.signal(sig, handler)
+
+
 def teardown_beside(cluster: Cluster, error: BaseException) -> bool:
     """Teardown while `error` (the user's, or a failed launch's) propagates: a teardown failure is
     reported alongside it (a note on it, and the console), never instead of it. True when done."""
@@ -382,6 +396,8 @@ def teardown(cluster: Cluster, wait_timeout: float = 120.0) -> list[str]:
                 cluster.driver.disconnect()
             except Exception as error:  # the machines must still end
                 errors.append(error)
+            finally:
+                reassert_signal_handlers()
 
     if not cluster.lost:
         disconnect()  # first: a direct driver whose raylet ended first would be ended by Ray itself
