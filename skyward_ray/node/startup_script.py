@@ -231,9 +231,8 @@ def render(boot: NodeBoot) -> str:
         'trap \'kill -TERM "$RAY_PID" 2>/dev/null\' TERM INT HUP',
         # Supervise both: when either Ray or the watchdog exits, the machine ends.
         'while kill -0 "$RAY_PID" 2>/dev/null && kill -0 "$WATCHDOG_PID" 2>/dev/null; do sleep 1 & wait $!; done',
-        'kill -0 "$RAY_PID" 2>/dev/null && echo "skyward: the watchdog exited; ending this machine"',
-        'wait "$RAY_PID" 2>/dev/null',
-        "echo \"skyward: ray exited ($?); ending this machine\"",
+        'if kill -0 "$RAY_PID" 2>/dev/null; then echo "skyward: the watchdog exited; ending this machine"; else',
+        '  wait "$RAY_PID" 2>/dev/null; echo "skyward: ray exited ($?); ending this machine"; fi',
         _shutdown(boot),
     ]
     return "\n".join(lines) + "\n"
