@@ -9,7 +9,6 @@ until the provider lists none. Work is sent with the operators of `PendingFuncti
 
 from __future__ import annotations
 
-import _thread
 import atexit
 import importlib
 import os
@@ -43,7 +42,6 @@ from skyward_ray.errors import (
     QuotaError,
     SpecError,
     SpotQuotaError,
-    TeardownError,
 )
 from skyward_ray.planning import plan as planning
 from skyward_ray.planning.image import Image
@@ -302,7 +300,8 @@ class Compute:
         dispatch.interrupt_waits(self._lost)
         for sig in _SIGNALS:
             if signal.getsignal(sig) == self._on_signal:
-                _thread.interrupt_main(sig)
+                # a real signal to the main thread: it also wakes a wait blocked on a lock (Ray Client)
+                signal.pthread_kill(threading.main_thread().ident or 0, sig)
                 return
         self._close(self._lost)
 
@@ -313,8 +312,6 @@ class Compute:
             return
         self._signalled = signum
         if self._lost is not None:
-            if dispatch.in_wait():
-                return  # inside Ray's wait: the wait itself raises it within a slice
             raise self._lost
         if signum == signal.SIGINT:
             raise KeyboardInterrupt

@@ -63,7 +63,6 @@ FORCE_CANCEL_AFTER_S = 2.0  # a task stuck in one long C call ignores the interr
 # an interruption (the pool's head lost, a signal) reaches the caller within one slice.
 WAIT_SLICE_S = 1.0
 _interrupt: BaseException | None = None  # set when the pool is lost: every wait raises it
-_waiting = threading.local()
 
 
 def interrupt_waits(error: BaseException | None) -> None:
@@ -72,28 +71,27 @@ def interrupt_waits(error: BaseException | None) -> None:
     _interrupt = error
 
 
-def in_wait() -> bool:
-    """Is this thread inside one of this module's waits (which raise `interrupt_waits`' error themselves)?"""
-    return getattr(_waiting, "depth", 0) > 0
-
-
 def _check_interrupt() -> None:
     if _interrupt is not None:
         raise _interrupt
 
 
 def _get(refs: Any, timeout: float | None) -> Any:
-    """`ray.get`, marked as a wait; an exception a signal handler raised inside Ray's C++ wait comes out
-    as itself (Ray reports it as a SystemError when the wait also timed out)."""
-    _waiting.depth = getattr(_waiting, "depth", 0) + 1
+    """`ray.get`; an exception a signal handler raised inside Ray's C++ wait comes out as itself (Ray
+    reports it as a SystemError when the wait also timed out), and any failure once the pool is lost
+    (Ray Client's connection to a lost head, say) is the pool's loss."""
     try:
         return ray.get(refs, timeout=timeout)
     except SystemError as error:
         if error.__cause__ is not None and "with an exception set" in str(error):
             raise error.__cause__ from None
         raise
-    finally:
-        _waiting.depth -= 1
+    except GetTimeoutError:
+        raise
+    except Exception as error:
+        if _interrupt is not None:
+            raise _interrupt from error
+        raise
 
 
 def _cancel(refs: Sequence[ray.ObjectRef], force: bool = False) -> None:
@@ -301,7 +299,12 @@ def wait_group(refs: list[ray.ObjectRef], pendings: list[PendingFunction[Any]],
     try:
         while remaining:
             _check_interrupt()
-            ready, remaining = ray.wait(remaining, num_returns=len(remaining), timeout=0.05, fetch_local=False)
+            try:
+                ready, remaining = ray.wait(remaining, num_returns=len(remaining), timeout=0.05, fetch_local=False)
+            except Exception as error:
+                if _interrupt is not None:
+                    raise _interrupt from error
+                raise
             if ready:
                 try:
                     values.update(zip((index[r] for r in ready), ray.get(ready)))
