@@ -207,3 +207,21 @@ def test_a_capacity_error_moves_to_the_next_offer_and_the_failed_attempt_leaves_
             runs = [c for c in sim.calls("RunInstances", since=since) if pool.name in c.params.values()]
             assert len(runs) == 2 and not any(k.startswith("InstanceMarketOptions") for c in runs for k in c.params)
     assert sim.live_instances() == [] and sim.security_groups() == [] and sim.key_pairs() == []
+
+
+def test_a_spot_quota_skips_the_providers_spot_offers_not_every_zone_in_turn(region):
+    sim, hosts, keys = region
+    since = time.time()
+    spot = Fault("RunInstances", code="MaxSpotInstanceCountExceeded", when=lambda p: "InstanceMarketOptions.MarketType" in p,
+                 message="Max spot instance count exceeded")
+    on_demand = Fault("RunInstances", code="InsufficientInstanceCapacity", message="no capacity (injected)",
+                      when=lambda p: "InstanceMarketOptions.MarketType" not in p)
+    with sim.fault(spot), sim.fault(on_demand):
+        with pytest.raises(sky.ProvisioningError) as caught:
+            with sky.Compute(provider=provider(region), accelerator="T4", nodes=1, allocation="spot-if-available"):
+                pass
+    assert spot.hits == 1, "one spot refusal for the quota, not one per spot offer"
+    assert on_demand.hits >= 1, "the on-demand offers were still tried"
+    assert "SpotQuotaError" in str(caught.value) and "spot instance limit" in str(caught.value)
+    assert sim.live_instances() == [] and sim.security_groups() == [] and sim.key_pairs() == []
+    assert all(c.status == 400 for c in sim.calls("RunInstances", since=since))

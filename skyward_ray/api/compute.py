@@ -199,8 +199,9 @@ class Compute:
 
     def _head_market(self, offer: Offer) -> str | None:
         """A spot pool's head goes on-demand where the plan sells the same machine on-demand: a
-        reclaimed worker is replaced, a reclaimed head ends the pool."""
-        if offer.market != "spot" or self.plan is None:
+        reclaimed worker is replaced, a reclaimed head ends the pool. (A one-node pool is its head:
+        it stays in the market it was planned in.)"""
+        if offer.market != "spot" or self.plan is None or self.desired.desired < 2:
             return None
         same = any(o.market == "on-demand" and o.provider == offer.provider and o.instance_type == offer.instance_type
                    and o.region == offer.region for o in self.plan.offers)

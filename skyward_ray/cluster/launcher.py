@@ -42,7 +42,15 @@ from skyward_ray.cluster.driver import CLIENT_SERVER_PORT, DriverConnection
 from skyward_ray.cluster.node_provider import ScriptBootedNodeProvider, provider_section
 from skyward_ray.cluster.ssh_tunnel import HostKeyMismatchError, SSHTunnel, TunnelError
 from skyward_ray.console import console
-from skyward_ray.errors import BootTimeoutError, ProvisioningError, TeardownError
+from skyward_ray.errors import (
+    AuthError,
+    BootTimeoutError,
+    CapacityError,
+    ProvisioningError,
+    QuotaError,
+    SpecError,
+    TeardownError,
+)
 from skyward_ray.planning.nodes import NodeInfo
 from skyward_ray.planning.offers import Offer
 from skyward_ray.planning.providers import ProviderConfig
@@ -60,7 +68,7 @@ class Cluster:
     nodes: list[NodeInfo] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
     timings: dict[str, float] = field(default_factory=dict)
-    last_create: float = field(default_factory=time.monotonic)  # when a create last returned or failed
+    last_uncertain_create: float = -1e9  # when a create last ended with no id and no refusal (e.g. a lost response)
     lost: bool = False  # the head is gone: end the machines before disconnecting (Ray's shutdown is slow then)
     creating: int = 0  # creates in flight: teardown is not done while one may still return an id
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -95,6 +103,7 @@ def _create(cluster: Cluster, kind: str, index: int, launch_request: str) -> str
     """One machine; its id goes to `cluster.instance_ids` the moment the cloud returns it."""
     with cluster.lock:
         cluster.creating += 1
+    known = False  # did this create end with a known outcome (an id, or the cloud's typed refusal)?
     try:
         created = cluster.provider.create_node_with_resources_and_labels(
             {}, _tags(cluster.name, kind, index, launch_request), 1, {}, {names.NODE_INDEX: str(index)}
@@ -104,11 +113,16 @@ def _create(cluster: Cluster, kind: str, index: int, launch_request: str) -> str
         instance_id = next(iter(created))
         with cluster.lock:
             cluster.instance_ids.append(instance_id)
+        known = True
         return instance_id
-    finally:  # a failed create may still have started a machine the listing shows only later
+    except (CapacityError, AuthError, QuotaError, SpecError):
+        known = True  # the cloud refused: nothing was started
+        raise
+    finally:
         with cluster.lock:
             cluster.creating -= 1
-            cluster.last_create = time.monotonic()
+            if not known:  # a lost response or a failure midway: a machine may show up in the listing later
+                cluster.last_uncertain_create = time.monotonic()
 
 
 def create_worker(cluster: Cluster, index: int) -> str:
@@ -321,9 +335,10 @@ def _wait_for_nodes(gcs: Any, provider: ScriptBootedNodeProvider, instance_ids: 
     return sorted(infos, key=lambda n: n.index)
 
 
-# Two empty listings, the later one at least this long after the cluster's last create, confirm
-# that nothing is left: a cloud's listing may miss a machine for a few seconds after its create
-# returned (or after a create whose response was lost). A pool that ran longer pays nothing.
+# Two empty listings confirm that nothing is left. Every id a create returned is terminated by id,
+# listed or not; but a create whose outcome is unknown (its response lost, a failure midway) may
+# have started a machine the cloud lists only seconds later. After such a create, the later empty
+# listing is taken at least this long after it: paid at most once per pool, and only then.
 CONFIRM_INTERVAL = 10.0
 _HELD_SIGNALS = tuple(s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None))
                       if s is not None)
@@ -383,8 +398,8 @@ def teardown(cluster: Cluster, wait_timeout: float = 120.0) -> list[str]:
     """Disconnect, then until the cloud confirms none is left: list the cluster's machines (by its
     tag) plus every id a create returned, terminate whatever is still active, list again.
 
-    Done after two empty listings, the later at least `CONFIRM_INTERVAL` after the last create
-    (one is enough where the cloud's listing is consistent). Errors along the way are retried until
+    Done after two empty listings, the later at least `CONFIRM_INTERVAL` after the last create of
+    unknown outcome (one is enough where the cloud's listing is consistent). Errors along the way are retried until
     `wait_timeout`; then `TeardownError` names what may be left. Removes the prepared resources once
     nothing is left. Returns [] (kept for callers that check it).
     """
@@ -421,7 +436,7 @@ def teardown(cluster: Cluster, wait_timeout: float = 120.0) -> list[str]:
                 empty_listings = 0
                 provider.terminate_nodes(sorted(targets))
                 ended |= unlisted
-            elif not creating and (consistent or time.monotonic() - cluster.last_create >= CONFIRM_INTERVAL):
+            elif not creating and (consistent or time.monotonic() - cluster.last_uncertain_create >= CONFIRM_INTERVAL):
                 empty_listings += 1
                 if consistent or empty_listings >= 2:
                     break
