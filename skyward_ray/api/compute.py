@@ -53,6 +53,7 @@ _OPEN_POOLS: "weakref.WeakSet[Compute]" = weakref.WeakSet()
 # The driver beats from the moment the head's GCS answers; the head's watchdog allows it the
 # heartbeat grace plus this much (an SSH tunnel coming up) for the first beat.
 FIRST_BEAT_MARGIN = 15.0
+HEAD_CHECK_S = 5.0  # after a wait's system error, how long the head's machine may take to list as ended
 _SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None), signal.SIGINT)
                  if s is not None)
 
@@ -126,6 +127,7 @@ class Compute:
             raise
         self._install_signal_handlers()  # ray.init put its own SIGTERM handler in place of ours
         self._replacer = NodeReplacer(self._cluster, on_head_lost=self._on_head_lost).start()
+        dispatch.watch_pool(self._head_gone_now)
         self._state = "open"
         return self
 
@@ -261,6 +263,7 @@ class Compute:
         if self._state == "closed":
             return
         self._state = "closed"
+        dispatch.watch_pool(None)
         if self._lost is not None:
             dispatch.interrupt_waits(None)
         self._cluster = None
@@ -288,10 +291,35 @@ class Compute:
             self._previous_handlers.setdefault(sig, previous)  # keep the user's, not Ray's, to restore
             signal.signal(sig, self._on_signal)
 
+    def _head_gone_now(self) -> PoolLostError | None:
+        """Asked by a wait that failed with a system error: is the head gone? (then the pool is lost)"""
+        cluster = self._cluster
+        if self._lost is None and cluster is not None and cluster.nodes:
+            head = cluster.nodes[0].instance_id
+            deadline = time.monotonic() + HEAD_CHECK_S  # a machine being ended may still list for a moment
+            while not cluster.provider.is_terminated(head):
+                if time.monotonic() > deadline:
+                    return None
+                time.sleep(0.5)
+            self._mark_lost(head)
+            self._signalled = self._signalled or -1  # raised by the wait itself: no signal needed
+        return self._lost
+
     def _on_head_lost(self, head_id: str) -> None:
         """From the replacer's thread: the head is gone. Raise `PoolLostError` in the user's code
         (the main thread, through this pool's own signal handler), which unwinds `with` and ends
         every machine left; where no handler of ours is in place, end the pool from here."""
+        if self._lost is not None:
+            return  # a wait found it first, and raised it
+        self._mark_lost(head_id)
+        for sig in _SIGNALS:
+            if signal.getsignal(sig) == self._on_signal:
+                # a real signal to the main thread: it also wakes a wait blocked on a lock (Ray Client)
+                signal.pthread_kill(threading.main_thread().ident or 0, sig)
+                return
+        self._close(self._lost)
+
+    def _mark_lost(self, head_id: str) -> None:
         self._lost = PoolLostError(
             f"the head node of pool {self._cluster.name if self._cluster else '?'} ({head_id}) was lost (a spot "
             "reclaim or a host failure); a pool cannot go on without its head, so every machine left is ended. "
@@ -299,12 +327,6 @@ class Compute:
         if self._cluster is not None:
             self._cluster.lost = True
         dispatch.interrupt_waits(self._lost)
-        for sig in _SIGNALS:
-            if signal.getsignal(sig) == self._on_signal:
-                # a real signal to the main thread: it also wakes a wait blocked on a lock (Ray Client)
-                signal.pthread_kill(threading.main_thread().ident or 0, sig)
-                return
-        self._close(self._lost)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         """The first signal unwinds through `with` (SystemExit, or KeyboardInterrupt for SIGINT);

@@ -63,6 +63,14 @@ FORCE_CANCEL_AFTER_S = 2.0  # a task stuck in one long C call ignores the interr
 # an interruption (the pool's head lost, a signal) reaches the caller within one slice.
 WAIT_SLICE_S = 1.0
 _interrupt: BaseException | None = None  # set when the pool is lost: every wait raises it
+# Asked when a wait fails with a system error (not the task's own): is the pool's head gone? (The
+# pool's replacer notices too, but seconds later; a direct driver's raylet is the head's own.)
+_loss_check: Callable[[], BaseException | None] | None = None
+
+
+def watch_pool(loss_check: Callable[[], BaseException | None] | None) -> None:
+    global _loss_check
+    _loss_check = loss_check
 
 
 def interrupt_waits(error: BaseException | None) -> None:
@@ -86,12 +94,22 @@ def _get(refs: Any, timeout: float | None) -> Any:
         if error.__cause__ is not None and "with an exception set" in str(error):
             raise error.__cause__ from None
         raise
-    except GetTimeoutError:
+    except (GetTimeoutError, RayTaskError, TaskCancelledError):
         raise
     except Exception as error:
-        if _interrupt is not None:
-            raise _interrupt from error
+        _raise_if_lost(error)
         raise
+
+
+def _raise_if_lost(error: BaseException) -> None:
+    lost = _interrupt
+    if lost is None and _loss_check is not None:
+        try:
+            lost = _loss_check()
+        except Exception:
+            lost = None
+    if lost is not None:
+        raise lost from error
 
 
 def _cancel(refs: Sequence[ray.ObjectRef], force: bool = False) -> None:
@@ -302,8 +320,7 @@ def wait_group(refs: list[ray.ObjectRef], pendings: list[PendingFunction[Any]],
             try:
                 ready, remaining = ray.wait(remaining, num_returns=len(remaining), timeout=0.05, fetch_local=False)
             except Exception as error:
-                if _interrupt is not None:
-                    raise _interrupt from error
+                _raise_if_lost(error)
                 raise
             if ready:
                 try:

@@ -215,8 +215,10 @@ def launch(
         cluster.timings["ready_s"] = time.monotonic() - t0
         return cluster
     except BaseException as error:
-        with signals_held():
+        with signals_held() as held:
             teardown_beside(cluster, error)
+        if held and isinstance(error, Exception):  # a Ctrl-C or SIGTERM during this teardown still ends the walk
+            raise (KeyboardInterrupt() if held[0] == signal.SIGINT else SystemExit(128 + held[0])) from error
         raise
 
 
