@@ -97,7 +97,7 @@ def test_the_first_failure_cancels_the_creates_not_yet_started():
     with pytest.raises(sky.CapacityError):
         launcher.launch(Fake(), params(60), name, OFFER, boot_timeout=5, runtime_env=None)
     machines = FakeCloud.machines[name]
-    assert len(machines) <= 1 + 16, "only the creates already in flight (one per thread) went on"
+    assert len(machines) <= 1 + 2 * 16, "only creates already in flight (about one per thread) went on, not all 60"
     assert {m.state for m in machines.values()} == {"terminated"}
 
 
