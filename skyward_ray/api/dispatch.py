@@ -25,7 +25,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayError, RayTaskError, TaskCancelledError
+from ray.exceptions import (
+    GetTimeoutError,
+    LocalRayletDiedError,
+    RayError,
+    RaySystemError,
+    RayTaskError,
+    TaskCancelledError,
+)
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from skyward_ray.api.function import PendingFunction
@@ -68,6 +75,9 @@ _interrupt: BaseException | None = None  # set when the pool is lost: every wait
 _loss_check: Callable[[], BaseException | None] | None = None
 
 
+_CLUSTER_GONE_ERRORS = (LocalRayletDiedError, RaySystemError, ConnectionError)
+
+
 def watch_pool(loss_check: Callable[[], BaseException | None] | None) -> None:
     global _loss_check
     _loss_check = loss_check
@@ -103,7 +113,8 @@ def _get(refs: Any, timeout: float | None) -> Any:
 
 def _raise_if_lost(error: BaseException) -> None:
     lost = _interrupt
-    if lost is None and _loss_check is not None:
+    # only errors that say this driver lost its cluster (not a task's own failure) ask the cloud
+    if lost is None and _loss_check is not None and isinstance(error, _CLUSTER_GONE_ERRORS):
         try:
             lost = _loss_check()
         except Exception:
