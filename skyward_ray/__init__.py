@@ -38,10 +38,13 @@ from skyward_ray.errors import (
     NoOffersError,
     NotInTaskError,
     PoolClosedError,
+    PoolLostError,
     ProviderUnavailableError,
     ProvisioningError,
     QuotaError,
     SkywardError,
+    SpotQuotaError,
+    TeardownError,
     SpecError,
     UnknownAcceleratorError,
 )
@@ -75,7 +78,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "AWS", "AuthError", "BootTimeoutError", "CapacityError", "Compute", "FunctionTimeoutError", "Image",
     "InstanceInfo", "Local", "NoOffersError", "NodeInfo", "NodeLostError", "Nodes", "NotInTaskError", "Offer", "PendingFunction",
-    "PendingGroup", "Plan", "PoolClosedError", "ProviderUnavailableError", "ProvisioningError", "QuotaError",
-    "Rejection", "RemoteFunction", "RunPod", "SkywardError", "Spec", "SpecError", "UnknownAcceleratorError",
+    "PendingGroup", "Plan", "PoolClosedError", "PoolLostError", "ProviderUnavailableError", "ProvisioningError", "QuotaError",
+    "Rejection", "RemoteFunction", "RunPod", "SkywardError", "Spec", "SpecError", "SpotQuotaError", "TeardownError", "UnknownAcceleratorError",
     "VastAI", "accelerators", "function", "gather", "instance_info", "plan", "shard",
 ]

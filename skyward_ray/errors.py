@@ -35,6 +35,19 @@ class QuotaError(ProvisioningError):
     """An account limit stops the request (blocks the whole provider)."""
 
 
+class SpotQuotaError(QuotaError):
+    """An account limit on spot capacity (e.g. AWS `MaxSpotInstanceCountExceeded`): blocks this
+    provider's spot offers only; its on-demand offers are still tried."""
+
+
+class TeardownError(SkywardError):
+    """Teardown could not confirm that every machine ended; `instance_ids` names what may be left."""
+
+    def __init__(self, message: str, instance_ids: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.instance_ids = list(instance_ids or [])
+
+
 class ProviderUnavailableError(SpecError):
     """A provider whose offers can be listed but whose machines cannot be started (yet); raised
     before anything is provisioned."""
@@ -46,6 +59,11 @@ class BootTimeoutError(ProvisioningError):
 
 class NodeLostError(SkywardError, RuntimeError):
     """A node was lost while a call pinned to it (`@`) ran; the message names the node."""
+
+
+class PoolLostError(SkywardError, RuntimeError):
+    """The pool's head node was lost (a spot reclaim, a host failure): the pool cannot go on. Raised
+    in the user's code; every remaining machine of the pool is ended."""
 
 
 class PoolClosedError(SkywardError, RuntimeError):

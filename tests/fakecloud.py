@@ -6,7 +6,10 @@ addresses, and stay listed as terminated; state lives "in the cloud" (a module-l
 a provider re-created from the same config finds the same machines. Nothing boots: a machine's
 boot script is kept so tests can read what a node would run.
 
-Knobs: `FakeCloud.fail_launch[index] = error` makes the launch of that node index raise.
+Knobs: `FakeCloud.fail_launch[index] = error` makes the launch of that node index raise;
+`launch_delay` makes every launch take that long; `lose_response[index] = error` starts the machine
+and then raises (a response lost on the way back), and such a machine stays out of the listing
+for `listing_lag` seconds (a cloud's eventual consistency; `LaggyFake` declares its listing so).
 Every call is recorded in `FakeCloud.calls` so tests can check order (teardown: workers first).
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -33,6 +37,7 @@ class Fake(ProviderConfig):
 
 class FakeCloud(Cloud):
     config_class = Fake
+    listing_is_consistent = True  # an in-memory table: a machine is listed once launched
 
     machines: ClassVar[dict[str, dict[str, Machine]]] = {}  # cluster → id → machine ("the cloud")
     scripts: ClassVar[dict[str, str]] = {}
@@ -40,13 +45,18 @@ class FakeCloud(Cloud):
     cleaned_clusters: ClassVar[list[str]] = []
     calls: ClassVar[list[tuple[str, tuple[str, ...]]]] = []
     fail_launch: ClassVar[dict[int, BaseException]] = {}
+    lose_response: ClassVar[dict[int, BaseException]] = {}
+    launch_delay: ClassVar[float] = 0.0
+    listing_lag: ClassVar[float] = 0.0
+    _hidden_until: ClassVar[dict[str, float]] = {}
     _ids = itertools.count(1)
     _lock = threading.Lock()
 
     @classmethod
     def reset(cls) -> None:
-        for table in (cls.machines, cls.scripts, cls.fail_launch):
+        for table in (cls.machines, cls.scripts, cls.fail_launch, cls.lose_response, cls._hidden_until):
             table.clear()
+        FakeCloud.launch_delay = FakeCloud.listing_lag = 0.0
         for log in (cls.prepared_clusters, cls.cleaned_clusters, cls.calls):
             log.clear()
 
@@ -65,6 +75,8 @@ class FakeCloud(Cloud):
                                shutdown_command="poweroff", num_cpus=1)
 
     def launch(self, request: MachineRequest) -> Machine:
+        if self.launch_delay:
+            time.sleep(self.launch_delay)
         error = self.fail_launch.get(request.index)
         if error is not None:
             raise error
@@ -75,11 +87,18 @@ class FakeCloud(Cloud):
             self.machines.setdefault(self.cluster_name, {})[machine.instance_id] = machine
             self.scripts[machine.instance_id] = request.boot_script
             self.calls.append(("launch", (machine.instance_id,)))
+            lost = self.lose_response.get(request.index)
+            if lost is not None:
+                self._hidden_until[machine.instance_id] = time.monotonic() + self.listing_lag
+        if lost is not None:
+            raise lost
         return machine
 
     def describe(self) -> list[Machine]:
         with self._lock:
-            return list(self.machines.get(self.cluster_name, {}).values())
+            now = time.monotonic()
+            return [m for m in self.machines.get(self.cluster_name, {}).values()
+                    if self._hidden_until.get(m.instance_id, 0.0) <= now]
 
     def terminate(self, instance_ids: list[str]) -> None:
         with self._lock:
@@ -99,6 +118,21 @@ class FakeCloud(Cloud):
 
 class FakeNodeProvider(ScriptBootedNodeProvider):
     cloud_class = FakeCloud
+
+
+class LaggyFake(Fake):
+    """The in-memory cloud, declared eventually consistent (as a real cloud API is)."""
+
+    node_provider: ClassVar[str | None] = "tests.fakecloud:LaggyFakeNodeProvider"
+
+
+class LaggyFakeCloud(FakeCloud):
+    config_class = LaggyFake
+    listing_is_consistent = False
+
+
+class LaggyFakeNodeProvider(ScriptBootedNodeProvider):
+    cloud_class = LaggyFakeCloud
 
 
 # -- a local machine that cannot boot (fault injection for teardown tests) -----------------------

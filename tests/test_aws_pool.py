@@ -96,7 +96,8 @@ def test_two_spot_nodes_run_tasks_on_both_instances(region, spot_pool):
     ec2_ids = {i["InstanceId"] for i in sim.instances(("running",), cluster=spot_pool.name)}
     assert [a["node"] for a in answers] == [0, 1]
     assert {a["instance_id"] for a in answers} == ec2_ids and len(ec2_ids) == 2
-    assert all(a["spot"] and a["provider"] == "aws" for a in answers)
+    assert [a["spot"] for a in answers] == [False, True], "the head is on-demand by default; workers are spot"
+    assert all(a["provider"] == "aws" for a in answers)
     assert {a["ip"] for a in answers} == {n.ip for n in spot_pool.nodes}
     results = sky.gather(*[slow_square(x, 0.1) for x in range(6)]) >> spot_pool
     assert [r[0] for r in results] == [x * x for x in range(6)]
@@ -109,15 +110,21 @@ def test_the_nodes_shutdown_is_the_simulators_shim(region, spot_pool):
         assert answer["path"].index(str(hosts.shim_dir)) < answer["path"].index("/usr/sbin")
 
 
-def test_spot_requests_carry_spot_market_options_and_imdsv2(region, spot_pool):
+def test_spot_requests_carry_spot_market_options_and_imdsv2_and_the_head_is_on_demand(region, spot_pool):
     sim, _, _ = region
     calls = [c for c in sim.calls("RunInstances") if spot_pool.name in c.params.values()]
     assert len(calls) == 2
+    head_call, worker_call = sorted(calls, key=lambda c: tag(c.params, "skyward/node-index"))
+    assert not any(k.startswith("InstanceMarketOptions") for k in head_call.params), "an on-demand head"
+    assert worker_call.params["InstanceMarketOptions.MarketType"] == "spot"
     for call in calls:
-        assert call.params["InstanceMarketOptions.MarketType"] == "spot"
         assert call.params["MetadataOptions.HttpTokens"] == "required"
         assert call.params["InstanceInitiatedShutdownBehavior"] == "terminate"
-    assert all(i.get("InstanceLifecycle") == "spot" for i in sim.instances(cluster=spot_pool.name))
+        assert call.params["ClientToken"].startswith(spot_pool.name + "-"), "one idempotency token per node"
+    assert calls[0].params["ClientToken"] != calls[1].params["ClientToken"]
+    lifecycles = {next(t["Value"] for t in i["Tags"] if t["Key"] == "skyward/node-index"): i.get("InstanceLifecycle")
+                  for i in sim.instances(cluster=spot_pool.name)}
+    assert lifecycles == {"0": None, "1": "spot"}
 
 
 def test_security_group_allows_only_itself_and_ssh_from_the_driver(region, spot_pool):
@@ -202,3 +209,21 @@ def test_a_capacity_error_moves_to_the_next_offer_and_the_failed_attempt_leaves_
             runs = [c for c in sim.calls("RunInstances", since=since) if pool.name in c.params.values()]
             assert len(runs) == 2 and not any(k.startswith("InstanceMarketOptions") for c in runs for k in c.params)
     assert sim.live_instances() == [] and sim.security_groups() == [] and sim.key_pairs() == []
+
+
+def test_a_spot_quota_skips_the_providers_spot_offers_not_every_zone_in_turn(region):
+    sim, hosts, keys = region
+    since = time.time()
+    spot = Fault("RunInstances", code="MaxSpotInstanceCountExceeded", when=lambda p: "InstanceMarketOptions.MarketType" in p,
+                 message="Max spot instance count exceeded")
+    on_demand = Fault("RunInstances", code="InsufficientInstanceCapacity", message="no capacity (injected)",
+                      when=lambda p: "InstanceMarketOptions.MarketType" not in p)
+    with sim.fault(spot), sim.fault(on_demand):
+        with pytest.raises(sky.ProvisioningError) as caught:
+            with sky.Compute(provider=provider(region), accelerator="T4", nodes=1, allocation="spot-if-available"):
+                pass
+    assert spot.hits == 1, "one spot refusal for the quota, not one per spot offer"
+    assert on_demand.hits >= 1, "the on-demand offers were still tried"
+    assert "SpotQuotaError" in str(caught.value) and "spot instance limit" in str(caught.value)
+    assert sim.live_instances() == [] and sim.security_groups() == [] and sim.key_pairs() == []
+    assert all(c.status == 400 for c in sim.calls("RunInstances", since=since))

@@ -192,7 +192,7 @@ def test_run_instances_sends_market_imdsv2_shutdown_and_tags_and_state_lives_in_
 
 @pytest.mark.parametrize("code, error", [
     ("InsufficientInstanceCapacity", sky.CapacityError), ("SpotMaxPriceTooLow", sky.CapacityError),
-    ("MaxSpotInstanceCountExceeded", sky.CapacityError), ("Unsupported", sky.CapacityError),
+    ("MaxSpotInstanceCountExceeded", sky.SpotQuotaError), ("Unsupported", sky.CapacityError),
     ("UnauthorizedOperation", sky.AuthError), ("AuthFailure", sky.AuthError),
     ("VcpuLimitExceeded", sky.QuotaError), ("InstanceLimitExceeded", sky.QuotaError),
 ])
@@ -217,6 +217,45 @@ def test_capacity_error_on_run_instances_creates_nothing_and_throttling_is_retri
         with sim.fault(Fault("RunInstances", code="RequestLimitExceeded", status=503, times=2)) as throttle:
             created = provider.create_node_with_resources_and_labels({}, head_tags(name), 1, {}, {})
         assert throttle.hits == 2 and len(created) == 1, "botocore retried the throttled call with backoff"
+    finally:
+        provider.terminate_nodes(provider.non_terminated_nodes({}))
+        provider.cleanup_cluster_resources()
+
+
+EMPTY_LISTING = ('<?xml version="1.0" encoding="UTF-8"?>\n<DescribeInstancesResponse '
+                 'xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"><requestId>r</requestId><reservationSet/>'
+                 '</DescribeInstancesResponse>')
+
+
+def test_a_just_created_instance_missing_from_the_listing_is_pending_not_gone(sim, tmp_path):
+    provider, name = provider_for(sim, tmp_path, t4_offer(sim, "on-demand"))
+    try:
+        head = next(iter(provider.create_node_with_resources_and_labels(
+            {}, head_tags(name), 1, {}, {names.NODE_INDEX: "0"})))
+        with sim.fault(Fault("DescribeInstances", body=EMPTY_LISTING)):  # EC2's eventual consistency
+            assert provider.non_terminated_nodes({}) == []
+            assert not provider.is_terminated(head), "NotFound right after a create means still pending"
+            assert provider.is_terminated("i-0123456789abcdef0"), "an id this provider never created is gone"
+        with sim.fault(Fault("CreateTags", code="InvalidInstanceID.NotFound", times=2,
+                             message=f"The instance ID '{head}' does not exist")) as not_yet:
+            provider.set_node_tags(head, {"extra": "yes"})
+        assert not_yet.hits == 2 and provider.node_tags(head)["extra"] == "yes"
+    finally:
+        provider.terminate_nodes(provider.non_terminated_nodes({}))
+        provider.cleanup_cluster_resources()
+
+
+def test_a_retried_create_carries_the_same_idempotency_token_so_it_starts_no_second_instance(sim, tmp_path):
+    provider, name = provider_for(sim, tmp_path, t4_offer(sim, "on-demand"))
+    since = time.time()
+    try:
+        with sim.fault(Fault("RunInstances", code="InternalError", status=500, times=1,
+                             when=lambda params: "ClientToken" in params)):
+            provider.create_node_with_resources_and_labels({}, head_tags(name), 1, {}, {names.NODE_INDEX: "0"})
+        calls = sim.calls("RunInstances", since=since)
+        assert len(calls) == 2 and calls[0].params["ClientToken"] == calls[1].params["ClientToken"]
+        assert calls[0].params["ClientToken"].startswith(f"{name}-0-")
+        assert len(sim.live_instances(cluster=name)) == 1
     finally:
         provider.terminate_nodes(provider.non_terminated_nodes({}))
         provider.cleanup_cluster_resources()

@@ -11,6 +11,7 @@ import ast
 import concurrent.futures
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import ClassVar
 
@@ -86,9 +87,55 @@ def test_a_partial_launch_failure_ends_everything_it_started_and_cleans_up():
     with pytest.raises(sky.CapacityError, match="no f1.small capacity"):
         launcher.launch(Fake(), params(4), name, OFFER, boot_timeout=5, runtime_env=None)
     machines = FakeCloud.machines[name]
-    assert len(machines) == 3, "the head and the two workers that did launch were created"
+    assert 1 <= len(machines) <= 3, "the head, and the workers that launched before the failure"
     assert {m.state for m in machines.values()} == {"terminated"}, "and every one of them was ended"
     assert FakeCloud.cleaned_clusters == [name], "what prepare made was removed"
+
+
+def test_the_first_failure_cancels_the_creates_not_yet_started():
+    FakeCloud.launch_delay = 0.05
+    FakeCloud.fail_launch[1] = sky.CapacityError("no f1.small capacity in r1a")
+    name = launcher.new_cluster_name()
+    with pytest.raises(sky.CapacityError):
+        launcher.launch(Fake(), params(60), name, OFFER, boot_timeout=5, runtime_env=None)
+    machines = FakeCloud.machines[name]
+    assert len(machines) <= 1 + 2 * 16, "only creates already in flight (about one per thread) went on, not all 60"
+    assert {m.state for m in machines.values()} == {"terminated"}
+
+
+def test_a_machine_whose_create_response_was_lost_is_found_by_its_tag_and_ended():
+    from tests.fakecloud import LaggyFake
+
+    FakeCloud.listing_lag = 3.0  # the cloud lists it only 3 s later
+    FakeCloud.lose_response[2] = sky.ProvisioningError("connection reset by peer")
+    name = launcher.new_cluster_name()
+    started = time.monotonic()
+    with pytest.raises(sky.ProvisioningError, match="connection reset"):
+        launcher.launch(LaggyFake(), params(3), name, OFFER, boot_timeout=5, runtime_env=None)
+    took = time.monotonic() - started
+    machines = FakeCloud.machines[name]
+    assert len(machines) == 3 and {m.state for m in machines.values()} == {"terminated"}
+    assert launcher.CONFIRM_INTERVAL <= took < launcher.CONFIRM_INTERVAL + 5, \
+        "two empty listings, the later one CONFIRM_INTERVAL after the last create"
+    assert FakeCloud.cleaned_clusters == [name]
+
+
+def test_a_teardown_error_is_reported_beside_the_launch_error_and_never_replaces_it():
+    FakeCloud.fail_launch[1] = sky.CapacityError("no f1.small capacity in r1a")
+    name = launcher.new_cluster_name()
+    original = FakeCloud.cleanup
+
+    def broken_cleanup(self):
+        raise RuntimeError("the cloud's API is down")
+
+    FakeCloud.cleanup = broken_cleanup
+    try:
+        with pytest.raises(sky.CapacityError, match="no f1.small capacity") as caught:
+            launcher.launch(Fake(), params(2), name, OFFER, boot_timeout=5, runtime_env=None)
+    finally:
+        FakeCloud.cleanup = original
+    notes = "\n".join(getattr(caught.value, "__notes__", []))
+    assert f"the teardown of {name} failed too" in notes and "the cloud's API is down" in notes
 
 
 def test_teardown_ends_workers_before_the_head_and_waits_until_none_is_listed():

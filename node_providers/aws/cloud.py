@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,6 +46,16 @@ def _imds(path: str) -> str:
 
 INSTANCE_ID_SHELL = "${" + names.ENV_INSTANCE_ID + ":-" + _imds("instance-id") + "}"
 NODE_IP_SHELL = "${" + names.ENV_NODE_IP + ":-" + _imds("local-ipv4") + "}"
+
+# EC2 answers InvalidInstanceID.NotFound for a few seconds after a create (eventual consistency):
+# a call about a just-created instance is retried this many times before NotFound means gone.
+NOT_FOUND_RETRIES = 5
+
+# A reboot of an instance must end it: user data runs once, so a rebooted instance would come
+# back with no Ray and no shutdown. cloud-init runs `bootcmd` on every boot; the first boot marks
+# the instance, every later one powers it off.
+_REBOOT_GUARD = ("if [ -e /var/lib/skyward-first-boot ]; then echo 'skyward: rebooted; ending this instance'; "
+                 "shutdown -h now; else mkdir -p /var/lib && : > /var/lib/skyward-first-boot; fi")
 
 # EC2 state → the contract's. A stopped instance still bills its disk and can come back: active.
 _STATES: dict[str, MachineState] = {
@@ -132,7 +143,8 @@ class AWSCloud(Cloud):
         """One `run_instances` call (MinCount=MaxCount=1), booting from the request's user data."""
         params, prepared, node_config = self.params, self.prepared, request.node_config
         instance_type = node_config.get("InstanceType") or params.instance_type
-        market = (node_config.get("InstanceMarketOptions") or {}).get("MarketType") or params.market
+        market = (node_config.get("InstanceMarketOptions") or {}).get("MarketType") or (
+            params.head_market if request.role == "head" and params.head_market else params.market)
         tags = {**request.tags, names.CLUSTER: self.cluster_name}
         tags.setdefault("Name", f"{self.cluster_name}-{request.index}")
         run: dict[str, Any] = {
@@ -145,6 +157,8 @@ class AWSCloud(Cloud):
             "KeyName": prepared["key_name"],
             "UserData": user_data(request),
             "InstanceInitiatedShutdownBehavior": "terminate",
+            # One token per node and launch attempt: a retry after a lost response finds the same instance.
+            **({"ClientToken": request.client_token} if request.client_token else {}),
             "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 2},
             "TagSpecifications": network.tag_spec("instance", tags) + network.tag_spec(
                 "volume", {names.CLUSTER: self.cluster_name}),
@@ -184,8 +198,15 @@ class AWSCloud(Cloud):
                         self.ec2.terminate_instances(InstanceIds=[instance_id])
 
     def set_tags(self, instance_id: str, tags: Mapping[str, str]) -> None:
-        with aws_errors("tag an instance", instance_id):
-            self.ec2.create_tags(Resources=[instance_id], Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+        for attempt in range(NOT_FOUND_RETRIES + 1):
+            try:
+                with aws_errors("tag an instance", instance_id):
+                    self.ec2.create_tags(Resources=[instance_id], Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+                return
+            except ProvisioningError as error:  # NotFound right after the create: still pending, not gone
+                if "InvalidInstanceID.NotFound" not in str(error) or attempt == NOT_FOUND_RETRIES:
+                    raise
+                time.sleep(1.0 + attempt)
 
     def ssh_endpoint(self, machine: Machine) -> SSHEndpoint:
         if not machine.public_ip:
@@ -205,15 +226,17 @@ class AWSCloud(Cloud):
 
 
 def user_data(request: MachineRequest) -> str:
-    """The boot script, and for the head its pinned SSH host key as cloud-init `ssh_keys`, so sshd
-    presents the driver-generated key from its first start (MIME multi-part, as cloud-init reads it)."""
-    if not request.ssh_host_key:
-        return request.boot_script
+    """The boot script, a `bootcmd` that powers a rebooted instance off, and for the head its pinned
+    SSH host key as cloud-init `ssh_keys`, so sshd presents the driver-generated key from its first
+    start (MIME multi-part, as cloud-init reads it)."""
     from email.mime.multipart import MIMEMultipart
     from email.mime.text import MIMEText
 
-    config = "#cloud-config\n" + yaml.safe_dump({"ssh_deletekeys": True, "ssh_genkeytypes": [], "ssh_keys": {
-        "ed25519_private": request.ssh_host_key, "ed25519_public": request.ssh_host_public_key}})
+    cloud_config: dict[str, Any] = {"bootcmd": [["sh", "-c", _REBOOT_GUARD]]}
+    if request.ssh_host_key:
+        cloud_config.update({"ssh_deletekeys": True, "ssh_genkeytypes": [], "ssh_keys": {
+            "ed25519_private": request.ssh_host_key, "ed25519_public": request.ssh_host_public_key}})
+    config = "#cloud-config\n" + yaml.safe_dump(cloud_config)
     message = MIMEMultipart()
     message.attach(MIMEText(config, "cloud-config"))
     message.attach(MIMEText(request.boot_script, "x-shellscript"))

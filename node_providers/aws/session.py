@@ -1,8 +1,9 @@
 """AWS sessions, credentials and errors: botocore's exceptions become the typed errors the launcher acts on.
 
 Capacity → `CapacityError` (the launcher tries the next offer), credentials/permissions →
-`AuthError`, account limits → `QuotaError`; throttling is retried by botocore (standard mode,
-bounded, with backoff).
+`AuthError`, account limits → `QuotaError` (the spot instance limit → `SpotQuotaError`: only the
+spot offers are skipped); throttling (`RequestLimitExceeded`) is retried by botocore's adaptive
+mode (bounded, with backoff, and a client-side rate limit that slows down while throttled).
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from skyward_ray.errors import AuthError, CapacityError, ProvisioningError, QuotaError, SpecError
+from skyward_ray.errors import AuthError, CapacityError, ProvisioningError, QuotaError, SpecError, SpotQuotaError
 
 
 def retry_config(attempts: int = 8) -> Any:
     from botocore.config import Config
 
-    return Config(retries={"mode": "standard", "max_attempts": attempts}, connect_timeout=5, read_timeout=30)
+    return Config(retries={"mode": "adaptive", "max_attempts": attempts}, connect_timeout=5, read_timeout=30)
 
 
 def session_for(profile: str | None, region: str | None) -> Any:
@@ -47,12 +48,13 @@ def credentials_resolve_offline(profile: str | None = None) -> bool:
 
 
 _CAPACITY_CODES = {"InsufficientInstanceCapacity", "InsufficientCapacity", "InsufficientHostCapacity",
-                   "SpotMaxPriceTooLow", "MaxSpotInstanceCountExceeded", "Unsupported", "InsufficientReservedInstanceCapacity"}
+                   "SpotMaxPriceTooLow", "Unsupported", "InsufficientReservedInstanceCapacity"}
 _AUTH_CODES = {"UnauthorizedOperation", "AuthFailure", "InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken",
                "RequestExpired", "UnrecognizedClientException", "AccessDenied", "AccessDeniedException", "OptInRequired",
                "Blocked", "PendingVerification"}
 _QUOTA_CODES = {"VcpuLimitExceeded", "InstanceLimitExceeded", "MaxSpotFleetRequestCountExceeded", "VolumeLimitExceeded",
                 "SecurityGroupLimitExceeded", "KeyPairLimitExceeded", "ResourceLimitExceeded"}
+_SPOT_QUOTA_CODES = {"MaxSpotInstanceCountExceeded"}
 _THROTTLE_CODES = {"RequestLimitExceeded", "Throttling", "ThrottlingException", "TooManyRequestsException"}
 
 _CREDENTIALS_FIX = ("Fix: run `aws configure` (or `aws sso login`), set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or "
@@ -84,6 +86,10 @@ def aws_errors(what: str, where: str = "") -> Iterator[None]:
         info = error.response.get("Error", {})
         code, message = info.get("Code", "?"), info.get("Message", str(error))
         text = f"AWS: could not {what}{place}: {code}: {message}"
+        if code in _SPOT_QUOTA_CODES:
+            raise SpotQuotaError(f"{text}. The account's spot instance limit is reached: this provider's spot offers "
+                                 "are skipped. Fix: request a higher spot limit in the Service Quotas console, or "
+                                 "use allocation='on-demand'") from None
         if code in _CAPACITY_CODES:
             raise CapacityError(text) from None
         if code in _AUTH_CODES:

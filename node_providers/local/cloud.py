@@ -87,6 +87,7 @@ class LocalCloud(Cloud):
 
     config_class = Local
     config: Local
+    listing_is_consistent = True  # the machine table is written before `launch` returns
     _launch_lock = threading.Lock()  # picking an address and booting on it is one step
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -35,7 +35,16 @@ from skyward_ray.cluster.contract import ClusterParams
 from skyward_ray.cluster.elastic import ElasticScaler
 from skyward_ray.cluster.replacer import NodeReplacer
 from skyward_ray.console import console
-from skyward_ray.errors import AuthError, CapacityError, PoolClosedError, ProvisioningError, QuotaError, SpecError
+from skyward_ray.errors import (
+    AuthError,
+    CapacityError,
+    PoolClosedError,
+    PoolLostError,
+    ProvisioningError,
+    QuotaError,
+    SpecError,
+    SpotQuotaError,
+)
 from skyward_ray.planning import cost_guard
 from skyward_ray.planning import plan as planning
 from skyward_ray.planning.image import Image
@@ -44,7 +53,12 @@ from skyward_ray.planning.offers import Offer, Plan
 from skyward_ray.planning.spec import Spec
 
 _OPEN_POOLS: "weakref.WeakSet[Compute]" = weakref.WeakSet()
-_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None)
+# The driver beats from the moment the head's GCS answers; the head's watchdog allows it the
+# heartbeat grace plus this much (an SSH tunnel coming up) for the first beat.
+FIRST_BEAT_MARGIN = 15.0
+HEAD_CHECK_S = 5.0  # after a wait's system error, how long the head's machine may take to list as ended
+_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None), signal.SIGINT)
+                 if s is not None)
 
 
 class Compute:
@@ -94,6 +108,8 @@ class Compute:
         self._state = "new"
         self._lock = threading.RLock()
         self._previous_handlers: dict[int, Any] = {}
+        self._signalled: int | None = None  # the first signal that is ending the pool
+        self._lost: PoolLostError | None = None  # set when the head is gone
         self._code_modules: list[str] = []  # the staged user code, as py_modules entries
         self._code_dir: str | None = None
         self.plan: Plan | None = None
@@ -117,24 +133,26 @@ class Compute:
         try:
             self._stage_user_code(code)
             self._cluster = self._launch_from_plan(self.plan)
-        except BaseException:
-            self._close()
+        except BaseException as error:
+            self._close(error)
             raise
         self._install_signal_handlers()  # ray.init put its own SIGTERM handler in place of ours
         try:
+            # elastic pools: Ray's autoscaler replaces lost workers; the replacer then only watches the head
+            self._replacer = NodeReplacer(self._cluster, on_head_lost=self._on_head_lost,
+                                          replace_workers=not self.desired.elastic).start()
             if self.desired.elastic:
                 self._scaler = ElasticScaler(self._cluster, self.desired.floor, self.desired.ceiling,
                                              self.desired.idle_timeout).start()
-            else:
-                self._replacer = NodeReplacer(self._cluster).start()
-        except BaseException:
-            self._close()
+        except BaseException as error:
+            self._close(error)
             raise
+        dispatch.watch_pool(self._head_gone_now)
         self._state = "open"
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._close()
+    def __exit__(self, exc_type: object, exc: BaseException | None, traceback: object) -> None:
+        self._close(exc)
 
     def _stage_user_code(self, code: user_code.UserCode) -> None:
         """Copy the user's modules to a directory of this pool's own, for the job's `py_modules`."""
@@ -146,9 +164,10 @@ class Compute:
     def _launch_from_plan(self, plan: Plan) -> launcher.Cluster:
         """Walk the plan: capacity errors move to the next offer; auth/quota errors skip the provider."""
         blocked_providers: set[str] = set()
+        blocked_spot: set[str] = set()  # providers whose spot quota is used up: their on-demand offers still go
         for offer in plan.offers:
             spec = plan.specs[offer.spec_index]
-            if spec.provider.name in blocked_providers:
+            if spec.provider.name in blocked_providers or (offer.market == "spot" and spec.provider.name in blocked_spot):
                 continue
             try:  # a fallback dearer than the cost guard allows is skipped, never bought
                 cost_guard.check_cost(self.desired.ceiling, offer.price, self._ceilings, _offer_words(offer))
@@ -167,6 +186,10 @@ class Compute:
                                               self._runtime_env(spec), ledger=ledger)
                 except CapacityError as error:
                     self.failures.append((offer, error))
+                    continue
+                except SpotQuotaError as error:
+                    self.failures.append((offer, error))
+                    blocked_spot.add(spec.provider.name)
                     continue
                 except (AuthError, QuotaError) as error:
                     self.failures.append((offer, error))
@@ -190,17 +213,29 @@ class Compute:
             nodes=self.desired.desired,
             instance_type=offer.instance_type,
             market=offer.market,
+            head_market=self._head_market(offer),
             region=offer.region,
             zone=offer.zone,
             offer=offer.label,
             accelerator=accelerator,
             accelerator_count=offer.count if accelerator else 0,
             heartbeat_grace=spec.provider.heartbeat_grace,
-            first_heartbeat_grace=max(boot_timeout * 2, 120.0),
+            first_heartbeat_grace=spec.provider.heartbeat_grace + FIRST_BEAT_MARGIN,
+            boot_deadline=max(boot_timeout * 2, 120.0),
             pip=list(self.image.pip) if installs_at_boot else [],
             apt=list(self.image.apt),
             pool_tags=pool_state.owner_tags(offer.price),
         )
+
+    def _head_market(self, offer: Offer) -> str | None:
+        """A spot pool's head goes on-demand where the plan sells the same machine on-demand: a
+        reclaimed worker is replaced, a reclaimed head ends the pool. (A one-node pool is its head:
+        it stays in the market it was planned in.)"""
+        if offer.market != "spot" or self.plan is None or self.desired.desired < 2:
+            return None
+        same = any(o.market == "on-demand" and o.provider == offer.provider and o.instance_type == offer.instance_type
+                   and o.region == offer.region for o in self.plan.offers)
+        return "on-demand" if same else None
 
     def _runtime_env(self, spec: Spec) -> dict[str, Any]:
         env_vars = {**self.image.env, names.ENV_TOTAL_NODES: str(self.desired.desired)}
@@ -217,31 +252,57 @@ class Compute:
             runtime_env["py_modules"] = py_modules
         return runtime_env
 
-    def _close(self) -> None:
+    def _close(self, error: BaseException | None = None) -> None:
+        """Tear down. The pool is closed only once teardown is done: a teardown that fails leaves it
+        in `_OPEN_POOLS`, and the exit hook tries again. Signals that come meanwhile are held.
+
+        With `error` (the user's exception, or a failed launch's) propagating, a teardown failure is
+        reported alongside it (a note on it, and the console), never instead of it.
+        """
         with self._lock:
-            if self._state == "closed":
+            if self._state in ("closed", "closing"):
                 return
-            self._state = "closed"
-            cluster, self._cluster = self._cluster, None
+            previous_state, self._state = self._state, "closing"
+        done = False
         try:
-            if self._scaler is not None:
-                self._scaler.stop()  # before teardown: no node may be launched while the pool ends
-            if self._replacer is not None:
-                self._replacer.stop()
-            if cluster is not None:
-                t0 = time.monotonic()
-                left = launcher.teardown(cluster)
-                if left:
-                    console.print(f"[red]could not confirm the end of: {', '.join(left)}[/]")
-                else:
+            with launcher.signals_held() as held:
+                if self._scaler is not None:
+                    self._scaler.stop()  # before teardown: no node may be launched while the pool ends
+                if self._replacer is not None:
+                    self._replacer.stop()
+                cluster = self._cluster
+                if cluster is not None:
+                    t0 = time.monotonic()
+                    if error is None:
+                        launcher.teardown(cluster)  # TeardownError: the pool stays open for the exit hook
+                    elif not launcher.teardown_beside(cluster, error):
+                        return
                     console.print(f"pool {cluster.name} gone ({time.monotonic() - t0:.1f}s); cost: {self.cost_summary}")
+                done = True
         finally:
-            self._restore_signal_handlers()
-            _OPEN_POOLS.discard(self)
-            user_code.deactivate()
-            if self._code_dir is not None:
-                shutil.rmtree(self._code_dir, ignore_errors=True)
-                self._code_dir = None
+            with self._lock:
+                if done:
+                    self._finish_close()
+                else:
+                    self._state = previous_state
+        if held and error is None and self._signalled is None:  # a plain exit's teardown was signalled: obey now
+            self._signalled = held[0]
+            raise KeyboardInterrupt if held[0] == signal.SIGINT else SystemExit(128 + held[0])
+
+    def _finish_close(self) -> None:
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        dispatch.watch_pool(None)
+        if self._lost is not None:
+            dispatch.interrupt_waits(None)
+        self._cluster = None
+        self._restore_signal_handlers()
+        _OPEN_POOLS.discard(self)
+        user_code.deactivate()
+        if self._code_dir is not None:
+            shutil.rmtree(self._code_dir, ignore_errors=True)
+            self._code_dir = None
 
     def close(self) -> None:
         """End the pool now (what leaving the `with` block does)."""
@@ -255,11 +316,58 @@ class Compute:
             previous = signal.getsignal(sig)
             if previous == signal.SIG_IGN and sig not in self._previous_handlers:
                 continue  # the user ignores this signal on purpose (e.g. nohup): leave it so
+            if sig == signal.SIGINT and previous not in (signal.default_int_handler, self._on_signal):
+                continue  # the user handles Ctrl-C: theirs stays
             self._previous_handlers.setdefault(sig, previous)  # keep the user's, not Ray's, to restore
             signal.signal(sig, self._on_signal)
 
+    def _head_gone_now(self) -> PoolLostError | None:
+        """Asked by a wait that failed with a system error: is the head gone? (then the pool is lost)"""
+        cluster = self._cluster
+        if self._lost is None and cluster is not None and cluster.nodes:
+            head = cluster.nodes[0].instance_id
+            deadline = time.monotonic() + HEAD_CHECK_S  # a machine being ended may still list for a moment
+            while not cluster.provider.is_terminated(head):
+                if time.monotonic() > deadline:
+                    return None
+                time.sleep(0.5)
+            self._mark_lost(head)
+            self._signalled = self._signalled or -1  # raised by the wait itself: no signal needed
+        return self._lost
+
+    def _on_head_lost(self, head_id: str) -> None:
+        """From the replacer's thread: the head is gone. Raise `PoolLostError` in the user's code
+        (the main thread, through this pool's own signal handler), which unwinds `with` and ends
+        every machine left; where no handler of ours is in place, end the pool from here."""
+        if self._lost is not None:
+            return  # a wait found it first, and raised it
+        self._mark_lost(head_id)
+        for sig in _SIGNALS:
+            if signal.getsignal(sig) == self._on_signal:
+                # a real signal to the main thread: it also wakes a wait blocked on a lock (Ray Client)
+                signal.pthread_kill(threading.main_thread().ident or 0, sig)
+                return
+        self._close(self._lost)
+
+    def _mark_lost(self, head_id: str) -> None:
+        self._lost = PoolLostError(
+            f"the head node of pool {self._cluster.name if self._cluster else '?'} ({head_id}) was lost (a spot "
+            "reclaim or a host failure); a pool cannot go on without its head, so every machine left is ended. "
+            "Open a new pool to go on (an on-demand head avoids spot reclaims of the head).")
+        if self._cluster is not None:
+            self._cluster.lost = True
+        dispatch.interrupt_waits(self._lost)
+
     def _on_signal(self, signum: int, frame: Any) -> None:
-        self._restore_signal_handlers()
+        """The first signal unwinds through `with` (SystemExit, or KeyboardInterrupt for SIGINT);
+        more signals while that unwinding and its teardown run are ignored, so they cannot abort it."""
+        if self._signalled is not None or self._state == "closing":
+            return
+        self._signalled = signum
+        if self._lost is not None:
+            raise self._lost
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
         raise SystemExit(128 + signum)
 
     def _restore_signal_handlers(self) -> None:
@@ -272,6 +380,8 @@ class Compute:
 
     # -- facts ---------------------------------------------------------------------------------
     def _open_cluster(self) -> launcher.Cluster:
+        if self._lost is not None:
+            raise self._lost
         if self._state != "open" or self._cluster is None:
             state = "has exited" if self._state == "closed" else "has not been entered"
             raise PoolClosedError(f"this pool {state}; send work inside `with sky.Compute(...) as pool:`")
@@ -422,4 +532,7 @@ def shipped_packages() -> list[str]:
 def _close_open_pools() -> None:
     """Interpreter exit with a pool still open (no `with`, or sys.exit in a thread): end it."""
     for pool in list(_OPEN_POOLS):
-        pool.close()
+        try:
+            pool.close()
+        except BaseException as error:  # noqa: BLE001 - every pool gets its turn
+            console.print(f"[red]could not end pool {pool!r}: {type(error).__name__}: {error}[/]")

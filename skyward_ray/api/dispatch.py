@@ -25,12 +25,19 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayError, RayTaskError, TaskCancelledError
+from ray.exceptions import (
+    GetTimeoutError,
+    LocalRayletDiedError,
+    RayError,
+    RaySystemError,
+    RayTaskError,
+    TaskCancelledError,
+)
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from skyward_ray.api.function import PendingFunction
 from skyward_ray.api.progress import Progress
-from skyward_ray.errors import FunctionTimeoutError, NodeLostError
+from skyward_ray.errors import FunctionTimeoutError, NodeLostError, PoolLostError
 from skyward_ray.planning.nodes import NodeInfo
 
 
@@ -59,6 +66,61 @@ def _timeout_error(pending: PendingFunction[Any]) -> FunctionTimeoutError:
 
 
 FORCE_CANCEL_AFTER_S = 2.0  # a task stuck in one long C call ignores the interrupt; then its worker is ended
+# `ray.get` waits in C++ and runs no signal handler meanwhile: waits are cut into slices this long, so
+# an interruption (the pool's head lost, a signal) reaches the caller within one slice.
+WAIT_SLICE_S = 1.0
+_interrupt: BaseException | None = None  # set when the pool is lost: every wait raises it
+# Asked when a wait fails with a system error (not the task's own): is the pool's head gone? (The
+# pool's replacer notices too, but seconds later; a direct driver's raylet is the head's own.)
+_loss_check: Callable[[], BaseException | None] | None = None
+
+
+_CLUSTER_GONE_ERRORS = (LocalRayletDiedError, RaySystemError, ConnectionError)
+
+
+def watch_pool(loss_check: Callable[[], BaseException | None] | None) -> None:
+    global _loss_check
+    _loss_check = loss_check
+
+
+def interrupt_waits(error: BaseException | None) -> None:
+    """Make every wait of this process raise `error` within one slice (None: stop doing so)."""
+    global _interrupt
+    _interrupt = error
+
+
+def _check_interrupt() -> None:
+    if _interrupt is not None:
+        raise _interrupt
+
+
+def _get(refs: Any, timeout: float | None) -> Any:
+    """`ray.get`; an exception a signal handler raised inside Ray's C++ wait comes out as itself (Ray
+    reports it as a SystemError when the wait also timed out), and any failure once the pool is lost
+    (Ray Client's connection to a lost head, say) is the pool's loss."""
+    try:
+        return ray.get(refs, timeout=timeout)
+    except SystemError as error:
+        if error.__cause__ is not None and "with an exception set" in str(error):
+            raise error.__cause__ from None
+        raise
+    except (GetTimeoutError, RayTaskError, TaskCancelledError):
+        raise
+    except Exception as error:
+        _raise_if_lost(error)
+        raise
+
+
+def _raise_if_lost(error: BaseException) -> None:
+    lost = _interrupt
+    # only errors that say this driver lost its cluster (not a task's own failure) ask the cloud
+    if lost is None and _loss_check is not None and isinstance(error, _CLUSTER_GONE_ERRORS):
+        try:
+            lost = _loss_check()
+        except Exception:
+            lost = None
+    if lost is not None:
+        raise lost from error
 
 
 def _cancel(refs: Sequence[ray.ObjectRef], force: bool = False) -> None:
@@ -207,13 +269,23 @@ def run(pending: PendingFunction[Any], options: dict[str, Any]) -> Any:
     """One call, waited for: `ray.get` directly (the fastest path for the common case)."""
     ref = _submit(pending, options)
     timeout = pending.function.options.timeout
+    deadline = None if timeout is None else time.monotonic() + timeout
     try:
-        return ray.get(ref, timeout=timeout)
+        while True:
+            left = WAIT_SLICE_S if deadline is None else min(WAIT_SLICE_S, max(0.0, deadline - time.monotonic()))
+            try:
+                return _get(ref, left)
+            except GetTimeoutError:
+                _check_interrupt()
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
     except GetTimeoutError:
         _cancel([ref], force=True)
         raise _timeout_error(pending) from None
     except RayTaskError as error:
         raise original_exception(error) from None
+    except PoolLostError:  # nothing left to cancel on
+        raise
     except BaseException:  # interrupted (Ctrl-C, SIGTERM): the task is not wanted any more
         _cancel([ref])
         raise
@@ -255,7 +327,12 @@ def wait_group(refs: list[ray.ObjectRef], pendings: list[PendingFunction[Any]],
     remaining = list(refs)
     try:
         while remaining:
-            ready, remaining = ray.wait(remaining, num_returns=len(remaining), timeout=0.05, fetch_local=False)
+            _check_interrupt()
+            try:
+                ready, remaining = ray.wait(remaining, num_returns=len(remaining), timeout=0.05, fetch_local=False)
+            except Exception as error:
+                _raise_if_lost(error)
+                raise
             if ready:
                 try:
                     values.update(zip((index[r] for r in ready), ray.get(ready)))
@@ -273,6 +350,8 @@ def wait_group(refs: list[ray.ObjectRef], pendings: list[PendingFunction[Any]],
             if late:
                 _cancel([refs[late[0]]], force=True)
                 raise _timeout_error(pendings[late[0]])
+    except PoolLostError:  # nothing left to cancel on
+        raise
     except BaseException:  # a failure, a timeout, or an interrupted wait: the rest is not wanted any more
         unfinished = [r for r in refs if index[r] not in values]
         _cancel(unfinished)

@@ -46,13 +46,21 @@ class ClusterParams(BaseModel):
     nodes: int = Field(default=1, ge=1, description="the size the pool is launched at (local pools split CPUs by it)")
     instance_type: str | None = None
     market: Literal["spot", "on-demand"] = "on-demand"
+    head_market: Literal["spot", "on-demand"] | None = Field(
+        default=None, description="the head's market when it differs from `market` (an on-demand head for a spot "
+                                  "pool: a reclaimed head ends the whole pool)")
     region: str | None = None
     zone: str | None = None
     offer: str | None = Field(default=None, description="a label naming the offer bought, e.g. g4dn.xlarge.us-east-1a.spot")
     accelerator: str | None = None
     accelerator_count: int = 0
     heartbeat_grace: float = 30.0
-    first_heartbeat_grace: float = 900.0
+    first_heartbeat_grace: float = Field(
+        default=60.0, description="seconds from the head's GCS first answering to the driver's first heartbeat "
+                                  "(the driver beats from the moment the head answers)")
+    boot_deadline: float = Field(
+        default=900.0, description="seconds a machine may take from its boot to the first heartbeat (head) or "
+                                   "to reaching the head (worker) before it ends itself")
     pip: list[str] = Field(default_factory=list, description="installed by every node's boot script")
     ssh_key_dir: str = Field(default="", description="the cluster's SSH keys on the driver (0700); made at prepare")
     ssh_public_key: str = Field(default="", description="the driver's SSH public key line for this cluster")
@@ -78,6 +86,9 @@ class MachineRequest:
     the cloud installs it before sshd starts (cloud-init `ssh_keys` on AWS), so the driver pins it
     and never trusts a key on first use. None for workers and for clouds driven directly."""
     ssh_host_public_key: str | None = None
+    client_token: str | None = None
+    """An idempotency token, one per node and per launch attempt: a cloud that has them (EC2
+    `ClientToken`) passes it, so a create retried after a lost response starts no second machine."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +170,9 @@ class Cloud(ABC):
     config_class: ClassVar[type[ProviderConfig]]
     #: how long a `describe()` answer may be reused by the generic provider (spares rate limits)
     describe_ttl: ClassVar[float] = 0.0
+    #: whether `describe()` lists a machine as soon as `launch` returned it (the local process
+    #: table: yes; a cloud API: only eventually). Teardown needs one more empty listing otherwise.
+    listing_is_consistent: ClassVar[bool] = False
 
     def __init__(self, cluster_name: str, config: ProviderConfig, params: ClusterParams,
                  prepared: Mapping[str, Any]) -> None:

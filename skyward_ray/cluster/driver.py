@@ -111,7 +111,16 @@ class DriverConnection:
             self._restore_env()
             raise
         self.connected = True
-        self.beat()
+        self.start_heartbeat()
+
+    def start_heartbeat(self) -> None:
+        """Beat now and every interval from now on: called as soon as the head's GCS answers (before
+        this process joins as a driver), so the head's watchdog hears from a live driver early and
+        can end a pool whose driver died during boot within its heartbeat grace."""
+        if self._thread is not None:
+            return
+        with contextlib.suppress(Exception):
+            self.beat()
         self._thread = threading.Thread(target=self._beat_forever, name="skyward-heartbeat", daemon=True)
         self._thread.start()
 

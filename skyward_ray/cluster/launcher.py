@@ -12,10 +12,14 @@ only through Ray's `NodeProvider` interface and `ScriptBootedNodeProvider`'s few
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import importlib
 import secrets
+import signal
 import socket
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +42,16 @@ from skyward_ray.cluster.contract import ClusterParams
 from skyward_ray.cluster.driver import CLIENT_SERVER_PORT, DriverConnection
 from skyward_ray.cluster.node_provider import ScriptBootedNodeProvider, provider_section
 from skyward_ray.cluster.ssh_tunnel import HostKeyMismatchError, SSHTunnel, TunnelError
-from skyward_ray.errors import BootTimeoutError, ProvisioningError
+from skyward_ray.console import console
+from skyward_ray.errors import (
+    AuthError,
+    BootTimeoutError,
+    CapacityError,
+    ProvisioningError,
+    QuotaError,
+    SpecError,
+    TeardownError,
+)
 from skyward_ray.planning.nodes import NodeInfo
 from skyward_ray.planning.offers import Offer
 from skyward_ray.planning.providers import ProviderConfig
@@ -56,6 +69,10 @@ class Cluster:
     nodes: list[NodeInfo] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
     timings: dict[str, float] = field(default_factory=dict)
+    last_uncertain_create: float = -1e9  # when a create last ended with no id and no refusal (e.g. a lost response)
+    lost: bool = False  # the head is gone: end the machines before disconnecting (Ray's shutdown is slow then)
+    creating: int = 0  # creates in flight: teardown is not done while one may still return an id
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
 def new_cluster_name() -> str:
@@ -83,40 +100,72 @@ def _tags(cluster_name: str, kind: str, index: int, launch_request: str) -> dict
     }
 
 
-def _create(provider: ScriptBootedNodeProvider, cluster_name: str, kind: str, index: int, launch_request: str) -> str:
-    created = provider.create_node_with_resources_and_labels(
-        {}, _tags(cluster_name, kind, index, launch_request), 1, {}, {names.NODE_INDEX: str(index)}
-    )
-    if not created:
-        raise ProvisioningError(f"the provider created no node for node {index} of {cluster_name}")
-    return next(iter(created))
+def _create(cluster: Cluster, kind: str, index: int, launch_request: str) -> str:
+    """One machine; its id goes to `cluster.instance_ids` the moment the cloud returns it."""
+    with cluster.lock:
+        cluster.creating += 1
+    known = False  # did this create end with a known outcome (an id, or the cloud's typed refusal)?
+    try:
+        created = cluster.provider.create_node_with_resources_and_labels(
+            {}, _tags(cluster.name, kind, index, launch_request), 1, {}, {names.NODE_INDEX: str(index)}
+        )
+        if not created:
+            raise ProvisioningError(f"the provider created no node for node {index} of {cluster.name}")
+        instance_id = next(iter(created))
+        with cluster.lock:
+            cluster.instance_ids.append(instance_id)
+        known = True
+        return instance_id
+    except (CapacityError, AuthError, QuotaError, SpecError):
+        known = True  # the cloud refused: nothing was started
+        raise
+    finally:
+        with cluster.lock:
+            cluster.creating -= 1
+            if not known:  # a lost response or a failure midway: a machine may show up in the listing later
+                cluster.last_uncertain_create = time.monotonic()
 
 
 def create_worker(cluster: Cluster, index: int) -> str:
     """One more worker for a running cluster (a replacement keeps the lost node's index)."""
-    instance_id = _create(cluster.provider, cluster.name, NODE_KIND_WORKER, index, secrets.token_hex(4))
-    cluster.instance_ids.append(instance_id)
-    return instance_id
+    return _create(cluster, NODE_KIND_WORKER, index, secrets.token_hex(4))
 
 
 def provision(cluster: Cluster, nodes: int) -> None:
-    """Start the head (index 0), then workers 1..nodes-1 at once; their ids go to `cluster.instance_ids`
-    as they are created, so a failure part-way leaves the caller a complete list to end."""
+    """Start the head (index 0), then workers 1..nodes-1 at once.
+
+    Every create runs in a worker thread and records its id in `cluster.instance_ids` as it
+    returns, so an interruption at any point leaves the caller a complete list to end. The first
+    failure, or a signal (KeyboardInterrupt/SystemExit raised here, in the waiting thread), cancels
+    every create not yet started; the ones in flight are waited for, so their ids are recorded too.
+    """
     launch_request = secrets.token_hex(4)
-    cluster.instance_ids.append(_create(cluster.provider, cluster.name, NODE_KIND_HEAD, 0, launch_request))
-    if nodes < 2:
-        return
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, nodes - 1)) as pool:
-        futures = [pool.submit(_create, cluster.provider, cluster.name, NODE_KIND_WORKER, i, launch_request)
-                   for i in range(1, nodes)]
-        errors = []
-        for future in futures:
-            try:
-                cluster.instance_ids.append(future.result())
-            except BaseException as error:  # keep collecting: every created id must be known to end it
-                errors.append(error)
-        if errors:
-            raise errors[0]
+    stop = threading.Event()
+
+    def create(kind: str, index: int) -> str | None:
+        if stop.is_set():
+            return None
+        try:
+            return _create(cluster, kind, index, launch_request)
+        except BaseException:
+            stop.set()
+            raise
+
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=min(16, nodes), thread_name_prefix="skyward-create")
+    try:
+        executor.submit(create, NODE_KIND_HEAD, 0).result()
+        futures = [executor.submit(create, NODE_KIND_WORKER, i) for i in range(1, nodes)]
+        for future in concurrent.futures.as_completed(futures):
+            future.result()  # the first failure is raised (the rest are cancelled below)
+        with cluster.lock:  # all there: head first, then by index
+            by_index = [future.result() for future in futures]
+            cluster.instance_ids[:] = cluster.instance_ids[:1] + by_index + [
+                i for i in cluster.instance_ids[1:] if i not in by_index]
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _port_open(ip: str, port: int) -> bool:
@@ -166,6 +215,7 @@ def launch(
         # then fails would be ended by Ray itself after 60 s, taking the user's process along. Once
         # the head is alive, connecting overlaps with the workers' boot.
         gcs = _gcs_when_up(cluster.driver, provider, head, deadline, boot_timeout)
+        cluster.driver.start_heartbeat()  # from the moment the head answers: a driver dying in boot ends the pool
         _wait_for_nodes(gcs, provider, [head], offer, deadline, boot_timeout)
         cluster.timings["head_alive_s"] = time.monotonic() - t0
         cluster.driver.connect()
@@ -173,8 +223,11 @@ def launch(
         cluster.nodes = _wait_for_nodes(gcs, provider, cluster.instance_ids, offer, deadline, boot_timeout)
         cluster.timings["ready_s"] = time.monotonic() - t0
         return cluster
-    except BaseException:
-        teardown(cluster)
+    except BaseException as error:
+        with signals_held() as held:
+            teardown_beside(cluster, error)
+        if held and isinstance(error, Exception):  # a Ctrl-C or SIGTERM during this teardown still ends the walk
+            raise (KeyboardInterrupt() if held[0] == signal.SIGINT else SystemExit(128 + held[0])) from error
         raise
 
 
@@ -278,6 +331,7 @@ def _wait_for_nodes(gcs: Any, provider: ScriptBootedNodeProvider, instance_ids: 
             )
         time.sleep(0.1)
     infos = []
+    head_market = provider.params.head_market or offer.market
     for instance_id, info in alive.items():
         infos.append(NodeInfo(
             index=int(info.labels.get(names.NODE_INDEX, 0)),
@@ -287,35 +341,134 @@ def _wait_for_nodes(gcs: Any, provider: ScriptBootedNodeProvider, instance_ids: 
             provider=offer.provider,
             accelerator=offer.accelerator,
             accelerator_count=offer.count,
-            spot=offer.market == "spot",
+            spot=(head_market if info.labels.get(names.NODE_INDEX, "0") == "0" else offer.market) == "spot",
         ))
     return sorted(infos, key=lambda n: n.index)
 
 
-def teardown(cluster: Cluster, wait_timeout: float = 60.0) -> list[str]:
-    """Disconnect, terminate every node, wait until the provider lists none, remove prepared resources.
+# Two empty listings confirm that nothing is left. Every id a create returned is terminated by id,
+# listed or not; but a create whose outcome is unknown (its response lost, a failure midway) may
+# have started a machine the cloud lists only seconds later. After such a create, the later empty
+# listing is taken at least this long after it: paid at most once per pool, and only then.
+CONFIRM_INTERVAL = 10.0
+_HELD_SIGNALS = tuple(s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None))
+                      if s is not None)
 
-    Returns the instance ids still listed afterwards (empty on success).
-    """
-    if cluster.driver is not None:
-        cluster.driver.disconnect()
-    provider = cluster.provider
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[list[int]]:
+    """While teardown runs, SIGINT/SIGTERM/SIGHUP are noted (in the yielded list), not obeyed: a
+    second Ctrl-C or SIGTERM must not abort the teardown the first one started. Main thread only
+    (elsewhere signals do not interrupt anyway)."""
+    held: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield held
+        return
+    previous = {}
+    for sig in _HELD_SIGNALS:
+        with contextlib.suppress(ValueError, OSError):
+            previous[sig] = signal.signal(sig, lambda signum, frame: held.append(signum))
     try:
-        live = provider.non_terminated_nodes({TAG_RAY_CLUSTER_NAME: cluster.name})
-    except Exception:
-        live = list(cluster.instance_ids)
-    ids = sorted(set(live) | set(cluster.instance_ids))
-    if ids:
-        provider.terminate_nodes(ids)
+        yield held
+    finally:
+        for sig, handler in previous.items():
+            with contextlib.suppress(ValueError, OSError, TypeError):
+                signal.signal(sig, handler)
+
+
+def reassert_signal_handlers() -> None:
+    """Install Python's handlers again at the OS level. Ray's core worker puts its own SIGTERM
+    handler in at `ray.init` and, at `ray.shutdown`, puts back what it found then (the default,
+    which kills): Python still reports its own handler, but a SIGTERM would end the process
+    mid-teardown."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in _HELD_SIGNALS:
+        with contextlib.suppress(ValueError, OSError, TypeError):
+            handler = signal.getsignal(sig)
+            if handler is not None:
+                signal.signal(sig, handler)
+
+
+def teardown_beside(cluster: Cluster, error: BaseException) -> bool:
+    """Teardown while `error` (the user's, or a failed launch's) propagates: a teardown failure is
+    reported alongside it (a note on it, and the console), never instead of it. True when done."""
+    try:
+        teardown(cluster)
+        return True
+    except BaseException as teardown_error:  # noqa: BLE001 - reported, and the first error goes on
+        ids = getattr(teardown_error, "instance_ids", None) or cluster.instance_ids
+        text = (f"skyward_ray: the teardown of {cluster.name} failed too ({type(teardown_error).__name__}: "
+                f"{teardown_error}); instances that may be left: {', '.join(ids) or 'none known'}")
+        error.add_note(text)
+        console.print(f"[red]{text}[/]")
+        return False
+
+
+def teardown(cluster: Cluster, wait_timeout: float = 120.0) -> list[str]:
+    """Disconnect, then until the cloud confirms none is left: list the cluster's machines (by its
+    tag) plus every id a create returned, terminate whatever is still active, list again.
+
+    Done after two empty listings, the later at least `CONFIRM_INTERVAL` after the last create of
+    unknown outcome (one is enough where the cloud's listing is consistent). Errors along the way are retried until
+    `wait_timeout`; then `TeardownError` names what may be left. Removes the prepared resources once
+    nothing is left. Returns [] (kept for callers that check it).
+    """
+    errors: list[BaseException] = []
+
+    def disconnect() -> None:
+        if cluster.driver is not None:
+            try:
+                cluster.driver.disconnect()
+            except Exception as error:  # the machines must still end
+                errors.append(error)
+            finally:
+                reassert_signal_handlers()
+
+    if not cluster.lost:
+        disconnect()  # first: a direct driver whose raylet ended first would be ended by Ray itself
+    provider = cluster.provider
+    consistent = provider.cloud_class.listing_is_consistent
     deadline = time.monotonic() + wait_timeout
-    left = provider.non_terminated_nodes({TAG_RAY_CLUSTER_NAME: cluster.name})
-    while left and time.monotonic() < deadline:
-        time.sleep(0.2)
-        left = provider.non_terminated_nodes({TAG_RAY_CLUSTER_NAME: cluster.name})
-    if not left:
+    empty_listings = 0
+    active: set[str] = set()
+    ended: set[str] = set()  # ids the listing missed, terminated here without an error
+    while True:
+        with cluster.lock:
+            known = set(cluster.instance_ids)
+            creating = cluster.creating
+        try:
+            machines = provider.machines(fresh=True)
+            active = {m.instance_id for m in machines if m.active}
+            listed = {m.instance_id for m in machines}
+            unlisted = known - listed - ended  # created, yet not listed (yet): end it anyway
+            targets = active | unlisted
+            if targets:
+                empty_listings = 0
+                provider.terminate_nodes(sorted(targets))
+                ended |= unlisted
+            elif not creating and (consistent or time.monotonic() - cluster.last_uncertain_create >= CONFIRM_INTERVAL):
+                empty_listings += 1
+                if consistent or empty_listings >= 2:
+                    break
+        except Exception as error:
+            errors.append(error)
+        if time.monotonic() > deadline:
+            left = sorted(active | (known - ended))
+            raise TeardownError(
+                f"could not confirm within {wait_timeout:g}s that every machine of {cluster.name} ended; may be "
+                f"left: {', '.join(left) or 'none listed'}"
+                + (f"; last error: {type(errors[-1]).__name__}: {errors[-1]}" if errors else ""), left)
+        time.sleep(0.2 if empty_listings else 0.5)
+    if cluster.lost:
+        disconnect()
+    try:
         provider.cleanup_cluster_resources()
-        pool_state.remove_record(cluster.name)
-    return left
+        pool_state.remove_record(cluster.name)  # only once nothing is left: `gc` needs it until then
+    except Exception as error:
+        raise TeardownError(f"every machine of {cluster.name} ended, but removing its resources failed: "
+                            f"{type(error).__name__}: {error}") from error
+    return []
 
 
 def record_pool(config: ProviderConfig, params: ClusterParams, cluster_name: str, offer: Offer) -> None:

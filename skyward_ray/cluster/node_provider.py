@@ -38,6 +38,7 @@ from ray.autoscaler.node_provider import NodeProvider
 from ray.autoscaler.tags import (
     NODE_KIND_HEAD,
     TAG_RAY_CLUSTER_NAME,
+    TAG_RAY_LAUNCH_REQUEST,
     TAG_RAY_NODE_KIND,
     TAG_RAY_USER_NODE_TYPE,
 )
@@ -50,6 +51,10 @@ from skyward_ray.errors import ProvisioningError
 from skyward_ray.node import startup_script
 
 HOST_KEY_NAME = "ssh_host_ed25519_key"
+
+# How long a cloud's listing may miss a machine its create just returned (eventual consistency):
+# within it, a machine not listed is pending, not gone.
+LISTING_LAG = 60.0
 
 # Resources Ray takes as `ray start` flags rather than as custom resources.
 _BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
@@ -78,6 +83,7 @@ class ScriptBootedNodeProvider(NodeProvider):
         self._head_ip: str | None = None
         #: the pool's spending record, when a driver keeps one (`sky.Compute`); None under `ray up`
         self.ledger: Ledger | None = None
+        self._launched_at: dict[str, float] = {}  # instance id → when this provider's create returned it
 
     @classmethod
     def _parse(cls, provider_config: dict[str, Any]) -> tuple[Any, ClusterParams]:
@@ -143,8 +149,10 @@ class ScriptBootedNodeProvider(NodeProvider):
             if not fresh and time.monotonic() - at < self.cloud_class.describe_ttl:
                 return machines
         machines = self.cloud.describe()
-        if self.ledger is not None:
-            self.ledger.seen_active(m.instance_id for m in machines if m.active)
+        if self.ledger is not None:  # a machine just created may not be listed yet: not ended
+            now = time.monotonic()
+            recent = [i for i, at in list(self._launched_at.items()) if now - at <= LISTING_LAG]
+            self.ledger.seen_active([m.instance_id for m in machines if m.active] + recent)
         with self._lock:
             self._described = (time.monotonic(), machines)
             self._private_ips.update({m.instance_id: m.private_ip for m in machines if m.private_ip})
@@ -169,7 +177,10 @@ class ScriptBootedNodeProvider(NodeProvider):
 
     def is_terminated(self, node_id: str) -> bool:
         machine = self._machine(node_id)
-        return machine is None or machine.state not in ("pending", "running")
+        if machine is None:  # a machine just created may not be listed yet (eventual consistency): pending
+            launched = self._launched_at.get(node_id)
+            return launched is None or time.monotonic() - launched > LISTING_LAG
+        return machine.state not in ("pending", "running")
 
     def node_tags(self, node_id: str) -> dict[str, str]:
         machine = self._machine(node_id)
@@ -218,12 +229,14 @@ class ScriptBootedNodeProvider(NodeProvider):
                 if role == "head" and self.params.ssh_key_dir:
                     host_key = (Path(self.params.ssh_key_dir) / HOST_KEY_NAME).read_text()
                     host_public_key = self.ssh_files()[1]
+                token = f"{self.cluster_name}-{index}-{tags.get(TAG_RAY_LAUNCH_REQUEST) or secrets.token_hex(4)}"
                 machine = self.cloud.launch(MachineRequest(
                     index=index, role=role, tags=node_tags, boot_script=script, node_config=dict(node_config),
-                    ssh_host_key=host_key, ssh_host_public_key=host_public_key))
+                    ssh_host_key=host_key, ssh_host_public_key=host_public_key, client_token=token))
             finally:
                 with self._lock:
                     self._reserved_indexes.discard(index)
+            self._launched_at[machine.instance_id] = time.monotonic()
             self._forget_listing()
             if self.ledger is not None:
                 self.ledger.launched([machine.instance_id])
@@ -272,7 +285,7 @@ class ScriptBootedNodeProvider(NodeProvider):
             node_labels.setdefault(names.ACCELERATOR, params.accelerator)
         if params.offer:
             node_labels[names.OFFER] = params.offer
-        spot = params.market == "spot"
+        spot = (params.head_market if role == "head" and params.head_market else params.market) == "spot"
         return startup_script.NodeBoot(
             role=role,
             cluster_name=self.cluster_name,
@@ -294,7 +307,7 @@ class ScriptBootedNodeProvider(NodeProvider):
             memory=int(resources["memory"]) if "memory" in resources else env.memory,
             object_store_memory=env.object_store_memory,
             resources=custom,
-            market_type=params.market,
+            market_type="spot" if spot else "on-demand",
             region=params.region,
             zone=params.zone,
             instance_id_shell=env.instance_id_shell,
@@ -303,7 +316,8 @@ class ScriptBootedNodeProvider(NodeProvider):
             extra_ray_args=env.extra_ray_args,
             heartbeat_grace=params.heartbeat_grace,
             first_heartbeat_grace=params.first_heartbeat_grace,
-            head_wait_timeout=params.first_heartbeat_grace,
+            boot_deadline=params.boot_deadline,
+            head_wait_timeout=params.boot_deadline,
             gcs_reconnect_timeout=env.gcs_reconnect_timeout,
             shutdown_command=env.shutdown_command,
         )

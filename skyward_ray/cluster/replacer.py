@@ -8,8 +8,10 @@ them. The head is not replaced: without it there is no cluster, and the pool end
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Callable
 
 import ray
 
@@ -19,14 +21,34 @@ from skyward_ray.console import console
 from skyward_ray.planning.nodes import NodeInfo
 
 
-class NodeReplacer:
-    """A daemon thread that checks the provider every `interval` seconds and replaces lost workers."""
+# A lost worker is replaced at most this many times in a row; a failed try waits BACKOFF_S × 2^(n-1)
+# (at most BACKOFF_MAX_S) before the next. The head is declared lost after HEAD_MISSES listings.
+MAX_ATTEMPTS = 4
+BACKOFF_S = 5.0
+BACKOFF_MAX_S = 120.0
+HEAD_MISSES = 2
 
-    def __init__(self, cluster: launcher.Cluster, interval: float = 5.0, join_timeout: float = 600.0) -> None:
+
+class NodeReplacer:
+    """A daemon thread that checks the provider every `interval` seconds and replaces lost workers.
+
+    Bounded: a node index whose replacement fails is retried with exponential backoff, at most
+    `max_attempts` times; a replacement that does not join within `join_timeout` is terminated.
+    When the head is gone, `on_head_lost` (if given) is called once and the thread ends.
+    """
+
+    def __init__(self, cluster: launcher.Cluster, interval: float = 5.0, join_timeout: float = 600.0,
+                 max_attempts: int = MAX_ATTEMPTS, on_head_lost: Callable[[str], None] | None = None,
+                 replace_workers: bool = True) -> None:
         self.cluster = cluster
+        self.replace_workers = replace_workers  # False: only watch the head (an autoscaler keeps the workers)
         self.interval = interval
         self.join_timeout = join_timeout
+        self.max_attempts = max_attempts
+        self.on_head_lost = on_head_lost
         self.replaced: list[tuple[str, str]] = []  # (lost instance id, replacement instance id)
+        self.failed_attempts: dict[int, int] = {}  # node index → failed replacements in a row
+        self._next_try: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="skyward-replacer", daemon=True)
 
@@ -36,35 +58,65 @@ class NodeReplacer:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread.is_alive():
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=30)
 
     def _run(self) -> None:
+        head_misses = 0
         while not self._stop.wait(self.interval):
             try:
                 live = set(self.cluster.provider.non_terminated_nodes({}))  # one provider call per round
                 head = self.cluster.nodes[0]
-                if head.instance_id not in live:
-                    console.print(f"[red]the head node ({head.instance_id}) is gone; the pool cannot recover "
-                                  "and no more nodes will be started[/]")
+                head_misses = 0 if head.instance_id in live else head_misses + 1
+                if head_misses >= HEAD_MISSES:
+                    console.print(f"[red]the head node ({head.instance_id}) is gone; the pool cannot recover[/]")
+                    if self.on_head_lost is not None and not self._stop.is_set():
+                        self.on_head_lost(head.instance_id)
                     return
-                for node in list(self.cluster.nodes):
-                    if node.index == 0 or node.instance_id in live or self._stop.is_set():
-                        continue
-                    console.print(f"[yellow]node {node.index} ({node.instance_id}) is gone; replacing it[/]")
-                    new_id = launcher.create_worker(self.cluster, node.index)
-                    replacement = self._wait_for_join(new_id, node)
-                    if replacement is not None:
-                        self.cluster.nodes = sorted(
-                            [n for n in self.cluster.nodes if n.index != node.index] + [replacement],
-                            key=lambda n: n.index,
-                        )
-                        self.replaced.append((node.instance_id, new_id))
-                        console.print(f"[green]node {node.index} replaced by {new_id}[/]")
-            except Exception as error:  # a failed replacement is retried on the next round
+            except Exception as error:  # the listing failed: try again next round
                 if not self._stop.is_set():
-                    console.print(f"[red]could not replace a lost node ({type(error).__name__}: {error}); "
-                                  "will retry[/]")
+                    console.print(f"[red]could not list the pool's nodes ({type(error).__name__}: {error})[/]")
+                continue
+            for node in list(self.cluster.nodes) if self.replace_workers else []:
+                if node.index == 0 or node.instance_id in live or self._stop.is_set():
+                    continue
+                if self.failed_attempts.get(node.index, 0) >= self.max_attempts:
+                    continue  # given up on (said so once)
+                if time.monotonic() < self._next_try.get(node.index, 0.0):
+                    continue
+                self._replace(node)
+
+    def _replace(self, node: NodeInfo) -> None:
+        console.print(f"[yellow]node {node.index} ({node.instance_id}) is gone; replacing it[/]")
+        new_id = None
+        try:
+            new_id = launcher.create_worker(self.cluster, node.index)
+            replacement = self._wait_for_join(new_id, node)
+            if replacement is None:
+                if self._stop.is_set():
+                    return  # the pool is closing: teardown ends the new machine with the rest
+                raise RuntimeError(f"the replacement {new_id} did not join within {self.join_timeout:g}s")
+        except Exception as error:
+            if new_id is not None:  # never leave a replacement that did not join
+                with contextlib.suppress(Exception):
+                    self.cluster.provider.terminate_nodes([new_id])
+            if self._stop.is_set():
+                return
+            failures = self.failed_attempts[node.index] = self.failed_attempts.get(node.index, 0) + 1
+            if failures >= self.max_attempts:
+                console.print(f"[red]could not replace node {node.index} ({type(error).__name__}: {error}); "
+                              f"gave up after {failures} attempts: the pool goes on with one node fewer[/]")
+                return
+            wait = min(BACKOFF_MAX_S, BACKOFF_S * 2 ** (failures - 1))
+            self._next_try[node.index] = time.monotonic() + wait
+            console.print(f"[red]could not replace node {node.index} ({type(error).__name__}: {error}); "
+                          f"trying again in {wait:g}s[/]")
+            return
+        self.failed_attempts.pop(node.index, None)
+        self.cluster.nodes = sorted(
+            [n for n in self.cluster.nodes if n.index != node.index] + [replacement], key=lambda n: n.index)
+        self.replaced.append((node.instance_id, new_id))
+        console.print(f"[green]node {node.index} replaced by {new_id}[/]")
 
     def _wait_for_join(self, instance_id: str, lost: NodeInfo) -> NodeInfo | None:
         deadline = time.monotonic() + self.join_timeout
@@ -75,7 +127,7 @@ class NodeReplacer:
                     return lost.model_copy(update={
                         "instance_id": instance_id, "ray_node_id": info["NodeID"], "ip": info["NodeManagerAddress"],
                     })
-            if instance_id not in self.cluster.provider.non_terminated_nodes({}):
+            if self.cluster.provider.is_terminated(instance_id):
                 raise RuntimeError(f"the replacement {instance_id} stopped before joining")
             time.sleep(0.5)
         return None

@@ -7,7 +7,12 @@ side and no driver staying online during boot. The script
 2. starts `ray start --block` as head or worker, with the instance id, node type, labels, market
    type and the cluster's auth token in the environment Ray reads them from,
 3. on the head, starts a watchdog that stops Ray when the driver's heartbeat stops (teardown layer 3),
-4. when Ray exits for any reason, runs the provider's shutdown command so the machine stops billing.
+4. when Ray or the watchdog exits, or the script itself exits for any reason (a trap on EXIT),
+   runs the provider's shutdown command so the machine stops billing.
+
+A machine also ends itself when its boot never completes (no driver heartbeat on the head, no head
+answering on a worker, within the boot deadline), and when it finds it has booted before (a reboot
+or a container restart re-running the script): it never comes back half-configured.
 
 No cloud credential ever goes into it: the only secret is the cluster's own Ray token, which is
 useless outside this cluster and dies with it.
@@ -48,6 +53,7 @@ while True:
             print("skyward: head never answered", flush=True)
             sys.exit(3)
         time.sleep(0.1)
+open(os.environ["SKYWARD_BOOT_DONE"], "a").close()  # the head answers: the boot deadline is off
 sys.argv = ["ray", *sys.argv[1:]]
 sys.exit(ray_cli.main())
 """
@@ -94,7 +100,13 @@ class NodeBoot(BaseModel):
     temp_dir_shell: str | None = Field(default=None, description="shell expression for Ray's temp dir (short: unix sockets)")
     extra_ray_args: list[str] = Field(default_factory=list)
     heartbeat_grace: float = 30.0
-    first_heartbeat_grace: float = 600.0
+    first_heartbeat_grace: float = Field(
+        default=60.0, description="seconds from the head's GCS first answering to the driver's first heartbeat")
+    boot_deadline: float = Field(
+        default=900.0, description="seconds from the script's start to the first heartbeat (head) or the head "
+                                   "answering (worker); past it the machine ends itself")
+    mark_dir_shell: str = Field(default="${SKYWARD_MACHINE_DIR:-/var/lib/skyward}",
+                                description="a directory that survives a reboot, for the machine's boot marks")
     head_wait_timeout: float = 600.0
     gcs_reconnect_timeout: int = 15
     shutdown_command: str = ""
@@ -242,6 +254,18 @@ def render(boot: NodeBoot) -> str:
         "#!/usr/bin/env bash",
         f"# skyward_ray node bootstrap: cluster {boot.cluster_name}, role {boot.role}",
         "set -u",
+        # Whatever way this script ends, the machine ends with it.
+        f"trap {shlex.quote(_shutdown(boot))} EXIT",
+        f'SKYWARD_MARKS="{boot.mark_dir_shell}"',
+        'export SKYWARD_BOOT_DONE="$SKYWARD_MARKS/skyward-boot-done"',
+        'if [ -e "$SKYWARD_MARKS/skyward-booted" ]; then',
+        "  echo 'skyward: this machine has booted before (a reboot or a restart); ending it instead of "
+        "coming back half-configured'",
+        "  exit 0",
+        "fi",
+        'mkdir -p "$SKYWARD_MARKS" && : > "$SKYWARD_MARKS/skyward-booted"',
+        f'( sleep {int(boot.boot_deadline)}; [ -e "$SKYWARD_BOOT_DONE" ] || {{ echo "skyward: boot not done within '
+        f'{int(boot.boot_deadline)}s (no driver heartbeat or no head); ending this machine"; {_shutdown(boot)}; }} ) &',
         f'export {names.ENV_INSTANCE_ID}="{boot.instance_id_shell}"',
         f'NODE_IP="{boot.node_ip_shell}"',
         f'export {names.ENV_NODE_IP}="$NODE_IP"',
@@ -288,12 +312,16 @@ def render(boot: NodeBoot) -> str:
             WATCHDOG_SOURCE.rstrip("\n"),
             "SKYWARD_WATCHDOG",
             ')" &',
+            "WATCHDOG_PID=$!",
         ]
+    else:
+        lines.append('WATCHDOG_PID="$RAY_PID"')
     lines += [
         'trap \'kill -TERM "$RAY_PID" 2>/dev/null\' TERM INT HUP',
-        'wait "$RAY_PID"',
-        'wait "$RAY_PID" 2>/dev/null',
-        "echo \"skyward: ray exited ($?); ending this machine\"",
+        # Supervise both: when either Ray or the watchdog exits, the machine ends.
+        'while kill -0 "$RAY_PID" 2>/dev/null && kill -0 "$WATCHDOG_PID" 2>/dev/null; do sleep 1 & wait $!; done',
+        'if kill -0 "$RAY_PID" 2>/dev/null; then echo "skyward: the watchdog exited; ending this machine"; else',
+        '  wait "$RAY_PID" 2>/dev/null; echo "skyward: ray exited ($?); ending this machine"; fi',
         _shutdown(boot),
     ]
     return "\n".join(lines) + "\n"

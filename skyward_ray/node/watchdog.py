@@ -7,9 +7,15 @@ this node's own clock, so clock skew between machines does not matter) it stops 
 Workers then lose their head and exit, and every node's startup script ends its machine. No cloud
 credentials are needed for any of this.
 
+The driver beats from the moment the head's GCS answers, so the first beat must come within
+`SKYWARD_WATCH_FIRST_GRACE` seconds of the GCS first answering here (until then the boot script's
+own boot deadline holds). On the first beat the watchdog touches `SKYWARD_BOOT_DONE`, which calls
+that deadline off.
+
 This file runs standalone on the node (embedded into the startup script), so it imports nothing
 from skyward_ray. A heartbeat value of b"detached" means the pool deliberately outlives its driver
-(`skyward-ray up`), and the watchdog stands down.
+(`skyward-ray up`), and the watchdog stands down (it stays alive while Ray runs: the boot script
+ends the machine when the watchdog exits).
 """
 
 import os
@@ -47,7 +53,10 @@ def main() -> int:
     namespace = os.environ.get("SKYWARD_WATCH_NAMESPACE", "skyward").encode()
     key = os.environ.get("SKYWARD_WATCH_KEY", "heartbeat").encode()
 
+    boot_done = os.environ.get("SKYWARD_BOOT_DONE")
+
     client = None
+    answered = False
     last_value = None
     last_change = time.monotonic()
     while _alive(ray_pid):
@@ -56,13 +65,22 @@ def main() -> int:
             if client is None:
                 client = GcsClient(address=address)
             value = client.internal_kv_get(key, namespace, timeout=5)
+            if not answered:  # the GCS answers: from now on the driver can beat, and must
+                answered, last_change = True, time.monotonic()
         except Exception:  # GCS not up yet, or busy: the clock keeps running
             value = last_value
         now = time.monotonic()
         if value == b"detached":
             _log("pool detached from its driver; standing down")
+            while _alive(ray_pid):
+                time.sleep(5.0)
             return 0
         if value != last_value:
+            if last_value is None and boot_done:
+                try:
+                    open(boot_done, "a").close()
+                except OSError:
+                    pass
             last_value, last_change = value, now
         limit = grace if last_value is not None else first_grace
         if now - last_change > limit:

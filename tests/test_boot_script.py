@@ -1,0 +1,119 @@
+"""The boot script ends its machine by itself: a real bash running the rendered script, with a stub
+interpreter standing in for Python and Ray (no Ray process starts; each case takes seconds).
+
+The machine's "power off" is the shutdown command a cloud would give: here it records that it ran
+and ends the script's process group, as a powered-off machine ends everything on it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from skyward_ray.node import startup_script
+
+# Answers the boot script's interpreter calls: the version check passes; `ray start` (head or
+# worker) and the watchdog run for as long as the test says.
+STUB_PYTHON = """#!/bin/bash
+case "$*" in
+  *"ray.__version__"*) exit 0 ;;
+  *"skyward watchdog"*) exec sleep "$STUB_WATCHDOG_S" ;;
+  *"ray.scripts.scripts"*|*"ray_cli"*) exec sleep "$STUB_RAY_S" ;;
+esac
+exit 0
+"""
+
+
+def boot(tmp_path: Path, role: str = "head", **overrides) -> str:
+    stub = tmp_path / "python"
+    stub.write_text(STUB_PYTHON)
+    stub.chmod(0o755)
+    fields = dict(role=role, cluster_name="sky-boottest", auth_token="t", python=str(stub), requirements=[],
+                  head_ip="127.0.0.1" if role == "worker" else None,
+                  shutdown_command='echo ended >> "$SKYWARD_MACHINE_DIR/powered-off"; kill -KILL -- -$$')
+    fields.update(overrides)
+    return startup_script.render(startup_script.NodeBoot(**fields))
+
+
+def run_machine(tmp_path: Path, script: str, ray_s: float = 60, watchdog_s: float = 60,
+                timeout: float = 20) -> tuple[float, str]:
+    """Run the script as a machine (its own process group); returns (seconds until it ended, its log)."""
+    machine = tmp_path / "machine"
+    machine.mkdir(exist_ok=True)
+    (tmp_path / "startup.sh").write_text(script)
+    env = {"PATH": os.environ["PATH"], "HOME": str(machine), "SKYWARD_MACHINE_DIR": str(machine),
+           "SKYWARD_INSTANCE_ID": "i-boottest", "SKYWARD_NODE_IP": "127.0.0.1",
+           "STUB_RAY_S": str(ray_s), "STUB_WATCHDOG_S": str(watchdog_s)}
+    started = time.monotonic()
+    proc = subprocess.Popen(["bash", str(tmp_path / "startup.sh")], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output = proc.communicate(timeout=timeout)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return time.monotonic() - started, output
+
+
+def powered_off(tmp_path: Path) -> int:
+    marker = tmp_path / "machine" / "powered-off"
+    return len(marker.read_text().splitlines()) if marker.exists() else 0
+
+
+def test_when_ray_exits_the_machine_powers_off(tmp_path):
+    took, log = run_machine(tmp_path, boot(tmp_path), ray_s=0.5)
+    assert powered_off(tmp_path) == 1 and "ray exited" in log and took < 5
+
+
+def test_when_the_watchdog_exits_the_machine_powers_off(tmp_path):
+    took, log = run_machine(tmp_path, boot(tmp_path), ray_s=60, watchdog_s=0.5)
+    assert powered_off(tmp_path) == 1 and "the watchdog exited" in log and took < 5
+
+
+def test_a_script_that_fails_part_way_powers_off_through_its_exit_trap(tmp_path):
+    script = boot(tmp_path, apt=["a-package"]).replace("apt-get update", "false && apt-get update")
+    took, log = run_machine(tmp_path, script)
+    assert powered_off(tmp_path) >= 1 and "apt install failed" in log
+
+
+def test_no_heartbeat_within_the_boot_deadline_powers_off(tmp_path):
+    took, log = run_machine(tmp_path, boot(tmp_path, boot_deadline=2), ray_s=60, watchdog_s=60)
+    assert powered_off(tmp_path) == 1 and "boot not done within 2s" in log
+    assert 2 <= took < 6
+
+
+def test_a_worker_that_reached_its_head_is_not_ended_by_the_boot_deadline(tmp_path):
+    script = boot(tmp_path, role="worker", boot_deadline=1)
+    (tmp_path / "machine").mkdir()
+    (tmp_path / "machine" / "skyward-boot-done").touch()  # what the worker writes once the head answers
+    took, log = run_machine(tmp_path, script, ray_s=3)
+    assert "boot not done" not in log and "ray exited" in log and took >= 3
+
+
+def test_a_machine_that_booted_before_powers_off_instead_of_coming_back_half_configured(tmp_path):
+    script = boot(tmp_path)
+    run_machine(tmp_path, script, ray_s=0.2)
+    assert powered_off(tmp_path) == 1
+    took, log = run_machine(tmp_path, script, ray_s=60)  # a reboot, or a container restart, runs it again
+    assert powered_off(tmp_path) == 2 and "has booted before" in log and "starting ray" not in log and took < 5
+
+
+@pytest.mark.parametrize("role", ["head", "worker"])
+def test_every_aws_user_data_carries_a_reboot_guard(role):
+    from node_providers.aws.cloud import user_data
+    from skyward_ray.cluster.contract import MachineRequest
+    from tests.simaws.hosts import split_user_data
+
+    request = MachineRequest(index=0 if role == "head" else 1, role=role, tags={}, boot_script="#!/bin/bash\ntrue\n",
+                             ssh_host_key="KEY" if role == "head" else None, ssh_host_public_key="PUB")
+    config, script = split_user_data(user_data(request))
+    assert script == request.boot_script
+    [guard] = config["bootcmd"]
+    assert "shutdown -h now" in guard[-1] and "skyward-first-boot" in guard[-1]
+    assert ("ssh_keys" in config) == (role == "head")
