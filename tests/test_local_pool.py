@@ -13,6 +13,7 @@ import pytest
 import ray
 
 import skyward_ray as sky
+from node_providers.local.process_host import processes_with_marker
 
 
 @sky.function
@@ -315,8 +316,8 @@ def test_the_driver_holds_the_pools_own_token_while_it_is_open(pool):
     assert os.environ["RAY_AUTH_MODE"] == "token"
     token = os.environ["RAY_AUTH_TOKEN"]
     head = pool.nodes[0].instance_id
-    script = Path(pool._cluster.provider.cloud.host.machines()[head].directory, "startup.sh").read_text()
-    assert f"RAY_AUTH_TOKEN={token}" in script, "the driver holds the very token the nodes were booted with"
+    booted_with = {proc.environ().get("RAY_AUTH_TOKEN") for proc in processes_with_marker(head)}
+    assert token in booted_with, "the driver holds the very token the nodes were booted with (their environment)"
     assert token == pool._cluster.provider.params.auth_token and len(set(token)) > 8
 
 

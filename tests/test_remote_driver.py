@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import importlib.util
+import ipaddress
 import os
 import subprocess
 import sys
@@ -27,6 +28,7 @@ import ray
 
 import skyward_ray as sky
 from tests.conftest import MARKS_NAMESPACE, wait_started
+from tests.simaws.server import VPC_CIDR
 from tests.simaws import SIM_SETTINGS, aws_environment, simulated_aws
 from tests.simnet import read_banner
 
@@ -119,10 +121,13 @@ def test_nodes_run_their_own_python_with_the_drivers_exact_versions_and_the_imag
 def test_the_driver_holds_no_connection_to_a_private_address(region, pool):
     sim = region[0]
     square(3) >> pool
-    remote = [c.raddr.ip for c in psutil.Process().net_connections(kind="inet") if c.raddr]
-    remote = [ip.removeprefix("::ffff:") for ip in remote]
-    assert remote, "the driver talks to the pool"
-    assert all(ip == "127.0.0.1" for ip in remote), remote  # only the tunnel's local ends
+    machines = {ip for i in sim.instances(cluster=pool.name)
+                for ip in (i.get("PrivateIpAddress"), i.get("PublicIpAddress")) if ip}
+    remote = [c.raddr.ip.removeprefix("::ffff:") for c in psutil.Process().net_connections(kind="inet")
+              if c.raddr and c.status == psutil.CONN_ESTABLISHED]
+    assert "127.0.0.1" in remote, "the driver talks to the pool through the tunnel's local ends"
+    assert not machines & set(remote), (machines & set(remote), remote)  # never straight to a machine
+    assert not [ip for ip in remote if ipaddress.ip_address(ip) in ipaddress.ip_network(VPC_CIDR)], remote
     ssh = [p for p in psutil.Process().children(recursive=True) if p.name() == "ssh"]
     assert len(ssh) == 1
     head = pool.nodes[0]

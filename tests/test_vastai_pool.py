@@ -125,9 +125,10 @@ def test_a_boot_that_never_finishes_times_out_and_leaves_no_instance(vast):
 def test_a_boot_past_its_timeout_shows_the_instances_own_log_and_leaves_nothing(vast):
     sim, _, _ = vast
     with pytest.raises(sky.BootTimeoutError) as caught:
-        with sky.Compute(provider=provider(vast), accelerator="T4", nodes=1, allocation="on-demand", boot_timeout=5):
+        # 2 s: a node makes its Python environment and starts Ray in 4 s or more even from a warm cache
+        with sky.Compute(provider=provider(vast), accelerator="T4", nodes=1, allocation="on-demand", boot_timeout=2):
             pass
-    assert "skyward: installing Python" in str(caught.value), str(caught.value)  # from `vastai logs`
+    assert "skyward:" in str(caught.value), str(caught.value)  # the boot script's own lines, from `vastai logs`
     assert sim.live() == []
 
 
