@@ -76,7 +76,12 @@ except sky.PoolLostError as error:
 """
 
 
-@pytest.fixture(scope="module", params=list(HARNESSES))
+# Vast.ai is not in the matrix yet: its pools are one node, and the cases below need their one-node
+# form checked (a follow-up); its conformance pool test covers a normal exit and a capacity fallback.
+MATRIX_CLOUDS = [name for name in HARNESSES if name != "vastai"]
+
+
+@pytest.fixture(scope="module", params=MATRIX_CLOUDS)
 def harness(request) -> Iterator[Harness]:
     try:
         opened = open_harness(request.param)
@@ -106,6 +111,7 @@ def leak_table(request):
 
 
 def _driver(h: Harness, case: str, nodes: int) -> subprocess.Popen:
+    nodes = min(nodes, h.pool_nodes)  # a cloud whose machines share no network runs one-node pools
     config = h.config.model_copy(update={"heartbeat_grace": HEARTBEAT_GRACE})
     spec = {"module": type(config).__module__, "class": type(config).__name__,
             "fields": config.model_dump(exclude_defaults=True), "accelerator": h.accelerator,

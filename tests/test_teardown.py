@@ -10,7 +10,7 @@ import pytest
 
 import skyward_ray as sky
 from node_providers.local.process_host import end_processes, processes_with_marker
-from tests.conftest import run_python, wait_for_line
+from tests.conftest import pool_processes, run_python, wait_for_line
 from tests.fakecloud import UnbootableLocal
 
 
@@ -127,12 +127,12 @@ with sky.Compute(nodes=1) as pool:
 def test_a_node_that_cannot_boot_fails_clearly_and_leaves_nothing():
     # A Ray object store below Ray's own minimum makes `ray start` exit at once.
     provider = UnbootableLocal(boot_timeout=60)
-    before = {p.pid for p in processes_with_marker("sky-*")}
+    before = {p.pid for p in pool_processes()}
     with pytest.raises(sky.ProvisioningError, match="stopped while booting") as caught:
         with sky.Compute(nodes=2, provider=provider):
             pass
     assert "Last lines of its log" in str(caught.value)
-    assert [p for p in processes_with_marker("sky-*") if p.pid not in before] == []
+    assert [p for p in pool_processes() if p.pid not in before] == []
 
 
 def test_two_pools_one_after_another_in_one_process_each_with_its_own_token():
@@ -147,19 +147,19 @@ def test_two_pools_one_after_another_in_one_process_each_with_its_own_token():
 
 
 def test_a_boot_timeout_names_the_node_shows_its_log_and_leaves_nothing():
-    before = {p.pid for p in processes_with_marker("sky-*")}
+    before = {p.pid for p in pool_processes()}
     with pytest.raises(sky.BootTimeoutError, match=r"within 1s") as caught:
         with sky.Compute(nodes=2, provider=sky.Local(boot_timeout=1)):
             pass
     assert "Last lines of" in str(caught.value) and "sky-" in str(caught.value)
-    assert [p for p in processes_with_marker("sky-*") if p.pid not in before] == []
+    assert [p for p in pool_processes() if p.pid not in before] == []
 
 
 def test_a_second_pool_inside_an_open_one_is_refused_before_provisioning():
     with sky.Compute(nodes=1) as pool:
-        before = {p.pid for p in processes_with_marker("sky-*")}
+        before = {p.pid for p in pool_processes()}
         with pytest.raises(sky.SpecError, match="already a Ray driver"):
             with sky.Compute(nodes=1):
                 pass
-        assert {p.pid for p in processes_with_marker("sky-*")} <= before | {p.pid for p in processes_of(pool.name)}
+        assert {p.pid for p in pool_processes()} <= before | {p.pid for p in processes_of(pool.name)}
         assert square(3) >> pool == 9  # the open pool is untouched
