@@ -76,12 +76,9 @@ except sky.PoolLostError as error:
 """
 
 
-# Vast.ai is not in the matrix yet: its pools are one node, and the cases below need their one-node
-# form checked (a follow-up); its conformance pool test covers a normal exit and a capacity fallback.
-MATRIX_CLOUDS = [name for name in HARNESSES if name != "vastai"]
 
 
-@pytest.fixture(scope="module", params=MATRIX_CLOUDS)
+@pytest.fixture(scope="module", params=list(HARNESSES))
 def harness(request) -> Iterator[Harness]:
     try:
         opened = open_harness(request.param)
