@@ -6,8 +6,10 @@ ceiling and both ways to raise it, and no pool directory, state file or process 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
+import signal
 import subprocess
 
 import pytest
@@ -166,11 +168,19 @@ def test_hostile_values_end_up_inert(tmp_path):
     # run what the script does before it installs anything: every export, the hostile one among them
     prefix = script[:script.index("\n(apt-get update")]
     env = {"PATH": os.environ["PATH"], "SKYWARD_INSTANCE_ID": "i-1", "SKYWARD_NODE_IP": "10.0.0.2",
-           "SKYWARD_ENV_DIR": str(tmp_path / "env")}
-    done = subprocess.run(["bash", "-c", prefix + '\nprintf %s "$SKYWARD_TEST_VALUE"'], capture_output=True,
-                          text=True, env=env)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout == hostile and not marker.exists()
+           "SKYWARD_ENV_DIR": str(tmp_path / "env"), "SKYWARD_MACHINE_DIR": str(tmp_path / "machine")}
+    # files, not pipes: the script's boot-deadline watcher runs on in the background (its own group, ended below)
+    out, err = tmp_path / "out", tmp_path / "err"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        proc = subprocess.Popen(["bash", "-c", prefix + '\nprintf %s "$SKYWARD_TEST_VALUE"'], stdout=stdout,
+                                stderr=stderr, env=env, start_new_session=True)
+        try:
+            returncode = proc.wait(timeout=60)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert returncode == 0, err.read_text()
+    assert out.read_text() == hostile and not marker.exists()
 
 
 def test_a_token_delivered_in_the_environment_is_never_written_into_the_script():

@@ -143,24 +143,15 @@ def _wait_first_machine(h: Harness, proc: subprocess.Popen, timeout: float = 120
 
 
 def _forget_driver_state(h: Harness) -> dict[str, list[str]]:
-    """After a SIGKILL: what the dead driver could not remove (reported, then removed here)."""
+    """After a SIGKILL: what the dead driver could not remove (reported), then ended the way
+    `skyward-ray gc` ends it: every pool of this cloud whose recorded owner no longer runs."""
+    from skyward_ray.cluster import pool_admin
+
     left = _everything(h)
     if left:
-        if h.name == "aws":
-            from tests.conformance.harness_aws import REGION  # noqa: F401 - the harness's region
-            import boto3
-
-            ec2 = boto3.client("ec2")  # the harness's environment points at the simulated region
-            for group in ec2.describe_security_groups()["SecurityGroups"]:
-                if group["GroupName"].startswith("skyward-sky-"):
-                    ec2.delete_security_group(GroupId=group["GroupId"])
-            for key in ec2.describe_key_pairs()["KeyPairs"]:
-                if key["KeyName"].startswith("skyward-sky-"):
-                    ec2.delete_key_pair(KeyName=key["KeyName"])
-        import tempfile
-
-        for directory in Path(tempfile.gettempdir()).glob("sky-*"):
-            shutil.rmtree(directory, ignore_errors=True)
+        for pool in pool_admin.survey(configs=[h.config], providers=[h.name]).pools:
+            if pool.orphan:
+                pool_admin.end(pool)
     return left
 
 

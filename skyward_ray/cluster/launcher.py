@@ -446,7 +446,7 @@ def teardown(cluster: Cluster, wait_timeout: float = 120.0) -> list[str]:
             if targets:
                 empty_listings = 0
                 provider.terminate_nodes(sorted(targets))
-                ended |= unlisted
+                ended |= targets  # terminated without an error: not again once the listing drops it
             elif not creating and (consistent or time.monotonic() - cluster.last_uncertain_create >= CONFIRM_INTERVAL):
                 empty_listings += 1
                 if consistent or empty_listings >= 2:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import urllib.request
 import io
 import os
 import threading
@@ -218,6 +219,10 @@ class SimAWS:
 
             elastic_network_interfaces.random_public_ip = moto_public_ip
         if self._server is not None:
+            # moto keeps its accounts in this process: reset them, so the next simulated region starts empty
+            with contextlib.suppress(Exception):
+                urllib.request.urlopen(urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST"),
+                                       timeout=10).close()
             self._server.shutdown()
             self._server.server_close()
         if self._thread is not None:
