@@ -132,11 +132,7 @@ class AWSCloud(Cloud):
             instance_id_shell=INSTANCE_ID_SHELL,
             node_ip_shell=NODE_IP_SHELL,
             shutdown_command="shutdown -h now",
-            num_cpus=config.num_cpus,
-            num_gpus=config.num_gpus,
-            memory=config.memory,
-            object_store_memory=config.object_store_memory,
-            resources=dict(config.resources),
+            **config.node_resources(),
         )
 
     def launch(self, request: MachineRequest) -> Machine:

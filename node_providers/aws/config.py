@@ -6,14 +6,14 @@ from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import Field
 
-from skyward_ray.planning.providers import ProviderConfig
+from skyward_ray.planning.providers import RemoteMachineConfig
 
 if TYPE_CHECKING:
     from skyward_ray.planning.accelerators import Accelerator
     from skyward_ray.planning.offers import Offer
 
 
-class AWS(ProviderConfig):
+class AWS(RemoteMachineConfig):
     """Amazon EC2. Credentials come from the usual boto3 chain (env, profile, SSO, instance role)."""
 
     name: ClassVar[str] = "aws"
@@ -31,12 +31,6 @@ class AWS(ProviderConfig):
         default=None, description="a security group 'sg-...' whose members (a driver inside the VPC) may reach the nodes")
     ssh_user: str = Field(default="ubuntu", description="the image's login user (ubuntu on the default AMI)")
     disk_gb: int | None = Field(default=None, gt=0, description="root volume size in GB (default: the AMI's)")
-    num_cpus: float | None = Field(default=None, gt=0, description="CPUs each node advertises to Ray (default: detected)")
-    num_gpus: float | None = Field(default=None, ge=0, description="GPUs each node advertises to Ray (default: detected)")
-    memory: int | None = Field(default=None, gt=0, description="bytes of memory each node advertises to Ray")
-    object_store_memory: int | None = Field(default=None, ge=75 * 1024**2, description="bytes of object store per node")
-    resources: dict[str, float] = Field(
-        default_factory=dict, description="extra custom Ray resources per node, e.g. {'accelerator_type:T4': 1}")
     live_offers_ttl: float = Field(default=120.0, ge=0, description="seconds a live offer listing is reused")
 
     def list_offers(self, accelerator: "Accelerator | None" = None) -> "list[Offer]":

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field
 
-from skyward_ray.planning.providers import ProviderConfig
+from skyward_ray.planning.providers import RemoteMachineConfig
 
 if TYPE_CHECKING:
     from skyward_ray.planning.accelerators import Accelerator
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 DEFAULT_IMAGE = "runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04"
 
 
-class RunPod(ProviderConfig):
+class RunPod(RemoteMachineConfig):
     """RunPod pods. The API key comes from `api_key`, else `RUNPOD_API_KEY`, else `~/.runpod/config.toml`.
 
     The key stays on the driver: a pod ends itself with the pod-scoped key RunPod gives every pod.
@@ -34,12 +34,6 @@ class RunPod(ProviderConfig):
     ssh_user: str = Field(default="root", description="the login user in the pod (root in RunPod images)")
     min_vcpu_count: int = Field(default=1, ge=1, description="fewest vCPUs a pod may get")
     min_memory_gb: int = Field(default=1, ge=1, description="least memory in GB a pod may get")
-    num_cpus: float | None = Field(default=None, gt=0, description="CPUs each node advertises to Ray (default: detected)")
-    num_gpus: float | None = Field(default=None, ge=0, description="GPUs each node advertises to Ray (default: detected)")
-    memory: int | None = Field(default=None, gt=0, description="bytes of memory each node advertises to Ray")
-    object_store_memory: int | None = Field(default=None, ge=75 * 1024**2, description="bytes of object store per node")
-    resources: dict[str, float] = Field(
-        default_factory=dict, description="extra custom Ray resources per node, e.g. {'accelerator_type:L4': 1}")
     live_offers_ttl: float = Field(default=120.0, ge=0, description="seconds a live offer listing is reused")
 
     def list_offers(self, accelerator: "Accelerator | None" = None) -> "list[Offer]":

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import Field
 
-from skyward_ray.planning.providers import ProviderConfig
+from skyward_ray.planning.providers import RemoteMachineConfig
 
 if TYPE_CHECKING:
     from skyward_ray.planning.accelerators import Accelerator
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 DEFAULT_SERVER_URL = "https://console.vast.ai"
 
 
-class VastAI(ProviderConfig):
+class VastAI(RemoteMachineConfig):
     """Vast.ai marketplace. The API key comes from `api_key` or `VAST_API_KEY`; it stays on this
     machine (instances end themselves with their own instance-scoped key)."""
 
@@ -31,12 +31,6 @@ class VastAI(ProviderConfig):
     ssh_port: int = Field(default=2222, ge=1, le=65535,
                           description="the container port skyward's own sshd listens on (opened as a direct port)")
     ssh_user: str = Field(default="root", description="the login user inside the container")
-    num_cpus: float | None = Field(default=None, gt=0, description="CPUs each node advertises to Ray (default: detected)")
-    num_gpus: float | None = Field(default=None, ge=0, description="GPUs each node advertises to Ray (default: detected)")
-    memory: int | None = Field(default=None, gt=0, description="bytes of memory each node advertises to Ray")
-    object_store_memory: int | None = Field(default=None, ge=75 * 1024**2, description="bytes of object store per node")
-    resources: dict[str, float] = Field(
-        default_factory=dict, description="extra custom Ray resources per node, e.g. {'accelerator_type:T4': 1}")
     replacement_price_margin: float = Field(
         default=0.10, ge=0, description="when an ask is rented before launch, a same-card ask may cost up to this "
                                         "fraction more (0.10: 10%)")

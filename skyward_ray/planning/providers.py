@@ -93,6 +93,23 @@ class ProviderConfig(SpecModel):
         return self.node_provider
 
 
+class RemoteMachineConfig(ProviderConfig):
+    """A cloud whose nodes are machines of their own (AWS, RunPod, Vast.ai): what each node tells
+    Ray it has, when the detected amounts are not what the user wants scheduled."""
+
+    num_cpus: float | None = Field(default=None, gt=0, description="CPUs each node advertises to Ray (default: detected)")
+    num_gpus: float | None = Field(default=None, ge=0, description="GPUs each node advertises to Ray (default: detected)")
+    memory: int | None = Field(default=None, gt=0, description="bytes of memory each node advertises to Ray")
+    object_store_memory: int | None = Field(default=None, ge=75 * 1024**2, description="bytes of object store per node")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="extra custom Ray resources per node, e.g. {'accelerator_type:T4': 1}")
+
+    def node_resources(self) -> dict[str, object]:
+        """These settings as `BootEnvironment` fields."""
+        return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus, "memory": self.memory,
+                "object_store_memory": self.object_store_memory, "resources": dict(self.resources)}
+
+
 def provider_class(name: str) -> type[ProviderConfig]:
     """'aws' → the AWS config class; an unknown name → SpecError listing the known ones."""
     path = PROVIDERS.get(name.strip().lower())
