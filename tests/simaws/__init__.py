@@ -10,9 +10,9 @@ and ends every simulated machine on the way out.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 
+from tests.environment import scoped_environment
 from tests.simaws.hosts import HostSimulator
 from tests.simaws.server import Fault, SimAWS
 from tests.simnet import check_available
@@ -31,23 +31,9 @@ SIM_SETTINGS = {
 __all__ = ["Fault", "HostSimulator", "SIM_SETTINGS", "SimAWS", "simulated_aws", "aws_environment"]
 
 
-@contextlib.contextmanager
-def aws_environment(env: dict[str, str]) -> Iterator[None]:
+def aws_environment(env: dict[str, str]) -> contextlib.AbstractContextManager[None]:
     """Set AWS variables for the block; restore (or remove) them after. Other AWS_* are hidden meanwhile."""
-    hidden = {k: v for k, v in os.environ.items() if k.startswith("AWS_") and k not in env}
-    saved = {k: os.environ.get(k) for k in env}
-    for key in hidden:
-        del os.environ[key]
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        os.environ.update(hidden)
+    return scoped_environment(env, hide_prefixes=("AWS_",))
 
 
 @contextlib.contextmanager

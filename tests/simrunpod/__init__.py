@@ -10,9 +10,9 @@ restored after) and ends every simulated pod on the way out.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 
+from tests.environment import scoped_environment
 from tests.simnet import check_available
 from tests.simrunpod.hosts import PodHosts
 from tests.simrunpod.server import BID_MESSAGE, CAPACITY_MESSAGE, USER_KEY, SimRunPod
@@ -30,21 +30,9 @@ __all__ = ["BID_MESSAGE", "CAPACITY_MESSAGE", "PodHosts", "SIM_SETTINGS", "SimRu
            "runpod_environment", "simulated_runpod"]
 
 
-@contextlib.contextmanager
-def runpod_environment(env: dict[str, str]) -> Iterator[None]:
-    """Set RunPod variables for the block; restore (or remove) them after."""
-    saved = {k: os.environ.get(k) for k in ("RUNPOD_API_BASE_URL", "RUNPOD_API_KEY", *env)}
-    for key in saved:
-        os.environ.pop(key, None)
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+def runpod_environment(env: dict[str, str]) -> contextlib.AbstractContextManager[None]:
+    """Set RunPod variables for the block (the SDK's API address and key hidden otherwise); restore them after."""
+    return scoped_environment(env, hide_prefixes=("RUNPOD_API_BASE_URL", "RUNPOD_API_KEY"))
 
 
 @contextlib.contextmanager
