@@ -37,6 +37,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from skyward_ray.api.function import PendingFunction
 from skyward_ray.api.progress import Progress
+from skyward_ray.console import console
 from skyward_ray.errors import FunctionTimeoutError, NodeLostError, PoolLostError
 from skyward_ray.planning.nodes import NodeInfo
 
@@ -319,7 +320,8 @@ def wait_group(refs: list[ray.ObjectRef], pendings: list[PendingFunction[Any]],
     as soon as it happens rather than when the slowest member ends. With `show_progress`, a wait
     longer than a moment shows a live line on a terminal."""
     started = time.monotonic()
-    progress = Progress(_group_label(pendings), len(refs)) if show_progress else None
+    # only on a terminal: the group path stays as lean as raw Ray's everywhere else
+    progress = Progress(_group_label(pendings), len(refs)) if show_progress and console.interactive else None
     deadlines = {i: started + p.function.options.timeout for i, p in enumerate(pendings)
                  if p.function.options.timeout is not None}
     index = {ref: i for i, ref in enumerate(refs)}
