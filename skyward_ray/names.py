@@ -20,6 +20,7 @@ CLUSTER = "skyward/cluster"
 OWNER = "skyward/owner"  # host/pid/start time of the process keeping the pool alive (`cluster.pool_state`)
 STARTED = "skyward/started"  # when the pool was launched (epoch seconds)
 PRICE = "skyward/price"  # USD per hour per node of the offer bought
+LAUNCH_TOKEN = "skyward/launch-token"  # one per node and launch attempt: finds a machine whose create answer was lost
 
 # Ray's node types, as the autoscaler's `available_node_types` would name them.
 HEAD_TYPE = "skyward.head"

@@ -147,3 +147,31 @@ def wait_started(pool, tag: str, node: int, timeout: float = 60) -> None:
     while not gcs.internal_kv_keys(f"{tag}:{node}:".encode(), MARKS_NAMESPACE):
         assert time.monotonic() < deadline, f"no call tagged {tag!r} started on node {node} within {timeout:g}s"
         time.sleep(0.05)
+
+
+# -- parallel runs (pytest-xdist, `--dist loadgroup`) ---------------------------------------------
+# Each worker is its own test run (its own temp and runtime dir, above). A test module runs on one
+# worker, so its module-scoped clouds and pools start once; a module parametrized over the clouds
+# (the conformance suite, the leak matrix) runs one cloud per worker. The groups that take longest
+# are handed out first, so the run is not left waiting on one of them at its end.
+LONGEST_FIRST = ("tests/test_leaks.py", "tests/test_conformance.py", "tests/test_elastic.py",
+                 "tests/test_local_provider.py", "tests/test_teardown.py", "tests/test_remote_driver.py")
+
+
+def _group(item: pytest.Item) -> str:
+    module = item.nodeid.split("::")[0]
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and "harness" in callspec.params:
+        return f"{module}::{callspec.params['harness']}"
+    return module
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(_group(item)))
+
+    def rank(item: pytest.Item) -> int:
+        module = item.nodeid.split("::")[0]
+        return LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: each module keeps its own order

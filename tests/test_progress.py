@@ -21,6 +21,7 @@ def nap(seconds: float) -> float:
     return seconds
 
 with sky.Compute(nodes=2) as pool:
+    nap(0.01) @ pool  # warm: a busy machine can take seconds to start each node's first worker
     print("quick", sky.gather(*[nap(0.01) for _ in range(4)]) >> pool, flush=True)
     print("slow", pool.map(nap, [1.5] * 4), flush=True)
     sweep = pool.sweep(nap, [0.5, 2.5, 1.0], progress=None).run()

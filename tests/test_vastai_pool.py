@@ -53,10 +53,15 @@ def nothing_left(vast):
 
 
 def test_a_one_node_spot_pool_runs_a_task_through_the_ssh_tunnel_and_leaves_no_instance(vast):
+    """Also: the rental's answer is lost (the connection drops after Vast.ai rented the instance).
+    The instance is found by its launch token, never rented a second time."""
     sim, hosts, _ = vast
+    sim.lose_next_create_answer()
     started = time.monotonic()
     with sky.Compute(provider=provider(vast), accelerator="T4", nodes=1, allocation="spot", boot_timeout=180) as pool:
         ready = time.monotonic() - started
+        rentals = [c for c in sim.calls if c.method == "PUT" and c.path.startswith("/api/v0/asks/")]
+        assert [c.path for c in rentals] == ["/api/v0/asks/101/"], "a rental whose answer was lost was sent again"
         assert pool.offer.provider == "vastai" and pool.offer.market == "spot" and pool.offer.instance_type == "101"
         [answer] = where() @ pool
         [instance] = sim.live()
@@ -103,8 +108,12 @@ def test_an_interrupted_instance_fails_the_call_and_is_still_destroyed_at_teardo
             nap(30) @ pool
     assert not isinstance(caught.value, AssertionError), caught.value
     assert sim.live() == [] and instance.id in sim.destroyed
-    [delete] = [c for c in sim.calls if c.method == "DELETE" and c.path == f"/api/v0/instances/{instance.id}/"]
-    assert (delete.key_kind, delete.status) == ("user", 200), "teardown destroyed the stopped instance"
+    deletes = [(c.key_kind, c.status) for c in sim.calls
+               if c.method == "DELETE" and c.path == f"/api/v0/instances/{instance.id}/"]
+    # Teardown destroys the stopped instance, unless the instance's own EXIT trap (the container was
+    # stopped) destroyed itself first: either way exactly one destroy took effect, and teardown tried.
+    assert [status for _, status in deletes].count(200) == 1, deletes
+    assert ("user", 200) in deletes or ("user", 404) in deletes, deletes
 
 
 def test_a_boot_that_never_finishes_times_out_and_leaves_no_instance(vast):

@@ -180,8 +180,11 @@ class LocalCloud(Cloud):
             f"{block}.{n}" for n in itertools.count(2) if f"{block}.{n}" not in used)
         # The token reaches the node in its environment only (readable by this user alone), never in
         # its script or on a command line; Ray's metrics exporter (an HTTP port) is off on local nodes.
+        # The head's autoscaler monitor serves its metrics on every interface at a fixed port (44217)
+        # unless told otherwise: port 0 lets the kernel place it, so it never takes a port another
+        # node here was given (a runtime-env agent that lost its port to it fails every task).
         env = {**self._gpu_env(request.index), "RAY_AUTH_TOKEN": self.params.auth_token,
-               "RAY_enable_metrics_collection": "false"}
+               "RAY_enable_metrics_collection": "false", "AUTOSCALER_METRIC_PORT": "0"}
         self.host.boot(instance_id, request.boot_script, ip, env=env, tags=dict(request.tags))
         return Machine(instance_id=instance_id, state="running", private_ip=ip, public_ip=ip, tags=dict(request.tags))
 

@@ -26,14 +26,23 @@ class AskGoneError(CapacityError):
     """The ask (offer) was rented by someone else between listing and launch (`no_such_ask`)."""
 
 
-def client(config: "VastAI") -> Any:
-    """A `vastai.VastAI` for this config's key and server (the key is never logged)."""
+class AnswerLostError(ProvisioningError):
+    """No answer came (connection dropped, timeout): the request may or may not have taken effect."""
+
+
+def client(config: "VastAI", retry: int = 3) -> Any:
+    """A `vastai.VastAI` for this config's key and server (the key is never logged).
+
+    The SDK resends a request after a transport error; `retry=1` turns that off for calls that
+    are not idempotent (renting an instance): a resent rental whose first answer was lost rents a
+    second instance.
+    """
     key = config.resolved_api_key()
     if not key:
         raise AuthError(f"Vast.ai: no API key. {KEY_FIX}")
     from vastai import VastAI as VastSDK
 
-    return VastSDK(api_key=key, server_url=config.server_url.rstrip("/"), retry=3, raw=True, quiet=True)
+    return VastSDK(api_key=key, server_url=config.server_url.rstrip("/"), retry=retry, raw=True, quiet=True)
 
 
 def _reason(response: Any) -> tuple[str, str]:
@@ -68,5 +77,7 @@ def vast_errors(what: str, where: str = "") -> Iterator[None]:
                                 "the market moved since it was listed. Fix: retry (offers are listed again), "
                                 "or use allocation='on-demand'") from None
         raise ProvisioningError(text) from None
+    except (requests.ConnectionError, requests.Timeout) as error:
+        raise AnswerLostError(f"Vast.ai: could not {what}{place}: {type(error).__name__}: {error}") from None
     except requests.RequestException as error:
         raise ProvisioningError(f"Vast.ai: could not {what}{place}: {type(error).__name__}: {error}") from None

@@ -19,11 +19,12 @@ import base64
 import gzip
 import json
 import shlex
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from node_providers.vastai import offers as vast_offers
-from node_providers.vastai.api import AskGoneError, client, vast_errors
+from node_providers.vastai.api import AnswerLostError, AskGoneError, client, vast_errors
 from node_providers.vastai.config import VastAI
 from skyward_ray import names
 from skyward_ray.cluster.contract import (
@@ -236,16 +237,36 @@ class VastAICloud(Cloud):
                 if row is None:
                     raise AskGoneError(f"Vast.ai: ask {ask} is no longer listed")
             bid = self._price(row)
-        with vast_errors("rent an instance", f"ask {ask}, {self._wanted()}"):
-            answer = self.api.create_instance(
-                int(ask), image=self.config.image, disk=self.config.disk_gb,
-                env={f"-p {self.config.ssh_port}:{self.config.ssh_port}": "1"},
-                onstart_cmd=onstart(request, self.config.ssh_port, self.params.ssh_public_key),
-                label=make_label(self.cluster_name, request.role, request.index, tags),
-                price=bid, ssh=True, direct=True)
+        if request.client_token:
+            tags[names.LAUNCH_TOKEN] = request.client_token
+        try:
+            with vast_errors("rent an instance", f"ask {ask}, {self._wanted()}"):
+                answer = client(self.config, retry=1).create_instance(
+                    int(ask), image=self.config.image, disk=self.config.disk_gb,
+                    env={f"-p {self.config.ssh_port}:{self.config.ssh_port}": "1"},
+                    onstart_cmd=onstart(request, self.config.ssh_port, self.params.ssh_public_key),
+                    label=make_label(self.cluster_name, request.role, request.index, tags),
+                    price=bid, ssh=True, direct=True)
+        except AnswerLostError:
+            rented = self._rented_by(request.client_token)
+            if rented is None:
+                raise
+            return rented
         if not isinstance(answer, dict) or not answer.get("success") or answer.get("new_contract") is None:
             raise ProvisioningError(f"Vast.ai: renting ask {ask} gave no instance: {answer!r}")
         return Machine(instance_id=str(answer["new_contract"]), state="pending", tags=tags)
+
+    def _rented_by(self, token: str | None) -> Machine | None:
+        """The instance a rental whose answer was lost started, found by its launch token (Vast.ai
+        has no idempotency key: the rental is never resent, it is looked for)."""
+        if not token:
+            return None
+        for _ in range(3):  # a new instance can take a moment to be listed
+            for row in self._rows():
+                if label_tags(str(row.get("label") or "")).get(names.LAUNCH_TOKEN) == token:
+                    return _machine(row)
+            time.sleep(1.0)
+        return None
 
     def _rows(self) -> list[dict[str, Any]]:
         prefix = label_prefix(self.cluster_name)
@@ -314,3 +335,4 @@ def _machine(row: Mapping[str, Any]) -> Machine:
         public_ip=(str(row["public_ipaddr"]).strip() or None) if row.get("public_ipaddr") else None,
         tags=label_tags(str(row.get("label") or "")),
     )
+

@@ -23,9 +23,11 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import secrets
 import shlex
 import socket
 import sys
+import threading
 from pathlib import Path
 
 import ray
@@ -382,14 +384,36 @@ def _environment_lines(boot: NodeBoot) -> list[str]:
     return lines
 
 
-def free_port(ip: str = "", outside_worker_range: bool = False) -> int:
-    """A TCP port free here now; Ray's worker ports (10002-19999) avoided when asked."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind((ip, 0))
-            port = sock.getsockname()[1]
-        if not outside_worker_range or not 10002 <= port <= 19999:
+# Ports handed out by `free_port`, never handed out twice by this process (see there).
+_HANDED_OUT: set[int] = set()
+_HANDED_OUT_LOCK = threading.Lock()
+_PORT_RANGE = (20000, 32767)  # above Ray's worker ports (10002-19999), below Linux's ephemeral range
+
+
+def free_port(ip: str = "") -> int:
+    """A TCP port free here now, for a node sharing this machine with others.
+
+    The port is only reserved by name: the node binds it seconds later. Two things could take it
+    meanwhile, and both are ruled out here. This process could hand it to another node (so it
+    never hands a port out twice), and the kernel could hand it to someone else's bind(0) or
+    outgoing connection (so it comes from below the kernel's ephemeral range, which Ray's own
+    randomly placed ports and every client socket use). Ray's worker ports are avoided too (the
+    client server must stay outside them).
+    """
+    low, high = _PORT_RANGE
+    with _HANDED_OUT_LOCK:
+        for _ in range(1000):
+            port = low + secrets.randbelow(high - low + 1)
+            if port in _HANDED_OUT:
+                continue
+            with socket.socket() as sock:
+                try:
+                    sock.bind((ip, port))
+                except OSError:
+                    continue
+            _HANDED_OUT.add(port)
             return port
+    raise RuntimeError(f"no free TCP port between {low} and {high} on {ip or 'this machine'}")
 
 
 def colocated_port_args(is_head: bool, ip: str = "") -> list[str]:
@@ -400,13 +424,8 @@ def colocated_port_args(is_head: bool, ip: str = "") -> list[str]:
     the worker port range.
     """
     flags = ["--dashboard-agent-listen-port", "--metrics-export-port", "--runtime-env-agent-port"]
-    chosen: list[int] = []
-    for flag in flags + (["--ray-client-server-port"] if is_head else []):
-        port = free_port(ip, outside_worker_range=flag == "--ray-client-server-port")
-        while port in chosen:  # a port just freed can be handed out again: Ray refuses duplicates
-            port = free_port(ip, outside_worker_range=flag == "--ray-client-server-port")
-        chosen.append(port)
-    return [f"{flag}={port}" for flag, port in zip(flags + ["--ray-client-server-port"], chosen)]
+    flags += ["--ray-client-server-port"] if is_head else []
+    return [f"{flag}={free_port(ip)}" for flag in flags]
 
 
 def _shutdown(boot: NodeBoot) -> str:

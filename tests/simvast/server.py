@@ -20,7 +20,8 @@ Only the network peer is fake: the code under test uses the real SDK, pointed he
 
 Every request needs `Authorization: Bearer <key>`: the account's key may do everything; an
 instance's own key (`CONTAINER_API_KEY` in its container) may only destroy or read that instance;
-anything else → 401. Faults: `fail_next_create(code)`, `take(ask)` (someone else rents it),
+anything else → 401. Faults: `fail_next_create(code)`, `lose_next_create_answer()` (rented, but the
+connection drops before the answer), `take(ask)` (someone else rents it),
 `raise_floor(ask)`, `stuck_loading` (boots never finish), `interrupt(id)`.
 """
 
@@ -127,6 +128,7 @@ class SimVast:
         self.public_ips: Callable[[], str] | None = None
         self.private_ips: Callable[[], str] | None = None
         self._create_faults: list[tuple[str, int]] = []  # (error code, times)
+        self._answers_to_lose = 0
         self._next_id = 7001
         self._lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
@@ -173,6 +175,11 @@ class SimVast:
         """The market moved: the ask's minimum bid is now `min_bid` (a lower bid is invalid_price)."""
         with self._lock:
             self.asks[int(ask_id)]["min_bid"] = min_bid
+
+    def lose_next_create_answer(self) -> None:
+        """The next rental happens, but its connection drops before the answer is sent."""
+        with self._lock:
+            self._answers_to_lose += 1
 
     def fail_next_create(self, code: str = "no_such_ask", times: int = 1) -> None:
         with self._lock:
@@ -320,6 +327,9 @@ class SimVast:
             private_ip=self.private_ips() if self.private_ips else f"172.17.0.{instance_id % 250 + 2}",
             host_ports=host_ports, label=body.get("label"), stuck=self.stuck_loading)
         self.rented.add(ask_id)
+        if self._answers_to_lose:
+            self._answers_to_lose -= 1
+            return 200, _LOST
         return 200, {"success": True, "new_contract": instance_id}
 
     def _destroy(self, instance_id: int | None) -> tuple[int, Any]:
@@ -393,6 +403,9 @@ def _error(code: str) -> tuple[int, Any]:
     return 400, {"success": False, "error": code, "msg": "injected by the simulator"}
 
 
+_LOST = object()  # an answer never sent
+
+
 class _Handler(BaseHTTPRequestHandler):
     simvast: SimVast
     protocol_version = "HTTP/1.1"
@@ -410,6 +423,9 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             body = None
         status, answer = self.simvast.handle(method, parts.path, query, body, self.headers)
+        if answer is _LOST:
+            self.close_connection = True  # no status line: the client sees the connection drop
+            return
         plain = isinstance(answer, _Text)
         data = answer.encode() if plain else json.dumps(answer).encode()
         self.send_response(status)
