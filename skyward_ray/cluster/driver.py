@@ -96,7 +96,8 @@ class DriverConnection:
             self._gcs = GcsClient(address=self.gcs_address)
         return self._gcs
 
-    def connect(self) -> None:
+    def connect(self, heartbeat: bool = True) -> None:
+        """Join as a Ray driver. `heartbeat=False` for a client of a detached pool: its keeper beats."""
         self.use_token()
         kwargs: dict[str, Any] = {"address": self.address}
         if self._runtime_env:
@@ -111,7 +112,8 @@ class DriverConnection:
             self._restore_env()
             raise
         self.connected = True
-        self.start_heartbeat()
+        if heartbeat:
+            self.start_heartbeat()
 
     def start_heartbeat(self) -> None:
         """Beat now and every interval from now on: called as soon as the head's GCS answers (before
