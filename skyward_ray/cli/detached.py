@@ -90,9 +90,13 @@ def up(
     assert record is not None
     state = record.detached or {}
     console = _console()
+    idle, lifetime = state.get("idle_timeout"), state.get("max_lifetime")
+    ends = " or ".join([*([f"after {describe_duration(idle)} idle (no task, no client)"] if idle else []),
+                        *([f"{describe_duration(lifetime)} after it came up"] if lifetime else [])])
     console.print(f"pool [bold]{pool.name}[/] is up: {record.nodes} node(s) on {record.provider} ({record.offer}), "
-                  f"${record.hourly_cost:,.2f}/h; it ends after {describe_duration(state.get('idle_timeout'))} idle "
-                  f"(no task, no client) or {describe_duration(state.get('max_lifetime'))} in all")
+                  f"${record.hourly_cost:,.2f}/h; " + (f"it ends {ends}" if ends else
+                                                       "[bold red]it has no idle or lifetime limit[/]: "
+                                                       f"`skyward-ray down {pool.name}` ends it"))
     console.print(f"RAY_ADDRESS={pool.ray_address}  (with RAY_AUTH_MODE=token and the pool's RAY_AUTH_TOKEN: "
                   f"`skyward-ray env {pool.name}` prints all of them)")
     console.print(f'  eval "$(skyward-ray env {pool.name})"')

@@ -30,7 +30,9 @@ _NAME = re.compile(r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$")
 
 
 def parse_duration(value: Any, field: str) -> float | None:
-    """'30m' → 1800.0; 'none'/'inf' → None (no limit, asked for explicitly); bad input → SpecError."""
+    """'30m' → 1800.0; None/'none'/'inf' → None (no limit, asked for explicitly); bad input → SpecError."""
+    if value is None:
+        return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if value == math.inf:
             return None
