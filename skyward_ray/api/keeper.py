@@ -69,6 +69,7 @@ def hold(compute: Compute, spec: DetachedSpec, started_at: float) -> str:
     cluster = compute._cluster
     assert cluster is not None and cluster.driver is not None
     driver = cluster.driver
+    driver.warm_up()  # Ray Client's first session on a fresh head may fail to start: not a user's problem
     dashboard_address, dashboard_tunnel = _dashboard(compute) if spec.dashboard else (None, None)
     try:
         provider = compute.plan.specs[compute.offer.spec_index].provider if compute.plan else None

@@ -115,6 +115,19 @@ class DriverConnection:
         if heartbeat:
             self.start_heartbeat()
 
+    def warm_up(self) -> None:
+        """Join through Ray Client once and leave (a detached pool's keeper, before it says ready).
+
+        Ray 2.60's per-client server on the head sometimes fails its first start ("Starting Ray client
+        server failed"); `connect` retries that, but a user's plain `ray.init()` would not. After one
+        session has started cleanly, later ones do."""
+        if not self.through_client:
+            return
+        self.connect(heartbeat=False)
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        self.connected = False
+
     def start_heartbeat(self) -> None:
         """Beat now and every interval from now on: called as soon as the head's GCS answers (before
         this process joins as a driver), so the head's watchdog hears from a live driver early and
