@@ -12,7 +12,8 @@ The public API, by where it lives (see docs/architecture.md):
 
 - `skyward_ray.planning`: specs, offers and the selector (`plan`, `Spec`, `Image`, `Nodes`, ...);
   pure data work that never imports Ray;
-- `skyward_ray.api`: `function`, `gather`, `Compute`, `instance_info`, `shard`;
+- `skyward_ray.api`: `function`, `gather`, `Compute` (and `Compute.up()` for a detached pool),
+  `attach` (join a detached pool by name), `instance_info`, `shard`;
 - `node_providers.<cloud>.config`: `Local`, `AWS`, `RunPod`, `VastAI`.
 
 `import skyward_ray` is cheap: what needs Ray (`Compute`, `instance_info`, `shard`) is imported
@@ -59,7 +60,9 @@ __version__ = "0.1.0"
 
 # Imported on first use: these import Ray.
 _LAZY = {
+    "AttachedPool": "skyward_ray.api.detached",
     "Compute": "skyward_ray.api.compute",
+    "attach": "skyward_ray.api.detached",
     "InstanceInfo": "skyward_ray.api.runtime",
     "instance_info": "skyward_ray.api.runtime",
     "shard": "skyward_ray.api.runtime",
@@ -76,9 +79,9 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "AWS", "AuthError", "BootTimeoutError", "CapacityError", "Compute", "FunctionTimeoutError", "Image",
+    "AWS", "AttachedPool", "AuthError", "BootTimeoutError", "CapacityError", "Compute", "FunctionTimeoutError", "Image",
     "InstanceInfo", "Local", "NoOffersError", "NodeInfo", "NodeLostError", "Nodes", "NotInTaskError", "Offer", "PendingFunction",
     "PendingGroup", "Plan", "PoolClosedError", "PoolLostError", "ProviderUnavailableError", "ProvisioningError", "QuotaError",
     "Rejection", "RemoteFunction", "RunPod", "SkywardError", "Spec", "SpecError", "SpotQuotaError", "TeardownError", "UnknownAcceleratorError",
-    "VastAI", "accelerators", "function", "gather", "instance_info", "plan", "shard",
+    "VastAI", "accelerators", "attach", "function", "gather", "instance_info", "plan", "shard",
 ]

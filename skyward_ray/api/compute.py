@@ -19,16 +19,14 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import ray
 
 from skyward_ray import names
 from skyward_ray.api import dispatch, user_code
-from skyward_ray.api import sweep as sweeps
-from skyward_ray.api.function import PendingFunction, RemoteFunction, _not_pending_message
+from skyward_ray.api.operations import PoolOperations
 from skyward_ray.cluster import launcher, pool_state
 from skyward_ray.cluster.billing import Ledger
 from skyward_ray.cluster.contract import ClusterParams
@@ -52,6 +50,9 @@ from skyward_ray.planning.nodes import NodeInfo, Nodes, as_nodes
 from skyward_ray.planning.offers import Offer, Plan
 from skyward_ray.planning.spec import Spec
 
+if TYPE_CHECKING:
+    from skyward_ray.api.detached import AttachedPool
+
 _OPEN_POOLS: "weakref.WeakSet[Compute]" = weakref.WeakSet()
 # The driver beats from the moment the head's GCS answers; the head's watchdog allows it the
 # heartbeat grace plus this much (an SSH tunnel coming up) for the first beat.
@@ -61,7 +62,7 @@ _SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "
                  if s is not None)
 
 
-class Compute:
+class Compute(PoolOperations):
     """A pool of nodes, provisioned on entry and gone on exit.
 
     >>> with sky.Compute(nodes=3) as pool:          # provider omitted: sky.Local()
@@ -102,6 +103,11 @@ class Compute:
             spec.provider.require_provisioning()
             self.image.check_for(spec.provider)
         self._boot_timeout = boot_timeout
+        # what a keeper needs to make this same pool in its own process (`up`)
+        self._arguments: dict[str, Any] = {"nodes": self.desired, "image": self.image, "boot_timeout": boot_timeout,
+                                           "max_pool_hourly_cost": max_pool_hourly_cost, "max_pool_nodes": max_pool_nodes}
+        self._name: str | None = None  # a detached pool's own name (else each launch attempt gets a fresh one)
+        self._detached: dict[str, Any] | None = None  # set in a keeper: no driver here, state in the record
         self._cluster: launcher.Cluster | None = None
         self._replacer: NodeReplacer | None = None
         self._scaler: ElasticScaler | None = None  # elastic pools: Ray's autoscaler, which also replaces lost nodes
@@ -125,7 +131,8 @@ class Compute:
                 "this process is already a Ray driver (ray.init was called, or another pool is open); "
                 "call ray.shutdown() or leave the other pool before entering sky.Compute"
             )
-        code = user_code.collect(self.image)  # the user's own modules; too big → SpecError, nothing started
+        # the user's own modules; too big → SpecError, nothing started (a keeper runs none: its clients ship theirs)
+        code = user_code.collect(self.image) if self._detached is None else user_code.UserCode()
         self.plan = planning.plan(*self.specs, nodes=self.desired.ceiling)  # an elastic pool is priced at max
         cost_guard.check_cost(self.desired.ceiling, self.plan.chosen.price, self._ceilings, _offer_words(self.plan.chosen))
         self._install_signal_handlers()
@@ -174,7 +181,7 @@ class Compute:
             except SpecError as error:
                 self.failures.append((offer, error))  # type: ignore[arg-type]
                 continue
-            cluster_name = launcher.new_cluster_name()
+            cluster_name = self._name or launcher.new_cluster_name()
             boot_timeout = self._boot_timeout or spec.provider.boot_timeout
             params = self._cluster_params(spec, offer, boot_timeout)
             with console.status(f"starting {self.desired.desired} node(s) on {offer.provider} "
@@ -183,7 +190,8 @@ class Compute:
                 self._ledgers.append(ledger)
                 try:
                     cluster = launcher.launch(spec.provider, params, cluster_name, offer, boot_timeout,
-                                              self._runtime_env(spec), ledger=ledger)
+                                              self._runtime_env(spec), ledger=ledger,
+                                              connect=self._detached is None, detached=self._detached)
                 except CapacityError as error:
                     self.failures.append((offer, error))
                     continue
@@ -225,6 +233,10 @@ class Compute:
             pip=list(self.image.pip) if installs_at_boot else [],
             apt=list(self.image.apt),
             pool_tags=pool_state.owner_tags(offer.price),
+            # A detached pool's clients are plain Ray scripts with no runtime_env of ours: the nodes
+            # export the Image's environment themselves, and run the dashboard when asked.
+            env=dict(self.image.env) if self._detached is not None else {},
+            dashboard=bool(self._detached and self._detached.get("dashboard")),
         )
 
     def _head_market(self, offer: Offer) -> str | None:
@@ -238,19 +250,8 @@ class Compute:
         return "on-demand" if same else None
 
     def _runtime_env(self, spec: Spec) -> dict[str, Any]:
-        env_vars = {**self.image.env, names.ENV_TOTAL_NODES: str(self.desired.desired)}
-        runtime_env: dict[str, Any] = {"env_vars": env_vars}
-        if spec.provider.nodes_share_driver_python and self.image.pip:
-            runtime_env["pip"] = list(self.image.pip)  # nodes share this interpreter: Ray's per-node virtualenv
-        py_modules = list(self._code_modules)  # the user's own code, staged (already without excludes)
-        if not spec.provider.nodes_share_driver_python:
-            # Tasks import skyward_ray (instance_info, shard, the operators' wrappers): the nodes get this
-            # very copy through Ray's job runtime_env, whatever is installed there.
-            py_modules += shipped_packages()
-            runtime_env["excludes"] = ["__pycache__", "*.pyc"]
-        if py_modules:
-            runtime_env["py_modules"] = py_modules
-        return runtime_env
+        return job_runtime_env(self.image, spec.provider.nodes_share_driver_python, self._code_modules,
+                               self.desired.desired)
 
     def _close(self, error: BaseException | None = None) -> None:
         """Tear down. The pool is closed only once teardown is done: a teardown that fails leaves it
@@ -307,6 +308,30 @@ class Compute:
     def close(self) -> None:
         """End the pool now (what leaving the `with` block does)."""
         self._close()
+
+    def up(self, name: str | None = None, *, idle_timeout: float | str | None = "30m",
+           max_lifetime: float | str | None = "8h", dashboard: bool = False,
+           ready_timeout: float | None = None) -> "AttachedPool":
+        """Launch this pool **detached**: a keeper process owns it, and it outlives this process.
+
+        Returns `sky.attach(name)`: a handle on which the operators work (it joins the pool as a
+        Ray driver on first use, and leaves it, without ending it, on `close()` or at the end of a
+        `with` block); `.down()` ends the pool. Any other process can `sky.attach(name)`, and plain
+        Ray code reaches it through `RAY_ADDRESS` (`skyward-ray env NAME`).
+
+        The pool ends on its own after `idle_timeout` with no task running and no client attached,
+        or after `max_lifetime` (durations: 90s, 30m, 8h; `None`/"none" for no limit, only when
+        asked for). `dashboard=True` runs Ray's dashboard on the head, for `ray job submit`.
+        """
+        from skyward_ray.api import detached
+
+        if self._state != "new":
+            raise PoolClosedError("a sky.Compute pool can be brought up once; create a new one")
+        record = detached.start(self, name, idle_timeout="none" if idle_timeout is None else idle_timeout,
+                       max_lifetime="none" if max_lifetime is None else max_lifetime, dashboard=dashboard,
+                       ready_timeout=ready_timeout)
+        self._state = "closed"  # this object launched it; the keeper owns it
+        return detached.attach(record.name)
 
     # -- signals: SIGTERM/SIGHUP unwind through `with` like an exception -------------------------
     def _install_signal_handlers(self) -> None:
@@ -443,79 +468,36 @@ class Compute:
         assert self._scaler is not None
         self._scaler.request_nodes(count)
 
-    # -- dispatch (used by the operators) ------------------------------------------------------
-    def _task_options(self, pending: PendingFunction[Any]) -> dict[str, Any]:
-        offer = self._open_cluster().offer
-        if offer.accelerator and offer.count and pending.function.uses_default_accelerators():
-            return {"num_gpus": offer.count}
-        return {}
-
-    def run_one(self, pending: PendingFunction[Any]) -> Any:
+    # -- what the operators need (`PoolOperations`) ------------------------------------------
+    def _ensure_open(self) -> None:
         self._open_cluster()
-        return dispatch.run(pending, self._task_options(pending))
 
-    def run_group(self, pendings: list[PendingFunction[Any]]) -> list[Any]:
-        self._open_cluster()
-        return dispatch.run_many(pendings, [self._task_options(p) for p in pendings])
-
-    def run_on_every_node(self, pending: PendingFunction[Any]) -> list[Any]:
-        nodes = self.nodes
-        return dispatch.run_on_nodes(pending, self._task_options(pending), nodes)
-
-    def submit(self, pending: PendingFunction[Any]) -> dispatch.PoolFuture:
-        self._open_cluster()
-        return dispatch.submit(pending, self._task_options(pending))
-
-    def submit_group(self, pendings: list[PendingFunction[Any]], as_tuple: bool) -> dispatch.PoolFuture:
-        self._open_cluster()
-        return dispatch.submit_many(pendings, [self._task_options(p) for p in pendings], as_tuple)
-
-    def map(self, fn: RemoteFunction[Any, Any], items: Iterable[Any], *, return_exceptions: bool = False) -> list[Any]:
-        """One task per item, run in parallel; results in input order. With `return_exceptions`,
-        a failed call's exception takes its place in the list and the others run on (a sweep);
-        without it, the first failure cancels the rest and is raised (a group)."""
-        fn = sweeps.check_function(fn, "pool.map")
-        if not return_exceptions:
-            return self.run_group([fn(item) for item in items])
-        trials = sorted(self.as_completed(fn, items, return_exceptions=True), key=lambda t: t.index)
-        return [t.value if t.ok else t.error for t in trials]
-
-    def as_completed(self, fn: RemoteFunction[Any, Any], items: Iterable[Any], *,
-                     return_exceptions: bool = False) -> Iterator[sweeps.Trial]:
-        """One task per item, all sent now; yields a `Trial` (index, item, value or error) as each
-        finishes. Leaving the loop early cancels the calls still running."""
-        fn = sweeps.check_function(fn, "pool.as_completed")
-        item_list = sweeps.items_list(items)
-        pendings = [fn(item) for item in item_list]
-        self._open_cluster()
-        return sweeps.as_completed(pendings, [self._task_options(p) for p in pendings], item_list, return_exceptions)
-
-    def sweep(self, fn: RemoteFunction[Any, Any], configs: Iterable[Any], *,
-              score: str | Callable[[Any], float] | None = None, mode: Literal["max", "min"] = "max",
-              progress: bool | None = None) -> sweeps.Sweep:
-        """A hyperparameter sweep: `fn(config)` for every config, failures kept, the best so far
-        tracked by `score` (a result key, a function, or None for numeric results). Iterate it
-        for trials as they finish, or `.run()` it. `progress` (default: on a terminal) shows a
-        live line with done, running, failed, best, elapsed and ETA."""
-        if mode not in ("max", "min"):
-            raise SpecError(f"mode={mode!r}: use 'max' (higher score is better) or 'min' (lower is better)")
-        config_list = sweeps.items_list(configs)
-        trials = self.as_completed(fn, config_list, return_exceptions=True)
-        return sweeps.Sweep(trials, len(config_list), sweeps.score_function(score), mode, progress)
-
-    # Plain values or undecorated functions on the left of an operator land here.
-    def __rrshift__(self, other: object) -> Any:
-        raise TypeError(_not_pending_message(other, ">>"))
-
-    def __rmatmul__(self, other: object) -> Any:
-        raise TypeError(_not_pending_message(other, "@"))
-
-    def __lt__(self, other: object) -> Any:  # `value > pool` falls back to `pool < value`
-        raise TypeError(_not_pending_message(other, ">"))
+    def _pool_offer(self) -> Offer:
+        return self._open_cluster().offer
 
     def __repr__(self) -> str:
         where = f" {self._cluster.name}" if self._cluster else ""
         return f"<sky.Compute{where} {self._state}, nodes={self.desired.desired}>"
+
+
+def job_runtime_env(image: Image, nodes_share_driver_python: bool, code_modules: list[str],
+                    total_nodes: int) -> dict[str, Any]:
+    """The Ray job's runtime_env for a driver of a pool (this process's own pool, or an attached one):
+    the Image's environment, the user's staged modules, and where nodes do not share this interpreter,
+    this very copy of skyward_ray (tasks import it)."""
+    env_vars = {**image.env, names.ENV_TOTAL_NODES: str(total_nodes)}
+    runtime_env: dict[str, Any] = {"env_vars": env_vars}
+    if nodes_share_driver_python and image.pip:
+        runtime_env["pip"] = list(image.pip)  # nodes share this interpreter: Ray's per-node virtualenv
+    py_modules = list(code_modules)  # the user's own code, staged (already without excludes)
+    if not nodes_share_driver_python:
+        # Tasks import skyward_ray (instance_info, shard, the operators' wrappers): the nodes get this
+        # very copy through Ray's job runtime_env, whatever is installed there.
+        py_modules += shipped_packages()
+        runtime_env["excludes"] = ["__pycache__", "*.pyc"]
+    if py_modules:
+        runtime_env["py_modules"] = py_modules
+    return runtime_env
 
 
 def _offer_words(offer: Offer) -> str:

@@ -26,6 +26,7 @@ from skyward_ray.errors import SpecError
 
 if TYPE_CHECKING:
     from skyward_ray.api.compute import Compute
+    from skyward_ray.api.operations import PoolOperations
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -182,11 +183,12 @@ def gather(*pendings: PendingFunction[Any]) -> PendingGroup:
     return PendingGroup(list(pendings), as_tuple=False)
 
 
-def _pool(pool: object, operator: str) -> "Compute":
-    from skyward_ray.api.compute import Compute
+def _pool(pool: object, operator: str) -> "PoolOperations":
+    from skyward_ray.api.operations import PoolOperations
 
-    if not isinstance(pool, Compute):
-        raise TypeError(f"the right side of `{operator}` must be a sky.Compute pool, got {type(pool).__name__}")
+    if not isinstance(pool, PoolOperations):
+        raise TypeError(f"the right side of `{operator}` must be a sky.Compute pool (or a sky.attach one), "
+                        f"got {type(pool).__name__}")
     return pool
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from skyward_ray.cli import detached as cli_detached
 from skyward_ray.cli import offers as cli_offers
 from skyward_ray.cli import pools as cli_pools
 
@@ -16,6 +17,7 @@ app = typer.Typer(
 
 cli_offers.register(app)
 cli_pools.register(app)
+cli_detached.register(app)
 
 if __name__ == "__main__":
     app()

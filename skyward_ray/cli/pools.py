@@ -8,6 +8,7 @@ directories of the local provider) and never touch anything skyward did not crea
 from __future__ import annotations
 
 import json
+import time
 from typing import Any, Optional
 
 import typer
@@ -36,15 +37,18 @@ def _money(value: Optional[float]) -> str:
 def _row(pool: Any) -> dict[str, Any]:
     from skyward_ray.cluster import pool_admin
 
+    detached = pool_admin.detached_facts(pool)
     return {"provider": pool.provider, "name": pool.name, "region": pool.region, "nodes": len(pool.active),
             "age": pool_admin.describe_age(pool.started_at), "hourly_cost": pool.hourly_cost,
-            "driver": pool.liveness, "orphan": pool.orphan,
+            "driver": pool.liveness, "orphan": pool.orphan, "kind": pool.record.kind if pool.record else "?",
+            "idle": None if detached.get("idle_s") is None else pool_admin.describe_age(time.time() - detached["idle_s"]),
+            "cost": detached.get("cost"), "detached": detached,
             "left": pool.listing.resources if pool.listing else []}
 
 
 def status(provider: Optional[str] = ProvidersOpt, region: Optional[str] = RegionOpt,
            as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table")) -> None:
-    """List this user's pools on every configured provider, with age and hourly cost."""
+    """List this user's pools on every configured provider: age, idle time (detached pools), $/h, cost so far."""
     found = _survey(provider, region)
     rows = [_row(p) for p in found.pools]
     if as_json:
@@ -55,12 +59,14 @@ def status(provider: Optional[str] = ProvidersOpt, region: Optional[str] = Regio
         console.print("no skyward pools")
     else:
         table = Table(title=f"{len(rows)} skyward pool{'s' if len(rows) != 1 else ''}")
-        for column in ("provider", "pool", "region", "nodes", "age", "$/h", "driver"):
-            table.add_column(column, justify="right" if column in ("nodes", "age", "$/h") else "left")
+        for column in ("provider", "pool", "region", "nodes", "age", "idle", "$/h", "cost", "owner"):
+            table.add_column(column, justify="right" if column in ("nodes", "age", "idle", "$/h", "cost") else "left")
         for row in rows:
-            driver = row["driver"] + (" (orphan: `skyward-ray gc` ends it)" if row["orphan"] else "")
+            owner = ("keeper " if row["kind"] == "keeper" else "driver ") + row["driver"]
+            owner += " (orphan: `skyward-ray gc` ends it)" if row["orphan"] else ""
             table.add_row(row["provider"], row["name"], row["region"] or "-", str(row["nodes"]), row["age"],
-                          _money(row["hourly_cost"]), driver)
+                          row["idle"] or "-", _money(row["hourly_cost"]),
+                          "-" if row["cost"] is None else f"${row['cost']:,.4f}", owner)
         console.print(table)
         total = sum(r["hourly_cost"] or 0 for r in rows)
         console.print(f"total: {_money(total)}/h")
@@ -80,7 +86,15 @@ def down(name: str = typer.Argument(..., help="the pool's name, e.g. sky-1a2b3c4
         raise typer.Exit(1)
     failed = False
     for pool in matches:
-        if pool.liveness == "live":
+        if pool.record is not None and pool.record.kind == "keeper" and pool.liveness == "live":
+            typer.echo(f"{pool.provider} {name}: asking its keeper (pid {pool.owner.pid}) to end it")
+            if pool_admin.end_keeper(pool.record):  # its own teardown; then look again for anything left
+                again = [p for p in _survey(pool.provider, region).pools if p.name == name]
+                if not again:
+                    typer.echo(f"{pool.provider} {name}: gone")
+                    continue
+                pool = again[0]
+        elif pool.liveness == "live":
             typer.echo(f"note: {name}'s driver (pid {pool.owner.pid}) is still running; its pool ends now")
         left = pool_admin.end(pool)
         if left:

@@ -96,7 +96,8 @@ class DriverConnection:
             self._gcs = GcsClient(address=self.gcs_address)
         return self._gcs
 
-    def connect(self) -> None:
+    def connect(self, heartbeat: bool = True) -> None:
+        """Join as a Ray driver. `heartbeat=False` for a client of a detached pool: its keeper beats."""
         self.use_token()
         kwargs: dict[str, Any] = {"address": self.address}
         if self._runtime_env:
@@ -111,7 +112,21 @@ class DriverConnection:
             self._restore_env()
             raise
         self.connected = True
-        self.start_heartbeat()
+        if heartbeat:
+            self.start_heartbeat()
+
+    def warm_up(self) -> None:
+        """Join through Ray Client once and leave (a detached pool's keeper, before it says ready).
+
+        Ray 2.60's per-client server on the head sometimes fails its first start ("Starting Ray client
+        server failed"); `connect` retries that, but a user's plain `ray.init()` would not. After one
+        session has started cleanly, later ones do."""
+        if not self.through_client:
+            return
+        self.connect(heartbeat=False)
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        self.connected = False
 
     def start_heartbeat(self) -> None:
         """Beat now and every interval from now on: called as soon as the head's GCS answers (before

@@ -188,11 +188,17 @@ def launch(
     boot_timeout: float,
     runtime_env: dict[str, Any] | None,
     ledger: Ledger | None = None,
+    connect: bool = True,
+    detached: dict[str, Any] | None = None,
 ) -> Cluster:
     """Provision `params.nodes` nodes, boot Ray on them, and connect this process. Cleans up on failure.
-    `ledger`, when given, records every machine's launch and end (what the pool spends)."""
+    `ledger`, when given, records every machine's launch and end (what the pool spends).
+
+    A detached pool's keeper passes `connect=False` (it keeps the heartbeat and the tunnel, but is
+    no Ray driver: the users' scripts are) and its `detached` state, which goes in the pool's state
+    file from the start (`kind="keeper"`)."""
     t0 = time.monotonic()
-    record_pool(config, params, cluster_name, offer)  # before anything exists: `skyward-ray gc` finds what follows
+    record_pool(config, params, cluster_name, offer, detached)  # before anything exists: `skyward-ray gc` finds what follows
     try:
         provider = load_node_provider(config, params, cluster_name)
     except BaseException:  # prepare is all or nothing: no resource is left, so no state either
@@ -218,7 +224,8 @@ def launch(
         cluster.driver.start_heartbeat()  # from the moment the head answers: a driver dying in boot ends the pool
         _wait_for_nodes(gcs, provider, [head], offer, deadline, boot_timeout)
         cluster.timings["head_alive_s"] = time.monotonic() - t0
-        cluster.driver.connect()
+        if connect:
+            cluster.driver.connect()
         cluster.timings["driver_s"] = time.monotonic() - t0
         cluster.nodes = _wait_for_nodes(gcs, provider, cluster.instance_ids, offer, deadline, boot_timeout)
         cluster.timings["ready_s"] = time.monotonic() - t0
@@ -471,9 +478,11 @@ def teardown(cluster: Cluster, wait_timeout: float = 120.0) -> list[str]:
     return []
 
 
-def record_pool(config: ProviderConfig, params: ClusterParams, cluster_name: str, offer: Offer) -> None:
-    """The pool's 0600 state file: which provider, what it costs, and which process keeps it alive."""
+def record_pool(config: ProviderConfig, params: ClusterParams, cluster_name: str, offer: Offer,
+                detached: dict[str, Any] | None = None) -> None:
+    """The pool's 0600 state file: which provider, what it costs, and which process keeps it alive
+    (this one: the driver, or a detached pool's keeper)."""
     pool_state.write_record(pool_state.PoolRecord(
         name=cluster_name, provider=config.name, provider_config=config.without_secrets(),
         owner=pool_state.Owner.current(), region=params.region, offer=params.offer, price_per_node=offer.price,
-        nodes=params.nodes))
+        nodes=params.nodes, kind="keeper" if detached is not None else "driver", detached=detached))

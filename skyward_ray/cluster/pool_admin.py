@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,6 +193,33 @@ def end(pool: Pool, timeout: float = 180.0) -> list[str]:
     return left
 
 
+def end_keeper(record: pool_state.PoolRecord, timeout: float = 240.0) -> bool:
+    """Ask a detached pool's keeper to end its pool (SIGTERM: the same interrupt-safe teardown as a
+    `with` block's exit) and wait until it has exited. True when it is gone; False when it is not
+    on this host or did not finish within `timeout` (then `end` finishes the job from here)."""
+    owner = record.owner
+    if owner.alive() is not True:
+        return owner.alive() is False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(owner.pid, signal.SIGTERM)  # by pid, checked above to be that very process (its start time)
+    deadline = time.monotonic() + timeout
+    while owner.alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return not owner.alive()
+
+
+def detached_facts(pool: Pool, now: float | None = None) -> dict[str, object]:
+    """What `status` shows of a detached pool: its idle time, cost so far and clocks (empty otherwise)."""
+    record = pool.record
+    if record is None or record.kind != "keeper" or not record.detached:
+        return {}
+    state, now = record.detached, now or time.time()
+    last_active = state.get("last_active")
+    return {"status": state.get("status", "?"), "idle_s": None if last_active is None else max(0.0, now - last_active),
+            "cost": state.get("cost"), "idle_timeout": state.get("idle_timeout"),
+            "max_lifetime": state.get("max_lifetime")}
+
+
 def describe_age(started_at: float | None, now: float | None = None) -> str:
     if started_at is None:
         return "?"
@@ -202,4 +231,4 @@ def describe_age(started_at: float | None, now: float | None = None) -> str:
     return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
 
 
-__all__ = ["Pool", "Survey", "default_configs", "describe_age", "end", "survey"]
+__all__ = ["Pool", "Survey", "default_configs", "describe_age", "detached_facts", "end", "end_keeper", "survey"]

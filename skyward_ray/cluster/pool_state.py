@@ -14,8 +14,11 @@ It records the provider config, the offer and its price, and **who keeps the poo
 owner process's host, pid and start time (`Owner`). A pool's driver is *live* when that process
 still runs on this host with the same start time (pids are reused; the start time tells them
 apart). A driver on another host cannot be checked from here: `gc` leaves such pools alone.
-A later detached pool, kept alive by a keeper process, writes the same file with
-`kind="keeper"` and the keeper's identity: `gc` treats both the same way.
+A detached pool (`skyward-ray up`), kept alive by its keeper process, has the same file with
+`kind="keeper"`, the keeper's identity as owner, and a `detached` section (its clocks, where it
+listens, its token, how far it got): `gc` treats both the same way, and `status`, `down`,
+`skyward-ray env` and `sky.attach` read the section. The token is why the file is 0600 in the
+0700 runtime root; no cloud credential is ever in it (`ProviderConfig.without_secrets`).
 
 The same owner identity is put on every machine as the tag `skyward/owner`
 (`owner_tags`), so a pool whose state file was lost (a reboot clears the runtime dir) is still
@@ -132,6 +135,7 @@ class PoolRecord:
     nodes: int = 1
     started_at: float = field(default_factory=time.time)
     kind: Literal["driver", "keeper"] = "driver"
+    detached: dict[str, Any] | None = None  # a keeper's state (`skyward_ray.api.detached`); None for a driver's pool
 
     @property
     def hourly_cost(self) -> float:
@@ -166,6 +170,23 @@ def remove_record(name: str) -> None:
         record_path(name).unlink()
 
 
+def read_record(name: str) -> PoolRecord | None:
+    """One pool's state file, or None when there is none (or it cannot be read)."""
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        return PoolRecord.from_json(json.loads(record_path(name).read_text()))
+    return None
+
+
+def update_detached(name: str, **changes: Any) -> PoolRecord | None:
+    """Merge `changes` into a keeper's `detached` section (only the keeper writes it after launch)."""
+    record = read_record(name)
+    if record is None:
+        return None
+    record.detached = {**(record.detached or {}), **changes}
+    write_record(record)
+    return record
+
+
 def read_records() -> dict[str, PoolRecord]:
     """Every pool state file of this user (unreadable ones are skipped)."""
     found = {}
@@ -176,5 +197,5 @@ def read_records() -> dict[str, PoolRecord]:
     return found
 
 
-__all__ = ["ENV_RUNTIME_DIR", "OWNER_TAG", "Owner", "PoolRecord", "new_pool_dir", "owner_tags",
-           "read_records", "record_path", "remove_record", "runtime_root", "write_record"]
+__all__ = ["ENV_RUNTIME_DIR", "OWNER_TAG", "Owner", "PoolRecord", "new_pool_dir", "owner_tags", "read_record",
+           "read_records", "record_path", "remove_record", "runtime_root", "update_detached", "write_record"]

@@ -1,0 +1,140 @@
+"""The keeper: the one process that owns a detached pool (`python -m skyward_ray.api.keeper`).
+
+Started by `skyward_ray.api.detached.start` in a session of its own, it reads the pool's
+arguments from its stdin (a pipe: no secret touches a file) and brings the pool up through the
+very path `sky.Compute` takes (plan walk, launcher, boot, heartbeat), without becoming a Ray
+driver itself. Then it holds the pool:
+
+- the heartbeat, so the head's watchdog ends the pool within its grace if the keeper dies
+  (SIGKILL, a reboot): the same layer that protects a `with` block's pool;
+- on clouds, the SSH tunnel (Ray Client's and the GCS's ports, and the dashboard's when there is
+  one), whose local ends are the addresses users get;
+- the two clocks: idle (no live Ray driver and no resources in use, asked of the head's GCS,
+  `skyward_ray.cluster.activity`) and lifetime;
+- its state in the pool's record (0600): ready, where it listens, the token, idle time, cost.
+
+It ends the pool, with `sky.Compute`'s interrupt-safe teardown, on SIGTERM (`skyward-ray down`),
+on either clock, or when the head is lost; the record goes once nothing is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+import sys
+import time
+from typing import Any
+
+from skyward_ray.api.compute import Compute
+from skyward_ray.api.detached import FAILED_MARK
+from skyward_ray.cluster import activity, pool_state
+from skyward_ray.cluster.ssh_tunnel import SSHTunnel
+from skyward_ray.planning.detached import DetachedSpec, describe_duration
+
+POLL_S = 1.0  # how often the clocks are checked
+RECORD_S = 5.0  # how often idle time and cost are written to the record
+DASHBOARD_WAIT_S = 60.0  # the dashboard starts after the GCS; its address appears in the GCS's KV
+
+
+def _log(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} keeper: {message}", flush=True)
+
+
+def _dashboard(compute: Compute) -> tuple[str | None, SSHTunnel | None]:
+    """The job API's address as users reach it, and the tunnel that makes it reachable (clouds)."""
+    cluster = compute._cluster
+    assert cluster is not None and cluster.driver is not None
+    gcs = cluster.driver.gcs_client()
+    deadline = time.monotonic() + DASHBOARD_WAIT_S
+    address = None
+    while address is None and time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            address = gcs.internal_kv_get(b"dashboard", b"dashboard", timeout=5)  # Ray's own record of it
+        if address is None:
+            time.sleep(0.5)
+    if address is None:
+        _log("the dashboard did not come up; `ray job submit` will not work on this pool")
+        return None, None
+    port = int(address.decode().rsplit(":", 1)[1])
+    tunnel = cluster.driver.tunnel
+    if tunnel is None:  # the head is on this machine
+        return f"http://127.0.0.1:{port}", None
+    forward = SSHTunnel(tunnel.host, tunnel.port, tunnel.user, tunnel.identity_file, tunnel.known_hosts_file,
+                        forwards=[(0, "127.0.0.1", port)], low_latency=True).start(timeout=30)
+    return f"http://127.0.0.1:{forward.local_port(0)}", forward
+
+
+def hold(compute: Compute, spec: DetachedSpec, started_at: float) -> str:
+    """Keep the pool until a clock runs out; return why it ends. Signals end it from `time.sleep`."""
+    cluster = compute._cluster
+    assert cluster is not None and cluster.driver is not None
+    driver = cluster.driver
+    driver.warm_up()  # Ray Client's first session on a fresh head may fail to start: not a user's problem
+    dashboard_address, dashboard_tunnel = _dashboard(compute) if spec.dashboard else (None, None)
+    try:
+        provider = compute.plan.specs[compute.offer.spec_index].provider if compute.plan else None
+        pool_state.update_detached(
+            cluster.name, status="ready", ray_address=driver.address, gcs_address=driver.gcs_address,
+            node_ip=getattr(driver, "_node_ip", None), auth_token=cluster.provider.params.auth_token,
+            dashboard_address=dashboard_address, offer=compute.offer.model_dump(mode="json"),
+            image_pip=list(compute.image.pip) if provider is not None and provider.nodes_share_driver_python else [],
+            last_active=time.time(), cost=compute.cost)
+        _log(f"pool {cluster.name} ready: {len(cluster.nodes)} node(s), Ray at {driver.address}; ends after "
+             f"{describe_duration(spec.idle_timeout)} idle or {describe_duration(spec.max_lifetime)} in all")
+        gcs = driver.gcs_client()
+        last_active, last_written, busy = time.time(), 0.0, "starting"
+        while True:
+            time.sleep(POLL_S)
+            now = time.time()
+            try:
+                reason = activity.busy_reason(gcs)
+            except Exception as error:  # the head busy or briefly away: not idle (its loss is the replacer's job)
+                reason = f"the head did not answer ({type(error).__name__})"
+            if reason is not None:
+                last_active = now
+            if reason != busy:
+                _log(f"{reason or 'idle'}")
+                busy = reason
+            if spec.max_lifetime is not None and now - started_at >= spec.max_lifetime:
+                return f"its max lifetime ({describe_duration(spec.max_lifetime)}) is reached"
+            if spec.idle_timeout is not None and now - last_active >= spec.idle_timeout:
+                return f"it was idle for {describe_duration(spec.idle_timeout)} (no task, no client)"
+            if now - last_written >= RECORD_S:
+                pool_state.update_detached(cluster.name, last_active=last_active, cost=compute.cost, busy=busy)
+                last_written = now
+    finally:
+        if dashboard_tunnel is not None:
+            dashboard_tunnel.stop()
+
+
+def main() -> int:
+    payload: dict[str, Any] = pickle.loads(sys.stdin.buffer.read())
+    spec = DetachedSpec(**payload["detached"])
+    started_at = time.time()
+    compute = Compute(*payload["specs"], **payload["arguments"])
+    compute._name = spec.name
+    compute._detached = {"status": "starting", "idle_timeout": spec.idle_timeout, "max_lifetime": spec.max_lifetime,
+                         "dashboard": spec.dashboard, "log": payload.get("log"), "started_at": started_at}
+    ready = False
+    try:
+        with compute:
+            ready = True
+            why = hold(compute, spec, started_at)
+            _log(f"ending pool {spec.name}: {why}")
+    except SystemExit as stop:  # SIGTERM/SIGHUP (`skyward-ray down`), through sky.Compute's handlers
+        _log(f"pool {spec.name} ended on request (signal {int(stop.code or 0) - 128})" if ready else
+             f"{FAILED_MARK}ProvisioningError: stopped by a signal while bringing the pool up")
+        return 0 if ready else 1
+    except BaseException as error:  # noqa: BLE001 - reported to `up`, which shows it with the log
+        if not ready:
+            _log(f"could not bring pool {spec.name} up")
+            print(f"{FAILED_MARK}{type(error).__name__}: {error}", flush=True)
+            return 1
+        _log(f"pool {spec.name} ended: {type(error).__name__}: {error}")
+        return 1
+    _log(f"pool {spec.name} gone; cost: {compute.cost_summary}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
