@@ -157,7 +157,7 @@ class LocalCloud(Cloud):
             python=sys.executable,
             temp_dir_shell="${" + names.ENV_MACHINE_DIR + "}/r",
             extra_ray_args=colocated_port_args(role == "head", self.prepared["head_ip"]),
-            dashboard_port=free_port("127.0.0.1", outside_worker_range=True),  # nodes of other pools share 127.0.0.1
+            dashboard_port=free_port("127.0.0.1"),  # nodes of other pools share 127.0.0.1
             gcs_reconnect_timeout=10,
             num_cpus=self.config.cpus_per_node or max(1.0, float((os.cpu_count() or 1) // nodes)),
             num_gpus=float(count),  # no accelerator asked for: tasks get none, even on a GPU machine

@@ -313,7 +313,9 @@ class ScriptBootedNodeProvider(NodeProvider):
             instance_id_shell=env.instance_id_shell,
             node_ip_shell=env.node_ip_shell,
             temp_dir_shell=env.temp_dir_shell,
-            extra_ray_args=env.extra_ray_args + self._dashboard_args(role, env.dashboard_port),
+            extra_ray_args=env.extra_ray_args,
+            # the job API of `ray job submit`, on the head's loopback only, when the pool asks for it
+            dashboard_port=env.dashboard_port if role == "head" and params.dashboard else None,
             heartbeat_grace=params.heartbeat_grace,
             first_heartbeat_grace=params.first_heartbeat_grace,
             boot_deadline=params.boot_deadline,
@@ -321,14 +323,6 @@ class ScriptBootedNodeProvider(NodeProvider):
             gcs_reconnect_timeout=env.gcs_reconnect_timeout,
             shutdown_command=env.shutdown_command,
         )
-
-    def _dashboard_args(self, role: Role, port: int) -> list[str]:
-        """Ray's dashboard on the head, when asked for (`ClusterParams.dashboard`): bound to the head's
-        loopback only (reached through the SSH tunnel, like Ray Client), token-checked by Ray. The boot
-        script says `--include-dashboard=false`; a later flag wins (click keeps the last value)."""
-        if role != "head" or not self.params.dashboard:
-            return []
-        return ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={port}"]
 
     # -- terminate -----------------------------------------------------------------------------
     def terminate_node(self, node_id: str) -> None:
