@@ -163,3 +163,42 @@ def test_a_second_pool_inside_an_open_one_is_refused_before_provisioning():
                 pass
         assert {p.pid for p in pool_processes()} <= before | {p.pid for p in processes_of(pool.name)}
         assert square(3) >> pool == 9  # the open pool is untouched
+
+
+def test_a_cancel_still_scheduled_when_the_pool_closes_does_not_end_the_users_process():
+    """A failed group cancels its other calls, and force-ends the ones still running 2 s later (a
+    `timeout=` call's deadline works the same way). Were that forced cancel to reach Ray while this
+    process leaves the pool's cluster, Ray's core worker would end the whole process. The pool is
+    left 1.2-1.8 s after the failure, so that leaving (about 2 s) spans the moment it is due."""
+    code = """
+import time, skyward_ray as sky
+
+@sky.function
+def fail():
+    raise ValueError("first")
+
+@sky.function
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds
+
+for delay in (1.2, 1.5, 1.8):
+    with sky.Compute(nodes=1) as pool:
+        nap(0) >> pool
+        try:
+            sky.gather(fail(), nap(30)) >> pool
+        except ValueError as error:
+            print("FAILED", error, flush=True)
+        time.sleep(delay)
+    time.sleep(1)
+print("ALIVE", flush=True)
+"""
+    proc = run_python(code)
+    try:
+        output, _ = proc.communicate(timeout=150)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert output.count("FAILED first") == 3, output[-3000:]
+    assert "ALIVE" in output and proc.returncode == 0, output[-3000:]

@@ -274,6 +274,7 @@ class Compute(PoolOperations):
                 cluster = self._cluster
                 if cluster is not None:
                     t0 = time.monotonic()
+                    dispatch.before_disconnect()
                     if error is None:
                         launcher.teardown(cluster)  # TeardownError: the pool stays open for the exit hook
                     elif not launcher.teardown_beside(cluster, error):

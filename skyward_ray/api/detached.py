@@ -274,6 +274,7 @@ class AttachedPool(PoolOperations):
         """Leave the pool (this process stops being its Ray driver); the pool stays up."""
         self._closed = True
         if self._connection is not None:
+            dispatch.before_disconnect()
             self._connection.disconnect()
             self._connection = None
         self._forget_code()

@@ -149,6 +149,7 @@ class _Deadlines:
         self._heap: list[tuple[float, int, Callable[[], None]]] = []
         self._order = itertools.count()
         self._wake = threading.Condition()
+        self._expiring = threading.Lock()  # held while an expiry runs: `drop_all` waits for it
         self._thread: threading.Thread | None = None
 
     def add(self, deadline: float, expire: Callable[[], None]) -> None:
@@ -159,19 +160,44 @@ class _Deadlines:
                 self._thread.start()
             self._wake.notify()
 
+    def drop_all(self) -> None:
+        """Forget every pending deadline, in the caller's thread, before the pool's Ray goes away.
+
+        A deadline holds its future and its Ray object refs, and may cancel tasks when it expires
+        (a failed group's forced cancel, 2 s later). Had that cancel, or the last of those refs,
+        reached Ray on this daemon thread while or after this process left the cluster, Ray's
+        core worker would end the whole process ("The core worker has already been shutdown ...
+        The process will exit"): seen as a test worker dying right after a pool closed.
+        """
+        with self._wake:
+            dropped, self._heap = self._heap, []
+            self._wake.notify()
+        with self._expiring:  # an expiry already running (a cancel) finishes while Ray is still up
+            dropped.clear()
+
     def _run(self) -> None:
         while True:
             with self._wake:
                 while not self._heap or self._heap[0][0] > time.monotonic():
                     self._wake.wait(None if not self._heap else self._heap[0][0] - time.monotonic())
                 _, _, expire = heapq.heappop(self._heap)
+                self._expiring.acquire()  # taken before the heap's lock is let go: `drop_all` cannot slip between
             try:
                 expire()
             except Exception:
                 pass
+            finally:
+                del expire  # its refs go now, while the pool that made them is still up
+                self._expiring.release()
 
 
 _DEADLINES = _Deadlines()
+
+
+def before_disconnect() -> None:
+    """What a pool does before this process leaves its Ray cluster: no Ray object of it may be
+    released by a background thread afterwards (see `_Deadlines.drop_all`)."""
+    _DEADLINES.drop_all()
 
 
 class PoolFuture(concurrent.futures.Future):  # type: ignore[type-arg]
