@@ -17,6 +17,7 @@ security group, a key pair, a state directory) is left for `skyward-ray gc` and 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -28,8 +29,10 @@ from pathlib import Path
 
 import pytest
 
+from skyward_ray.cluster import pool_state
 from tests.conformance import HARNESSES, Harness, open_harness
-from tests.conftest import run_python, wait_for_line
+from tests.conftest import RUN_TEMP_DIR, run_python, wait_for_line
+from tests.environment import scoped_environment
 
 # What a machine is, per cloud's billable() kinds; everything else is per-cluster state the driver removes.
 MACHINE_KINDS = ("processes", "instances", "machines", "pods")
@@ -270,7 +273,15 @@ CASES = {
 }
 
 
+_CASE_NUMBERS = itertools.count()
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_nothing_is_left(harness, case):
-    assert _everything(harness) == {}, "the cloud must start clean"
-    CASES[case](harness)
+    # Each case keeps its pool state files (and local pools' directories) in a runtime dir of its
+    # own, which its driver inherits: another test's leftovers on this worker are not this case's.
+    root = Path(RUN_TEMP_DIR) / f"c{next(_CASE_NUMBERS)}"  # short: Ray's socket paths live below it
+    root.mkdir(mode=0o700)
+    with scoped_environment({pool_state.ENV_RUNTIME_DIR: str(root)}):
+        assert _everything(harness) == {}, "the cloud must start clean"
+        CASES[case](harness)
