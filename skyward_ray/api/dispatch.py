@@ -279,10 +279,19 @@ class PoolFuture(concurrent.futures.Future):  # type: ignore[type-arg]
             pass
 
     def _expired(self, index: int) -> None:
-        if self._settled:
+        # Settle with the timeout first: cancelling first let Ray's own completion callback for
+        # the cancelled task (TaskCancelledError) win the race and become the future's error.
+        with self._guard:
+            if index in self._finished:
+                return  # this call ended in time; its group may still wait on others
+        if not self._settle():
             return
+        try:
+            self.set_exception(_timeout_error(self._pendings[index]))
+        except concurrent.futures.InvalidStateError:
+            pass  # cancelled meanwhile
         _cancel([self._refs[index]], force=True)
-        self._fail(_timeout_error(self._pendings[index]))
+        self._stop_tasks()
 
     def cancel(self) -> bool:
         if not self._settle():
