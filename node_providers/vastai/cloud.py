@@ -335,4 +335,3 @@ def _machine(row: Mapping[str, Any]) -> Machine:
         public_ip=(str(row["public_ipaddr"]).strip() or None) if row.get("public_ipaddr") else None,
         tags=label_tags(str(row.get("label") or "")),
     )
-

@@ -391,8 +391,10 @@ def _environment_lines(boot: NodeBoot) -> list[str]:
     return lines
 
 
-# Ports handed out by `free_port`, never handed out twice by this process (see there).
-_HANDED_OUT: set[int] = set()
+# Ports handed out by `free_port`, never handed out twice by this process (see there); the oldest
+# are forgotten past a few thousand (long since bound by their nodes, or given up).
+_HANDED_OUT: dict[int, None] = {}
+_REMEMBERED = 4096
 _HANDED_OUT_LOCK = threading.Lock()
 _PORT_RANGE = (20000, 32767)  # above Ray's worker ports (10002-19999), below Linux's ephemeral range
 
@@ -418,7 +420,9 @@ def free_port(ip: str = "") -> int:
                     sock.bind((ip, port))
                 except OSError:
                     continue
-            _HANDED_OUT.add(port)
+            _HANDED_OUT[port] = None
+            while len(_HANDED_OUT) > _REMEMBERED:
+                del _HANDED_OUT[next(iter(_HANDED_OUT))]
             return port
     raise RuntimeError(f"no free TCP port between {low} and {high} on {ip or 'this machine'}")
 
