@@ -197,6 +197,7 @@ def test_up_then_plain_ray_code_and_ray_job_submit_then_down_leave_nothing_and_t
     with sky.attach(b) as pool:
         assert square(7) >> pool == 49
         assert node_index() @ pool == [0, 1]
+        assert [n.index for n in pool.nodes] == [0, 1] and all(n.provider == "local" for n in pool.nodes)
         assert sky.gather(square(2), square(3)) >> pool == [4, 9]
     assert os.environ.get("RAY_AUTH_TOKEN") is None and status()[b]["driver"] == "live"
 
@@ -298,6 +299,7 @@ def test_a_cloud_pool_is_reached_through_the_keepers_ssh_tunnel(names, tmp_path)
         seen = run_ray_script(env, "look")
         assert seen["sum"] == 285 and len(seen["nodes"]) == 1
         assert square(5) >> pool == 25  # sky.attach's Ray Client driver, through the same tunnel
+        assert [n.index for n in pool.nodes] == [0] and pool.nodes[0].provider == "aws"
         pool.down()
         assert not psutil.pid_exists(keeper) or psutil.Process(keeper).status() == psutil.STATUS_ZOMBIE
         assert sim.live_instances(cluster=name) == [] and sim.security_groups(cluster=name) == []

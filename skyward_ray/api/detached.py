@@ -213,20 +213,15 @@ class AttachedPool(PoolOperations):
 
     @property
     def nodes(self) -> list[NodeInfo]:
-        """The pool's live nodes, head first, from Ray's own node table."""
-        import ray
-
+        """The pool's live nodes, head first, from the head's GCS node table."""
         self._ensure_open()
+        assert self._connection is not None
         offer = self.offer
-        found = []
-        for node in ray.nodes():
-            labels = node.get("Labels") or {}
-            if not node.get("Alive") or names.NODE_INDEX not in labels:
-                continue
-            found.append(NodeInfo(index=int(labels[names.NODE_INDEX]), instance_id=labels.get(names.INSTANCE_ID, ""),
-                                  ray_node_id=node["NodeID"], ip=node["NodeManagerAddress"], provider=offer.provider,
-                                  accelerator=offer.accelerator, accelerator_count=offer.count,
-                                  spot=labels.get("ray.io/market-type") == "spot"))
+        found = [NodeInfo(index=int(info.labels.get(names.NODE_INDEX, 0)), instance_id=instance_id,
+                          ray_node_id=info.node_id.hex(), ip=info.node_manager_address, provider=offer.provider,
+                          accelerator=offer.accelerator, accelerator_count=offer.count,
+                          spot=info.labels.get("ray.io/market-type") == "spot")
+                 for instance_id, info in launcher.alive_nodes(self._connection.gcs_client()).items()]
         return sorted(found, key=lambda n: n.index)
 
     # -- joining and leaving -------------------------------------------------------------------
@@ -259,6 +254,7 @@ class AttachedPool(PoolOperations):
         connection = DriverConnection(state["gcs_address"], state["ray_address"], state["auth_token"], runtime_env,
                                       node_ip=state.get("node_ip"))
         try:
+            connection.gcs_client()  # made before joining, as the launcher does: `nodes` reads the GCS's table
             connection.connect(heartbeat=False)  # the keeper beats; a client that leaves must not end the pool
         except BaseException:
             self._forget_code()

@@ -311,21 +311,30 @@ def _fail_if_dead(provider: ScriptBootedNodeProvider, instance_ids: list[str]) -
             )
 
 
+def alive_nodes(gcs: Any, wanted: set[str] | None = None) -> dict[str, Any]:
+    """The skyward nodes the head's GCS lists alive now, by instance id (only `wanted` ones, if given).
+
+    Read through a plain GCS client, so it works in a process that is no Ray driver (a keeper);
+    empty while the GCS is still starting or too busy to answer."""
+    try:
+        table = gcs.get_all_node_info(timeout=5)
+    except Exception:  # the GCS is still starting, or busy on this small machine
+        return {}
+    return {
+        info.labels[names.INSTANCE_ID]: info
+        for info in table.values()
+        if info.state == 0 and names.INSTANCE_ID in info.labels  # 0 = ALIVE
+        and (wanted is None or info.labels[names.INSTANCE_ID] in wanted)
+    }
+
+
 def _wait_for_nodes(gcs: Any, provider: ScriptBootedNodeProvider, instance_ids: list[str], offer: Offer, deadline: float,
                     boot_timeout: float) -> list[NodeInfo]:
     """Wait until the GCS lists every instance alive; return them as `NodeInfo`, head first."""
     wanted = set(instance_ids)
     alive: dict[str, Any] = {}
     while True:
-        try:
-            table = gcs.get_all_node_info(timeout=5)
-        except Exception:  # the GCS is still starting, or busy on this small machine
-            table = {}
-        alive = {
-            info.labels.get(names.INSTANCE_ID): info
-            for info in table.values()
-            if info.state == 0 and info.labels.get(names.INSTANCE_ID) in wanted  # 0 = ALIVE
-        }
+        alive = alive_nodes(gcs, wanted)
         if len(alive) == len(wanted):
             break
         missing = sorted(wanted - set(alive))

@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Callable
 
-from skyward_ray import names
 from skyward_ray.cluster import launcher
 from skyward_ray.console import console
 from skyward_ray.planning.nodes import NodeInfo
@@ -121,15 +120,12 @@ class NodeReplacer:
         driver = self.cluster.driver
         assert driver is not None
         while not self._stop.is_set() and time.monotonic() < deadline:
-            try:  # the GCS's node table, not ray.nodes(): a detached pool's keeper is no Ray driver
-                table = driver.gcs_client().get_all_node_info(timeout=5)
-            except Exception:
-                table = {}
-            for info in table.values():
-                if info.state == 0 and info.labels.get(names.INSTANCE_ID) == instance_id:  # 0 = ALIVE
-                    return lost.model_copy(update={
-                        "instance_id": instance_id, "ray_node_id": info.node_id.hex(), "ip": info.node_manager_address,
-                    })
+            # the GCS's node table, not ray.nodes(): a detached pool's keeper is no Ray driver
+            info = launcher.alive_nodes(driver.gcs_client(), {instance_id}).get(instance_id)
+            if info is not None:
+                return lost.model_copy(update={
+                    "instance_id": instance_id, "ray_node_id": info.node_id.hex(), "ip": info.node_manager_address,
+                })
             if self.cluster.provider.is_terminated(instance_id):
                 raise RuntimeError(f"the replacement {instance_id} stopped before joining")
             time.sleep(0.5)
