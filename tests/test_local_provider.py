@@ -18,13 +18,13 @@ from node_providers.local import LocalNodeProvider
 from node_providers.local.process_host import processes_with_marker
 from skyward_ray import names
 from skyward_ray.api import dispatch
-from skyward_ray.cluster import launcher
+from skyward_ray.cluster import launcher, provisioning
 from skyward_ray.cluster.contract import ClusterParams
 
 
 def _provider(nodes: int = 3) -> tuple[LocalNodeProvider, str]:
     name = launcher.new_cluster_name()
-    return launcher.load_node_provider(sky.Local(), ClusterParams(auth_token="t" * 64, nodes=nodes), name), name
+    return provisioning.load_node_provider(sky.Local(), ClusterParams(auth_token="t" * 64, nodes=nodes), name), name
 
 
 def _tags(name: str, kind: str) -> dict[str, str]:

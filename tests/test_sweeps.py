@@ -3,6 +3,7 @@ and leaving early cancelling the rest."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -97,3 +98,24 @@ def test_sweep_checks_its_arguments_before_sending_anything(pool):
         pool.sweep(trial, [{"lr": 1}], mode="best")
     with pytest.raises(TypeError, match="@sky.function"):
         pool.as_completed(lambda x: x, [1])
+
+
+@pytest.mark.parametrize("wait", ["map", "as_completed", "sweep"])
+def test_a_lost_pool_ends_every_wait_within_a_slice(pool, wait):
+    """Groups, maps and sweeps wait through one iterator: the pool's loss (set by its head watch)
+    reaches each of them within a slice, a sweep's too (its failures are kept, its pool's loss is not)."""
+    lost = sky.PoolLostError("the head is gone (simulated)")
+    waits = {"map": lambda: pool.map(after, [3.0, 3.0]),
+             "as_completed": lambda: list(pool.as_completed(after, [3.0, 3.0])),
+             "sweep": lambda: pool.sweep(after, [3.0, 3.0], progress=False).run()}
+    timer = threading.Timer(0.5, pool.dispatcher.watch.interrupt_waits, args=(lost,))
+    started = time.monotonic()
+    timer.start()
+    try:
+        with pytest.raises(sky.PoolLostError) as raised:
+            waits[wait]()
+    finally:
+        timer.join()
+        pool.dispatcher.watch.interrupt_waits(None)
+    assert raised.value is lost and time.monotonic() - started < 2.0
+    after(0.0) @ pool  # the loss was only simulated: the pool still serves

@@ -28,6 +28,7 @@ import psutil
 
 from node_providers.local.config import Local
 from node_providers.local.offers import PROVIDER_NAME, detect_gpus
+from node_providers.local.ports import PORTS
 from node_providers.local.process_host import ProcessHost
 from skyward_ray import names
 from skyward_ray.cluster import pool_state
@@ -41,7 +42,6 @@ from skyward_ray.cluster.contract import (
     Role,
 )
 from skyward_ray.errors import SpecError
-from skyward_ray.node.startup_script import colocated_port_args, free_port
 
 
 def new_address_block() -> str:
@@ -118,7 +118,7 @@ class LocalCloud(Cloud):
             out.write(self.cluster_name)  # how `list_clusters` names this directory's pool
         block = new_address_block()
         head_ip = f"{block}.1"
-        return {"state_dir": state_dir, "address_block": block, "head_ip": head_ip, "gcs_port": free_port(head_ip)}
+        return {"state_dir": state_dir, "address_block": block, "head_ip": head_ip, "gcs_port": PORTS.free_port(head_ip)}
 
     def cleanup(self) -> None:
         shutil.rmtree(self.prepared["state_dir"], ignore_errors=True)
@@ -156,8 +156,8 @@ class LocalCloud(Cloud):
             token_in_environment=True,
             python=sys.executable,
             temp_dir_shell="${" + names.ENV_MACHINE_DIR + "}/r",
-            extra_ray_args=colocated_port_args(role == "head", self.prepared["head_ip"]),
-            dashboard_port=free_port("127.0.0.1"),  # nodes of other pools share 127.0.0.1
+            extra_ray_args=PORTS.colocated_port_args(role == "head", self.prepared["head_ip"]),
+            dashboard_port=PORTS.free_port("127.0.0.1"),  # nodes of other pools share 127.0.0.1
             gcs_reconnect_timeout=10,
             num_cpus=self.config.cpus_per_node or max(1.0, float((os.cpu_count() or 1) // nodes)),
             num_gpus=float(count),  # no accelerator asked for: tasks get none, even on a GPU machine

@@ -18,32 +18,26 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from skyward_ray import errors, names
-from skyward_ray.api import dispatch, user_code
 from skyward_ray.api.operations import PoolOperations
+from skyward_ray.api.request import PoolRequest
+from skyward_ray.api.staging import StagedCode, job_runtime_env
 from skyward_ray.cluster import launcher, pool_admin, pool_state
 from skyward_ray.cluster.driver import DriverConnection
 from skyward_ray.console import console
 from skyward_ray.errors import PoolClosedError, ProvisioningError, SpecError
-from skyward_ray.planning import cost_guard
-from skyward_ray.planning import plan as planning
 from skyward_ray.planning.detached import DetachedSpec
 from skyward_ray.planning.image import Image
 from skyward_ray.planning.nodes import NodeInfo
 from skyward_ray.planning.offers import Offer
 from skyward_ray.planning.providers import provider_class
-
-if TYPE_CHECKING:
-    from skyward_ray.api.compute import Compute
 
 FAILED_MARK = "skyward keeper failed: "  # the keeper's last line when the pool could not be brought up
 _TYPES = {name: getattr(errors, name) for name in dir(errors) if isinstance(getattr(errors, name), type)}
@@ -69,15 +63,14 @@ def check_name_free(name: str) -> None:
                     f"another name, or end that pool first with `skyward-ray down {name}`")
 
 
-def start(compute: "Compute", name: str | None, *, idle_timeout: Any, max_lifetime: Any, dashboard: bool,
+def start(request: PoolRequest, name: str | None, *, idle_timeout: Any, max_lifetime: Any, dashboard: bool,
           ready_timeout: float | None = None) -> pool_state.PoolRecord:
-    """Start a keeper for `compute`'s pool and wait until it is ready. Returns the pool's record."""
+    """Start a keeper for the pool `request` asks for (a `sky.Compute`'s) and wait until it is
+    ready. Returns the pool's record."""
     spec = DetachedSpec(name=name or launcher.new_cluster_name(), idle_timeout=idle_timeout,
                         max_lifetime=max_lifetime, dashboard=dashboard)
     check_name_free(spec.name)
-    plan = planning.plan(*compute.specs, nodes=compute.desired.ceiling)  # NoOffersError here, not in the keeper
-    cost_guard.check_cost(compute.desired.ceiling, plan.chosen.price, compute._ceilings,
-                          f"{plan.chosen.provider} {plan.chosen.instance_type} {plan.chosen.market}")
+    request.check_cost(request.plan().chosen)  # NoOffersError, or the cost guard's refusal, here, not in the keeper
     log = keeper_log(spec.name)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     root = str(Path(__file__).resolve().parents[2])  # skyward_ray and node_providers live side by side
@@ -88,7 +81,7 @@ def start(compute: "Compute", name: str | None, *, idle_timeout: Any, max_lifeti
                                   stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
                                   close_fds=True)
     assert keeper.stdin is not None
-    payload = {"specs": compute.specs, "arguments": compute._arguments, "detached": spec.model_dump(),
+    payload = {"specs": request.specs, "arguments": request.arguments, "detached": spec.model_dump(),
                "log": str(log)}
     try:
         keeper.stdin.write(pickle.dumps(payload))
@@ -182,9 +175,10 @@ class AttachedPool(PoolOperations):
     """
 
     def __init__(self, record: pool_state.PoolRecord) -> None:
+        super().__init__()
         self._record = record
         self._connection: DriverConnection | None = None
-        self._code_dir: str | None = None
+        self._code = StagedCode.nothing()
         self._closed = False
 
     # -- facts ---------------------------------------------------------------------------------
@@ -214,7 +208,7 @@ class AttachedPool(PoolOperations):
     @property
     def nodes(self) -> list[NodeInfo]:
         """The pool's live nodes, head first, from the head's GCS node table."""
-        self._ensure_open()
+        self.ensure_open()
         assert self._connection is not None
         offer = self.offer
         found = [NodeInfo(index=int(info.labels.get(names.NODE_INDEX, 0)), instance_id=instance_id,
@@ -225,10 +219,9 @@ class AttachedPool(PoolOperations):
         return sorted(found, key=lambda n: n.index)
 
     # -- joining and leaving -------------------------------------------------------------------
-    def _pool_offer(self) -> Offer:
-        return self.offer
-
-    def _ensure_open(self) -> None:
+    def ensure_open(self) -> None:
+        """Join the pool as its Ray driver unless joined already; `PoolClosedError` once closed,
+        or when the pool is not up any more."""
         if self._closed:
             raise PoolClosedError(f"this handle on pool {self.name} was closed; `sky.attach({self.name!r})` again")
         if self._connection is not None and self._connection.connected:
@@ -242,14 +235,9 @@ class AttachedPool(PoolOperations):
         state = self._record.detached or {}
         config = provider_class(self._record.provider)
         image = Image(pip=list(state.get("image_pip") or []))
-        code = user_code.collect(image)
-        modules: list[str] = []
-        if code.files:
-            self._code_dir = tempfile.mkdtemp(prefix="skyward-code-")
-            modules = code.stage(Path(self._code_dir))
-        user_code.activate(code)
-        from skyward_ray.api.compute import job_runtime_env
-
+        self._code = StagedCode.find(image)
+        modules = self._code.stage()
+        self.dispatcher.shipped = self._code.shipped
         runtime_env = job_runtime_env(image, config.nodes_share_driver_python, modules, int(self._record.nodes))
         connection = DriverConnection(state["gcs_address"], state["ray_address"], state["auth_token"], runtime_env,
                                       node_ip=state.get("node_ip"))
@@ -260,17 +248,16 @@ class AttachedPool(PoolOperations):
             self._forget_code()
             raise
         self._connection = connection
-        dispatch.watch_pool(None)
 
     def connect(self) -> "AttachedPool":
-        self._ensure_open()
+        self.ensure_open()
         return self
 
     def close(self) -> None:
         """Leave the pool (this process stops being its Ray driver); the pool stays up."""
         self._closed = True
         if self._connection is not None:
-            dispatch.before_disconnect()
+            self.dispatcher.before_disconnect()
             self._connection.disconnect()
             self._connection = None
         self._forget_code()
@@ -288,10 +275,8 @@ class AttachedPool(PoolOperations):
                     pool_admin.end(pool)
 
     def _forget_code(self) -> None:
-        user_code.deactivate()
-        if self._code_dir is not None:
-            shutil.rmtree(self._code_dir, ignore_errors=True)
-            self._code_dir = None
+        self.dispatcher.shipped = frozenset()
+        self._code.release()
 
     def __enter__(self) -> "AttachedPool":
         return self.connect()

@@ -27,6 +27,7 @@ from typing import Any
 
 from skyward_ray.api.compute import Compute
 from skyward_ray.api.detached import FAILED_MARK
+from skyward_ray.api.request import KeeperMode
 from skyward_ray.cluster import activity, pool_state
 from skyward_ray.cluster.ssh_tunnel import SSHTunnel
 from skyward_ray.planning.detached import DetachedSpec, describe_duration
@@ -42,8 +43,8 @@ def _log(message: str) -> None:
 
 def _dashboard(compute: Compute) -> tuple[str | None, SSHTunnel | None]:
     """The job API's address as users reach it, and the tunnel that makes it reachable (clouds)."""
-    cluster = compute._cluster
-    assert cluster is not None and cluster.driver is not None
+    cluster = compute.cluster
+    assert cluster.driver is not None
     gcs = cluster.driver.gcs_client()
     deadline = time.monotonic() + DASHBOARD_WAIT_S
     address = None
@@ -66,8 +67,8 @@ def _dashboard(compute: Compute) -> tuple[str | None, SSHTunnel | None]:
 
 def hold(compute: Compute, spec: DetachedSpec, started_at: float) -> str:
     """Keep the pool until a clock runs out; return why it ends. Signals end it from `time.sleep`."""
-    cluster = compute._cluster
-    assert cluster is not None and cluster.driver is not None
+    cluster = compute.cluster
+    assert cluster.driver is not None
     driver = cluster.driver
     driver.warm_up()  # Ray Client's first session on a fresh head may fail to start: not a user's problem
     dashboard_address, dashboard_tunnel = _dashboard(compute) if spec.dashboard else (None, None)
@@ -75,7 +76,7 @@ def hold(compute: Compute, spec: DetachedSpec, started_at: float) -> str:
         provider = compute.plan.specs[compute.offer.spec_index].provider if compute.plan else None
         pool_state.update_detached(
             cluster.name, status="ready", ray_address=driver.address, gcs_address=driver.gcs_address,
-            node_ip=getattr(driver, "_node_ip", None), auth_token=cluster.provider.params.auth_token,
+            node_ip=driver.node_ip, auth_token=cluster.provider.params.auth_token,
             dashboard_address=dashboard_address, offer=compute.offer.model_dump(mode="json"),
             image_pip=list(compute.image.pip) if provider is not None and provider.nodes_share_driver_python else [],
             last_active=time.time(), cost=compute.cost)
@@ -111,10 +112,8 @@ def main() -> int:
     payload: dict[str, Any] = pickle.loads(sys.stdin.buffer.read())
     spec = DetachedSpec(**payload["detached"])
     started_at = time.time()
-    compute = Compute(*payload["specs"], **payload["arguments"])
-    compute._name = spec.name
-    compute._detached = {"status": "starting", "idle_timeout": spec.idle_timeout, "max_lifetime": spec.max_lifetime,
-                         "dashboard": spec.dashboard, "log": payload.get("log"), "started_at": started_at}
+    compute = Compute.for_keeper(KeeperMode.from_spec(spec, payload.get("log"), started_at), *payload["specs"],
+                                 **payload["arguments"])
     ready = False
     try:
         with compute:

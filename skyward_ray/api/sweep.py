@@ -21,11 +21,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import ray
-from ray.exceptions import RayError
-
-from skyward_ray.api import dispatch
-from skyward_ray.api.function import PendingFunction, RemoteFunction
+from skyward_ray.api.dispatch import POLL_S, Completions, Dispatcher
+from skyward_ray.api.function import PendingFunction, RemoteFunction, not_pending_message
 from skyward_ray.api.progress import Progress
 
 
@@ -44,48 +41,22 @@ class Trial:
         return self.error is None
 
 
-def as_completed(pendings: Sequence[PendingFunction[Any]], options: Sequence[dict[str, Any]], items: Sequence[Any],
-                 return_exceptions: bool = False, poll: float = 0.05) -> Iterator[Trial]:
+def as_completed(dispatcher: Dispatcher, pendings: Sequence[PendingFunction[Any]],
+                 options: Sequence[dict[str, Any]], items: Sequence[Any], return_exceptions: bool = False,
+                 poll: float = POLL_S) -> Iterator[Trial]:
     """Submit every call now (spread over the pool); yield each `Trial` as it finishes.
 
-    Without `return_exceptions` the first failure is raised (the rest are cancelled), as a group
-    does; with it, failures are yielded as trials with `error` set and the sweep goes on. Leaving
-    the loop early (break, an exception, Ctrl-C) cancels the calls that have not finished.
+    The wait is the pool's one `Completions` (deadlines, interrupts, the pool's loss, cancel), as a
+    group's. Without `return_exceptions` the first failure is raised (the rest are cancelled), as a
+    group does; with it, failures (timeouts too) are yielded as trials with `error` set and the
+    sweep goes on. Leaving the loop early (break, an exception, Ctrl-C) cancels the calls that
+    have not finished.
     """
     started = time.monotonic()
-    refs = [dispatch._submit(p, dispatch._spread(o)) for p, o in zip(pendings, options)]
-    index = {ref: i for i, ref in enumerate(refs)}
-    deadlines = {i: started + p.function.options.timeout for i, p in enumerate(pendings)
-                 if p.function.options.timeout is not None}
-    remaining = list(refs)
-    try:
-        while remaining:
-            ready, remaining = ray.wait(remaining, num_returns=len(remaining), timeout=poll, fetch_local=False)
-            for ref in ready:
-                i = index[ref]
-                try:
-                    value, error = ray.get(ref), None
-                except RayError as failure:
-                    value, error = None, dispatch._translate(failure, i, None)
-                deadlines.pop(i, None)
-                trial = Trial(i, items[i], value, error, time.monotonic() - started)
-                if error is not None and not return_exceptions:
-                    raise error
-                yield trial
-            now = time.monotonic()
-            for i in [i for i, deadline in deadlines.items() if deadline <= now]:
-                del deadlines[i]
-                dispatch._cancel([refs[i]], force=True)
-                remaining.remove(refs[i])
-                error = dispatch._timeout_error(pendings[i])
-                if not return_exceptions:
-                    raise error
-                yield Trial(i, items[i], None, error, now - started)
-    finally:  # finished, failed, or left early: nothing of this sweep keeps running
-        if remaining:
-            dispatch._cancel(remaining)
-            dispatch._DEADLINES.add(time.monotonic() + dispatch.FORCE_CANCEL_AFTER_S,
-                                    lambda: dispatch._cancel(remaining, force=True))
+    calls = dispatcher.send_group(list(pendings), options)
+    with Completions(calls, return_exceptions=return_exceptions, poll=poll) as completions:
+        for index, value, error in completions:
+            yield Trial(index, items[index], value, error, time.monotonic() - started)
 
 
 def score_function(score: str | Callable[[Any], float] | None) -> Callable[[Any], float]:
@@ -162,10 +133,8 @@ class Sweep:
 
 
 def check_function(fn: Any, where: str) -> RemoteFunction[Any, Any]:
-    from skyward_ray.api.function import _not_pending_message
-
     if not isinstance(fn, RemoteFunction):
-        raise TypeError(_not_pending_message(fn, where) if callable(fn) else
+        raise TypeError(not_pending_message(fn, where) if callable(fn) else
                         f"{where} takes a @sky.function, got {type(fn).__name__}")
     return fn
 

@@ -16,7 +16,8 @@ checked here, before anything is provisioned.
 
 `__main__` is pickled by value by cloudpickle already. A user module that is found but excluded is
 registered by value instead (`register_pickle_by_value`), and so is the module of a
-`@sky.function` imported only after the pool opened (see `function.py`).
+`@sky.function` imported only after the pool opened (see `function.py`). Staging the files for one
+pool, and what that pool then ships, is `staging.py`: this module only finds them.
 """
 
 from __future__ import annotations
@@ -42,8 +43,6 @@ DEFAULT_EXCLUDES = (".git", "__pycache__", "*.pyc", "*.pyo", "build/", "dist/", 
 #: skyward_ray's own packages: installed with it on local nodes, sent as `py_modules` to clouds
 OWN_PACKAGES = frozenset({"skyward_ray", "node_providers", "catalog"})
 MIB = 1024 * 1024
-
-_shipped: frozenset[str] = frozenset()  # top-level names the open pool ships by reference
 
 
 @dataclass(frozen=True)
@@ -222,28 +221,3 @@ def _check_size(code: UserCode, image: Image) -> None:
         + (f" or [\"*{suffix}\"]" if suffix else "")
         + "), keep data in storage the nodes read, or raise sky.Image(max_code_mib=...)."
     )
-
-
-def activate(code: UserCode) -> None:
-    """Make `code` the shipped set for `@sky.function` pickling; register by value the user's
-    modules that were found but excluded (they cannot be imported on a node)."""
-    global _shipped
-    _shipped = frozenset(code.roots)
-    if code.excluded:
-        from ray import cloudpickle
-
-        for name in code.excluded:
-            module = sys.modules.get(name)
-            if module is not None:
-                cloudpickle.register_pickle_by_value(module)
-
-
-def deactivate() -> None:
-    """The pool is gone: nothing is shipped any more (registrations by value stay, as cloudpickle's do)."""
-    global _shipped
-    _shipped = frozenset()
-
-
-def shipped() -> frozenset[str]:
-    """Top-level module names the open pool ships by reference."""
-    return _shipped

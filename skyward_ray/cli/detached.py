@@ -16,7 +16,9 @@ import typer
 from rich.console import Console
 
 from skyward_ray.errors import NoOffersError, SkywardError, SpecError
+from skyward_ray.planning import plan as planning
 from skyward_ray.planning.detached import DetachedSpec, describe_duration
+from skyward_ray.planning.image import Image
 
 NameArg = typer.Argument(None, help="the pool's name (default: a fresh sky-xxxxxxxx)")
 AcceleratorOpt = typer.Option(None, "--accelerator", "-a", help='e.g. "H100:8", "A100-80GB:8"; omit for CPU nodes')
@@ -76,9 +78,9 @@ def up(
                             max_lifetime, ray_yaml)
     try:
         DetachedSpec(name=name or "sky-check", idle_timeout=idle_timeout, max_lifetime=max_lifetime)
-        import skyward_ray as sky
+        from skyward_ray.api.compute import Compute  # lazy: it loads Ray
 
-        compute = sky.Compute(provider=_provider(provider, settings), accelerator=accelerator, nodes=nodes,
+        compute = Compute(provider=_provider(provider, settings), accelerator=accelerator, nodes=nodes,
                               allocation=allocation, region=region, max_hourly_cost=max_price)
         pool = compute.up(name, idle_timeout=idle_timeout, max_lifetime=max_lifetime, dashboard=dashboard)
     except (SkywardError, NoOffersError) as error:
@@ -130,14 +132,14 @@ def yaml_command(
     """Write a Ray cluster YAML (`provider: type: external`, skyward's node providers) for `ray up`."""
     try:
         spec = DetachedSpec(name=name or "sky-check", max_lifetime=max_lifetime)
-        import skyward_ray as sky
-        from skyward_ray.cluster import launcher, ray_yaml
+        from skyward_ray.cluster import ray_yaml  # lazy: it loads Ray
+        from skyward_ray.cluster.running import new_cluster_name
 
-        plan = sky.plan(provider=_provider(provider, settings), accelerator=accelerator, nodes=nodes,
+        plan = planning.plan(provider=_provider(provider, settings), accelerator=accelerator, nodes=nodes,
                         allocation=allocation, region=region, max_hourly_cost=max_price)
         offer = plan.chosen
-        config = ray_yaml.cluster_config(name or launcher.new_cluster_name(), plan.specs[offer.spec_index].provider,
-                                         offer, nodes, sky.Image(), spec.max_lifetime)
+        config = ray_yaml.cluster_config(name or new_cluster_name(), plan.specs[offer.spec_index].provider,
+                                         offer, nodes, Image(), spec.max_lifetime)
     except (SkywardError, NoOffersError) as error:
         _fail(error)
         return

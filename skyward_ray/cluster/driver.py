@@ -69,6 +69,11 @@ class DriverConnection:
         self.connected = False
 
     @property
+    def node_ip(self) -> str | None:
+        """The head's raylet address a direct driver joins through (None through Ray Client)."""
+        return self._node_ip
+
+    @property
     def through_client(self) -> bool:
         return self.address.startswith("ray://")
 

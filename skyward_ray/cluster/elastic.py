@@ -39,7 +39,9 @@ import time
 from typing import Any
 
 from skyward_ray import names
-from skyward_ray.cluster import launcher
+from skyward_ray.cluster.boot_wait import alive_nodes
+from skyward_ray.cluster.provisioning import create_worker
+from skyward_ray.cluster.running import Cluster
 from skyward_ray.console import console
 from skyward_ray.planning.nodes import NodeInfo
 
@@ -48,7 +50,7 @@ from skyward_ray.planning.nodes import NodeInfo
 _SERVING = (1, 3)
 
 
-def autoscaling_config(cluster: launcher.Cluster, min_nodes: int, max_nodes: int, idle_timeout: float,
+def autoscaling_config(cluster: Cluster, min_nodes: int, max_nodes: int, idle_timeout: float,
                        node_resources: dict[str, float], upscaling_speed: float | None = None) -> dict[str, Any]:
     """The cluster config Ray's v2 autoscaler reads: this pool's provider, one worker type, [min, max] nodes."""
     provider = {**cluster.provider.provider_config, "disable_node_updaters": True, "disable_launch_config_check": True}
@@ -88,7 +90,7 @@ def node_resources(resource_state: Any) -> dict[str, float]:
 class ElasticScaler:
     """Ray's v2 autoscaler for one pool, ticking in a daemon thread of the driver."""
 
-    def __init__(self, cluster: launcher.Cluster, min_nodes: int, max_nodes: int, idle_timeout: float,
+    def __init__(self, cluster: Cluster, min_nodes: int, max_nodes: int, idle_timeout: float,
                  interval: float = 1.0) -> None:
         if not 1 <= min_nodes <= max_nodes:
             raise ValueError(f"elastic pool: need 1 <= min ({min_nodes}) <= max ({max_nodes})")

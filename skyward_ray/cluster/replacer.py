@@ -13,7 +13,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from skyward_ray.cluster import launcher
+from skyward_ray.cluster.boot_wait import alive_nodes
+from skyward_ray.cluster.provisioning import create_worker
+from skyward_ray.cluster.running import Cluster
 from skyward_ray.console import console
 from skyward_ray.planning.nodes import NodeInfo
 
@@ -34,7 +36,7 @@ class NodeReplacer:
     When the head is gone, `on_head_lost` (if given) is called once and the thread ends.
     """
 
-    def __init__(self, cluster: launcher.Cluster, interval: float = 5.0, join_timeout: float = 600.0,
+    def __init__(self, cluster: Cluster, interval: float = 5.0, join_timeout: float = 600.0,
                  max_attempts: int = MAX_ATTEMPTS, on_head_lost: Callable[[str], None] | None = None,
                  replace_workers: bool = True) -> None:
         self.cluster = cluster
@@ -87,7 +89,7 @@ class NodeReplacer:
         console.print(f"[yellow]node {node.index} ({node.instance_id}) is gone; replacing it[/]")
         new_id = None
         try:
-            new_id = launcher.create_worker(self.cluster, node.index)
+            new_id = create_worker(self.cluster, node.index)
             replacement = self._wait_for_join(new_id, node)
             if replacement is None:
                 if self._stop.is_set():
@@ -121,7 +123,7 @@ class NodeReplacer:
         assert driver is not None
         while not self._stop.is_set() and time.monotonic() < deadline:
             # the GCS's node table, not ray.nodes(): a detached pool's keeper is no Ray driver
-            info = launcher.alive_nodes(driver.gcs_client(), {instance_id}).get(instance_id)
+            info = alive_nodes(driver.gcs_client(), {instance_id}).get(instance_id)
             if info is not None:
                 return lost.model_copy(update={
                     "instance_id": instance_id, "ray_node_id": info.node_id.hex(), "ip": info.node_manager_address,
