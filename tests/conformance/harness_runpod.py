@@ -14,7 +14,7 @@ from typing import Any
 import skyward_ray as sky
 from skyward_ray.cluster.contract import ClusterParams
 from tests.conformance import Harness
-from tests.simrunpod import SIM_SETTINGS, USER_KEY, simulated_runpod
+from tests.simrunpod import SIM_SETTINGS, USER_KEY, CapacityFault, simulated_runpod
 
 ACCELERATOR = "A100"  # two RunPod GPU types (PCIe, SXM): a capacity error on one leaves the other
 _DEPLOYS = ("podFindAndDeployOnDemand", "podRentInterruptable")
@@ -51,14 +51,8 @@ def harness() -> Iterator[Harness]:
             env = [f"{k}={v}" for pod in [*sim.live_pods(), *sim.ended.values()] for k, v in pod.env.items()]
             return [p + "\n" + "\n".join(env) for p in payloads if p]
 
-        @contextlib.contextmanager
-        def fail_capacity(instance_type: str) -> Iterator[None]:
-            sim.fail_capacity(instance_type)
-            try:
-                yield
-            finally:
-                with sim._lock:
-                    sim.capacity_out.pop(instance_type, None)
+        def fail_capacity(instance_type: str) -> contextlib.AbstractContextManager[CapacityFault]:
+            return sim.fault(CapacityFault(instance_type))
 
         foreign: list[str] = []
 
@@ -82,4 +76,4 @@ def harness() -> Iterator[Harness]:
             )
         finally:
             for pod_id in foreign:
-                sim._end(pod_id)
+                sim.end_pod(pod_id)

@@ -15,18 +15,11 @@ from collections.abc import Iterator
 from tests.environment import scoped_environment
 from tests.simaws.hosts import HostSimulator
 from tests.simaws.server import Fault, SimAWS
-from tests.simnet import check_available
+from tests.simcloud import NODE_SETTINGS, simulated_cloud
 
-# Every simulated node shares this 2-core machine: small nodes. Hosts log in as root (the simulated
-# image's user); the SSH rule's source is the driver's address on the simulated network
-# (`hosts.ssh_cidr`), so tests pass it per region.
-SIM_SETTINGS = {
-    "num_cpus": 1,
-    "simulate_accelerators": True,  # each node "has" the offer's GPUs: Ray schedules GPU tasks on it
-    "object_store_memory": 80 * 1024**2,
-    "memory": 1024**3,
-    "ssh_user": "root",
-}
+# Hosts log in as root (the simulated image's user); the SSH rule's source is the driver's address
+# on the simulated network (`hosts.ssh_cidr`), so tests pass it per region.
+SIM_SETTINGS = {**NODE_SETTINGS, "ssh_user": "root"}
 
 __all__ = ["Fault", "HostSimulator", "SIM_SETTINGS", "SimAWS", "simulated_aws", "aws_environment"]
 
@@ -39,18 +32,7 @@ def aws_environment(env: dict[str, str]) -> contextlib.AbstractContextManager[No
 @contextlib.contextmanager
 def simulated_aws(region: str = "us-east-1", boot_delay: float = 0.0,
                   key_dir: str | None = None) -> Iterator[tuple[SimAWS, HostSimulator]]:
-    reason = check_available()
-    if reason is not None:
-        import pytest
-
-        pytest.skip(f"the simulated AWS region needs network namespaces and sshd: {reason}")
-    sim = SimAWS(region).start()
-    hosts: HostSimulator | None = None
-    try:
-        with aws_environment(sim.client_env()):
-            hosts = HostSimulator(sim, boot_delay=boot_delay).start()
-            yield sim, hosts
-    finally:
-        if hosts is not None:
-            hosts.stop()
-        sim.stop()
+    with simulated_cloud("the simulated AWS region", SimAWS(region),
+                         lambda sim: HostSimulator(sim, boot_delay=boot_delay), aws_environment) as (sim, hosts):
+        assert hosts is not None
+        yield sim, hosts

@@ -23,16 +23,18 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import urllib.request
 import io
 import os
 import threading
 import time
+import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
+
+from tests.simapi import ApiSimulator
 
 ACCOUNT = "123456789012"
 INTERNAL_KEY = "simaws-internal"  # the simulator's own requests (host watching, test checks) carry this key
@@ -90,12 +92,10 @@ def _scope(environ: dict[str, Any]) -> list[str]:
 
 @dataclass
 class FaultFront:
-    """WSGI middleware: record, maybe fail, else pass to moto."""
+    """WSGI middleware: record, maybe fail, else pass to moto (the record and faults are `sim`'s)."""
 
     app: Any
-    faults: list[Fault] = field(default_factory=list)
-    calls: list[Call] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    sim: ApiSimulator
     console_output: Callable[[str], str] | None = None  # instance id → its boot log (the host simulator's)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
@@ -121,11 +121,8 @@ class FaultFront:
             start_response("404 Not Found", [("Content-Type", "application/json"), ("Content-Length", str(len(answer)))])
             self._record(action, params, started, status, service, access_key)
             return [answer]
-        with self.lock:  # faults are for the code under test, never for the simulator's own requests
-            fault = None if access_key == INTERNAL_KEY else next(
-                (f for f in self.faults if f.matches(action, params)), None)
-            if fault is not None:
-                fault.hits += 1
+        # faults are for the code under test, never for the simulator's own requests
+        fault = None if access_key == INTERNAL_KEY else self.sim.faults.take(action, params)
         if fault is not None:
             answer = fault.body.encode() if fault.body is not None else _error_xml(fault.code, fault.message)
             status = 200 if fault.body is not None else fault.status
@@ -144,19 +141,18 @@ class FaultFront:
 
     def _record(self, action: str, params: dict[str, str], started: float, status: int, service: str,
                 access_key: str) -> None:
-        with self.lock:
-            self.calls.append(Call(action, params, started, time.time() - started, status, service, access_key))
+        self.sim.record(Call(action, params, started, time.time() - started, status, service, access_key))
 
 
-class SimAWS:
+class SimAWS(ApiSimulator):
     """moto on 127.0.0.1:<free port> behind `FaultFront`, plus the region setup the host simulator needs."""
 
+    thread_name = "simaws"
+
     def __init__(self, region: str = "us-east-1") -> None:
+        super().__init__()
         self.region = region
-        self.port = 0
         self.front: FaultFront | None = None
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
         self.ami_id = ""
         self.vpc_id = ""
         self.subnets: dict[str, str] = {}
@@ -165,7 +161,7 @@ class SimAWS:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.url
 
     def client_env(self, access_key: str = "simaws-test-key", secret: str = "simaws-test-secret") -> dict[str, str]:
         """Environment for a boto3 client that talks to this server (and can reach nothing else)."""
@@ -179,7 +175,7 @@ class SimAWS:
             "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
         }
 
-    def start(self) -> "SimAWS":
+    def start(self, host: str | None = None) -> "SimAWS":
         os.environ.update(MOTO_ENV)  # read by moto in this process when its backends are created
         from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
         from werkzeug.serving import WSGIRequestHandler, make_server
@@ -188,11 +184,8 @@ class SimAWS:
             def log_request(self, *args: Any, **kwargs: Any) -> None:
                 pass
 
-        self.front = FaultFront(DomainDispatcherApplication(create_backend_app))
-        self._server = make_server("127.0.0.1", 0, self.front, threaded=True, request_handler=QuietHandler)
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="simaws", daemon=True)
-        self._thread.start()
+        self.front = FaultFront(DomainDispatcherApplication(create_backend_app), self)
+        self.serve(make_server(host or self.default_host, 0, self.front, threaded=True, request_handler=QuietHandler))
         self._shape_region()
         return self
 
@@ -218,15 +211,12 @@ class SimAWS:
             from moto.ec2.models import elastic_network_interfaces
 
             elastic_network_interfaces.random_public_ip = moto_public_ip
-        if self._server is not None:
+        if self.port:
             # moto keeps its accounts in this process: reset them, so the next simulated region starts empty
             with contextlib.suppress(Exception):
                 urllib.request.urlopen(urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST"),
                                        timeout=10).close()
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        super().stop()
 
     def client(self, service: str = "ec2") -> Any:
         """The simulator's own client (cached: boto3 clients are thread-safe and slow to make)."""
@@ -268,35 +258,11 @@ class SimAWS:
         image.owner_alias = "amazon"  # AWS publishes the DLAMIs; moto would list it as ours
         image.architecture = "x86_64"  # moto's RegisterImage drops Architecture
 
-    # -- faults and the request log ----------------------------------------------------------------
-    def inject(self, fault: Fault) -> Fault:
-        assert self.front is not None
-        with self.front.lock:
-            self.front.faults.append(fault)
-        return fault
-
-    def clear_faults(self) -> None:
-        assert self.front is not None
-        with self.front.lock:
-            self.front.faults.clear()
-
-    @contextlib.contextmanager
-    def fault(self, fault: Fault) -> Iterator[Fault]:
-        self.inject(fault)
-        try:
-            yield fault
-        finally:
-            assert self.front is not None
-            with self.front.lock:
-                if fault in self.front.faults:
-                    self.front.faults.remove(fault)
-
+    # -- the request log (faults: `inject`, `fault`, `clear_faults` of ApiSimulator) ----------------------
     def calls(self, action: str | None = None, since: float = 0.0, internal: bool = False) -> list[Call]:
         """Requests received (oldest first); the simulator's own (host watching, tests' checks) left out."""
-        assert self.front is not None
-        with self.front.lock:
-            return [c for c in self.front.calls if (action is None or c.action == action) and c.started >= since
-                    and (internal or c.access_key != INTERNAL_KEY)]
+        return self.recorded(lambda c: (action is None or c.action == action) and c.started >= since
+                             and (internal or c.access_key != INTERNAL_KEY))
 
     # -- account state -------------------------------------------------------------------------------
     def instances(self, states: tuple[str, ...] | None = None, cluster: str | None = None) -> list[dict[str, Any]]:

@@ -13,20 +13,13 @@ import contextlib
 from collections.abc import Iterator
 
 from tests.environment import scoped_environment
-from tests.simnet import check_available
+from tests.simcloud import NODE_SETTINGS, simulated_cloud
 from tests.simrunpod.hosts import PodHosts
-from tests.simrunpod.server import BID_MESSAGE, CAPACITY_MESSAGE, USER_KEY, SimRunPod
+from tests.simrunpod.server import BID_MESSAGE, CAPACITY_MESSAGE, USER_KEY, CapacityFault, SimRunPod
 
-# Every simulated pod shares this 2-core machine: small nodes.
-SIM_SETTINGS = {
-    "num_cpus": 1,
-    "simulate_accelerators": True,  # each pod "has" the offer's GPUs: Ray schedules GPU tasks on it
-    "object_store_memory": 80 * 1024**2,
-    "memory": 1024**3,
-    "live_offers_ttl": 0,
-}
+SIM_SETTINGS = {**NODE_SETTINGS, "live_offers_ttl": 0}
 
-__all__ = ["BID_MESSAGE", "CAPACITY_MESSAGE", "PodHosts", "SIM_SETTINGS", "SimRunPod", "USER_KEY",
+__all__ = ["BID_MESSAGE", "CAPACITY_MESSAGE", "CapacityFault", "PodHosts", "SIM_SETTINGS", "SimRunPod", "USER_KEY",
            "runpod_environment", "simulated_runpod"]
 
 
@@ -37,20 +30,6 @@ def runpod_environment(env: dict[str, str]) -> contextlib.AbstractContextManager
 
 @contextlib.contextmanager
 def simulated_runpod(boot_delay: float = 0.0, with_hosts: bool = True) -> Iterator[tuple[SimRunPod, PodHosts | None]]:
-    if with_hosts:
-        reason = check_available()
-        if reason is not None:
-            import pytest
-
-            pytest.skip(f"the simulated RunPod pods need network namespaces and sshd: {reason}")
-    sim = SimRunPod().start()
-    hosts: PodHosts | None = None
-    try:
-        with runpod_environment(sim.client_env()):
-            if with_hosts:
-                hosts = PodHosts(sim, boot_delay=boot_delay).start()
-            yield sim, hosts
-    finally:
-        if hosts is not None:
-            hosts.stop()
-        sim.stop()
+    hosts = (lambda sim: PodHosts(sim, boot_delay=boot_delay)) if with_hosts else None
+    with simulated_cloud("the simulated RunPod pods", SimRunPod(), hosts, runpod_environment) as pair:
+        yield pair

@@ -24,16 +24,16 @@ from __future__ import annotations
 import json
 import secrets
 import string
-import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from graphql import GraphQLError, build_schema, graphql_sync, parse, validate
 
 from catalog import prices
 from catalog.taxonomy import taxonomy
+from tests.simapi import ApiSimulator
 
 CAPACITY_MESSAGE = ("There are no longer any instances available with the requested specifications. "
                     "Please refresh and try again.")
@@ -168,6 +168,18 @@ class QueryFailed(Exception):
     pass
 
 
+@dataclass
+class CapacityFault:
+    """Launches of `gpu_type` (None: any) get RunPod's capacity error, `times` of them (None: all)."""
+
+    gpu_type: str | None = None
+    times: int | None = None
+    hits: int = 0
+
+    def matches(self, gpu_type: str) -> bool:
+        return self.gpu_type in (None, gpu_type) and (self.times is None or self.hits < self.times)
+
+
 def snapshot_gpu_prices() -> dict[str, GpuPrice]:
     """The fake's market: the snapshot's one-GPU rows, per GPU."""
     tax = taxonomy()
@@ -188,97 +200,57 @@ def _pod_id() -> str:
     return "".join(secrets.choice(alphabet) for _ in range(14))
 
 
-class SimRunPod:
+class SimRunPod(ApiSimulator):
     """The fake API's state and its HTTP front. `start()` listens on 0.0.0.0 (pods reach it too)."""
 
+    thread_name = "simrunpod"
+    default_host = "0.0.0.0"
+
     def __init__(self, user_key: str = USER_KEY) -> None:
+        super().__init__()
         self.user_key = user_key
         self.gpus = snapshot_gpu_prices()
         self.pods: dict[str, Pod] = {}
         self.ended: dict[str, Pod] = {}  # terminated pods (RunPod no longer lists them)
-        self.capacity_out: dict[str | None, int | None] = {}  # GPU type (None: all) → launches left to refuse
         self.never_boot: set[str] = set()  # GPU types whose pods never get a runtime
         self.bid_slip: dict[str, float] = {}  # GPU type → how far the floor rises between a read and a rent
-        self.calls_log: list[Call] = []
         self.hosts: Any = None  # tests.simrunpod.hosts.PodHosts, once attached
-        self._lock = threading.RLock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self.port = 0
-
-    # -- lifecycle ----------------------------------------------------------------------------------
-    def start(self) -> "SimRunPod":
-        sim = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length)
-                status, payload = sim.handle(self.path, self.headers.get("Authorization", ""), body)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        class Server(ThreadingHTTPServer):
-            def handle_error(self, request: Any, client_address: Any) -> None:
-                pass  # a pod that terminated itself is gone before the answer: nobody to tell
-
-        self._server = Server(("0.0.0.0", 0), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="simrunpod", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def client_env(self) -> dict[str, str]:
         return {"RUNPOD_API_BASE_URL": self.url, "RUNPOD_API_KEY": self.user_key}
 
+    def respond(self, method: str, path: str, query: Mapping[str, str], body: bytes,
+                headers: Any) -> tuple[int, Any]:
+        return self.handle(path, headers.get("Authorization", ""), body)
+
     # -- faults and observation -------------------------------------------------------------------
-    def fail_capacity(self, gpu_type: str | None = None, times: int | None = None) -> None:
+    def fail_capacity(self, gpu_type: str | None = None, times: int | None = None) -> CapacityFault:
         """Launches of this GPU type (None: any) get RunPod's capacity error (`times` of them; None: all)."""
-        with self._lock:
-            self.capacity_out[gpu_type] = times
+        self.faults.discard(lambda fault: fault.gpu_type != gpu_type)
+        return self.faults.add(CapacityFault(gpu_type, times))
 
     def clear_faults(self) -> None:
-        with self._lock:
-            self.capacity_out.clear()
+        with self.lock:
+            super().clear_faults()
             self.never_boot.clear()
             self.bid_slip.clear()
             self.gpus = snapshot_gpu_prices()
 
     def set_bid_floor(self, gpu_type: str, per_gpu: float) -> None:
-        with self._lock:
+        with self.lock:
             self.gpus[gpu_type].bid_floor = per_gpu
 
     def calls(self) -> list[Call]:
-        with self._lock:
-            return list(self.calls_log)
+        return self.recorded()
 
     def live_pods(self) -> list[Pod]:
-        with self._lock:
+        with self.lock:
             return list(self.pods.values())
 
     def interrupt(self, pod_id: str) -> None:
-        """RunPod takes an interruptible pod back: its container is stopped, the pod shows EXITED."""
-        with self._lock:
+        """RunPod takes an interruptible pod back (or its owner stops it): its container is stopped,
+        the pod shows EXITED."""
+        with self.lock:
             pod = self.pods[pod_id]
             pod.desired_status = "EXITED"
             pod.runtime = None
@@ -286,7 +258,7 @@ class SimRunPod:
             self.hosts.end(pod_id)
 
     def set_runtime(self, pod_id: str, runtime: dict[str, Any]) -> None:
-        with self._lock:
+        with self.lock:
             pod = self.pods.get(pod_id)
             if pod is not None and pod.desired_status == "RUNNING":
                 pod.runtime = runtime
@@ -313,14 +285,13 @@ class SimRunPod:
             status, payload = 401, {"error": "Unauthorized"}
         else:
             status, payload = self._execute(query, caller)
-        with self._lock:
-            self.calls_log.append(Call(operation, query, caller or "bad-key", status, time.monotonic() - started))
+        self.record(Call(operation, query, caller or "bad-key", status, time.monotonic() - started))
         return status, payload
 
     def _caller(self, key: str) -> str | None:
         if key and secrets.compare_digest(key, self.user_key):
             return "user"
-        with self._lock:
+        with self.lock:
             for pod in self.pods.values():
                 if key and secrets.compare_digest(key, pod.pod_key):
                     return f"pod:{pod.id}"
@@ -344,17 +315,12 @@ class SimRunPod:
     def _new_pod(self, spec: dict[str, Any], interruptible: bool, boot: bool = True) -> Pod:
         gpu_type = spec.get("gpuTypeId") or ""
         count = int(spec.get("gpuCount") or 1)
-        with self._lock:
+        with self.lock:
             gpu = self.gpus.get(gpu_type)
             if gpu is None:
                 raise QueryFailed(f"GPU type {gpu_type!r} is not available")
-            for target in (gpu_type, None):
-                if target in self.capacity_out:
-                    left = self.capacity_out[target]
-                    if left is None or left > 0:
-                        if left is not None:
-                            self.capacity_out[target] = left - 1
-                        raise QueryFailed(CAPACITY_MESSAGE)
+            if self.faults.take(gpu_type) is not None:
+                raise QueryFailed(CAPACITY_MESSAGE)
             if interruptible:
                 if gpu.bid_floor is None:
                     raise QueryFailed(CAPACITY_MESSAGE)
@@ -377,8 +343,9 @@ class SimRunPod:
             self.hosts.boot(pod)
         return pod
 
-    def _end(self, pod_id: str) -> None:
-        with self._lock:
+    def end_pod(self, pod_id: str) -> None:
+        """The pod is terminated (by its owner, or by the test): RunPod lists it no more."""
+        with self.lock:
             pod = self.pods.pop(pod_id, None)
             if pod is None:
                 return
@@ -388,13 +355,7 @@ class SimRunPod:
         if self.hosts is not None:
             self.hosts.end(pod_id)
 
-    def _stop(self, pod_id: str) -> None:
-        with self._lock:
-            pod = self.pods[pod_id]
-            pod.desired_status = "EXITED"
-            pod.runtime = None
-        if self.hosts is not None:
-            self.hosts.end(pod_id)
+    _end = end_pod  # the name the provider tests use
 
 
 class _Root:
@@ -409,7 +370,7 @@ class _Root:
             raise QueryFailed("This API key is scoped to one pod and cannot do this.")
 
     def _own(self, pod_id: str) -> Pod:
-        with self.sim._lock:
+        with self.sim.lock:
             pod = self.sim.pods.get(pod_id)
         if self.caller.startswith("pod:") and self.caller != f"pod:{pod_id}":
             raise QueryFailed("This API key is scoped to another pod.")
@@ -419,7 +380,7 @@ class _Root:
 
     def myself(self, info: Any) -> dict[str, Any]:
         self._user_only()
-        with self.sim._lock:
+        with self.sim.lock:
             pods = [p.as_graphql() for p in self.sim.pods.values()]
         return {"id": "user_skyward_fake", "pods": pods}
 
@@ -429,7 +390,7 @@ class _Root:
     def gpuTypes(self, info: Any, input: dict[str, Any] | None = None) -> list[dict[str, Any]]:  # noqa: N802
         self._user_only()
         wanted = (input or {}).get("id")
-        with self.sim._lock:
+        with self.sim.lock:
             gpus = [g for g in self.sim.gpus.values() if wanted is None or g.id == wanted]
         return [_gpu_type(g) for g in gpus]
 
@@ -443,12 +404,12 @@ class _Root:
 
     def podTerminate(self, info: Any, input: dict[str, Any]) -> None:  # noqa: N802
         self._own(input["podId"])
-        self.sim._end(input["podId"])
+        self.sim.end_pod(input["podId"])
         return None
 
     def podStop(self, info: Any, input: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
         pod = self._own(input["podId"])
-        self.sim._stop(pod.id)
+        self.sim.interrupt(pod.id)
         return {"id": pod.id, "desiredStatus": "EXITED"}
 
 

@@ -13,34 +13,18 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from tests.simnet import check_available
+from tests.simcloud import NODE_SETTINGS, simulated_cloud
 from tests.simvast.hosts import VastHosts
 from tests.simvast.server import USER_KEY, SimVast, ask_row
 
-SIM_SETTINGS = {
-    "num_cpus": 1,
-    "simulate_accelerators": True,
-    "object_store_memory": 80 * 1024**2,
-    "memory": 1024**3,
-    "ssh_user": "root",
-}
+SIM_SETTINGS = {**NODE_SETTINGS, "ssh_user": "root"}
 
 __all__ = ["SIM_SETTINGS", "SimVast", "USER_KEY", "VastHosts", "ask_row", "simulated_vast"]
 
 
 @contextlib.contextmanager
 def simulated_vast(asks: list[dict[str, Any]], loading_delay: float = 0.3) -> Iterator[tuple[SimVast, VastHosts]]:
-    reason = check_available()
-    if reason is not None:
-        import pytest
-
-        pytest.skip(f"the simulated Vast.ai hosts need network namespaces and sshd: {reason}")
-    sim = SimVast(asks, loading_delay=loading_delay)
-    hosts = VastHosts(sim)
-    try:
-        hosts.start()
-        sim.start(host=hosts.network.driver_ip)
+    with simulated_cloud("the simulated Vast.ai hosts", SimVast(asks, loading_delay=loading_delay), VastHosts,
+                         api_on_driver_network=True) as (sim, hosts):
+        assert hosts is not None
         yield sim, hosts
-    finally:
-        hosts.stop()
-        sim.stop()

@@ -27,15 +27,17 @@ connection drops before the answer), `take(ask)` (someone else rents it),
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
+import re
 import secrets
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+
+from tests.simapi import LOST, ApiSimulator, Text
 
 USER_KEY = "vastFakeUserKeyDoNotLeak0123456789abcdef0123456789abcdef01234567"
 
@@ -108,11 +110,28 @@ class Call:
     key_kind: str  # "user", "instance:<id>", "bad", "none"
 
 
-class SimVast:
+@dataclass
+class CreateFault:
+    """The next `times` rentals answer the error `code` (no_such_ask, invalid_price, insufficient_credit, ...)."""
+
+    code: str
+    times: int = 1
+    hits: int = 0
+
+    def matches(self, request: str) -> bool:
+        return request == "create" and self.hits < self.times
+
+
+class SimVast(ApiSimulator):
     """The fake's state and its HTTP server. `start(host)` binds; `url` is the SDK's server_url."""
+
+    thread_name = "simvast"
+    methods = frozenset({"GET", "POST", "PUT", "DELETE"})
+    http_protocol = "HTTP/1.1"
 
     def __init__(self, asks: list[dict[str, Any]] | None = None, user_key: str = USER_KEY,
                  loading_delay: float = 0.3) -> None:
+        super().__init__()
         self.user_key = user_key
         self.asks: dict[int, dict[str, Any]] = {a["id"]: dict(a) for a in (asks or [])}
         self.rented: set[int] = set()  # asks not listed now: rented by an instance here, or taken by someone else
@@ -120,46 +139,31 @@ class SimVast:
         self.blocked: set[int] = set()
         self.instances: dict[int, Instance] = {}
         self.destroyed: dict[int, Instance] = {}
-        self.calls: list[Call] = []
         self.loading_delay = loading_delay
         self.stuck_loading = False
         self.log_source: Callable[[int, int], str] | None = None  # (instance id, lines) → its container log
         self._log_results: dict[str, str] = {}
         self.public_ips: Callable[[], str] | None = None
         self.private_ips: Callable[[], str] | None = None
-        self._create_faults: list[tuple[str, int]] = []  # (error code, times)
         self._answers_to_lose = 0
         self._next_id = 7001
-        self._lock = threading.RLock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self.url = ""
 
-    # -- lifecycle --------------------------------------------------------------------------------
-    def start(self, host: str = "127.0.0.1") -> "SimVast":
-        sim = self
+    @property
+    def calls(self) -> list[Call]:
+        """Every request received, oldest first (the live record)."""
+        return self.call_log
 
-        class Handler(_Handler):
-            simvast = sim
-
-        self._server = ThreadingHTTPServer((host, 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://{host}:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="simvast", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+    def respond(self, method: str, path: str, query: Mapping[str, str], body: bytes,
+                headers: Any) -> tuple[int, Any]:
+        try:
+            parsed = json.loads(body) if body else None
+        except ValueError:
+            parsed = None
+        return self.handle(method, path, dict(query), parsed, headers)
 
     # -- faults and observation -------------------------------------------------------------------
     def add_ask(self, **fields: Any) -> dict[str, Any]:
-        with self._lock:
+        with self.lock:
             ask_id = fields.pop("ask_id", None) or (max(self.asks, default=100) + 1)
             row = ask_row(ask_id, **fields)
             self.asks[ask_id] = row
@@ -167,41 +171,40 @@ class SimVast:
 
     def take(self, ask_id: int) -> None:
         """Someone else rents this ask: it leaves the listing, and renting it answers no_such_ask."""
-        with self._lock:
+        with self.lock:
             self.rented.add(int(ask_id))
             self.taken.add(int(ask_id))
 
     def raise_floor(self, ask_id: int, min_bid: float) -> None:
         """The market moved: the ask's minimum bid is now `min_bid` (a lower bid is invalid_price)."""
-        with self._lock:
+        with self.lock:
             self.asks[int(ask_id)]["min_bid"] = min_bid
 
     def lose_next_create_answer(self) -> None:
         """The next rental happens, but its connection drops before the answer is sent."""
-        with self._lock:
+        with self.lock:
             self._answers_to_lose += 1
 
-    def fail_next_create(self, code: str = "no_such_ask", times: int = 1) -> None:
-        with self._lock:
-            self._create_faults.append((code, times))
+    def fail_next_create(self, code: str = "no_such_ask", times: int = 1) -> CreateFault:
+        return self.faults.add(CreateFault(code, times))
 
     def block(self, ask_id: int) -> None:
         """Every rent of this ask answers no_such_ask (it stays listed: a stale listing) until `unblock`."""
-        with self._lock:
+        with self.lock:
             self.blocked.add(int(ask_id))
 
     def unblock(self, ask_id: int) -> None:
-        with self._lock:
+        with self.lock:
             self.blocked.discard(int(ask_id))
 
     def interrupt(self, instance_id: int | str) -> None:
         """An interruptible instance outbid (or its host gone): the container stops; Vast keeps listing it."""
-        with self._lock:
+        with self.lock:
             instance = self.instances[int(instance_id)]
             instance.status, instance.intended = "stopped", "stopped"
 
     def live(self) -> list[Instance]:
-        with self._lock:
+        with self.lock:
             self._advance()
             return list(self.instances.values())
 
@@ -235,17 +238,17 @@ class SimVast:
         return "bad", None
 
     def handle(self, method: str, path: str, query: dict[str, str], body: Any, headers: Any) -> tuple[int, Any]:
-        with self._lock:
+        with self.lock:
             kind, own = self._who(headers)
             status, answer = self._route(method, path, query, body, kind, own)
-            self.calls.append(Call(method, path, body, status, kind))
+            self.record(Call(method, path, body, status, kind))
             return status, answer
 
     def _route(self, method: str, path: str, query: dict[str, str], body: Any, kind: str,
                own: int | None) -> tuple[int, Any]:
         if method == "GET" and path.startswith("/logs/"):  # a log result URL: unauthenticated, as Vast's are
             text = self._log_results.get(path[len("/logs/"):])
-            return (200, _Text(text)) if text is not None else (404, {"detail": "not found"})
+            return (200, Text(text)) if text is not None else (404, {"detail": "not found"})
         if kind in ("none", "bad"):
             return 401, {"success": False, "error": "invalid_user_key", "msg": "Invalid user key"}
         parts = [p for p in path.split("/") if p]
@@ -299,12 +302,9 @@ class SimVast:
         return rows[:limit] if limit else rows
 
     def _create(self, ask_id: int, body: dict[str, Any]) -> tuple[int, Any]:
-        if self._create_faults:
-            code, times = self._create_faults[0]
-            self._create_faults[0] = (code, times - 1)
-            if times - 1 <= 0:
-                self._create_faults.pop(0)
-            return _error(code)
+        fault = self.faults.take("create")
+        if fault is not None:
+            return _error(fault.code)
         ask = self.asks.get(ask_id)
         if ask is None or ask_id in self.rented or ask_id in self.blocked:
             return _error("no_such_ask")
@@ -329,7 +329,7 @@ class SimVast:
         self.rented.add(ask_id)
         if self._answers_to_lose:
             self._answers_to_lose -= 1
-            return 200, _LOST
+            return 200, LOST
         return 200, {"success": True, "new_contract": instance_id}
 
     def _destroy(self, instance_id: int | None) -> tuple[int, Any]:
@@ -352,10 +352,6 @@ class SimVast:
 
 def decode_onstart(onstart: str) -> str:
     """An onstart script with the boot script it carries (gzip + base64) appended as text."""
-    import base64
-    import gzip
-    import re
-
     blobs = re.findall(r"echo ([A-Za-z0-9+/=]{40,}) \| base64 -d \| gunzip", onstart or "")
     return (onstart or "") + "".join("\n" + gzip.decompress(base64.b64decode(b)).decode() for b in blobs)
 
@@ -389,10 +385,6 @@ def _coerce(wanted: Any, value: Any) -> Any:
     return wanted
 
 
-class _Text(str):
-    """A plain-text answer (a log result URL's body)."""
-
-
 def _error(code: str) -> tuple[int, Any]:
     if code == "no_such_ask":
         return 404, {"success": False, "error": "no_such_ask", "msg": "Instance type not found or no longer available"}
@@ -401,47 +393,3 @@ def _error(code: str) -> tuple[int, Any]:
     if code == "insufficient_credit":
         return 402, {"success": False, "error": "insufficient_credit", "msg": "Your account lacks credit"}
     return 400, {"success": False, "error": code, "msg": "injected by the simulator"}
-
-
-_LOST = object()  # an answer never sent
-
-
-class _Handler(BaseHTTPRequestHandler):
-    simvast: SimVast
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:  # quiet
-        pass
-
-    def _serve(self, method: str) -> None:
-        parts = urlsplit(self.path)
-        query = {k: v[0] for k, v in parse_qs(parts.query).items()}
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = None
-        status, answer = self.simvast.handle(method, parts.path, query, body, self.headers)
-        if answer is _LOST:
-            self.close_connection = True  # no status line: the client sees the connection drop
-            return
-        plain = isinstance(answer, _Text)
-        data = answer.encode() if plain else json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "text/plain" if plain else "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_POST(self) -> None:
-        self._serve("POST")
-
-    def do_PUT(self) -> None:
-        self._serve("PUT")
-
-    def do_DELETE(self) -> None:
-        self._serve("DELETE")

@@ -1,0 +1,272 @@
+"""The machine side every simulated cloud shares: hosts that boot themselves, as isolated as real ones.
+
+A simulated cloud (AWS, RunPod, Vast.ai) decides *when* a machine exists and what it runs; this
+base is what a machine then is, the same for all of them:
+
+- a host on the simulated network (`tests.simnet`): its own network namespace, a public address,
+  and whatever private side the cloud gives it;
+- its script run as the machine's root process group inside that namespace (`ProcessHost`), with
+  its own HOME and nothing of the driver's environment: no virtualenv, no PYTHONPATH, not the
+  driver's working directory. Its PATH holds the cloud's shims, the base Python interpreter (an
+  image's system Python) and `uv` (an image with uv installed); the node makes its own Python
+  environment with the driver's exact versions from a package cache that is warmed once
+  (`node_package_cache`) and read offline, since a namespace reaches no index;
+- ended (processes and namespace) when the cloud says it ended.
+
+Two ways to learn about machines: a cloud whose API is a real service (moto, the Vast fake) is
+*watched* — a background thread polls its listing, like a hypervisor watching its placement queue
+(`poll_interval`, `listing`, `is_running`, `boot_listed`); a fake that is ours calls `boot_later`/`end`
+itself when its API places or ends a machine.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Hashable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import ray
+
+from node_providers.local.process_host import ProcessHost
+from skyward_ray.node.startup_script import node_requirements
+from tests.simnet import SimHost, SimNetwork
+from tests.simnet.network import IP, SYSTEM_PATH
+
+# Packages a simulated node may install: the driver's Ray, and what the tests put in Image.pip.
+NODE_PACKAGES = (f"ray[default]=={ray.__version__}", *node_requirements(), "tabulate==0.9.0")
+UV_CACHE = Path(os.environ.get("SKYWARD_SIM_UV_CACHE", Path.home() / ".cache" / "skyward-simaws-uv"))
+SHUTDOWN_NAMES = ("shutdown", "poweroff", "halt", "reboot")
+_warm_lock = threading.Lock()
+_warmed = False
+
+
+def uv_binary() -> str:
+    """The driver's `uv` (beside its interpreter): the simulated images' uv, and the cache filler."""
+    return str(Path(sys.executable).with_name("uv"))
+
+
+def node_package_cache() -> Path:
+    """A uv cache holding the driver's Python's Ray and the tests' packages (filled once, from the
+    package index, on the driver's side): the simulated machines install from it offline."""
+    global _warmed
+    with _warm_lock:
+        if not _warmed:
+            python = "%d.%d.%d" % sys.version_info[:3]
+            env = {**os.environ, "UV_CACHE_DIR": str(UV_CACHE), "UV_PYTHON_DOWNLOADS": "never"}
+            with tempfile.TemporaryDirectory(prefix="uvwarm-") as scratch:
+                venv = Path(scratch) / "v"
+                for argv in ([uv_binary(), "venv", "-q", "--python", python, str(venv)],
+                             [uv_binary(), "pip", "install", "-q", "--python", str(venv / "bin" / "python"),
+                              *NODE_PACKAGES]):
+                    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
+                    if done.returncode != 0:
+                        raise RuntimeError(f"could not fill the simulated nodes' package cache: {done.stderr}")
+            _warmed = True
+    return UV_CACHE
+
+
+def nft(host: SimHost, ruleset: str) -> None:
+    """Load an nftables ruleset inside a host's namespace (a cloud's port mapping or isolation)."""
+    done = subprocess.run([IP, "netns", "exec", host.namespace, "nft", "-f", "-"], input=ruleset, text=True,
+                          capture_output=True, timeout=20)
+    if done.returncode != 0:
+        raise RuntimeError(f"nft in {host.namespace} failed: {done.stderr.strip()}")
+
+
+class SimulatedHosts:
+    """Boots and ends the simulated machines of one simulated cloud account (or region).
+
+    A cloud's subclass names its shims and temp-dir prefix, says how it learns of machines, and
+    builds each machine's host and environment; keys of the records are the cloud's machine ids."""
+
+    prefix: ClassVar[str] = "sh-"  # of the temp root: short, Ray's unix sockets live below it
+    shims: ClassVar[Mapping[str, str]] = {}  # command name → shell script standing in for it
+    thread_name: ClassVar[str] = "simhosts"
+    idle_timeout: ClassVar[float] = 15.0
+
+    def __init__(self, sim: Any, boot_delay: float = 0.0, poll_interval: float | None = None,
+                 private_net: str | None = None) -> None:
+        self.sim = sim
+        self.boot_delay = boot_delay
+        self.poll_interval = poll_interval  # None: the cloud's fake calls boot_later/end itself
+        self.root = Path(tempfile.mkdtemp(prefix=self.prefix, dir="/tmp"))
+        self.shim_dir = self.root / "bin"
+        self.host = ProcessHost(self.root / "m")
+        self.network = SimNetwork(private_net=private_net)
+        self.sim_hosts: dict[Any, SimHost] = {}  # machine id → its host on the simulated network
+        self.booted: dict[Any, float] = {}  # machine id → when its machine was started (monotonic)
+        self.booted_at: dict[Any, float] = {}  # machine id → wall-clock time its machine was started
+        self.boot_seconds: dict[Any, float] = {}  # machine id → seconds from first seen to boot
+        self.ended: set[Any] = set()
+        self.errors: list[str] = []
+        self.ignore: set[Any] = set()  # machines that are not this simulator's to boot
+        self.first_seen: dict[Any, float] = {}
+        self.lock = threading.RLock()
+        self.stopping = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.shim_dir.mkdir(parents=True)
+        for name, script in self.shims.items():
+            path = self.shim_dir / name
+            path.write_text(script)
+            path.chmod(0o755)
+        (self.shim_dir / "uv").symlink_to(uv_binary())  # an image with uv installed
+
+    @property
+    def path(self) -> str:
+        """A machine's PATH: shims, the base interpreter (the image's system Python), the system."""
+        return os.pathsep.join([str(self.shim_dir), os.path.join(sys.base_prefix, "bin"), SYSTEM_PATH])
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    def start(self) -> "SimulatedHosts":
+        self.uv_cache = node_package_cache()
+        self.network.open()
+        self.attach()
+        if self.poll_interval is not None:
+            self._spawn(self._watch, self.thread_name)
+        return self
+
+    def stop(self) -> list[str]:
+        """Stop watching and end every machine still running; returns their ids (a test may assert none)."""
+        if self.stopping.is_set():
+            return []
+        self.stopping.set()
+        for thread in list(self.threads):
+            thread.join(timeout=30)
+        self.detach()
+        left = self.running()
+        try:
+            if left:
+                self.host.terminate(left)
+            self.network.close()  # every host's processes (sshd too), then the namespaces
+        finally:
+            self.release()
+            shutil.rmtree(self.root, ignore_errors=True)
+        return left
+
+    def attach(self) -> None:
+        """Hook: connect to the cloud's fake (its addresses, logs, callbacks) once the network is open."""
+
+    def detach(self) -> None:
+        """Hook: disconnect from the cloud's fake before the machines go."""
+
+    def release(self) -> None:
+        """Hook: remove what the cloud made outside the temp root."""
+
+    def running(self) -> list[str]:
+        return [i for i in self.host.machines() if self.host.is_running(i)]
+
+    def wait_idle(self, timeout: float | None = None, keep: set[str] | frozenset[str] = frozenset()) -> list[str]:
+        """Wait until no machine except `keep` runs; returns those still running after `timeout`."""
+        deadline = time.monotonic() + (self.idle_timeout if timeout is None else timeout)
+        left = [i for i in self.running() if i not in keep]
+        while left and time.monotonic() < deadline:
+            time.sleep(0.2)
+            left = [i for i in self.running() if i not in keep]
+        return left
+
+    def log(self, machine_id: Hashable, lines: int = 40) -> str:
+        return self.host.log_tail(str(machine_id), lines)
+
+    # -- a machine's life -----------------------------------------------------------------------------
+    def add_host(self, machine_id: Hashable, letter: str, **addresses: Any) -> SimHost:
+        """The machine's host on the simulated network (named `<letter><n>`), remembered by its id."""
+        with self.lock:
+            host = self.network.add_host(f"{letter}{len(self.sim_hosts)}", **addresses)
+            self.sim_hosts[machine_id] = host
+        return host
+
+    def machine_env(self, machine_id: Hashable) -> dict[str, str]:
+        """What every simulated image sets up: the offline package mirror and the node's env directory."""
+        return {
+            "UV_CACHE_DIR": str(self.uv_cache),
+            "UV_OFFLINE": "1",  # a namespace reaches no package index: the cache is this cloud's mirror
+            "UV_PYTHON_DOWNLOADS": "never",
+            "UV_LINK_MODE": "hardlink",
+            "SKYWARD_ENV_DIR": str(self.host.state_dir / str(machine_id) / "env"),
+        }
+
+    def mark_booted(self, machine_id: Hashable, waited: float) -> None:
+        self.booted[machine_id] = time.monotonic()
+        self.booted_at[machine_id] = time.time()
+        self.boot_seconds[machine_id] = waited
+
+    def run_machine(self, machine_id: Hashable, host: SimHost, script: str, private_ip: str,
+                    env: Mapping[str, str]) -> None:
+        """Start the machine's script as its root process group inside its namespace."""
+        self.host.boot(str(machine_id), script, private_ip, env=dict(env),
+                       wrapper=[IP, "netns", "exec", host.namespace], inherit_path=False)
+
+    def end(self, machine_id: Hashable) -> None:
+        """The cloud says this machine ended: its processes and everything in its namespace go
+        (its directory stays: its console output is still readable)."""
+        with self.lock:
+            self.ended.add(machine_id)
+            host = self.sim_hosts.get(machine_id)
+        if host is None:
+            return
+        self.host.terminate([str(machine_id)], keep_directory=True)
+        host.stop(grace=1.0)  # sshd and anything else in its namespace
+
+    def boot_later(self, machine_id: Hashable, boot: Callable[[float], None]) -> None:
+        """The fake placed a machine: `boot(placed)` runs in the background after `boot_delay`
+        (the API call returns at once); an error is recorded, not raised."""
+        placed = time.monotonic()
+
+        def delayed() -> None:
+            try:
+                if self.boot_delay:
+                    time.sleep(self.boot_delay)
+                boot(placed)
+            except Exception as error:
+                self.errors.append(f"boot {machine_id}: {type(error).__name__}: {error}")
+
+        self._spawn(delayed, f"boot-{machine_id}")
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        with self.lock:
+            self.threads.append(thread)
+        thread.start()
+
+    # -- watching a cloud's listing ---------------------------------------------------------------------
+    def listing(self) -> Mapping[Any, Any]:
+        """A watched cloud's machines now, by id (its records as the cloud lists them)."""
+        raise NotImplementedError
+
+    def is_running(self, record: Any) -> bool:
+        raise NotImplementedError
+
+    def boot_listed(self, record: Any, waited: float) -> None:
+        """Boot a watched machine the cloud says runs, `waited` seconds after it was first seen so."""
+        raise NotImplementedError
+
+    def before_step(self) -> None:
+        """Hook: work a watched cloud does on every poll before its listing is read."""
+
+    def _watch(self) -> None:
+        while not self.stopping.wait(self.poll_interval):
+            try:
+                self._step()
+            except Exception as error:  # the cloud may be shutting down; keep the loop alive
+                self.errors.append(f"{type(error).__name__}: {error}")
+
+    def _step(self) -> None:
+        self.before_step()
+        now = time.monotonic()
+        live = self.listing()
+        for machine_id, record in live.items():
+            if machine_id in self.ignore or machine_id in self.booted or not self.is_running(record):
+                continue
+            first = self.first_seen.setdefault(machine_id, now)
+            if now - first >= self.boot_delay:
+                self.boot_listed(record, now - first)
+        for machine_id in list(self.booted):
+            if machine_id not in self.ended and (machine_id not in live or not self.is_running(live[machine_id])):
+                self.end(machine_id)
