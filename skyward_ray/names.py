@@ -21,6 +21,11 @@ OWNER = "skyward/owner"  # host/pid/start time of the process keeping the pool a
 STARTED = "skyward/started"  # when the pool was launched (epoch seconds)
 PRICE = "skyward/price"  # USD per hour per node of the offer bought
 LAUNCH_TOKEN = "skyward/launch-token"  # one per node and launch attempt: finds a machine whose create answer was lost
+NETWORK = "skyward/network"  # "global" on a RunPod pod made with global networking
+
+# What a machine of a cloud without tags is named by (a RunPod pod's name, a Vast.ai label):
+# `skyward-<cluster>-<role>-<index>` or `skyward:<cluster>/<role>/<index>`.
+MACHINE_NAME_PREFIX = "skyward"
 
 # Ray's node types, as the autoscaler's `available_node_types` would name them.
 HEAD_TYPE = "skyward.head"
@@ -39,6 +44,7 @@ ENV_SPOT = "SKYWARD_SPOT"
 ENV_CLUSTER = "SKYWARD_CLUSTER"
 ENV_PYTHON = "SKYWARD_PYTHON"
 ENV_MACHINE_DIR = "SKYWARD_MACHINE_DIR"  # a simulated or local machine's own directory
+ENV_MACHINE_TAGS = "SKYWARD_POD_TAGS"  # a RunPod pod's tags, encoded, in the pod's own environment
 
 # -- the driver's heartbeat in Ray's internal KV (read by the head's watchdog) -------------------
 HEARTBEAT_NAMESPACE = "skyward"

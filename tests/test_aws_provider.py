@@ -16,16 +16,15 @@ import time
 import boto3
 import pytest
 import yaml
-from ray.autoscaler.tags import NODE_KIND_HEAD, NODE_KIND_WORKER, TAG_RAY_CLUSTER_NAME, TAG_RAY_NODE_KIND
+from ray.autoscaler.tags import NODE_KIND_HEAD, NODE_KIND_WORKER, TAG_RAY_NODE_KIND
 
 import skyward_ray as sky
 from node_providers.aws import AWSNodeProvider
-from node_providers.aws import offers as aws_offers
 from node_providers.aws import session as aws_session
 from skyward_ray import names
-from skyward_ray.cluster import launcher
-from skyward_ray.cluster.contract import ClusterParams
+from skyward_ray.cluster import provisioning
 from skyward_ray.planning.accelerators import parse_accelerator
+from tests.provider_helpers import cluster_name, cluster_params, create
 from tests.simaws import SIM_SETTINGS, Fault, aws_environment, simulated_aws
 from tests.simaws.hosts import split_user_data
 
@@ -56,17 +55,9 @@ def t4_offer(sim, market="spot", instance_type="g4dn.xlarge"):
 
 def provider_for(sim, tmp_path, offer, name=None):
     """Prepare a cluster the way the launcher does; returns (provider, cluster name)."""
-    name = name or f"sky-t{time.monotonic_ns() % 10**8}"
-    params = ClusterParams(auth_token="token-" + "x" * 58, nodes=2, instance_type=offer.instance_type,
-                           market=offer.market, region=offer.region, zone=offer.zone, offer=offer.label,
-                           accelerator="T4", accelerator_count=offer.count)
+    name = name or cluster_name()
     config = sky.AWS(region=REGION, key_dir=str(tmp_path), ssh_cidr="198.18.0.1/32", **SIM_SETTINGS)
-    return launcher.load_node_provider(config, params, name), name
-
-
-def head_tags(name, kind=NODE_KIND_HEAD):
-    return {TAG_RAY_CLUSTER_NAME: name, TAG_RAY_NODE_KIND: kind, "ray-user-node-type": f"skyward.{kind}",
-            "ray-launch-request": "r1", "ray-node-name": f"{name}-{kind}", "ray-node-status": "up-to-date"}
+    return provisioning.load_node_provider(config, cluster_params(offer, nodes=2), name), name
 
 
 # -- offers ------------------------------------------------------------------------------------------
@@ -108,15 +99,22 @@ SPOT_ITEM = ("<item><instanceType>g4dn.xlarge</instanceType><productDescription>
              "<availabilityZone>{zone}</availabilityZone></item>")
 
 
-def test_implausible_spot_prices_are_discarded(sim):
+def test_implausible_spot_prices_are_listed_and_the_plan_rejects_them_saying_why(sim):
     items = "".join(SPOT_ITEM.format(price=p, zone=z) for p, z in
                     [("0.0", "us-east-1a"), ("0.526", "us-east-1b"), ("9.99", "us-east-1c"), ("0.1803", "us-east-1d")])
     with sim.fault(Fault("DescribeSpotPriceHistory", body=SPOT_HISTORY.format(items=items))):
-        offers = sky.AWS(region=REGION, live_offers_ttl=0).list_offers(parse_accelerator("T4"))
-    spot = [(o.zone, o.price) for o in offers if o.market == "spot" and o.instance_type == "g4dn.xlarge"]
-    assert spot == [("us-east-1d", 0.1803)]  # 0, = on-demand (0.526) and above it are no discount
-    assert aws_offers.plausible_spot(0.1, 0.5) and not aws_offers.plausible_spot(0.0, 0.5) and not aws_offers.plausible_spot(0.6, 0.5)
-    assert not aws_offers.plausible_spot(None, 0.5)
+        config = sky.AWS(region=REGION, live_offers_ttl=0)
+        offers = config.list_offers(parse_accelerator("T4"))
+        plan = sky.plan(provider=config, accelerator="T4", allocation="spot")
+    spot = sorted((o.zone, o.price) for o in offers if o.market == "spot" and o.instance_type == "g4dn.xlarge")
+    assert spot == [("us-east-1a", 0.0), ("us-east-1b", 0.526), ("us-east-1c", 9.99), ("us-east-1d", 0.1803)]
+    ranked = [(o.zone, o.price) for o in plan.offers if o.instance_type == "g4dn.xlarge"]
+    assert ranked == [("us-east-1d", 0.1803)]  # 0, = on-demand (0.526) and above it are no discount
+    reasons = {r.offer.zone: (r.filter, r.reason) for r in plan.rejected
+               if r.offer.instance_type == "g4dn.xlarge" and r.offer.market == "spot"}
+    assert reasons["us-east-1a"] == ("no_discount", "spot price $0.00 is not a real price (feed quirk); no spot entry")
+    assert reasons["us-east-1b"] == ("no_discount", "spot $0.53/h is not below on-demand $0.53/h; no discount")
+    assert reasons["us-east-1c"][0] == "no_discount" and "not below on-demand" in reasons["us-east-1c"][1]
 
 
 # -- prepare / create / teardown ---------------------------------------------------------------------
@@ -149,10 +147,9 @@ def test_run_instances_sends_market_imdsv2_shutdown_and_tags_and_state_lives_in_
     provider, name = provider_for(sim, tmp_path, t4_offer(sim, "spot"))
     since = time.time()
     try:
-        head = next(iter(provider.create_node_with_resources_and_labels(
-            {}, head_tags(name), 1, {}, {names.NODE_INDEX: "0"})))
-        worker = next(iter(provider.create_node_with_resources_and_labels(
-            {"InstanceMarketOptions": {"MarketType": "on-demand"}}, head_tags(name, NODE_KIND_WORKER), 1, {}, {})))
+        [head] = create(provider, name, index=0)
+        [worker] = create(provider, name, NODE_KIND_WORKER,
+                          node_config={"InstanceMarketOptions": {"MarketType": "on-demand"}})
         spot_call, od_call = sim.calls("RunInstances", since=since)
         for call in (spot_call, od_call):
             p = call.params
@@ -212,10 +209,10 @@ def test_capacity_error_on_run_instances_creates_nothing_and_throttling_is_retri
         with sim.fault(Fault("RunInstances", code="InsufficientInstanceCapacity",
                              message="We currently do not have sufficient g4dn.xlarge capacity")):
             with pytest.raises(sky.CapacityError, match="sufficient g4dn.xlarge capacity"):
-                provider.create_node_with_resources_and_labels({}, head_tags(name), 1, {}, {})
+                create(provider, name)
         assert sim.live_instances(cluster=name) == []
         with sim.fault(Fault("RunInstances", code="RequestLimitExceeded", status=503, times=2)) as throttle:
-            created = provider.create_node_with_resources_and_labels({}, head_tags(name), 1, {}, {})
+            created = create(provider, name)
         assert throttle.hits == 2 and len(created) == 1, "botocore retried the throttled call with backoff"
     finally:
         provider.terminate_nodes(provider.non_terminated_nodes({}))
@@ -230,8 +227,7 @@ EMPTY_LISTING = ('<?xml version="1.0" encoding="UTF-8"?>\n<DescribeInstancesResp
 def test_a_just_created_instance_missing_from_the_listing_is_pending_not_gone(sim, tmp_path):
     provider, name = provider_for(sim, tmp_path, t4_offer(sim, "on-demand"))
     try:
-        head = next(iter(provider.create_node_with_resources_and_labels(
-            {}, head_tags(name), 1, {}, {names.NODE_INDEX: "0"})))
+        [head] = create(provider, name, index=0)
         with sim.fault(Fault("DescribeInstances", body=EMPTY_LISTING)):  # EC2's eventual consistency
             assert provider.non_terminated_nodes({}) == []
             assert not provider.is_terminated(head), "NotFound right after a create means still pending"
@@ -251,7 +247,7 @@ def test_a_retried_create_carries_the_same_idempotency_token_so_it_starts_no_sec
     try:
         with sim.fault(Fault("RunInstances", code="InternalError", status=500, times=1,
                              when=lambda params: "ClientToken" in params)):
-            provider.create_node_with_resources_and_labels({}, head_tags(name), 1, {}, {names.NODE_INDEX: "0"})
+            create(provider, name, index=0)
         calls = sim.calls("RunInstances", since=since)
         assert len(calls) == 2 and calls[0].params["ClientToken"] == calls[1].params["ClientToken"]
         assert calls[0].params["ClientToken"].startswith(f"{name}-0-")

@@ -21,7 +21,7 @@ from ray.autoscaler.tags import NODE_KIND_HEAD, NODE_KIND_WORKER, TAG_RAY_CLUSTE
 
 import skyward_ray as sky
 from skyward_ray import names
-from skyward_ray.cluster import launcher, pool_admin, pool_state
+from skyward_ray.cluster import launcher, pool_admin, pool_state, provisioning
 from skyward_ray.cluster.node_provider import ScriptBootedNodeProvider
 from tests.conformance import HARNESSES, Harness, open_harness
 
@@ -46,7 +46,7 @@ def _tags(name: str, kind: str) -> dict[str, str]:
 def cluster(h: Harness, nodes: int = 1, **params: Any) -> Iterator[tuple[ScriptBootedNodeProvider, str]]:
     """A prepared cluster's node provider; every machine it made is ended and its resources removed after."""
     name = launcher.new_cluster_name()
-    provider = launcher.load_node_provider(h.config, h.params(nodes=nodes, **params), name)
+    provider = provisioning.load_node_provider(h.config, h.params(nodes=nodes, **params), name)
     try:
         yield provider, name
     finally:

@@ -16,16 +16,16 @@ import time
 from pathlib import Path
 
 import pytest
-from ray.autoscaler.tags import NODE_KIND_HEAD, NODE_KIND_WORKER, TAG_RAY_CLUSTER_NAME, TAG_RAY_NODE_KIND
+from ray.autoscaler.tags import NODE_KIND_HEAD, NODE_KIND_WORKER, TAG_RAY_NODE_KIND
 
 import skyward_ray as sky
 from node_providers.runpod import RunPodNodeProvider
 from node_providers.runpod.cloud import ENV_TAGS, SHUTDOWN_COMMAND
 from skyward_ray import names
-from skyward_ray.cluster import launcher
-from skyward_ray.cluster.contract import ClusterParams
+from skyward_ray.cluster import provisioning
 from skyward_ray.cluster.node_provider import HOST_KEY_NAME
 from skyward_ray.planning.accelerators import parse_accelerator
+from tests.provider_helpers import cluster_name, cluster_params, create
 from tests.simrunpod import CAPACITY_MESSAGE, SIM_SETTINGS, USER_KEY, runpod_environment, simulated_runpod
 
 GPU = "NVIDIA GeForce RTX 4090"
@@ -46,20 +46,11 @@ def sim(api):
 
 
 def provider_for(tmp_path, nodes=1, market="on-demand", name=None, **settings):
-    name = name or f"sky-t{time.monotonic_ns() % 10**8}"
-    params = ClusterParams(auth_token="token-" + "x" * 58, nodes=nodes, instance_type=GPU, market=market,
-                           offer=f"{GPU}.any.{market}", accelerator="RTX4090", accelerator_count=1)
+    name = name or cluster_name()
+    params = cluster_params(nodes=nodes, instance_type=GPU, market=market, offer=f"{GPU}.any.{market}",
+                            accelerator="RTX4090", accelerator_count=1)
     config = sky.RunPod(key_dir=str(tmp_path), **{**SIM_SETTINGS, **settings})
-    return launcher.load_node_provider(config, params, name), name
-
-
-def tags(name, kind=NODE_KIND_HEAD):
-    return {TAG_RAY_CLUSTER_NAME: name, TAG_RAY_NODE_KIND: kind, "ray-user-node-type": f"skyward.{kind}",
-            "ray-node-status": "up-to-date"}
-
-
-def create(provider, name, kind=NODE_KIND_HEAD, count=1):
-    return list(provider.create_node_with_resources_and_labels({}, tags(name, kind), count, {}, {}))
+    return provisioning.load_node_provider(config, params, name), name
 
 
 def deploys(sim, since=0.0):
@@ -70,6 +61,12 @@ def docker_payload(query: str) -> str:
     """The boot payload inside a deploy mutation's `dockerArgs` (base64 in a bash -c), decoded."""
     args = re.search(r'dockerArgs: "([^"]*)"', query).group(1)
     return base64.b64decode(re.search(r"echo (\S+) \| base64 -d", args).group(1)).decode()
+
+
+def installed_host_key(payload: str) -> str:
+    """The host key the payload installs for sshd (base64 in the payload), decoded."""
+    found = re.search(r'echo (\S+) \| base64 -d > "\$S/ssh/host_ed25519_key"', payload)
+    return base64.b64decode(found.group(1)).decode() if found else ""
 
 
 # -- offers ------------------------------------------------------------------------------------------
@@ -158,8 +155,9 @@ def test_a_pod_launch_sends_its_boot_in_the_container_command_and_no_credential(
     payload = docker_payload(call.query)
     assert "skyward_ray node bootstrap" in payload
     host_key = (Path(provider.params.ssh_key_dir) / HOST_KEY_NAME).read_text().strip()
-    assert host_key in payload, "the head presents the driver-generated host key the driver pins"
-    assert payload.index(host_key) < payload.index("/usr/sbin/sshd") < payload.index("skyward_ray node bootstrap")
+    assert installed_host_key(payload).strip() == host_key, "the head presents the driver-generated host key"
+    assert payload.index("host_ed25519_key") < payload.index("/usr/sbin/sshd") < payload.index(
+        "skyward_ray node bootstrap")
     assert provider.params.ssh_public_key.split()[1] in payload, "the driver's cluster key is authorised"
     pod = next(p for p in sim.live_pods() if p.id == head)
     assert set(pod.env) == {ENV_TAGS}

@@ -15,15 +15,17 @@ import subprocess
 import time
 
 import pytest
-from ray.autoscaler.tags import NODE_KIND_HEAD, NODE_KIND_WORKER, TAG_RAY_CLUSTER_NAME, TAG_RAY_NODE_KIND
+from ray.autoscaler.tags import NODE_KIND_HEAD, NODE_KIND_WORKER, TAG_RAY_NODE_KIND
 
 import skyward_ray as sky
 from node_providers.vastai import VastAINodeProvider
+from node_providers.vastai.cloud import LABEL_LIMIT
 from node_providers.vastai.offers import SINGLE_NODE_REASON
 from skyward_ray import names
-from skyward_ray.cluster import launcher
-from skyward_ray.cluster.contract import ClusterParams
+from skyward_ray.cluster import provisioning
 from skyward_ray.planning.accelerators import parse_accelerator
+from tests import provider_helpers
+from tests.provider_helpers import cluster_name, cluster_params, node_tags
 from tests.simvast import SIM_SETTINGS, USER_KEY, SimVast, ask_row
 from tests.simvast.server import decode_onstart
 
@@ -62,25 +64,13 @@ def t4(cfg, market="on-demand", ask="101"):
 
 def provider_for(sim, tmp_path, offer, cfg=None, name=None):
     """Prepare a cluster the way the launcher does; returns (provider, cluster name)."""
-    name = name or f"sky-t{time.monotonic_ns() % 10**8}"
-    params = ClusterParams(auth_token="token-" + "x" * 58, nodes=1, instance_type=offer.instance_type,
-                           market=offer.market, region=offer.region, offer=offer.label,
-                           accelerator=offer.accelerator, accelerator_count=offer.count)
-    return launcher.load_node_provider(cfg or config(sim, tmp_path), params, name), name
-
-
-def node_tags(name, kind=NODE_KIND_HEAD):
-    return {TAG_RAY_CLUSTER_NAME: name, TAG_RAY_NODE_KIND: kind, "ray-user-node-type": f"skyward.{kind}",
-            "ray-launch-request": "r1", "ray-node-name": f"{name}-{kind}", "ray-node-status": "up-to-date"}
+    name = name or cluster_name()
+    return provisioning.load_node_provider(cfg or config(sim, tmp_path), cluster_params(offer), name), name
 
 
 def create(provider, name, kind=NODE_KIND_HEAD, index=None):
-    if kind == NODE_KIND_WORKER:  # a worker joins the head's address: wait until the head runs
-        deadline = time.monotonic() + 10
-        while not any(m.private_ip for m in provider.machines(fresh=True)) and time.monotonic() < deadline:
-            time.sleep(0.05)
-    labels = {names.NODE_INDEX: str(index)} if index is not None else {}
-    return next(iter(provider.create_node_with_resources_and_labels({}, node_tags(name, kind), 1, {}, labels)))
+    [created] = provider_helpers.create(provider, name, kind, index=index)
+    return created
 
 
 def onstart_text(payload):
@@ -273,3 +263,21 @@ def test_states_follow_actual_status_and_an_interrupted_instance_is_still_ended(
     assert provider.non_terminated_nodes({}) == [head, worker], "a stopped instance still bills its disk"
     provider.terminate_nodes(provider.non_terminated_nodes({}))
     assert sim.live() == []
+
+
+def test_labels_hold_identity_and_every_tag_within_vasts_256_characters_and_too_much_is_refused(sim, tmp_path):
+    cfg = config(sim, tmp_path)
+    provider, name = provider_for(sim, tmp_path, t4(cfg), name="sky-" + "n" * 40)
+    head = create(provider, name, index=0)
+    [payload] = sim.payloads()
+    assert len(payload["label"]) <= LABEL_LIMIT == 256  # with the pool's owner, start, price and launch token
+    tags = provider.node_tags(head)
+    assert tags[names.OWNER] and tags[names.PRICE] == "0.2000" and tags[names.LAUNCH_TOKEN].startswith(f"{name}-0-")
+    with pytest.raises(sky.ProvisioningError, match="over the .* this cloud's field holds"):
+        provider.set_node_tags(head, {"note": "x" * 200})
+    assert provider.node_tags(head) == tags, "a refused label change leaves the label as it was"
+    huge = {**node_tags(name), "note": "y" * 300}
+    with pytest.raises(sky.ProvisioningError, match="over the"):
+        provider.create_node_with_resources_and_labels({}, huge, 1, {}, {names.NODE_INDEX: "1"})
+    assert len(sim.payloads()) == 1, "a label over the budget is refused before anything is rented"
+    provider.terminate_nodes([head])

@@ -1,5 +1,6 @@
 """Every skyward cluster in an AWS account, by skyward's own tag (`skyward/cluster`) and nothing else:
-what `skyward-ray status` lists and `down`/`gc` end (see `Cloud.list_clusters`)."""
+what `skyward-ray status` lists and `down`/`gc` end (see `Cloud.list_clusters`); and how one EC2
+instance reads as the contract's `Machine` (`instance_machine`, shared with `cloud.py`)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,27 @@ from typing import Any
 from node_providers.aws.config import AWS
 from node_providers.aws.session import aws_errors, credentials_resolve_offline, retry_config, session_for
 from skyward_ray import names
-from skyward_ray.cluster.contract import ClusterListing, Machine
+from skyward_ray.cluster.contract import ClusterListing, Machine, MachineState
 from skyward_ray.errors import AuthError, SpecError
 
 _LISTED_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
+
+# EC2 state → the contract's. A stopped instance still bills its disk and can come back: active.
+_STATES: dict[str, MachineState] = {
+    "pending": "pending", "running": "running", "stopping": "stopping", "stopped": "stopping",
+    "shutting-down": "terminated", "terminated": "terminated",
+}
+
+
+def instance_machine(instance: dict[str, Any]) -> Machine:
+    """One EC2 instance (as DescribeInstances / RunInstances give it) as the contract's `Machine`."""
+    return Machine(
+        instance_id=instance["InstanceId"],
+        state=_STATES.get(instance["State"]["Name"], "terminated"),
+        private_ip=instance.get("PrivateIpAddress"),
+        public_ip=instance.get("PublicIpAddress"),
+        tags={t["Key"]: t["Value"] for t in instance.get("Tags", [])},
+    )
 
 
 def regions(config: AWS) -> list[str]:
@@ -35,8 +53,6 @@ def list_clusters(config: AWS) -> list[ClusterListing]:
 
 
 def _region_clusters(config: AWS, region: str) -> list[ClusterListing]:
-    from node_providers.aws.cloud import _machine
-
     ec2: Any = session_for(config.profile, region).client("ec2", config=retry_config())
     tagged = [{"Name": "tag-key", "Values": [names.CLUSTER]}]
     machines: dict[str, list[Machine]] = {}
@@ -46,7 +62,7 @@ def _region_clusters(config: AWS, region: str) -> list[ClusterListing]:
                 Filters=tagged + [{"Name": "instance-state-name", "Values": _LISTED_STATES}]):
             for reservation in page["Reservations"]:
                 for instance in reservation["Instances"]:
-                    machine = _machine(instance)
+                    machine = instance_machine(instance)
                     machines.setdefault(machine.tags[names.CLUSTER], []).append(machine)
         for group in ec2.describe_security_groups(Filters=tagged)["SecurityGroups"]:
             name = _tag(group, names.CLUSTER)

@@ -19,20 +19,12 @@ from typing import Any
 import yaml
 
 from node_providers.aws import network
-from node_providers.aws.admin import list_clusters
+from node_providers.aws.admin import instance_machine, list_clusters
 from node_providers.aws.config import AWS
 from node_providers.aws.session import aws_errors, check_credentials, retry_config, session_for
 from skyward_ray import names
-from skyward_ray.cluster.contract import (
-    BootEnvironment,
-    Cloud,
-    ClusterListing,
-    Machine,
-    MachineRequest,
-    MachineState,
-    Role,
-    SSHEndpoint,
-)
+from skyward_ray.cluster.contract import ClusterListing, Machine, MachineRequest, NotFoundError, SSHEndpoint
+from skyward_ray.cluster.remote_cloud import RemoteCloud
 from skyward_ray.errors import ProvisioningError, SpecError
 
 # IMDSv2 (token first). Only reached when SKYWARD_INSTANCE_ID / SKYWARD_NODE_IP are not already set.
@@ -44,9 +36,6 @@ def _imds(path: str) -> str:
     return f'$(curl -sf --retry 5 -H "X-aws-ec2-metadata-token: {_IMDS_TOKEN}" {_IMDS}/meta-data/{path})'
 
 
-INSTANCE_ID_SHELL = "${" + names.ENV_INSTANCE_ID + ":-" + _imds("instance-id") + "}"
-NODE_IP_SHELL = "${" + names.ENV_NODE_IP + ":-" + _imds("local-ipv4") + "}"
-
 # EC2 answers InvalidInstanceID.NotFound for a few seconds after a create (eventual consistency):
 # a call about a just-created instance is retried this many times before NotFound means gone.
 NOT_FOUND_RETRIES = 5
@@ -57,19 +46,16 @@ NOT_FOUND_RETRIES = 5
 _REBOOT_GUARD = ("if [ -e /var/lib/skyward-first-boot ]; then echo 'skyward: rebooted; ending this instance'; "
                  "shutdown -h now; else mkdir -p /var/lib && : > /var/lib/skyward-first-boot; fi")
 
-# EC2 state → the contract's. A stopped instance still bills its disk and can come back: active.
-_STATES: dict[str, MachineState] = {
-    "pending": "pending", "running": "running", "stopping": "stopping", "stopped": "stopping",
-    "shutting-down": "terminated", "terminated": "terminated",
-}
 
-
-class AWSCloud(Cloud):
+class AWSCloud(RemoteCloud):
     """EC2 instances of one cluster, in the region of the offer bought."""
 
     config_class = AWS
     config: AWS
-    describe_ttl = 1.0  # launchers poll; spare the API's rate limits
+    instance_id_shell = "${" + names.ENV_INSTANCE_ID + ":-" + _imds("instance-id") + "}"
+    node_ip_shell = "${" + names.ENV_NODE_IP + ":-" + _imds("local-ipv4") + "}"
+    shutdown_command = "shutdown -h now"  # with InstanceInitiatedShutdownBehavior=terminate: ends it
+    log_name = "console output"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -126,15 +112,6 @@ class AWSCloud(Cloud):
             network.delete_cluster_resources(self.ec2, self.cluster_name)
 
     # -- machines -------------------------------------------------------------------------------
-    def boot_environment(self, role: Role, index: int) -> BootEnvironment:
-        config = self.config
-        return BootEnvironment(
-            instance_id_shell=INSTANCE_ID_SHELL,
-            node_ip_shell=NODE_IP_SHELL,
-            shutdown_command="shutdown -h now",
-            **config.node_resources(),
-        )
-
     def launch(self, request: MachineRequest) -> Machine:
         """One `run_instances` call (MinCount=MaxCount=1), booting from the request's user data."""
         params, prepared, node_config = self.params, self.prepared, request.node_config
@@ -168,7 +145,7 @@ class AWSCloud(Cloud):
         where = f"{instance_type} {market} in {prepared.get('zone') or self.region}"
         with aws_errors("launch an instance", where):
             [instance] = self.ec2.run_instances(**run)["Instances"]
-        return _machine(instance)
+        return instance_machine(instance)
 
     def describe(self) -> list[Machine]:
         found = []
@@ -176,22 +153,14 @@ class AWSCloud(Cloud):
         with aws_errors("describe instances", self.cluster_name):
             for page in self.ec2.get_paginator("describe_instances").paginate(Filters=filters):
                 for reservation in page["Reservations"]:
-                    found.extend(_machine(i) for i in reservation["Instances"])
+                    found.extend(instance_machine(i) for i in reservation["Instances"])
         return found
 
-    def terminate(self, instance_ids: list[str]) -> None:
-        """Terminate (never stop): a stopped instance would keep its disk billing and its tags."""
-        ids = sorted(set(instance_ids))
-        try:
-            with aws_errors("terminate instances", ", ".join(ids)):
-                self.ec2.terminate_instances(InstanceIds=ids)
-        except ProvisioningError as error:
-            if "InvalidInstanceID" not in str(error):
-                raise
-            for instance_id in ids:  # one unknown id fails the whole call: end the others one by one
-                with contextlib.suppress(ProvisioningError):
-                    with aws_errors("terminate an instance", instance_id):
-                        self.ec2.terminate_instances(InstanceIds=[instance_id])
+    def end_machines(self, instance_ids: list[str]) -> None:
+        """One TerminateInstances call (never stop: a stopped instance keeps its disk billing and its
+        tags); one unknown id fails the whole call with `NotFoundError`."""
+        with aws_errors("terminate instances", ", ".join(instance_ids)):
+            self.ec2.terminate_instances(InstanceIds=instance_ids)
 
     def set_tags(self, instance_id: str, tags: Mapping[str, str]) -> None:
         for attempt in range(NOT_FOUND_RETRIES + 1):
@@ -199,8 +168,8 @@ class AWSCloud(Cloud):
                 with aws_errors("tag an instance", instance_id):
                     self.ec2.create_tags(Resources=[instance_id], Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
                 return
-            except ProvisioningError as error:  # NotFound right after the create: still pending, not gone
-                if "InvalidInstanceID.NotFound" not in str(error) or attempt == NOT_FOUND_RETRIES:
+            except NotFoundError:  # right after the create: still pending, not gone
+                if attempt == NOT_FOUND_RETRIES:
                     raise
                 time.sleep(1.0 + attempt)
 
@@ -211,14 +180,10 @@ class AWSCloud(Cloud):
                 "subnet that assigns public addresses (sky.AWS(subnet_id=...)), or run the driver inside the VPC")
         return SSHEndpoint(host=machine.public_ip, port=22, user=self.config.ssh_user)
 
-    def log_tail(self, instance_id: str, lines: int = 30) -> str:
+    def read_log(self, instance_id: str, lines: int) -> str:
         """The instance's console output (cloud-init prints the boot script's output there)."""
-        try:
-            with aws_errors("read the console output", instance_id):
-                output = self.ec2.get_console_output(InstanceId=instance_id, Latest=True).get("Output") or ""
-        except ProvisioningError as error:
-            return f"(no console output: {error})"
-        return "\n".join(output.splitlines()[-lines:]) or "(the console output is empty so far)"
+        with aws_errors("read the console output", instance_id):
+            return self.ec2.get_console_output(InstanceId=instance_id, Latest=True).get("Output") or ""
 
 
 def user_data(request: MachineRequest) -> str:
@@ -237,14 +202,3 @@ def user_data(request: MachineRequest) -> str:
     message.attach(MIMEText(config, "cloud-config"))
     message.attach(MIMEText(request.boot_script, "x-shellscript"))
     return message.as_string()
-
-
-
-def _machine(instance: dict[str, Any]) -> Machine:
-    return Machine(
-        instance_id=instance["InstanceId"],
-        state=_STATES.get(instance["State"]["Name"], "terminated"),
-        private_ip=instance.get("PrivateIpAddress"),
-        public_ip=instance.get("PublicIpAddress"),
-        tags={t["Key"]: t["Value"] for t in instance.get("Tags", [])},
-    )

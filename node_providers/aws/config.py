@@ -17,6 +17,7 @@ class AWS(RemoteMachineConfig):
     """Amazon EC2. Credentials come from the usual boto3 chain (env, profile, SSO, instance role)."""
 
     name: ClassVar[str] = "aws"
+    defaults: ClassVar[dict[str, object]] = {"ssh_user": "ubuntu"}  # the login user of the default AMI (Ubuntu)
     node_provider: ClassVar[str | None] = "node_providers.aws.node_provider:AWSNodeProvider"
 
     region: str | None = Field(default=None, description="a region such as 'us-east-1' (offers and launches)")
@@ -29,9 +30,7 @@ class AWS(RemoteMachineConfig):
         default=None, description="source of the cluster's SSH rule, e.g. your address '/32' (default: no SSH rule)")
     driver_security_group: str | None = Field(
         default=None, description="a security group 'sg-...' whose members (a driver inside the VPC) may reach the nodes")
-    ssh_user: str = Field(default="ubuntu", description="the image's login user (ubuntu on the default AMI)")
     disk_gb: int | None = Field(default=None, gt=0, description="root volume size in GB (default: the AMI's)")
-    live_offers_ttl: float = Field(default=120.0, ge=0, description="seconds a live offer listing is reused")
 
     def list_offers(self, accelerator: "Accelerator | None" = None) -> "list[Offer]":
         from node_providers.aws.offers import list_offers

@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
-import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -24,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from catalog import prices
 from catalog.taxonomy import taxonomy
 from node_providers.aws.session import aws_errors, credentials_resolve_offline, retry_config, session_for
+from skyward_ray.planning.offer_source import live_listing, live_or_snapshot, market_offers
 from skyward_ray.planning.offers import Offer
 
 if TYPE_CHECKING:
@@ -47,37 +46,23 @@ def list_offers(config: "AWS", accelerator: "Accelerator | None") -> list[Offer]
     live_regions = sorted(regions) if regions else []
     if not live_regions or not credentials_resolve_offline(config.profile):
         return chosen
-    result: list[Offer] = []
-    for region in live_regions:
-        try:
-            live = _live_offers_cached(config.profile, region, _endpoint_key(), family, config.live_offers_ttl)
-        except Exception as error:  # live listing is a refinement: the snapshot stays the answer on failure
-            log.info("aws: live offers for %s unavailable (%s); using the snapshot", region, error)
-            live = None
-        result.extend(live if live is not None else [o for o in chosen if o.region == region])
-    return result
+    return [offer for region in live_regions for offer in _region_offers(config, region, family, chosen)]
+
+
+def _region_offers(config: "AWS", region: str, family: str | None, chosen: list[Offer]) -> list[Offer]:
+    """One region's live offers (reused for `live_offers_ttl`), else its snapshot offers."""
+    key = (PROVIDER, config.profile, region, _endpoint_key(), family)
+
+    def live() -> list[Offer]:
+        return live_listing(key, config.live_offers_ttl,
+                            lambda: live_offers(session_for(config.profile, region), region, family))
+
+    return live_or_snapshot(f"{PROVIDER} {region}", live, lambda: [o for o in chosen if o.region == region])
 
 
 def _endpoint_key() -> tuple[str, str]:
     """Cache key part: a different endpoint (a simulator) is a different cloud."""
     return os.environ.get("AWS_ENDPOINT_URL_EC2", ""), os.environ.get("AWS_ENDPOINT_URL", "")
-
-
-_LIVE_CACHE: dict[tuple[Any, ...], tuple[float, list[Offer]]] = {}
-_LIVE_LOCK = threading.Lock()
-
-
-def _live_offers_cached(profile: str | None, region: str, endpoint: tuple[str, str], family: str | None,
-                        ttl: float) -> list[Offer]:
-    key = (profile, region, endpoint, family)
-    with _LIVE_LOCK:
-        hit = _LIVE_CACHE.get(key)
-        if hit and time.monotonic() - hit[0] < ttl:
-            return hit[1]
-    offers = live_offers(session_for(profile, region), region, family)
-    with _LIVE_LOCK:
-        _LIVE_CACHE[key] = (time.monotonic(), offers)
-    return offers
 
 
 def gpu_instance_types(ec2: Any, family: str | None) -> dict[str, dict[str, Any]]:
@@ -107,11 +92,6 @@ def gpu_instance_types(ec2: Any, family: str | None) -> dict[str, dict[str, Any]
                 "architectures": item.get("ProcessorInfo", {}).get("SupportedArchitectures", ["x86_64"]),
             }
     return facts
-
-
-def plausible_spot(price: float | None, on_demand: float | None) -> bool:
-    """A spot price is a discount only when it is > 0 and below on-demand (DESIGN §2.1)."""
-    return price is not None and on_demand is not None and 0 < price < on_demand
 
 
 def live_offers(session: Any, region: str, family: str | None) -> list[Offer]:
@@ -144,16 +124,12 @@ def live_offers(session: Any, region: str, family: str | None) -> list[Offer]:
             continue  # not sold here, or no on-demand price to compare a spot price with
         facts = {k: v for k, v in types[name].items() if k != "architectures"}
         od_price, od_source, od_as_of = on_demand[name]
-        offers.append(Offer(provider=PROVIDER, market="on-demand", price=od_price, on_demand_price=od_price,
-                            spot_price=None, region=region, zone=None, instance_type=name, price_source=od_source,
-                            price_as_of=od_as_of, **facts))
-        for zone in sorted(zones[name]):
+        offers += market_offers(od_price, None, markets=("on-demand",), provider=PROVIDER, region=region,
+                                instance_type=name, price_source=od_source, price_as_of=od_as_of, **facts)
+        for zone in sorted(zones[name]):  # every listed spot price: the selector rejects 0 or ≥ on-demand
             price, stamp = spot.get((name, zone), (None, None))
-            if not plausible_spot(price, od_price):
-                continue
-            offers.append(Offer(provider=PROVIDER, market="spot", price=price, on_demand_price=od_price,
-                                spot_price=price, region=region, zone=zone, instance_type=name,
-                                price_source=LIVE_SOURCE, price_as_of=stamp, **facts))
+            offers += market_offers(od_price, price, markets=("spot",), provider=PROVIDER, region=region, zone=zone,
+                                    instance_type=name, price_source=LIVE_SOURCE, price_as_of=stamp, **facts)
     return offers
 
 

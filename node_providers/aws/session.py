@@ -2,16 +2,18 @@
 
 Capacity → `CapacityError` (the launcher tries the next offer), credentials/permissions →
 `AuthError`, account limits → `QuotaError` (the spot instance limit → `SpotQuotaError`: only the
-spot offers are skipped); throttling (`RequestLimitExceeded`) is retried by botocore's adaptive
-mode (bounded, with backoff, and a client-side rate limit that slows down while throttled).
+spot offers are skipped), an unknown instance id → `NotFoundError`; throttling
+(`RequestLimitExceeded`) is retried by botocore's adaptive mode (bounded, with backoff, and a
+client-side rate limit that slows down while throttled).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from typing import Any
 
+from skyward_ray.cluster.contract import NotFoundError
+from skyward_ray.cluster.remote_cloud import typed_errors
 from skyward_ray.errors import AuthError, CapacityError, ProvisioningError, QuotaError, SpecError, SpotQuotaError
 
 
@@ -61,9 +63,16 @@ _CREDENTIALS_FIX = ("Fix: run `aws configure` (or `aws sso login`), set AWS_ACCE
                     "AWS_PROFILE, or pass sky.AWS(profile=...).")
 
 
-@contextlib.contextmanager
-def aws_errors(what: str, where: str = "") -> Iterator[None]:
+_NOT_FOUND_CODES = {"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"}
+
+
+def aws_errors(what: str, where: str = "") -> contextlib.AbstractContextManager[None]:
     """Turn botocore's exceptions into the typed errors the launcher acts on."""
+    doing = what + (f" ({where})" if where else "")
+    return typed_errors(lambda error: _typed(error, doing))
+
+
+def _typed(error: BaseException, doing: str) -> BaseException | None:
     from botocore.exceptions import (
         BotoCoreError,
         ClientError,
@@ -73,35 +82,38 @@ def aws_errors(what: str, where: str = "") -> Iterator[None]:
         ProfileNotFound,
     )
 
-    place = f" ({where})" if where else ""
-    try:
-        yield
-    except (NoCredentialsError, PartialCredentialsError) as error:
-        raise AuthError(f"AWS: could not {what}{place}: no usable credentials ({error}). {_CREDENTIALS_FIX}") from None
-    except ProfileNotFound as error:
-        raise AuthError(f"AWS: {error}. Fix: pass an existing profile to sky.AWS(profile=...) or unset AWS_PROFILE") from None
-    except NoRegionError:
-        raise SpecError("AWS: no region. Fix: pass sky.AWS(region='us-east-1') or set AWS_DEFAULT_REGION") from None
-    except ClientError as error:
+    if isinstance(error, (NoCredentialsError, PartialCredentialsError)):
+        return AuthError(f"AWS: could not {doing}: no usable credentials ({error}). {_CREDENTIALS_FIX}")
+    if isinstance(error, ProfileNotFound):
+        return AuthError(f"AWS: {error}. Fix: pass an existing profile to sky.AWS(profile=...) or unset AWS_PROFILE")
+    if isinstance(error, NoRegionError):
+        return SpecError("AWS: no region. Fix: pass sky.AWS(region='us-east-1') or set AWS_DEFAULT_REGION")
+    if isinstance(error, ClientError):
         info = error.response.get("Error", {})
         code, message = info.get("Code", "?"), info.get("Message", str(error))
-        text = f"AWS: could not {what}{place}: {code}: {message}"
-        if code in _SPOT_QUOTA_CODES:
-            raise SpotQuotaError(f"{text}. The account's spot instance limit is reached: this provider's spot offers "
-                                 "are skipped. Fix: request a higher spot limit in the Service Quotas console, or "
-                                 "use allocation='on-demand'") from None
-        if code in _CAPACITY_CODES:
-            raise CapacityError(text) from None
-        if code in _AUTH_CODES:
-            raise AuthError(f"{text}. The credentials in use lack a permission or are invalid. {_CREDENTIALS_FIX}") from None
-        if code in _QUOTA_CODES:
-            raise QuotaError(f"{text}. Fix: request a higher limit in the Service Quotas console, or pick a smaller "
-                             "instance or fewer nodes") from None
-        if code in _THROTTLE_CODES:
-            raise ProvisioningError(f"{text} (still throttled after botocore's retries with backoff)") from None
-        raise ProvisioningError(text) from None
-    except BotoCoreError as error:
-        raise ProvisioningError(f"AWS: could not {what}{place}: {error}") from None
+        return _client_error(code, f"AWS: could not {doing}: {code}: {message}")
+    if isinstance(error, BotoCoreError):
+        return ProvisioningError(f"AWS: could not {doing}: {error}")
+    return None
+
+
+def _client_error(code: str, text: str) -> BaseException:
+    if code in _SPOT_QUOTA_CODES:
+        return SpotQuotaError(f"{text}. The account's spot instance limit is reached: this provider's spot offers "
+                              "are skipped. Fix: request a higher spot limit in the Service Quotas console, or "
+                              "use allocation='on-demand'")
+    if code in _CAPACITY_CODES:
+        return CapacityError(text)
+    if code in _AUTH_CODES:
+        return AuthError(f"{text}. The credentials in use lack a permission or are invalid. {_CREDENTIALS_FIX}")
+    if code in _QUOTA_CODES:
+        return QuotaError(f"{text}. Fix: request a higher limit in the Service Quotas console, or pick a smaller "
+                          "instance or fewer nodes")
+    if code in _THROTTLE_CODES:
+        return ProvisioningError(f"{text} (still throttled after botocore's retries with backoff)")
+    if code in _NOT_FOUND_CODES:
+        return NotFoundError(text)
+    return ProvisioningError(text)
 
 
 def check_credentials(session: Any) -> str:

@@ -8,7 +8,7 @@ never logged, and never sent to a pod.
 
 Errors: HTTP 401 (a bad or revoked key) → `AuthError`; RunPod's "no longer any instances
 available" and a bid under the floor → `CapacityError` (the launcher tries the next offer); any
-other → `ProvisioningError`.
+other → `ProvisioningError`; RunPod's "not found" for a pod id → `NotFoundError`.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from skyward_ray.cluster.contract import NotFoundError
+from skyward_ray.cluster.remote_cloud import typed_errors
 from skyward_ray.errors import AuthError, CapacityError, ProvisioningError, QuotaError
 
 CAPACITY_MESSAGE = "There are no longer any instances available with the requested specifications"
@@ -28,6 +29,7 @@ _QUOTA_PATTERN = re.compile(r"\b(balance|spend limit|quota|too many pods)\b", re
 _AUTH_FIX = ("Fix: pass sky.RunPod(api_key=...) or set RUNPOD_API_KEY to a key from "
              "https://www.console.runpod.io/user/settings (API Keys)")
 _UNSAFE = re.compile(r'["\\\n\r]')
+_NOT_FOUND_PATTERN = re.compile(r"not found|does not exist", re.I)
 
 
 def api_key(configured: str | None) -> str | None:
@@ -60,31 +62,33 @@ def safe(value: str, what: str) -> str:
     return value
 
 
-@contextlib.contextmanager
-def runpod_errors(what: str, where: str = "") -> Iterator[None]:
+def runpod_errors(what: str, where: str = "") -> contextlib.AbstractContextManager[None]:
     """The SDK's exceptions (and the HTTP layer's) as the typed errors the launcher acts on."""
+    doing = what + (f" ({where})" if where else "")
+    return typed_errors(lambda error: _typed(error, doing))
+
+
+def _typed(error: BaseException, doing: str) -> BaseException | None:
     import requests
     from runpod import error as sdk_error
 
-    place = f" ({where})" if where else ""
-    try:
-        yield
-    except sdk_error.AuthenticationError as error:
-        raise AuthError(f"RunPod: could not {what}{place}: the API key was refused ({error}). {_AUTH_FIX}") from None
-    except sdk_error.QueryError as error:
-        message = str(error)
+    message = str(error)
+    if isinstance(error, sdk_error.AuthenticationError):
+        return AuthError(f"RunPod: could not {doing}: the API key was refused ({error}). {_AUTH_FIX}")
+    if isinstance(error, sdk_error.QueryError):
         if CAPACITY_MESSAGE.lower() in message.lower():
-            raise CapacityError(f"RunPod: no capacity to {what}{place}: {message}") from None
+            return CapacityError(f"RunPod: no capacity to {doing}: {message}")
         if _BID_PATTERN.search(message):
-            raise CapacityError(f"RunPod: the interruptible bid was refused to {what}{place}: {message}. The "
-                                "market moved above the listed price; another offer is tried") from None
-        if _QUOTA_PATTERN.search(message):
-            raise QuotaError(f"RunPod: could not {what}{place}: {message}") from None
-        raise ProvisioningError(f"RunPod: could not {what}{place}: {message}") from None
-    except requests.RequestException as error:
-        raise ProvisioningError(f"RunPod: could not {what}{place}: {type(error).__name__}: {error}") from None
-    except ValueError as error:  # the SDK's own argument checks, or a body that is not JSON
-        raise ProvisioningError(f"RunPod: could not {what}{place}: {error}") from None
+            return CapacityError(f"RunPod: the interruptible bid was refused to {doing}: {message}. The market "
+                                 "moved above the listed price; another offer is tried")
+        kind = QuotaError if _QUOTA_PATTERN.search(message) else (
+            NotFoundError if _NOT_FOUND_PATTERN.search(message) else ProvisioningError)
+        return kind(f"RunPod: could not {doing}: {message}")
+    if isinstance(error, requests.RequestException):
+        return ProvisioningError(f"RunPod: could not {doing}: {type(error).__name__}: {error}")
+    if isinstance(error, ValueError):  # the SDK's own argument checks, or a body that is not JSON
+        return ProvisioningError(f"RunPod: could not {doing}: {error}")
+    return None
 
 
 def graphql(key: str, query: str) -> dict[str, Any]:

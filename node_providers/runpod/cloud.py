@@ -8,11 +8,12 @@ cluster's login key and starts sshd, before the generic boot script starts Ray: 
 that host key and reaches the head through `ssh -L` to the public port RunPod maps to port 22.
 
 Pods have no tags. A pod's identity is its name, `skyward-<cluster>-<role>-<index>`, and its
-tags travel base64-encoded in one env variable (`SKYWARD_POD_TAGS`), so a provider made in
-another process finds the same pods; `describe` lists the account's pods by that name prefix.
-`set_tags` changes are kept in this process (shared by every provider instance in it, as Ray's
-autoscaler re-creates providers at will), not at RunPod: RunPod cannot change a running pod's env
-without restarting it.
+tags travel encoded in one env variable (`names.ENV_MACHINE_TAGS`), both written by
+`skyward_ray.cluster.machine_tags`, so a provider made in another process finds the same pods;
+`describe` lists the account's pods by that name prefix. Tags changed after the launch
+(`set_tags`, which only `ray up`'s updaters call) are the one thing kept in this process (shared by
+every provider instance in it), not at RunPod: RunPod cannot change a running pod's env or name
+without restarting the pod, which would end its Ray node.
 
 A pod ends itself with only what RunPod gives every pod about itself: its id (`RUNPOD_POD_ID`)
 and its pod-scoped key (`RUNPOD_API_KEY`, https://docs.runpod.io/pods/references/environment-variables),
@@ -28,8 +29,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
-import re
 import threading
 import time
 from collections.abc import Mapping
@@ -38,30 +37,18 @@ from typing import Any
 from node_providers.runpod.api import graphql, require_key, runpod_errors, safe
 from node_providers.runpod.config import RunPod
 from skyward_ray import names
-from skyward_ray.cluster.contract import (
-    BootEnvironment,
-    Cloud,
-    ClusterListing,
-    ClusterParams,
-    Machine,
-    MachineRequest,
-    MachineState,
-    Role,
-    SSHEndpoint,
-)
-from skyward_ray.errors import AuthError, CapacityError, ProvisioningError, SpecError
+from skyward_ray.cluster.contract import ClusterListing, ClusterParams, Machine, MachineRequest, MachineState, SSHEndpoint
+from skyward_ray.cluster.machine_tags import MachineName, MachineNaming, TagCodec
+from skyward_ray.cluster.remote_cloud import RemoteCloud
+from skyward_ray.errors import CapacityError, ProvisioningError, SpecError
+from skyward_ray.node.sshd import sshd_lines, state_dir_lines
 
-NAME_PREFIX = "skyward"
-ENV_TAGS = "SKYWARD_POD_TAGS"
-NETWORK_TAG = "skyward/network"  # "global" on pods made with global networking
 INTERNAL_DOMAIN = "runpod.internal"
-SSH_DIR = "$HOME/.skyward-ssh"
 BOOT_FILE = "$HOME/.skyward-boot.sh"
+ENV_TAGS = names.ENV_MACHINE_TAGS
+NAMING = MachineNaming(first="-", between="-")
+TAGS = TagCodec(ascii_armor=True)  # the SDK pastes env values into its GraphQL text unescaped
 
-INSTANCE_ID_SHELL = "${RUNPOD_POD_ID}"
-# The pod's address on the global network (its DNS name resolves there), else its first address.
-NODE_IP_SHELL = ("$({ getent hosts ${RUNPOD_POD_ID}." + INTERNAL_DOMAIN + " | awk '{print $1; exit}'; "
-                 "hostname -I | awk '{print $1}'; } | head -n 1)")
 # Only the pod's own id and pod-scoped key: `runpodctl` (RunPod installs it in every pod with that
 # key), else the GraphQL podTerminate it would send.
 SHUTDOWN_COMMAND = (
@@ -81,29 +68,25 @@ _POD_FIELDS = ("id name desiredStatus env costPerHr gpuCount imageName machineId
                "runtime { uptimeInSeconds ports { ip isIpPublic privatePort publicPort type } }")
 
 
-# Tag changes made in this process, by pod id: every provider instance here sees them.
+# Tag changes made in this process after a launch, by pod id (RunPod cannot keep them; see above).
 _TAG_LOCK = threading.Lock()
 _TAG_CHANGES: dict[str, dict[str, str]] = {}
 
 
-_ANY_POD_NAME = re.compile(re.escape(NAME_PREFIX) + r"-(?P<cluster>[A-Za-z0-9-]+)-(head|worker)-\d+")
-
-
-def pod_prefix(cluster_name: str) -> str:
-    return f"{NAME_PREFIX}-{cluster_name}-"
-
-
-class RunPodCloud(Cloud):
+class RunPodCloud(RemoteCloud):
     """The pods of one cluster, in the RunPod account the key belongs to."""
 
     config_class = RunPod
     config: RunPod
-    describe_ttl = 1.0  # launchers poll; spare the API
+    instance_id_shell = "${RUNPOD_POD_ID}"
+    # The pod's address on the global network (its DNS name resolves there), else its first address.
+    node_ip_shell = ("$({ getent hosts ${RUNPOD_POD_ID}." + INTERNAL_DOMAIN + " | awk '{print $1; exit}'; "
+                     "hostname -I | awk '{print $1}'; } | head -n 1)")
+    shutdown_command = SHUTDOWN_COMMAND
+    no_log = "(RunPod's API gives no container log; see the pod's Logs tab in the RunPod console)"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.prefix = pod_prefix(self.cluster_name)
-        self._name = re.compile(re.escape(self.prefix) + r"(head|worker)-(\d+)")
         self._lock = threading.Lock()
         self._ssh: dict[str, tuple[str, int]] = {}  # pod id → (public ip, public port of 22)
 
@@ -118,8 +101,7 @@ class RunPodCloud(Cloud):
         key = require_key(config.api_key)
         with runpod_errors("list pods"):
             pods = (graphql(key, "query myPods { myself { pods { id name } } }").get("myself") or {}).get("pods") or []
-        clusters = sorted({match["cluster"] for pod in pods
-                           if (match := _ANY_POD_NAME.fullmatch(pod.get("name") or ""))})
+        clusters = sorted({found.cluster for pod in pods if (found := NAMING.parse(pod.get("name") or ""))})
         return [ClusterListing(name=name, machines=cls(name, config, ClusterParams(), {}).describe())
                 for name in clusters]
 
@@ -141,15 +123,6 @@ class RunPodCloud(Cloud):
             time.sleep(1.0)
 
     # -- machines -------------------------------------------------------------------------------
-    def boot_environment(self, role: Role, index: int) -> BootEnvironment:
-        config = self.config
-        return BootEnvironment(
-            instance_id_shell=INSTANCE_ID_SHELL,
-            node_ip_shell=NODE_IP_SHELL,
-            shutdown_command=SHUTDOWN_COMMAND,
-            **config.node_resources(),
-        )
-
     @property
     def global_network(self) -> bool:
         return bool(self.prepared.get("global_network", self.params.nodes > 1))
@@ -166,16 +139,16 @@ class RunPodCloud(Cloud):
         market = node_config.get("market") or params.market
         tags = {**request.tags, names.CLUSTER: self.cluster_name}
         if self.global_network:
-            tags[NETWORK_TAG] = "global"
-        name = f"{self.prefix}{request.role}-{request.index}"
+            tags[names.NETWORK] = "global"
+        machine = MachineName(self.cluster_name, request.role, request.index)
         mutation = generate_pod_deployment_mutation(
-            name=safe(name, "the pod name"), image_name=safe(config.image, "the image"), gpu_type_id=gpu_type,
-            cloud_type="SECURE" if self.global_network else config.cloud_type,
+            name=safe(NAMING.name(machine), "the pod name"), image_name=safe(config.image, "the image"),
+            gpu_type_id=gpu_type, cloud_type="SECURE" if self.global_network else config.cloud_type,
             support_public_ip=True, start_ssh=True, gpu_count=count, volume_in_gb=config.volume_gb,
             container_disk_in_gb=config.container_disk_gb, min_vcpu_count=config.min_vcpu_count,
             min_memory_in_gb=config.min_memory_gb, docker_args=container_command(request, config.ssh_user, params.ssh_public_key),
             ports="22/tcp", volume_mount_path="/runpod-volume" if config.volume_gb else None,
-            env={ENV_TAGS: base64.b64encode(json.dumps(tags, sort_keys=True).encode()).decode()},
+            env={ENV_TAGS: TAGS.encode(machine, tags)},
         )
         extra = ["globalNetwork: true"] if self.global_network else []
         operation = "podFindAndDeployOnDemand"
@@ -205,7 +178,7 @@ class RunPodCloud(Cloud):
         return float(floor)
 
     def _private_ip(self, pod_id: str, tags: Mapping[str, str]) -> str | None:
-        return f"{pod_id}.{INTERNAL_DOMAIN}" if tags.get(NETWORK_TAG) == "global" else None
+        return f"{pod_id}.{INTERNAL_DOMAIN}" if tags.get(names.NETWORK) == "global" else None
 
     def describe(self) -> list[Machine]:
         with runpod_errors("list pods", self.cluster_name):
@@ -213,9 +186,10 @@ class RunPodCloud(Cloud):
                     .get("myself") or {}).get("pods") or []
         found, exited = [], []
         for pod in pods:
-            if not self._name.fullmatch(pod.get("name") or ""):
+            name = NAMING.parse(pod.get("name") or "")
+            if name is None or name.cluster != self.cluster_name:
                 continue
-            machine, ssh = self._machine(pod)
+            machine, ssh = self._machine(pod, name)
             if ssh is not None:
                 with self._lock:
                     self._ssh[machine.instance_id] = ssh
@@ -227,11 +201,8 @@ class RunPodCloud(Cloud):
                 self.terminate(exited)
         return found
 
-    def _machine(self, pod: dict[str, Any]) -> tuple[Machine, tuple[str, int] | None]:
-        env = pod_env(pod.get("env"))
-        tags: dict[str, str] = {}
-        with contextlib.suppress(Exception):
-            tags = {str(k): str(v) for k, v in json.loads(base64.b64decode(env.get(ENV_TAGS, ""))).items()}
+    def _machine(self, pod: dict[str, Any], name: MachineName) -> tuple[Machine, tuple[str, int] | None]:
+        tags = TAGS.decode(name, pod_env(pod.get("env")).get(ENV_TAGS, ""))
         with _TAG_LOCK:
             tags.update(_TAG_CHANGES.get(pod["id"], {}))
         runtime = pod.get("runtime")
@@ -246,22 +217,15 @@ class RunPodCloud(Cloud):
         return Machine(instance_id=pod["id"], state=state, private_ip=self._private_ip(pod["id"], tags),
                        public_ip=ssh[0] if ssh else None, tags=tags), ssh
 
-    def terminate(self, instance_ids: list[str]) -> None:
-        """podTerminate each (never podStop: a stopped pod keeps billing its volume)."""
+    def end_machine(self, instance_id: str) -> None:
+        """podTerminate (never podStop: a stopped pod keeps billing its volume)."""
         from runpod.api.mutations.pods import generate_pod_terminate_mutation
 
-        for pod_id in sorted(set(instance_ids)):
-            try:
-                with runpod_errors("terminate a pod", pod_id):
-                    graphql(self.key, generate_pod_terminate_mutation(safe(pod_id, "a pod id")))
-            except AuthError:
-                raise
-            except ProvisioningError as error:
-                if "not found" not in str(error).lower() and "does not exist" not in str(error).lower():
-                    raise
+        with runpod_errors("terminate a pod", instance_id):
+            graphql(self.key, generate_pod_terminate_mutation(safe(instance_id, "a pod id")))
 
     def set_tags(self, instance_id: str, tags: Mapping[str, str]) -> None:
-        """Kept in this process (RunPod cannot change a running pod's env without a restart)."""
+        """Kept in this process: RunPod cannot change a running pod's env or name without restarting it."""
         with _TAG_LOCK:
             _TAG_CHANGES.setdefault(instance_id, {}).update(tags)
 
@@ -278,9 +242,6 @@ class RunPodCloud(Cloud):
                 "Fix: use an offer with public IPs (Secure Cloud), or run the driver inside RunPod")
         return SSHEndpoint(host=ssh[0], port=ssh[1], user=self.config.ssh_user)
 
-    def log_tail(self, instance_id: str, lines: int = 30) -> str:
-        return "(RunPod's API gives no container log; see the pod's Logs tab in the RunPod console)"
-
 
 def pod_env(env: Any) -> dict[str, str]:
     """A pod's `env` as RunPod lists it (["KEY=value", ...]) or as a mapping."""
@@ -296,41 +257,11 @@ def pod_env(env: Any) -> dict[str, str]:
     return result
 
 
-def ssh_prelude(request: MachineRequest, ssh_user: str, public_key: str) -> str:
-    """The head's SSH, before the boot script: the pinned host key, the cluster's login key, sshd."""
-    if not request.ssh_host_key or not public_key:
-        return ""
-    config = "\n".join([
-        "Port 22", "ListenAddress 0.0.0.0", f"HostKey {SSH_DIR}/ssh_host_ed25519_key",
-        f"AuthorizedKeysFile {SSH_DIR}/authorized_keys", f"PidFile {SSH_DIR}/sshd.pid",
-        "PermitRootLogin prohibit-password", f"AllowUsers {ssh_user}", "AuthenticationMethods publickey",
-        "PubkeyAuthentication yes", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-        "UsePAM no", "StrictModes no", "AllowTcpForwarding yes", "X11Forwarding no", "AllowAgentForwarding no",
-        "PrintMotd no", "ClientAliveInterval 10",
-    ])
-    return "\n".join([
-        "# skyward_ray on RunPod: the head's SSH (pinned host key, the cluster's login key) before Ray",
-        f'mkdir -p "{SSH_DIR}" && chmod 700 "{SSH_DIR}"',
-        f"cat > \"{SSH_DIR}/ssh_host_ed25519_key\" <<'SKYWARD_HOST_KEY'",
-        request.ssh_host_key.strip(),
-        "SKYWARD_HOST_KEY",
-        f'chmod 600 "{SSH_DIR}/ssh_host_ed25519_key"',
-        f"printf '%s\\n' '{public_key.strip()}' > \"{SSH_DIR}/authorized_keys\"",
-        f'chmod 600 "{SSH_DIR}/authorized_keys"',
-        f'cat > "{SSH_DIR}/sshd_config" <<SKYWARD_SSHD',
-        config,
-        "SKYWARD_SSHD",
-        "if [ ! -x /usr/sbin/sshd ]; then",
-        "  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null",
-        "fi",
-        "mkdir -p /run/sshd",
-        f'/usr/sbin/sshd -f "{SSH_DIR}/sshd_config" -E "{SSH_DIR}/sshd.log" || echo "skyward: sshd did not start"',
-        "",
-    ])
-
-
 def container_command(request: MachineRequest, ssh_user: str, public_key: str | None) -> str:
-    """The pod's command: decode the base64 payload (SSH prelude + boot script) to a file and run it."""
-    payload = ssh_prelude(request, ssh_user, public_key or "") + request.boot_script
+    """The pod's command: decode the base64 payload (the head's sshd, then the boot script) to a file and run it."""
+    lines = state_dir_lines()
+    if request.ssh_host_key and public_key:
+        lines += sshd_lines(22, ssh_user, request.ssh_host_key, public_key)
+    payload = "\n".join([*lines, request.boot_script])
     encoded = base64.b64encode(payload.encode()).decode()
     return f"bash -c 'echo {encoded} | base64 -d > {BOOT_FILE} && exec bash {BOOT_FILE}'"

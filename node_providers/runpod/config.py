@@ -31,10 +31,8 @@ class RunPod(RemoteMachineConfig):
                                                           "openssh-server or apt-get)")
     container_disk_gb: int = Field(default=20, gt=0, description="each pod's container disk in GB (gone with the pod)")
     volume_gb: int = Field(default=0, ge=0, description="each pod's volume disk in GB (0: none; billed while the pod exists)")
-    ssh_user: str = Field(default="root", description="the login user in the pod (root in RunPod images)")
     min_vcpu_count: int = Field(default=1, ge=1, description="fewest vCPUs a pod may get")
     min_memory_gb: int = Field(default=1, ge=1, description="least memory in GB a pod may get")
-    live_offers_ttl: float = Field(default=120.0, ge=0, description="seconds a live offer listing is reused")
 
     def list_offers(self, accelerator: "Accelerator | None" = None) -> "list[Offer]":
         from node_providers.runpod.offers import list_offers

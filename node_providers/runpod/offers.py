@@ -18,24 +18,19 @@ keeps them for one-node pools only.
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import os
-import threading
-import time
 from datetime import datetime, timezone
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from catalog import prices
 from catalog.taxonomy import taxonomy
+from skyward_ray.planning.offer_source import fingerprint, live_listing, live_or_snapshot, market_offers
 from skyward_ray.planning.offers import Offer
 
 if TYPE_CHECKING:
     from node_providers.runpod.config import RunPod
     from skyward_ray.planning.accelerators import Accelerator
-
-log = logging.getLogger(__name__)
 
 PROVIDER = "runpod"
 PRICE_SOURCE = "snapshot:runpod"
@@ -60,19 +55,17 @@ def list_offers(config: "RunPod", accelerator: "Accelerator | None") -> list[Off
 
     family = accelerator.name if accelerator is not None else None
     key = api_key(config.api_key)
-    if key:
-        try:
-            live = _live_offers_cached(key, config.cloud_type, config.live_offers_ttl)
-            return [o for o in live if family is None or o.accelerator == family]
-        except Exception as error:  # live listing is a refinement: the snapshot stays the answer on failure
-            log.info("runpod: live offers unavailable (%s); using the snapshot", type(error).__name__)
-    offers = _snapshot_offers(prices.snapshot_version("runpod_gpu_types"))
-    return [
-        offer
-        for offer in offers
-        if (config.cloud_type == "ALL" or offer.tier == config.cloud_type)
-        and (family is None or offer.accelerator == family)
-    ]
+    cache_key = (PROVIDER, fingerprint(key), os.environ.get("RUNPOD_API_BASE_URL", ""), config.cloud_type)
+
+    def live() -> tuple[Offer, ...]:
+        return live_listing(cache_key, config.live_offers_ttl, lambda: _live_offers(key or "", config.cloud_type))
+
+    def snapshot() -> tuple[Offer, ...]:
+        return tuple(o for o in _snapshot_offers(prices.snapshot_version("runpod_gpu_types"))
+                     if config.cloud_type == "ALL" or o.tier == config.cloud_type)
+
+    offers = live_or_snapshot(PROVIDER, live if key else None, snapshot)
+    return [o for o in offers if family is None or o.accelerator == family]
 
 
 def network_reason(gpu_type_id: str, tier: str | None, data_centers: set[str] | None = None) -> str | None:
@@ -87,26 +80,10 @@ def network_reason(gpu_type_id: str, tier: str | None, data_centers: set[str] | 
 
 
 # -- live ---------------------------------------------------------------------------------------------
-_live_lock = threading.Lock()
-_live_cache: dict[tuple[str, str, str], tuple[float, tuple[Offer, ...]]] = {}
-
-
 def live_query() -> str:
     prices_fields = "{ minimumBidPrice uninterruptablePrice }"
     counts = " ".join(f"n{n}: lowestPrice(input: {{gpuCount: {n}}}) {prices_fields}" for n in GPU_COUNTS)
     return f"query GpuTypes {{ gpuTypes {{ id displayName memoryInGb secureCloud communityCloud {counts} }} }}"
-
-
-def _live_offers_cached(key: str, cloud_type: str, ttl: float) -> tuple[Offer, ...]:
-    cache_key = (hashlib.sha256(key.encode()).hexdigest(), os.environ.get("RUNPOD_API_BASE_URL", ""), cloud_type)
-    with _live_lock:
-        hit = _live_cache.get(cache_key)
-        if hit is not None and time.monotonic() - hit[0] < ttl:
-            return hit[1]
-    offers = _live_offers(key, cloud_type)
-    with _live_lock:
-        _live_cache[cache_key] = (time.monotonic(), offers)
-    return offers
 
 
 def _live_offers(key: str, cloud_type: str) -> tuple[Offer, ...]:
@@ -129,18 +106,12 @@ def _live_offers(key: str, cloud_type: str) -> tuple[Offer, ...]:
         reason = network_reason(gpu_type_id, "COMMUNITY" if cloud_type == "ALL" and not gpu.get("secureCloud") else tier)
         for n in GPU_COUNTS:
             lowest = gpu.get(f"n{n}") or {}
-            on_demand = _per_pod(lowest.get("uninterruptablePrice"), n)
-            spot = _per_pod(lowest.get("minimumBidPrice"), n)
-            common: dict[str, Any] = dict(
+            offers += market_offers(
+                _per_pod(lowest.get("uninterruptablePrice"), n) or None,  # an on-demand price of 0 is none listed
+                _per_pod(lowest.get("minimumBidPrice"), n),
                 provider=PROVIDER, accelerator=variant.family, count=n, form_factor=variant.form_factor,
-                accelerator_memory_gb=variant.memory_gb, on_demand_price=on_demand, spot_price=spot,
-                instance_type=gpu_type_id, tier=tier, price_source=LIVE_SOURCE, price_as_of=now,
-                single_node_reason=reason,
-            )
-            if on_demand is not None:
-                offers.append(Offer(market="on-demand", price=on_demand, **common))
-            if spot is not None:
-                offers.append(Offer(market="spot", price=spot, **common))
+                accelerator_memory_gb=variant.memory_gb, instance_type=gpu_type_id, tier=tier,
+                price_source=LIVE_SOURCE, price_as_of=now, single_node_reason=reason)
     # one offer per (GPU, count, market): a second id of the same GPU keeps the cheaper price
     best: dict[tuple[str, int, str], Offer] = {}
     for offer in offers:
@@ -151,14 +122,13 @@ def _live_offers(key: str, cloud_type: str) -> tuple[Offer, ...]:
 
 
 def _per_pod(per_gpu: Any, count: int) -> float | None:
-    """A per-GPU hourly price × count; None where RunPod lists none (null, or 0 for a bid floor)."""
-    if per_gpu is None:
-        return None
+    """A per-GPU hourly price × count; None where RunPod lists none. A listed 0 stays 0 (a bid
+    floor of 0 is a spot price the selector rejects, saying why)."""
     try:
-        value = float(per_gpu)
+        value = None if per_gpu is None else float(per_gpu)
     except (TypeError, ValueError):
         return None
-    return round(value * count, 4) if value > 0 else None
+    return None if value is None or value < 0 else round(value * count, 4)
 
 
 # -- snapshot -----------------------------------------------------------------------------------------
@@ -170,17 +140,15 @@ def _snapshot_offers(version: tuple[str, int]) -> tuple[Offer, ...]:
     for row in prices.rows("runpod_gpu_types"):
         variant = tax.lookup(PROVIDER, row["gpu_type_id"])
         gpu_type_id = variant.provider_names[PROVIDER][0] if variant else row["gpu_type_id"]
-        on_demand = prices.number(row["on_demand"])
-        spot = prices.number(row["spot"])
         data_centers = set((row.get("data_centers") or "").split()) or None
-        common = dict(
+        # 0.00 and "not below on-demand" spot prices are kept: the selector says why they lose
+        offers += market_offers(
+            prices.number(row["on_demand"]), prices.number(row["spot"]),
             provider=PROVIDER,
             accelerator=variant.family if variant else row["accelerator_name"],
             count=int(row["gpu_count"]),
             form_factor=variant.form_factor if variant else None,
             accelerator_memory_gb=variant.memory_gb if variant else None,
-            on_demand_price=on_demand,
-            spot_price=spot,
             instance_type=gpu_type_id,
             tier=row["cloud_type"],
             vcpus=prices.number(row["vcpus"]),
@@ -189,8 +157,4 @@ def _snapshot_offers(version: tuple[str, int]) -> tuple[Offer, ...]:
             price_as_of=prices.as_of(row["as_of"]),
             single_node_reason=network_reason(gpu_type_id, row["cloud_type"], data_centers),
         )
-        if on_demand is not None:
-            offers.append(Offer(market="on-demand", price=on_demand, **common))
-        if spot is not None:  # 0.00 and "not below on-demand" are kept: the selector says why they lose
-            offers.append(Offer(market="spot", price=spot, **common))
     return tuple(offers)

@@ -3,16 +3,18 @@
 The SDK raises `requests.HTTPError` (after its own retries of 429/5xx and connection errors); the
 body names the reason (`{"success": false, "error": "no_such_ask", "msg": ...}`). An ask already
 taken → `CapacityError` (the launcher tries the next offer), a bid under the ask's floor →
-`CapacityError`, a rejected key → `AuthError`, anything else → `ProvisioningError`. The key is
+`CapacityError`, a rejected key → `AuthError`, an unknown instance (404) → `NotFoundError`,
+anything else → `ProvisioningError`. The key is
 never part of a message.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from skyward_ray.cluster.contract import NotFoundError
+from skyward_ray.cluster.remote_cloud import typed_errors
 from skyward_ray.errors import AuthError, CapacityError, ProvisioningError
 
 if TYPE_CHECKING:
@@ -55,29 +57,31 @@ def _reason(response: Any) -> tuple[str, str]:
     return str(body.get("error") or ""), str(body.get("msg") or body.get("detail") or "")
 
 
-@contextlib.contextmanager
-def vast_errors(what: str, where: str = "") -> Iterator[None]:
+def vast_errors(what: str, where: str = "") -> contextlib.AbstractContextManager[None]:
     """Turn the SDK's HTTP and transport errors into typed errors."""
+    doing = what + (f" ({where})" if where else "")
+    return typed_errors(lambda error: _typed(error, doing))
+
+
+def _typed(error: BaseException, doing: str) -> BaseException | None:
     import requests
 
-    place = f" ({where})" if where else ""
-    try:
-        yield
-    except requests.HTTPError as error:
+    if isinstance(error, requests.HTTPError):
         response = error.response
         status = response.status_code if response is not None else 0
         code, message = _reason(response) if response is not None else ("", str(error))
-        text = f"Vast.ai: could not {what}{place}: HTTP {status} {code}: {message}".rstrip(": ")
+        text = f"Vast.ai: could not {doing}: HTTP {status} {code}: {message}".rstrip(": ")
         if status in (401, 403):
-            raise AuthError(f"{text}. The API key was refused. {KEY_FIX}") from None
+            return AuthError(f"{text}. The API key was refused. {KEY_FIX}")
         if code == "no_such_ask":
-            raise AskGoneError(f"{text} (the offer was rented by someone else)") from None
+            return AskGoneError(f"{text} (the offer was rented by someone else)")
         if code == "invalid_price":
-            raise CapacityError(f"{text}. The interruptible bid is under this offer's current minimum bid; "
-                                "the market moved since it was listed. Fix: retry (offers are listed again), "
-                                "or use allocation='on-demand'") from None
-        raise ProvisioningError(text) from None
-    except (requests.ConnectionError, requests.Timeout) as error:
-        raise AnswerLostError(f"Vast.ai: could not {what}{place}: {type(error).__name__}: {error}") from None
-    except requests.RequestException as error:
-        raise ProvisioningError(f"Vast.ai: could not {what}{place}: {type(error).__name__}: {error}") from None
+            return CapacityError(f"{text}. The interruptible bid is under this offer's current minimum bid; the "
+                                 "market moved since it was listed. Fix: retry (offers are listed again), or use "
+                                 "allocation='on-demand'")
+        return (NotFoundError if status == 404 else ProvisioningError)(text)
+    if isinstance(error, (requests.ConnectionError, requests.Timeout)):
+        return AnswerLostError(f"Vast.ai: could not {doing}: {type(error).__name__}: {error}")
+    if isinstance(error, requests.RequestException):
+        return ProvisioningError(f"Vast.ai: could not {doing}: {type(error).__name__}: {error}")
+    return None

@@ -20,6 +20,7 @@ class VastAI(RemoteMachineConfig):
     machine (instances end themselves with their own instance-scoped key)."""
 
     name: ClassVar[str] = "vastai"
+    defaults: ClassVar[dict[str, object]] = {"live_offers_ttl": 60.0}  # asks come and go faster than prices
     node_provider: ClassVar[str | None] = "node_providers.vastai.node_provider:VastAINodeProvider"
 
     api_key: str | None = Field(default=None, repr=False, description="Vast.ai API key; default: VAST_API_KEY")
@@ -30,11 +31,9 @@ class VastAI(RemoteMachineConfig):
     disk_gb: float = Field(default=32.0, gt=0, description="each instance's disk in GB")
     ssh_port: int = Field(default=2222, ge=1, le=65535,
                           description="the container port skyward's own sshd listens on (opened as a direct port)")
-    ssh_user: str = Field(default="root", description="the login user inside the container")
     replacement_price_margin: float = Field(
         default=0.10, ge=0, description="when an ask is rented before launch, a same-card ask may cost up to this "
                                         "fraction more (0.10: 10%)")
-    live_offers_ttl: float = Field(default=60.0, ge=0, description="seconds a live offer listing is reused")
 
     def resolved_api_key(self) -> str | None:
         """`api_key`, else VAST_API_KEY; None when neither is set (offers then come from the snapshot)."""

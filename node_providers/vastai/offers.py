@@ -10,23 +10,20 @@ snapshot) identifies the offer, so an ask listed under two gpu_names is one offe
 
 from __future__ import annotations
 
-import logging
 import re
 import threading
-import time
 from datetime import datetime, timezone
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from catalog import prices
 from catalog.taxonomy import taxonomy
+from skyward_ray.planning.offer_source import fingerprint, live_listing, live_or_snapshot, market_offers
 from skyward_ray.planning.offers import Offer
 
 if TYPE_CHECKING:
     from node_providers.vastai.config import VastAI
     from skyward_ray.planning.accelerators import Accelerator
-
-log = logging.getLogger(__name__)
 
 PROVIDER = "vastai"
 PRICE_SOURCE = "snapshot:vastai"
@@ -41,9 +38,8 @@ SINGLE_NODE_REASON = ("Vast.ai instances on different hosts share no private net
 def list_offers(config: "VastAI", accelerator: "Accelerator | None") -> list[Offer]:
     """Live asks when an API key is configured, else the snapshot's."""
     family = accelerator.name if accelerator is not None else None
-    if config.resolved_api_key():
-        return live_offers(config, family)
-    return snapshot_offers(config, family)
+    return live_or_snapshot(PROVIDER, (lambda: live_offers(config, family)) if config.resolved_api_key() else None,
+                            lambda: snapshot_offers(config, family))
 
 
 def snapshot_offers(config: "VastAI", family: str | None) -> list[Offer]:
@@ -69,16 +65,15 @@ def _snapshot_offers(version: tuple[str, int]) -> tuple[tuple[Offer, float | Non
         count = int(row["num_gpus"])
         gpu_memory_gb = (prices.number(row["gpu_total_ram_mib"]) or 0) / count / 1024
         variant = tax.lookup(PROVIDER, row["gpu_name"], gpu_memory_gb)
-        on_demand = prices.number(row["dph_total"])
-        bid = prices.number(row["min_bid"])
-        common = dict(
+        reliability = prices.number(row["reliability"])  # None: not listed
+        verified = {"verified": True, "unverified": False}.get(row["verification"])  # None: not listed
+        pair = market_offers(
+            prices.number(row["dph_total"]), prices.number(row["min_bid"]),
             provider=PROVIDER,
             accelerator=variant.family if variant else row["gpu_name"],
             count=count,
             form_factor=variant.form_factor if variant else None,
             accelerator_memory_gb=variant.memory_gb if variant else gpu_memory_gb,
-            on_demand_price=on_demand,
-            spot_price=bid,
             region=region(row["geolocation"]),
             instance_type=row["instance_type"],
             vcpus=prices.number(row["vcpus"]),
@@ -87,22 +82,11 @@ def _snapshot_offers(version: tuple[str, int]) -> tuple[tuple[Offer, float | Non
             price_as_of=prices.as_of(row["as_of"]),
             single_node_reason=SINGLE_NODE_REASON,
         )
-        reliability = prices.number(row["reliability"])  # None: not listed
-        verified = {"verified": True, "unverified": False}.get(row["verification"])  # None: not listed
-        if on_demand is not None:
-            offers.append((Offer(market="on-demand", price=on_demand, **common), reliability, verified))
-        if bid is not None:
-            offers.append((Offer(market="spot", price=bid, **common), reliability, verified))
+        offers += [(offer, reliability, verified) for offer in pair]
     return tuple(offers)
 
 
 # -- live offers -------------------------------------------------------------------------------------
-
-_LIVE_CACHE: dict[tuple[Any, ...], tuple[float, list[dict[str, Any]]]] = {}
-_LIVE_LOCK = threading.Lock()
-# ask id → the row it was last listed with (a later listing without it keeps it: the launch of an ask
-# rented meanwhile still knows its card, count and price)
-_SEEN: dict[tuple[str, str], dict[str, Any]] = {}
 
 
 def search_query(config: "VastAI") -> dict[str, Any]:
@@ -121,31 +105,39 @@ def search_query(config: "VastAI") -> dict[str, Any]:
     return query
 
 
+def _listing_key(config: "VastAI") -> tuple[Any, ...]:
+    return (PROVIDER, config.server_url, fingerprint(config.resolved_api_key()), config.min_reliability,
+            config.verified_only)
+
+
 def search_rows(config: "VastAI", fresh: bool = False) -> list[dict[str, Any]]:
     """The raw ask rows `search_offers` returns, reused for `live_offers_ttl` seconds unless `fresh`."""
     from node_providers.vastai.api import client, vast_errors
 
-    key = (config.server_url, config.resolved_api_key(), config.min_reliability, config.verified_only)
-    with _LIVE_LOCK:
-        hit = _LIVE_CACHE.get(key)
-        if not fresh and hit and time.monotonic() - hit[0] < config.live_offers_ttl:
-            return hit[1]
-    with vast_errors("search offers"):
-        rows = client(config).search_offers(query=search_query(config), type="on-demand", order="dph_total",
-                                            limit=1000, storage=config.disk_gb, no_default=True)
-    rows = [r for r in rows if isinstance(r, dict)]
-    with _LIVE_LOCK:
-        _LIVE_CACHE[key] = (time.monotonic(), rows)
-        if len(_SEEN) > 50_000:
-            _SEEN.clear()
-        _SEEN.update({(config.server_url, str(r.get("id"))): r for r in rows})
-    return rows
+    def search() -> list[dict[str, Any]]:
+        with vast_errors("search offers"):
+            rows = client(config).search_offers(query=search_query(config), type="on-demand", order="dph_total",
+                                                limit=1000, storage=config.disk_gb, no_default=True)
+        rows = [r for r in rows if isinstance(r, dict)]
+        with _LISTED_LOCK:
+            if len(_LISTED) > 50_000:
+                _LISTED.clear()
+            _LISTED.update({(config.server_url, str(r.get("id"))): r for r in rows})
+        return rows
+
+    return live_listing(_listing_key(config), config.live_offers_ttl, search, fresh=fresh)
 
 
-def cached_row(config: "VastAI", ask_id: str) -> dict[str, Any] | None:
-    """The row an ask id was last listed with in this process (None if never listed here)."""
-    with _LIVE_LOCK:
-        return _SEEN.get((config.server_url, str(ask_id)))
+# ask id → the row it was last listed with in this process, kept past later listings that lack it:
+# the fallback for a cluster whose tags do not say the price it bought (a hand-made ClusterParams)
+_LISTED: dict[tuple[str, str], dict[str, Any]] = {}
+_LISTED_LOCK = threading.Lock()
+
+
+def listed_row(config: "VastAI", ask_id: str) -> dict[str, Any] | None:
+    """The row an ask was last listed with in this process (None if it never was)."""
+    with _LISTED_LOCK:
+        return _LISTED.get((config.server_url, str(ask_id)))
 
 
 def row_offers(row: dict[str, Any], now: datetime | None = None) -> list[Offer]:
@@ -154,16 +146,13 @@ def row_offers(row: dict[str, Any], now: datetime | None = None) -> list[Offer]:
     count = int(row.get("num_gpus") or 0)
     gpu_memory_gb = float(row.get("gpu_ram") or 0) / 1024
     variant = tax.lookup(PROVIDER, row.get("gpu_name") or "", gpu_memory_gb)
-    on_demand = _number(row.get("dph_total"))
-    bid = _number(row.get("min_bid"))
-    common = dict(
+    return market_offers(
+        _number(row.get("dph_total")), _number(row.get("min_bid")),
         provider=PROVIDER,
         accelerator=variant.family if variant else row.get("gpu_name"),
         count=count,
         form_factor=variant.form_factor if variant else None,
         accelerator_memory_gb=variant.memory_gb if variant else gpu_memory_gb,
-        on_demand_price=on_demand,
-        spot_price=bid,
         region=region(row.get("geolocation")),
         instance_type=str(row["id"]),
         vcpus=_number(row.get("cpu_cores_effective")),
@@ -172,23 +161,12 @@ def row_offers(row: dict[str, Any], now: datetime | None = None) -> list[Offer]:
         price_as_of=now or datetime.now(timezone.utc),
         single_node_reason=SINGLE_NODE_REASON,
     )
-    offers = []
-    if on_demand is not None:
-        offers.append(Offer(market="on-demand", price=on_demand, **common))
-    if bid is not None and on_demand is not None and 0 < bid < on_demand:
-        offers.append(Offer(market="spot", price=bid, **common))
-    return offers
 
 
 def live_offers(config: "VastAI", family: str | None) -> list[Offer]:
-    """Offers from `search_offers`; on a listing failure the snapshot answers (and the log says why)."""
-    try:
-        rows = search_rows(config)
-    except Exception as error:  # a live listing is a refinement: the snapshot stays the answer
-        log.info("vastai: live offers unavailable (%s); using the snapshot", error)
-        return snapshot_offers(config, family)
+    """Offers from `search_offers` (a failure is the caller's: the snapshot answers then)."""
     now = datetime.now(timezone.utc)
-    offers = [o for row in rows for o in row_offers(row, now)]
+    offers = [o for row in search_rows(config) for o in row_offers(row, now)]
     return [o for o in offers if family is None or o.accelerator == family]
 
 

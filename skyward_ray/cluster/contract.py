@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from skyward_ray.errors import ProvisioningError
 from skyward_ray.planning.providers import ProviderConfig
 
 Role = Literal["head", "worker"]
@@ -33,6 +34,14 @@ MachineState = Literal["pending", "running", "stopping", "terminated"]
 
 # States in which a machine may still bill or come back: never orphan these.
 ACTIVE_STATES: frozenset[str] = frozenset({"pending", "running", "stopping"})
+
+
+class NotFoundError(ProvisioningError):
+    """The cloud does not know this machine id (never made, malformed, or already gone).
+
+    A cloud's API wrapper raises it for an unknown id, so what "an unknown id" means is decided
+    once per cloud, by the cloud's own error codes, and acted on once by the caller: `terminate`
+    takes it as done, a tag change right after a create retries it (eventual consistency)."""
 
 
 class ClusterParams(BaseModel):

@@ -38,7 +38,10 @@ def cluster_config(name: str, config: ProviderConfig, offer: Offer, nodes: int, 
         nodes=nodes, instance_type=offer.instance_type, market=offer.market, region=offer.region, zone=offer.zone,
         offer=offer.label, accelerator=offer.accelerator, accelerator_count=offer.count if offer.accelerator else 0,
         heartbeat_grace=config.heartbeat_grace, first_heartbeat_grace=lifetime, boot_deadline=lifetime,
-        pip=[] if config.nodes_share_driver_python else list(image.pip), apt=list(image.apt), env=dict(image.env))
+        pip=[] if config.nodes_share_driver_python else list(image.pip), apt=list(image.apt), env=dict(image.env),
+        # the price bought, on every machine (a replacement keeps it); no owner tag: `ray up` keeps the pool,
+        # so `skyward-ray gc` must not take it for an orphan of this short-lived command
+        pool_tags={names.PRICE: f"{offer.price:.4f}"})
     provider = provider_section(config.require_provisioning(), config.without_secrets(), params)
     node_config = {"InstanceType": offer.instance_type} if offer.instance_type else {}
     workers = nodes - 1

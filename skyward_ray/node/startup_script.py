@@ -23,11 +23,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-import secrets
 import shlex
-import socket
 import sys
-import threading
 from pathlib import Path
 
 import ray
@@ -389,54 +386,6 @@ def _environment_lines(boot: NodeBoot) -> list[str]:
         lines += ["echo 'skyward: installing the image packages'", *uv,
                   f'uv pip install -q --python "$SKYWARD_PYTHON" {packages} || ' + _fail(boot, "installing Image.pip")]
     return lines
-
-
-# Ports handed out by `free_port`, never handed out twice by this process (see there); the oldest
-# are forgotten past a few thousand (long since bound by their nodes, or given up).
-_HANDED_OUT: dict[int, None] = {}
-_REMEMBERED = 4096
-_HANDED_OUT_LOCK = threading.Lock()
-_PORT_RANGE = (20000, 32767)  # above Ray's worker ports (10002-19999), below Linux's ephemeral range
-
-
-def free_port(ip: str = "") -> int:
-    """A TCP port free here now, for a node sharing this machine with others.
-
-    The port is only reserved by name: the node binds it seconds later. Two things could take it
-    meanwhile, and both are ruled out here. This process could hand it to another node (so it
-    never hands a port out twice), and the kernel could hand it to someone else's bind(0) or
-    outgoing connection (so it comes from below the kernel's ephemeral range, which Ray's own
-    randomly placed ports and every client socket use). Ray's worker ports are avoided too (the
-    client server must stay outside them).
-    """
-    low, high = _PORT_RANGE
-    with _HANDED_OUT_LOCK:
-        for _ in range(1000):
-            port = low + secrets.randbelow(high - low + 1)
-            if port in _HANDED_OUT:
-                continue
-            with socket.socket() as sock:
-                try:
-                    sock.bind((ip, port))
-                except OSError:
-                    continue
-            _HANDED_OUT[port] = None
-            while len(_HANDED_OUT) > _REMEMBERED:
-                del _HANDED_OUT[next(iter(_HANDED_OUT))]
-            return port
-    raise RuntimeError(f"no free TCP port between {low} and {high} on {ip or 'this machine'}")
-
-
-def colocated_port_args(is_head: bool, ip: str = "") -> list[str]:
-    """`ray start` flags for a node sharing its host with other nodes (local pools, simulated clouds).
-
-    Ray gives these ports fixed defaults (52365, 10001, ...), which collide when several nodes
-    run on one machine; each node gets free ones instead. The client server must stay outside
-    the worker port range.
-    """
-    flags = ["--dashboard-agent-listen-port", "--metrics-export-port", "--runtime-env-agent-port"]
-    flags += ["--ray-client-server-port"] if is_head else []
-    return [f"{flag}={free_port(ip)}" for flag in flags]
 
 
 def _shutdown(boot: NodeBoot) -> str:

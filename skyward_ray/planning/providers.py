@@ -13,9 +13,9 @@ below is the one list of where they are, so nothing in `skyward_ray/` branches o
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from skyward_ray._validation import SpecModel
 from skyward_ray.errors import ProviderUnavailableError, SpecError
@@ -94,15 +94,31 @@ class ProviderConfig(SpecModel):
 
 
 class RemoteMachineConfig(ProviderConfig):
-    """A cloud whose nodes are machines of their own (AWS, RunPod, Vast.ai): what each node tells
-    Ray it has, when the detected amounts are not what the user wants scheduled."""
+    """A cloud whose nodes are machines of their own (AWS, RunPod, Vast.ai), driven through SSH:
+    the login user, how long a live offer listing is reused, and what each node tells Ray it has
+    when the detected amounts are not what the user wants scheduled.
 
+    A cloud changes a shared field's default with a class attribute (`defaults`), never by
+    declaring the field again."""
+
+    #: this cloud's defaults for the shared fields (its image's login user, its market's pace)
+    defaults: ClassVar[dict[str, object]] = {}
+
+    ssh_user: str = Field(default="root", description="the login user on the nodes (default: the cloud's image's)")
+    live_offers_ttl: float = Field(default=120.0, ge=0, description="seconds a live offer listing is reused")
     num_cpus: float | None = Field(default=None, gt=0, description="CPUs each node advertises to Ray (default: detected)")
     num_gpus: float | None = Field(default=None, ge=0, description="GPUs each node advertises to Ray (default: detected)")
     memory: int | None = Field(default=None, gt=0, description="bytes of memory each node advertises to Ray")
     object_store_memory: int | None = Field(default=None, ge=75 * 1024**2, description="bytes of object store per node")
     resources: dict[str, float] = Field(
         default_factory=dict, description="extra custom Ray resources per node, e.g. {'accelerator_type:T4': 1}")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cloud_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and cls.defaults:
+            return {**cls.defaults, **data}
+        return data
 
     def node_resources(self) -> dict[str, object]:
         """These settings as `BootEnvironment` fields."""

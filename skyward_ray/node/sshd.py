@@ -1,0 +1,55 @@
+"""The head's own sshd inside a container (RunPod pods, Vast.ai instances), as one shell snippet.
+
+A container cloud gives no cloud-init to install a host key, so the head's payload starts its own
+sshd before the boot script: the host key the driver generated (so the driver pins it and never
+trusts a key on first use), the cluster's login key (its private half never left the driver),
+public-key logins of one user only, and TCP forwarding for the driver's tunnel. sshd is installed
+with apt where the image lacks it. Everything lives under `$S/ssh` (`$S` is skyward's own directory
+in the container, `STATE_DIR`); the host key travels base64-encoded, so no quoting can break it.
+"""
+
+from __future__ import annotations
+
+import base64
+import shlex
+
+STATE_DIR = "$HOME/.skyward"
+
+_SSHD_CONFIG = (
+    "ListenAddress 0.0.0.0", "HostKey $S/ssh/host_ed25519_key", "AuthorizedKeysFile $S/ssh/authorized_keys",
+    "PidFile none", "PermitRootLogin prohibit-password", "AuthenticationMethods publickey",
+    "PubkeyAuthentication yes", "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no",
+    "StrictModes no", "AllowTcpForwarding yes", "X11Forwarding no", "AllowAgentForwarding no", "PrintMotd no",
+    "ClientAliveInterval 10",
+)
+
+
+def state_dir_lines() -> list[str]:
+    """`$S`, skyward's own 0700 directory in the container (the boot script and sshd live there)."""
+    return [f'S="{STATE_DIR}"', 'mkdir -p "$S" && chmod 700 "$S"']
+
+
+def sshd_lines(port: int, user: str, host_key: str, authorized_key: str) -> list[str]:
+    """Start sshd on `port` with this host key, letting `user` in with `authorized_key` only.
+    Expects `$S` (see `state_dir_lines`); sshd runs in the background, logging to `$S/sshd.log`."""
+    key = base64.b64encode(host_key.strip().encode() + b"\n").decode()
+    return [
+        "# skyward_ray: the head's sshd for the driver's tunnel (pinned host key, the cluster's login key)",
+        'mkdir -p "$S/ssh" && chmod 700 "$S/ssh"',
+        f'echo {key} | base64 -d > "$S/ssh/host_ed25519_key" && chmod 600 "$S/ssh/host_ed25519_key"',
+        f'echo {shlex.quote(authorized_key.strip())} > "$S/ssh/authorized_keys"',
+        'chmod 600 "$S/ssh/authorized_keys"',
+        'cat > "$S/ssh/sshd_config" <<SSHD',
+        f"Port {port}",
+        *_SSHD_CONFIG,
+        f"AllowUsers {user}",
+        "SSHD",
+        "mkdir -p /run/sshd",
+        'SSHD_BIN="$(command -v sshd || echo /usr/sbin/sshd)"',
+        'if [ ! -x "$SSHD_BIN" ]; then',
+        "  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server) "
+        '>> "$S/apt.log" 2>&1',
+        "  SSHD_BIN=/usr/sbin/sshd",
+        "fi",
+        '"$SSHD_BIN" -D -e -f "$S/ssh/sshd_config" >> "$S/sshd.log" 2>&1 &',
+    ]
