@@ -7,7 +7,6 @@ partial launch failure) and the typed refusal of providers that cannot provision
 
 from __future__ import annotations
 
-import ast
 import concurrent.futures
 import subprocess
 import sys
@@ -20,10 +19,11 @@ from ray.autoscaler.tags import NODE_KIND_HEAD, NODE_KIND_WORKER, TAG_RAY_CLUSTE
 
 import skyward_ray as sky
 from skyward_ray import names
-from skyward_ray.cluster import launcher
+from skyward_ray.cluster import launcher, provisioning, teardown
 from skyward_ray.cluster.contract import ClusterParams
 from skyward_ray.planning.offers import Offer
 from skyward_ray.planning.providers import ProviderConfig
+from tests import layering
 from tests.fakecloud import Fake, FakeCloud, FakeNodeProvider
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,7 +45,7 @@ def params(nodes: int = 3, **kw) -> ClusterParams:
 
 def new_cluster(nodes: int = 3) -> launcher.Cluster:
     name = launcher.new_cluster_name()
-    provider = launcher.load_node_provider(Fake(), params(nodes), name)
+    provider = provisioning.load_node_provider(Fake(), params(nodes), name)
     return launcher.Cluster(name=name, provider=provider, offer=OFFER, instance_ids=[])
 
 
@@ -63,7 +63,7 @@ def test_prepare_runs_once_and_every_cluster_gets_a_fresh_token():
 
 def test_provision_gives_the_head_index_0_and_workers_1_to_n_with_one_spelling_of_every_name():
     cluster = new_cluster(4)
-    launcher.provision(cluster, 4)
+    provisioning.provision(cluster, 4)
     provider = cluster.provider
     assert provider.non_terminated_nodes({}) == cluster.instance_ids  # head first, then by index
     assert [provider.node_tags(i)[names.NODE_INDEX] for i in cluster.instance_ids] == ["0", "1", "2", "3"]
@@ -115,7 +115,7 @@ def test_a_machine_whose_create_response_was_lost_is_found_by_its_tag_and_ended(
     took = time.monotonic() - started
     machines = FakeCloud.machines[name]
     assert len(machines) == 3 and {m.state for m in machines.values()} == {"terminated"}
-    assert launcher.CONFIRM_INTERVAL <= took < launcher.CONFIRM_INTERVAL + 5, \
+    assert teardown.CONFIRM_INTERVAL <= took < teardown.CONFIRM_INTERVAL + 5, \
         "two empty listings, the later one CONFIRM_INTERVAL after the last create"
     assert FakeCloud.cleaned_clusters == [name]
 
@@ -140,9 +140,9 @@ def test_a_teardown_error_is_reported_beside_the_launch_error_and_never_replaces
 
 def test_teardown_ends_workers_before_the_head_and_waits_until_none_is_listed():
     cluster = new_cluster(3)
-    launcher.provision(cluster, 3)
+    provisioning.provision(cluster, 3)
     head, *workers = cluster.instance_ids
-    assert launcher.teardown(cluster) == []
+    assert teardown.teardown(cluster) == []
     terminations = [ids for call, ids in FakeCloud.calls if call == "terminate"]
     assert terminations == [tuple(sorted(workers)), (head,)]
     assert cluster.provider.non_terminated_nodes({}) == []
@@ -169,7 +169,7 @@ def test_indexes_are_unique_under_concurrency_and_a_free_index_is_reused():
 
 def test_state_lives_in_the_cloud_so_a_re_created_provider_sees_the_same_machines():
     cluster = new_cluster(2)
-    launcher.provision(cluster, 2)
+    provisioning.provision(cluster, 2)
     again = FakeNodeProvider(cluster.provider.provider_config, cluster.name)  # what Ray's autoscaler does
     assert again.non_terminated_nodes({}) == cluster.instance_ids
     again.set_node_tags(cluster.instance_ids[1], {"extra": "yes"})
@@ -219,71 +219,56 @@ def test_planning_and_the_offers_command_never_import_ray():
     assert cli.returncode == 0, cli.stderr
 
 
-# -- the layout: no module imports "upwards", and no import circles ------------------------------
+# -- the layout: no module imports "upwards", no import circles, no private reach-ins ------------
+# Every import counts, wherever it stands (inside functions too); only imports of third parties
+# (the documented lazy loads of Ray and the cloud SDKs) are free. Edit the rules here, and in
+# docs/architecture.md ("Who may import what"), together.
 LAYERS = {  # a package may import only from the packages listed for it (and the standard library/third parties)
     "skyward_ray.planning": {"skyward_ray.planning", "catalog"},
     "skyward_ray.node": {"skyward_ray.node"},
     "skyward_ray.cluster": {"skyward_ray.cluster", "skyward_ray.node", "skyward_ray.planning"},
     "node_providers": {"node_providers", "skyward_ray.cluster", "skyward_ray.node", "skyward_ray.planning", "catalog"},
     "skyward_ray.api": {"skyward_ray.api", "skyward_ray.cluster", "skyward_ray.planning"},
-    "skyward_ray.cli": {"skyward_ray.cli", "skyward_ray.planning"},
+    # the CLI is a front end: its pool commands load api/cluster inside the command (lazily: Ray)
+    "skyward_ray.cli": {"skyward_ray.cli", "skyward_ray.planning", "skyward_ray.cluster", "skyward_ray.api"},
     "catalog": {"catalog"},
 }
+# Anyone may import the base; it imports only itself. skyward_ray/__init__.py (the public face) may import anything.
 BASE = {"skyward_ray.errors", "skyward_ray.names", "skyward_ray._validation", "skyward_ray.console"}
 
 
-def _modules() -> dict[str, Path]:
-    found = {}
-    for top in ("skyward_ray", "node_providers", "catalog"):
-        for path in (REPO / top).rglob("*.py"):
-            parts = path.relative_to(REPO).with_suffix("").parts
-            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
-    return found
+def test_no_module_imports_upwards_even_inside_a_function():
+    wrong = layering.package_violations(layering.read_modules(REPO), LAYERS, BASE)
+    assert wrong == [], "\n".join(wrong)
 
 
-def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
-    """Modules imported at module level (imports inside functions are deliberate lazy loads)."""
-    out = set()
-    for node in ast.parse(path.read_text()).body:
-        if isinstance(node, ast.Import):
-            out |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            for alias in node.names:  # `from package import module` imports the module
-                name = f"{node.module}.{alias.name}"
-                out.add(name if name in modules else node.module)
-    return out
+def test_there_are_no_import_circles_counting_imports_inside_functions():
+    circles = layering.import_circles(layering.read_modules(REPO))
+    assert circles == [], "\n".join(circles)
 
 
-def test_no_module_imports_upwards_and_there_are_no_import_circles():
-    modules = _modules()
-    graph: dict[str, set[str]] = {}
-    wrong = []
-    for module, path in modules.items():
-        ours = {i for i in _imports(path, modules) if i.split(".")[0] in ("skyward_ray", "node_providers", "catalog")}
-        graph[module] = {i for i in ours if i in modules and i != module}
-        layer = next((p for p in sorted(LAYERS, key=len, reverse=True) if module == p or module.startswith(p + ".")),
-                     None)
-        if layer is None:
-            continue  # skyward_ray/__init__.py and the base modules: the public face and the bottom
-        for target in ours:
-            if any(target == b or target.startswith(b + ".") for b in BASE) or any(target == a or target.startswith(a + ".") for a in LAYERS[layer]):
-                continue
-            wrong.append(f"{module} imports {target}")
-    assert wrong == []
-    for base in BASE:
-        assert graph.get(base, set()) <= BASE, f"{base} must import only base modules"
-    # no circles among module-level imports
-    state: dict[str, int] = {}
+def test_no_module_reaches_into_another_modules_private_names():
+    modules = layering.read_modules(REPO)
+    reach_ins = layering.private_reach_ins(modules) + layering.private_attribute_reach_ins(modules)
+    assert reach_ins == [], "\n".join(reach_ins)
 
-    def visit(module: str, trail: list[str]) -> None:
-        state[module] = 1
-        for target in graph.get(module, ()):
-            if state.get(target) == 1:
-                raise AssertionError("import circle: " + " → ".join(trail + [module, target]))
-            if not state.get(target):
-                visit(target, trail + [module])
-        state[module] = 2
 
-    for module in graph:
-        if not state.get(module):
-            visit(module, [])
+def test_the_layering_checks_catch_what_they_are_for():
+    """The rules are only worth anything if they can fail: synthetic modules that break each one."""
+    modules = {
+        "skyward_ray.planning.low": "import os\n\ndef later():\n    from skyward_ray.api import high\n",
+        "skyward_ray.api.high": ("from skyward_ray.planning.low import _hidden\nimport skyward_ray.planning.low as low\n"
+                                 "import ray._raylet\nfrom ray.autoscaler._private import util\n"
+                                 "def f(obj):\n    obj._state = 1\n    return low._CACHE, ray._raylet\n"),
+        "skyward_ray.api.owner": "class Owner:\n    def __init__(self):\n        self._state = 0\n",
+        "skyward_ray.errors": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from skyward_ray.api import high\n",
+    }
+    assert layering.package_violations(modules, LAYERS, BASE) == [
+        "skyward_ray.errors:3 imports skyward_ray.api.high", "skyward_ray.planning.low:4 imports skyward_ray.api.high"]
+    assert layering.import_circles(modules) == [
+        "skyward_ray.api.high → skyward_ray.planning.low → skyward_ray.api.high"]  # the type-only import closes none
+    assert layering.private_reach_ins(modules) == [
+        "skyward_ray.api.high:1 imports skyward_ray.planning.low._hidden",
+        "skyward_ray.api.high:7 reads skyward_ray.planning.low._CACHE"]  # ray's private names are not ours
+    assert layering.private_attribute_reach_ins(modules) == [
+        "skyward_ray.api.high:6 uses obj._state (defined in skyward_ray.api.owner)"]
