@@ -171,3 +171,15 @@ def test_every_listed_spot_price_becomes_an_offer_and_the_selector_alone_rejects
     reasons = {r.offer.instance_type: r.reason for r in plan.rejected if r.filter == "no_discount"}
     assert set(reasons) == {"t4-0", "t4-1", "t4-2"} and "not a real price" in reasons["t4-0"]
     assert offer_source.market_offers(None, None, **facts) == []
+
+
+@pytest.mark.parametrize("cloud", ["AWS", "RunPod", "VastAI"])
+def test_a_config_round_trips_through_its_non_default_fields(cloud):
+    # A driver hands its config to another process as `model_dump(exclude_defaults=True)` (the leak
+    # matrix's drivers, a keeper): a value the user set must survive, even one that is another
+    # cloud's default (AWS's login user is "ubuntu"; a simulated AWS machine's is "root").
+    cls = getattr(sky, cloud)
+    for user in ("root", "ubuntu", "ec2-user"):
+        config = cls(ssh_user=user)
+        assert cls(**config.model_dump(exclude_defaults=True)).ssh_user == user
+    assert cls.model_fields["ssh_user"].default == cls().ssh_user

@@ -15,7 +15,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field
+from pydantic.fields import FieldInfo
 
 from skyward_ray._validation import SpecModel
 from skyward_ray.errors import ProviderUnavailableError, SpecError
@@ -113,12 +114,18 @@ class RemoteMachineConfig(ProviderConfig):
     resources: dict[str, float] = Field(
         default_factory=dict, description="extra custom Ray resources per node, e.g. {'accelerator_type:T4': 1}")
 
-    @model_validator(mode="before")
     @classmethod
-    def _cloud_defaults(cls, data: Any) -> Any:
-        if isinstance(data, dict) and cls.defaults:
-            return {**cls.defaults, **data}
-        return data
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        """A cloud's `defaults` become its fields' real defaults (in its schema, its `help`, and
+        `model_dump(exclude_defaults=True)`, which must round-trip a value the user set that is
+        another cloud's default: AWS with `ssh_user="root"`)."""
+        super().__pydantic_init_subclass__(**kwargs)
+        fields = cls.__pydantic_fields__
+        changed = {name: value for name, value in cls.defaults.items() if fields[name].default != value}
+        for name, value in changed.items():
+            fields[name] = FieldInfo.merge_field_infos(fields[name], default=value)
+        if changed:
+            cls.model_rebuild(force=True)
 
     def node_resources(self) -> dict[str, object]:
         """These settings as `BootEnvironment` fields."""
