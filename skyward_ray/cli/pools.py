@@ -109,8 +109,6 @@ def down(name: str = typer.Argument(..., help="the pool's name, e.g. sky-1a2b3c4
 def gc(dry_run: bool = typer.Option(False, "--dry-run", help="only say what would be ended"),
        provider: Optional[str] = ProvidersOpt, region: Optional[str] = RegionOpt) -> None:
     """End every skyward pool whose driver is gone: machines, groups, key pairs, keys, state."""
-    import shutil
-
     from skyward_ray.cluster import pool_admin
 
     found = _survey(provider, region)
@@ -127,8 +125,8 @@ def gc(dry_run: bool = typer.Option(False, "--dry-run", help="only say what woul
             console.print(f"  still listed: {', '.join(left)}" if left else "  gone")
     for directory in found.stray_key_dirs:
         console.print(f"{verb} key directory {directory} (no pool of that name)")
-        if not dry_run:
-            shutil.rmtree(directory, ignore_errors=True)
+        if not dry_run and not pool_admin.remove_stray_key_dir(directory):
+            console.print(f"  left: {directory} is not a directory of the key root (a symlink?)")
     for pool in found.pools:
         if not pool.orphan and pool.liveness != "live":
             console.print(f"left alone: {pool.provider} {pool.name} (driver {pool.liveness}; "

@@ -9,6 +9,16 @@ Who keeps a pool alive is its state file's owner, or else the `skyward/owner` ta
 machines (host, pid, start time). A pool is an **orphan** when that owner is known, is on this
 host, and no longer runs; a pool whose owner runs, or runs on another host, or was never
 recorded (a `ray up` cluster), is left alone by `gc` (`down NAME` ends any pool it names).
+
+A name read back from a cloud is not trusted: anyone who can tag a machine in a shared account
+chooses it, and it becomes a path on this machine (`key_root / name`). A listed name that is not a
+pool name (`is_pool_name`, the rule for names the user gives) is reported in the survey's notes with
+its machines and never acted on; keys are removed only through `ssh_keys.remove_cluster_key_dir`,
+which removes nothing but a direct child of the key root.
+
+A key directory is **stray** (collected by `gc`) only when no pool state file of *any* provider and
+no listing names it: a provider filter narrows what is ended, never what counts as in use. Named
+pools' key directories (not `sky-…`) are collected only by a survey of every provider that answered.
 """
 
 from __future__ import annotations
@@ -16,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
-import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -27,6 +36,7 @@ from skyward_ray import names
 from skyward_ray.cluster import pool_state, ssh_keys
 from skyward_ray.cluster.contract import Cloud, ClusterListing, ClusterParams, Machine
 from skyward_ray.errors import AuthError, SkywardError
+from skyward_ray.planning.detached import is_pool_name
 from skyward_ray.planning.providers import ProviderConfig, provider_classes
 
 Liveness = Literal["live", "dead", "other host", "unknown"]
@@ -90,9 +100,14 @@ class Pool:
         return None if price is None else price * len(self.active)
 
     @property
-    def key_dir(self) -> Path:
+    def key_root(self) -> Path:
+        """The directory holding this pool's key directory (its config's `key_dir`, else the default)."""
         root = (self.record.provider_config.get("key_dir") if self.record else None) or getattr(self.config, "key_dir", None)
-        return Path(root) / self.name if root else ssh_keys.default_key_root() / self.name
+        return Path(root) if root else ssh_keys.default_key_root()
+
+    @property
+    def key_dir(self) -> Path:
+        return self.key_root / self.name
 
 
 @dataclass
@@ -124,7 +139,7 @@ def survey(configs: list[ProviderConfig] | None = None, providers: list[str] | N
            region: str | None = None) -> Survey:
     """Every pool of this user on every configured provider, with its state file if it has one."""
     result = Survey()
-    records = pool_state.read_records()
+    records = pool_state.read_records()  # every provider's: they all say which key dirs are in use
     configs = list(configs) if configs is not None else default_configs(providers, region)
     for record in records.values():  # a pool's own config (its region, its profile) is looked at too
         if providers and record.provider not in providers:
@@ -136,6 +151,8 @@ def survey(configs: list[ProviderConfig] | None = None, providers: list[str] | N
                 if config not in configs:
                     configs.append(config)
     seen: dict[tuple[str, str], Pool] = {}
+    listed: set[str] = set()  # every name a listing gave, valid or not: its key dir is not stray
+    every_listing_answered = True
     for config in configs:
         cloud_class = _cloud_class(config)
         if cloud_class is None:
@@ -143,12 +160,21 @@ def survey(configs: list[ProviderConfig] | None = None, providers: list[str] | N
         try:
             listings = cloud_class.list_clusters(config)
         except NotImplementedError:
+            every_listing_answered = False
             result.notes.append(f"{config.name}: cannot list its pools yet; not looked at")
             continue
-        except (AuthError, SkywardError) as error:
+        except AuthError as error:  # no credentials here: nothing of that account is reachable from here
+            result.notes.append(f"{config.name}: {error}")
+            continue
+        except SkywardError as error:
+            every_listing_answered = False
             result.notes.append(f"{config.name}: {error}")
             continue
         for listing in listings:
+            listed.add(listing.name)
+            if not is_pool_name(listing.name):
+                result.notes.append(_refused(config.name, listing))
+                continue
             key = (config.name, listing.name)
             if key not in seen:
                 seen[key] = Pool(config.name, listing.name, config, listing=listing, record=records.get(listing.name))
@@ -161,12 +187,36 @@ def survey(configs: list[ProviderConfig] | None = None, providers: list[str] | N
             if config is not None:
                 seen[(record.provider, record.name)] = Pool(record.provider, record.name, config, record=record)
     result.pools = sorted(seen.values(), key=lambda p: (p.provider, p.name))
-    known = {p.name for p in result.pools}
-    root = ssh_keys.default_key_root()
-    if root.is_dir():
-        result.stray_key_dirs = [d for d in sorted(root.iterdir())
-                                 if d.is_dir() and d.name.startswith("sky-") and d.name not in known]
+    in_use = set(records) | listed | {p.name for p in result.pools}
+    result.stray_key_dirs = _stray_key_dirs(in_use, named_too=not providers and every_listing_answered)
     return result
+
+
+def _refused(provider: str, listing: ClusterListing) -> str:
+    """The note for a listed pool whose name skyward never gives (someone else tagged those machines)."""
+    ids = ", ".join(m.instance_id for m in listing.machines) or "none"
+    made = "".join(f", {r}" for r in listing.resources)
+    return (f"{provider}: a pool listed as {listing.name!r} (instances: {ids}{made}) has a name skyward never "
+            f"gives; left alone, nothing of it is ended or removed (check who tagged those machines)")
+
+
+def _stray_key_dirs(in_use: set[str], named_too: bool) -> list[Path]:
+    """Key directories under the default key root that no state file and no listing names.
+
+    `sky-…` directories (the launcher's names) always; a named pool's only when `named_too` (every
+    provider was surveyed and answered: an unlisted named pool may live on a provider not looked at).
+    Symlinks and names that are not pool names are never candidates."""
+    root = ssh_keys.default_key_root()
+    if not root.is_dir():
+        return []
+    return [d for d in sorted(root.iterdir())
+            if d.is_dir() and not d.is_symlink() and is_pool_name(d.name) and d.name not in in_use
+            and (named_too or d.name.startswith("sky-"))]
+
+
+def remove_stray_key_dir(directory: Path) -> bool:
+    """Remove a key directory `survey` found stray (only a direct child of the key root; see `ssh_keys`)."""
+    return ssh_keys.remove_cluster_key_dir(directory.name, directory.parent) is not None
 
 
 def end(pool: Pool, timeout: float = 180.0) -> list[str]:
@@ -189,7 +239,7 @@ def end(pool: Pool, timeout: float = 180.0) -> list[str]:
             return left
         cloud.cleanup()
     pool_state.remove_record(pool.name)
-    shutil.rmtree(pool.key_dir, ignore_errors=True)
+    ssh_keys.remove_cluster_key_dir(pool.name, pool.key_root)  # refuses anything but a direct child of the root
     return left
 
 
@@ -231,4 +281,5 @@ def describe_age(started_at: float | None, now: float | None = None) -> str:
     return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
 
 
-__all__ = ["Pool", "Survey", "default_configs", "describe_age", "detached_facts", "end", "end_keeper", "survey"]
+__all__ = ["Pool", "Survey", "default_configs", "describe_age", "detached_facts", "end", "end_keeper",
+           "remove_stray_key_dir", "survey"]

@@ -1,14 +1,20 @@
 """Where a pool's private files live, and how `skyward-ray gc` knows whether a pool's driver lives.
 
 **The runtime root** (`runtime_root()`): one directory per user, 0700 and owned by that user,
-holding every local pool's machines and every pool's state file. In order:
+holding what may vanish with the login session: every local pool's machines, sockets, logs. In order:
 `$SKYWARD_RUNTIME_DIR` (tests and unusual set-ups), `$XDG_RUNTIME_DIR/sky` (the user's own
 runtime dir, on systemd machines), else `/tmp/sky-<uid>`. It is short on purpose: Ray puts unix
 sockets below a local node's temp dir, and a socket path holds at most 107 bytes. A root that
 exists but is not a private directory of this user (a symlink, someone else's, group- or
 world-accessible) is refused, never used.
 
-**The pool state file** (`<root>/pools/<name>.json`, 0600): written by the launcher before the
+**The state root** (`state_root()`): one persistent directory per user, 0700, for what must
+outlive a login session: `$SKYWARD_RUNTIME_DIR` when set (then both roots are that one directory),
+else `$XDG_STATE_HOME/skyward`, else `~/.local/state/skyward`. Pool state files live there, not
+in the runtime root: systemd wipes `$XDG_RUNTIME_DIR` at logout, and a keeper outliving the
+login would lose its record (its pool then looks unowned, and a second pool could take its name).
+
+**The pool state file** (`<state root>/pools/<name>.json`, 0600): written by the launcher before the
 first machine of a pool is asked for, removed once teardown has confirmed that nothing is left.
 It records the provider config, the offer and its price, and **who keeps the pool alive**: the
 owner process's host, pid and start time (`Owner`). A pool's driver is *live* when that process
@@ -18,11 +24,14 @@ A detached pool (`skyward-ray up`), kept alive by its keeper process, has the sa
 `kind="keeper"`, the keeper's identity as owner, and a `detached` section (its clocks, where it
 listens, its token, how far it got): `gc` treats both the same way, and `status`, `down`,
 `skyward-ray env` and `sky.attach` read the section. The token is why the file is 0600 in the
-0700 runtime root; no cloud credential is ever in it (`ProviderConfig.without_secrets`).
+0700 state root; no cloud credential is ever in it (`ProviderConfig.without_secrets`).
 
 The same owner identity is put on every machine as the tag `skyward/owner`
 (`owner_tags`), so a pool whose state file was lost (a reboot clears the runtime dir) is still
 judged by the cloud's own listing.
+
+A pool's name is a file name here, so it must satisfy the one pool-name rule
+(`skyward_ray.planning.detached.is_pool_name`); a record whose name does not is never read.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ from typing import Any, Literal
 import psutil
 
 from skyward_ray import names
+from skyward_ray.planning.detached import is_pool_name
 
 ENV_RUNTIME_DIR = names.ENV_RUNTIME_DIR
 OWNER_TAG, STARTED_TAG, PRICE_TAG = names.OWNER, names.STARTED, names.PRICE
@@ -70,13 +80,25 @@ def runtime_root() -> Path:
     return _private_dir(Path("/tmp") / f"sky-{os.getuid()}")
 
 
+def state_root() -> Path:
+    """This user's persistent private directory for skyward_ray (see the module docstring)."""
+    configured = os.environ.get(ENV_RUNTIME_DIR)
+    if configured:
+        return _private_dir(Path(configured))
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".local" / "state"  # XDG: relative = unset
+    base.mkdir(parents=True, exist_ok=True)
+    return _private_dir(base / "skyward")
+
+
 def new_pool_dir() -> Path:
     """A fresh private (mkdtemp, 0700) directory for one local pool's machines."""
     return Path(tempfile.mkdtemp(prefix="", dir=runtime_root()))
 
 
 def records_dir() -> Path:
-    return _private_dir(runtime_root() / "pools")
+    """Where pool state files live: in the persistent state root, never the runtime root."""
+    return _private_dir(state_root() / "pools")
 
 
 @dataclass(frozen=True)
@@ -149,7 +171,7 @@ class PoolRecord:
 
 
 def record_path(name: str) -> Path:
-    if not name or "/" in name or name.startswith("."):
+    if not is_pool_name(name):
         raise ValueError(f"pool name {name!r} is not usable as a file name")
     return records_dir() / f"{name}.json"
 
@@ -193,9 +215,11 @@ def read_records() -> dict[str, PoolRecord]:
     for path in sorted(records_dir().glob("*.json")):
         with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
             record = PoolRecord.from_json(json.loads(path.read_text()))
-            found[record.name] = record
+            if is_pool_name(record.name) and path.name == f"{record.name}.json":
+                found[record.name] = record
     return found
 
 
 __all__ = ["ENV_RUNTIME_DIR", "OWNER_TAG", "Owner", "PoolRecord", "new_pool_dir", "owner_tags", "read_record",
-           "read_records", "record_path", "remove_record", "runtime_root", "update_detached", "write_record"]
+           "read_records", "record_path", "records_dir", "remove_record", "runtime_root", "state_root",
+           "update_detached", "write_record"]

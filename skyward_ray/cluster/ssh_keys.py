@@ -19,18 +19,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from skyward_ray.errors import ProvisioningError
+from skyward_ray.planning.detached import is_pool_name
 
 __all__ = [
     "KeyPair",
     "cluster_key_dir",
     "generate_keypair",
     "known_hosts_entry",
+    "remove_cluster_key_dir",
     "remove_key_dir",
     "write_known_hosts",
 ]
 
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_HOST = re.compile(r"^[A-Za-z0-9.:_-]{1,253}$")
+# Checked with `fullmatch`: `re.match` with `$` lets a trailing newline through.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_HOST = re.compile(r"[A-Za-z0-9.:_-]{1,253}")
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,7 @@ def _private_dir(path: Path) -> Path:
 
 def cluster_key_dir(cluster_name: str, root: Path | None = None) -> Path:
     """The 0700 directory holding one cluster's keys and known_hosts file (created if missing)."""
-    if not _SAFE_NAME.match(cluster_name):
+    if not _SAFE_NAME.fullmatch(cluster_name):
         raise ValueError(f"cluster name {cluster_name!r} is not usable as a directory name")
     base = _private_dir(root if root is not None else default_key_root())
     return _private_dir(base / cluster_name)
@@ -71,7 +74,7 @@ def generate_keypair(directory: Path, name: str = "id_ed25519", comment: str = "
     The directory is made 0700 and the private key 0600 (ssh refuses a private key others can read).
     An existing pair of that name is replaced: keys are per cluster and never reused.
     """
-    if not _SAFE_NAME.match(name):
+    if not _SAFE_NAME.fullmatch(name):
         raise ValueError(f"key name {name!r} is not usable as a file name")
     if any(c in comment for c in "\r\n\0"):
         raise ValueError("key comment must be a single line")
@@ -102,7 +105,7 @@ def known_hosts_entry(host: str, port: int, public_line: str) -> str:
     OpenSSH looks a host up as bare `host` on port 22 and as `[host]:port` otherwise, so the entry
     uses the form ssh will actually search for.
     """
-    if not _HOST.match(host):
+    if not _HOST.fullmatch(host):
         raise ValueError(f"host {host!r} is not an address or host name")
     if not 0 < port < 65536:
         raise ValueError(f"port {port} is out of range")
@@ -131,3 +134,21 @@ def write_known_hosts(path: Path, host: str, port: int, public_line: str) -> Pat
 def remove_key_dir(directory: Path) -> None:
     """Remove a cluster's key directory and everything in it (missing is fine: teardown is idempotent)."""
     shutil.rmtree(Path(directory), ignore_errors=True)
+
+
+def remove_cluster_key_dir(cluster_name: str, root: Path | None = None) -> Path | None:
+    """Remove the key directory of the pool `cluster_name` under `root`, where `skyward-ray gc`/`down`
+    remove keys. Returns the path removed, or None when it was refused (or not there).
+
+    The name may come from a cloud's listing (a tag anyone in the account can set), so it is not
+    trusted: it must be a pool name (`is_pool_name`), the directory must not be a symlink, and it
+    must resolve (symlinks followed) to a direct child of the resolved root. Anything else is left.
+    """
+    if not is_pool_name(cluster_name):
+        return None
+    base = Path(root if root is not None else default_key_root()).resolve()
+    directory = base / cluster_name
+    if directory.is_symlink() or not directory.is_dir() or directory.resolve().parent != base:
+        return None
+    shutil.rmtree(directory, ignore_errors=True)
+    return directory

@@ -26,7 +26,15 @@ _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
 _INFINITE = ("none", "inf", "infinity", "never")
 # A name is a cloud resource name (security group, key pair, tag), a file name and a Ray label value.
-_NAME = re.compile(r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$")
+_NAME = re.compile(r"[a-z][a-z0-9-]{0,38}[a-z0-9]")
+
+
+def is_pool_name(value: object) -> bool:
+    """The one rule for a pool's name, whoever gives it: the user (`DetachedSpec`), the launcher
+    (`sky-<hex>`), or a cloud's listing read back by `skyward-ray gc`/`down`. A name read back is
+    never trusted as is: it becomes a file and a directory name on the driver (`fullmatch`: no
+    `/`, no `..`, no trailing newline)."""
+    return isinstance(value, str) and _NAME.fullmatch(value) is not None
 
 
 def parse_duration(value: Any, field: str) -> float | None:
@@ -76,7 +84,7 @@ class DetachedSpec(SpecModel):
     @field_validator("name", mode="before")
     @classmethod
     def _name(cls, value: Any) -> str:
-        if not isinstance(value, str) or not _NAME.match(value):
+        if not is_pool_name(value):
             raise SpecError(f"name={value!r} cannot name a pool. Fix: use {cls._spec_hints['name']}, e.g. 'train-1'")
         return value
 
@@ -86,4 +94,5 @@ class DetachedSpec(SpecModel):
         return parse_duration(value, info.field_name)
 
 
-__all__ = ["DEFAULT_IDLE_TIMEOUT", "DEFAULT_MAX_LIFETIME", "DetachedSpec", "describe_duration", "parse_duration"]
+__all__ = ["DEFAULT_IDLE_TIMEOUT", "DEFAULT_MAX_LIFETIME", "DetachedSpec", "describe_duration", "is_pool_name",
+           "parse_duration"]
