@@ -35,6 +35,7 @@ from skyward_ray.errors import (
     BootTimeoutError,
     CapacityError,
     FunctionTimeoutError,
+    HostKeyChangedError,
     NodeLostError,
     NoOffersError,
     NotInTaskError,
@@ -79,7 +80,8 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "AWS", "AttachedPool", "AuthError", "BootTimeoutError", "CapacityError", "Compute", "FunctionTimeoutError", "Image",
+    "AWS", "AttachedPool", "AuthError", "BootTimeoutError", "CapacityError", "Compute", "FunctionTimeoutError",
+    "HostKeyChangedError", "Image",
     "InstanceInfo", "Local", "NoOffersError", "NodeInfo", "NodeLostError", "Nodes", "NotInTaskError", "Offer", "PendingFunction",
     "PendingGroup", "Plan", "PoolClosedError", "PoolLostError", "ProviderUnavailableError", "ProvisioningError", "QuotaError",
     "Rejection", "RemoteFunction", "RunPod", "SkywardError", "Spec", "SpecError", "SpotQuotaError", "TeardownError", "UnknownAcceleratorError",

@@ -66,6 +66,12 @@ class PoolLostError(SkywardError, RuntimeError):
     in the user's code; every remaining machine of the pool is ended."""
 
 
+class HostKeyChangedError(PoolLostError):
+    """The head's SSH host key changed while the pool ran (its tunnel reconnected to a server that
+    is not the head this pool started): a security event, raised at once. The pool's connection is
+    cut and every machine of the pool is ended; a handler of `PoolLostError` catches it too."""
+
+
 class PoolClosedError(SkywardError, RuntimeError):
     """Work was sent to a pool whose `with` block has exited."""
 

@@ -23,11 +23,12 @@ import contextlib
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import ray
 
-from skyward_ray.cluster.ssh_tunnel import SSHTunnel
+from skyward_ray.cluster.ssh_tunnel import SSHTunnel, TunnelError
 from skyward_ray.errors import ProvisioningError
 from skyward_ray.names import HEARTBEAT_KEY, HEARTBEAT_NAMESPACE
 
@@ -76,6 +77,12 @@ class DriverConnection:
     @property
     def through_client(self) -> bool:
         return self.address.startswith("ray://")
+
+    def on_connection_cut(self, callback: Callable[[TunnelError], None]) -> None:
+        """Call `callback(error)` as soon as the tunnel gives up for good (e.g. the head's host key
+        changed on a reconnect), from the tunnel's thread; never for a direct driver (no tunnel)."""
+        if self.tunnel is not None:
+            self.tunnel.when_failed(callback)
 
     def use_token(self) -> None:
         """Put this cluster's token where Ray's clients read it (this process's environment)."""
@@ -163,11 +170,11 @@ class DriverConnection:
                         f"{attempt} attempts: {error}") from None
                 time.sleep(1.0)  # "Starting Ray client server failed": the head's per-client server crashed at start
 
-    def beat(self, value: bytes | None = None) -> None:
-        """Tell the head's watchdog this driver is alive (or, with b"detached", to stand down)."""
+    def beat(self) -> None:
+        """Tell the head's watchdog this driver is alive (a new value each time; no value makes it stand down)."""
         self._beats += 1
         self.gcs_client().internal_kv_put(
-            HEARTBEAT_KEY.encode(), value if value is not None else str(self._beats).encode(), True,
+            HEARTBEAT_KEY.encode(), str(self._beats).encode(), True,
             HEARTBEAT_NAMESPACE.encode(), timeout=5,
         )
 

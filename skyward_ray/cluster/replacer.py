@@ -16,6 +16,7 @@ from collections.abc import Callable
 from skyward_ray.cluster.boot_wait import alive_nodes
 from skyward_ray.cluster.provisioning import create_worker
 from skyward_ray.cluster.running import Cluster
+from skyward_ray.cluster.ssh_tunnel import HostKeyMismatchError, TunnelError
 from skyward_ray.console import console
 from skyward_ray.planning.nodes import NodeInfo
 
@@ -33,11 +34,14 @@ class NodeReplacer:
 
     Bounded: a node index whose replacement fails is retried with exponential backoff, at most
     `max_attempts` times; a replacement that does not join within `join_timeout` is terminated.
-    When the head is gone, `on_head_lost` (if given) is called once and the thread ends.
+    When the head is gone, `on_head_lost(head_id, None)` (if given) is called once and the thread
+    ends. When the head's host key changed on a tunnel reconnect, `on_head_lost(head_id, error)` is
+    called at once, from the tunnel's thread: the pool is cut off from its head, for safety.
     """
 
     def __init__(self, cluster: Cluster, interval: float = 5.0, join_timeout: float = 600.0,
-                 max_attempts: int = MAX_ATTEMPTS, on_head_lost: Callable[[str], None] | None = None,
+                 max_attempts: int = MAX_ATTEMPTS,
+                 on_head_lost: Callable[[str, BaseException | None], None] | None = None,
                  replace_workers: bool = True) -> None:
         self.cluster = cluster
         self.replace_workers = replace_workers  # False: only watch the head (an autoscaler keeps the workers)
@@ -53,7 +57,20 @@ class NodeReplacer:
 
     def start(self) -> "NodeReplacer":
         self._thread.start()
+        if self.cluster.driver is not None:
+            self.cluster.driver.on_connection_cut(self._connection_cut)
         return self
+
+    def _connection_cut(self, error: TunnelError) -> None:
+        """The tunnel gave up. A changed host key is a security event: the pool ends now, with it as
+        the cause, instead of when Ray's reconnect grace runs out (other tunnel errors: as before)."""
+        if not isinstance(error, HostKeyMismatchError) or self._stop.is_set():
+            return
+        self._stop.set()  # nothing is replaced for a pool cut off from its head
+        head = self.cluster.nodes[0].instance_id if self.cluster.nodes else "?"
+        console.print(f"[red]the head's SSH host key changed ({error.endpoint}); cutting the pool off[/]")
+        if self.on_head_lost is not None:
+            self.on_head_lost(head, error)
 
     def stop(self) -> None:
         self._stop.set()
@@ -70,7 +87,7 @@ class NodeReplacer:
                 if head_misses >= HEAD_MISSES:
                     console.print(f"[red]the head node ({head.instance_id}) is gone; the pool cannot recover[/]")
                     if self.on_head_lost is not None and not self._stop.is_set():
-                        self.on_head_lost(head.instance_id)
+                        self.on_head_lost(head.instance_id, None)
                     return
             except Exception as error:  # the listing failed: try again next round
                 if not self._stop.is_set():

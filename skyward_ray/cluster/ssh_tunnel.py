@@ -2,7 +2,9 @@
 
 Why: a laptop driver cannot reach a cloud head's private address, and Ray's ports must never be
 opened to the internet. Only the head's sshd (tcp/22) is exposed; Ray Client traffic goes through
-`ssh -L 127.0.0.1:P:127.0.0.1:10001`, so the driver talks to `ray://127.0.0.1:P`.
+`ssh -L /private/dir/1.sock:127.0.0.1:10001`, and the driver talks to `ray://127.0.0.1:P`, a port
+this process holds (`tunnel_relay`) from the tunnel's start to its stop, so that no other local
+user can take it while ssh restarts.
 
 Why OpenSSH as a subprocess (not paramiko/asyncssh): it is what every machine has, it does the
 crypto, keep-alives and port forwarding well, and it can be ended by process id.
@@ -15,8 +17,13 @@ Behaviour:
   accepts TCP even when the far end is down, so that is all "ready" can mean here: the caller
   checks its own protocol (e.g. Ray Client connects) on top;
 - a supervisor thread restarts ssh when it exits unexpectedly (network blip, sshd restart, killed),
-  with bounded exponential backoff, on the same local ports so a reconnecting client finds it again;
-- `stop()` ends the ssh process by its pid (SIGTERM, then SIGKILL) and joins the thread.
+  with bounded exponential backoff; the local ports stay the same (and stay ours) throughout;
+- when the supervisor gives up (a fatal error), `error` is set and the `when_failed` callback runs
+  at once: a host key that changed on a reconnect is a security event for the pool to surface;
+- `stop()` ends the ssh process by its pid (SIGTERM, then SIGKILL), closes the local ports and
+  joins the thread.
+
+Paths reach ssh as ssh_config values, quoted (`ssh_paths`).
 
 Latency (measured with Ray Client through this tunnel, OpenSSH 9.2 both ends): with `ssh -N` a
 trivial task's round trip has a median of ~48 ms against ~6 ms with `low_latency=True`. With no
@@ -29,17 +36,19 @@ makes sshd set TCP_NODELAY; the remote `sleep` gets SIGHUP and ends when the con
 from __future__ import annotations
 
 import collections
+import contextlib
+import os
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import psutil
-
+from skyward_ray.cluster.ssh_paths import config_path, is_socket, private_socket_dir
+from skyward_ray.cluster.tunnel_relay import TcpToUnixRelay
+from skyward_ray.console import console
 from skyward_ray.errors import ProvisioningError
 
 __all__ = ["Forward", "HostKeyMismatchError", "SSHTunnel", "TunnelError"]
@@ -53,7 +62,13 @@ class TunnelError(ProvisioningError):
 
 
 class HostKeyMismatchError(TunnelError):
-    """The head presented a host key other than the one generated for this cluster. Never retried."""
+    """The head presented a host key other than the one generated for this cluster. Never retried.
+
+    `endpoint` is the `host:port` whose key did not match."""
+
+    def __init__(self, message: str, endpoint: str = "") -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
 
 
 _HOST_KEY_SIGNS = (
@@ -63,34 +78,18 @@ _HOST_KEY_SIGNS = (
     "Host key for",  # "Host key for [x]:22 has changed and you have requested strict checking"
 )
 _AUTH_SIGNS = ("Permission denied", "Too many authentication failures", "no mutual signature")
-_FORWARD_SIGNS = ("Address already in use", "Could not request local forwarding", "cannot listen to port")
-
-
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,252}$")
+# Checked with `fullmatch`: `re.match` with `$` lets a trailing newline through.
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,252}")
 _REMOTE_IDLE = "exec sleep 2147483647"
 """The far side of a `low_latency` session: idle forever, ended by SIGHUP when the connection goes."""
-
-
-def _free_local_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _listening_ports(pid: int) -> set[int]:
-    """Local TCP ports on 127.0.0.1 that process `pid` is listening on (empty if it is gone)."""
-    try:
-        conns = psutil.Process(pid).net_connections(kind="tcp4")
-    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
-        return set()
-    return {c.laddr.port for c in conns if c.status == psutil.CONN_LISTEN and c.laddr.ip == "127.0.0.1"}
 
 
 class SSHTunnel:
     """`ssh -N -L ...` to `user@host:port`, supervised. Use as a context manager or start()/stop().
 
     `forwards` are `(local_port, remote_host, remote_port)`; `remote_host` is resolved on the far
-    side (e.g. `127.0.0.1` is the head's own loopback). Local listeners bind 127.0.0.1 only.
+    side (e.g. `127.0.0.1` is the head's own loopback). Local listeners bind 127.0.0.1 only, and
+    are this process's own from `start()` to `stop()` (see `tunnel_relay`).
     """
 
     def __init__(
@@ -112,13 +111,14 @@ class SSHTunnel:
         if not forwards:
             raise ValueError("an SSH tunnel needs at least one forward")
         for name, value in [("host", host), ("user", user), *(("remote host", rh) for _, rh, _ in forwards)]:
-            if not _NAME.match(str(value)):  # they end up on ssh's command line: no options, no spaces
+            if not _NAME.fullmatch(str(value)):  # they end up on ssh's command line: no options, no spaces
                 raise ValueError(f"SSH tunnel {name} {value!r} is not a plain host name, IPv4 address or user name")
         self.host = host
         self.port = int(port)
         self.user = user
         self.identity_file = Path(identity_file)
         self.known_hosts_file = Path(known_hosts_file)
+        config_path(self.identity_file), config_path(self.known_hosts_file)  # refused now, not at start
         self._requested = [(int(lp), str(rh), int(rp)) for lp, rh, rp in forwards]
         self._ports = [lp for lp, _, _ in self._requested]
         self.ssh_binary = ssh_binary
@@ -135,6 +135,9 @@ class SSHTunnel:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._restarts = 0
+        self._relay: TcpToUnixRelay | None = None
+        self._socket_dir: Path | None = None
+        self._on_failure: Callable[[TunnelError], None] | None = None
         self.error: TunnelError | None = None
         """Set when the supervisor gave up (fatal ssh error or `max_restarts` reached)."""
 
@@ -160,11 +163,20 @@ class SSHTunnel:
 
     @property
     def alive(self) -> bool:
-        """ssh is running and all its local listeners exist (it is authenticated and forwarding)."""
-        proc = self._proc
-        if proc is None or proc.poll() is not None:
+        """ssh is running and forwarding (authenticated, its sockets listening), and our local
+        ports are open."""
+        proc, relay, directory = self._proc, self._relay, self._socket_dir
+        if proc is None or proc.poll() is not None or relay is None or not relay.is_open or directory is None:
             return False
-        return set(self._ports) <= _listening_ports(proc.pid)
+        return all(is_socket(directory / f"{i}.sock") for i in range(len(self._requested)))
+
+    def when_failed(self, callback: Callable[[TunnelError], None]) -> None:
+        """Call `callback(error)` when the supervisor gives up (from its thread), or now if it has."""
+        with self._lock:
+            self._on_failure = callback
+            error = self.error
+        if error is not None:
+            callback(error)
 
     def stderr_tail(self, lines: int = 15) -> str:
         """The last lines ssh wrote to stderr (across restarts), for error messages and logs."""
@@ -177,10 +189,10 @@ class SSHTunnel:
         # -N: no session. low_latency: a pty session whose only job is to make sshd set TCP_NODELAY
         argv = [
             self.ssh_binary, *(["-tt"] if self.low_latency else ["-N"]), "-F", "none",
-            "-i", str(self.identity_file),
             "-p", str(self.port),
+            "-o", f"IdentityFile={config_path(self.identity_file)}",  # not -i: that one is not quoted
             "-o", "StrictHostKeyChecking=yes",
-            "-o", f"UserKnownHostsFile={self.known_hosts_file}",
+            "-o", f"UserKnownHostsFile={config_path(self.known_hosts_file)}",
             "-o", "GlobalKnownHostsFile=/dev/null",
             "-o", "IdentitiesOnly=yes",
             "-o", "BatchMode=yes",
@@ -190,10 +202,11 @@ class SSHTunnel:
             "-o", "ConnectTimeout=10",
             "-o", "ControlMaster=no",
             "-o", "ControlPath=none",
+            "-o", "StreamLocalBindUnlink=yes",
             *self.extra_options,
         ]
-        for local, (_, remote_host, remote_port) in zip(self._ports, self._requested):
-            argv += ["-L", f"127.0.0.1:{local}:{remote_host}:{remote_port}"]
+        for path, (_, remote_host, remote_port) in zip(self._socket_paths(), self._requested):
+            argv += ["-L", f"{path}:{remote_host}:{remote_port}"]
         argv.append(f"{self.user}@{self.host}")
         if self.low_latency:
             argv.append(_REMOTE_IDLE)
@@ -211,12 +224,10 @@ class SSHTunnel:
             raise TunnelError(f"the ssh client ({self.ssh_binary}) was not found on PATH; install OpenSSH")
         self._stopping.clear()
         deadline = time.monotonic() + timeout
-        auto = [i for i, (lp, _, _) in enumerate(self._requested) if lp == 0]
         delay = self.backoff[0]
         try:
+            self._hold_local_ports()
             while True:
-                for i in auto:  # picked again on each first-start attempt: a port taken meanwhile is skipped
-                    self._ports[i] = _free_local_port()
                 self._launch()
                 outcome = self._wait_ready(deadline)
                 if outcome == "ready":
@@ -231,15 +242,18 @@ class SSHTunnel:
                 delay = min(delay * 2, self.backoff[1])
         except BaseException:
             self._end_process()
+            self._release_local_ports()
             raise
         self._thread = threading.Thread(target=self._supervise, name=f"ssh-tunnel-{self.host}", daemon=True)
         self._thread.start()
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        """End ssh (SIGTERM, then SIGKILL after `timeout`) and the supervisor. Safe to call twice."""
+        """End ssh (SIGTERM, then SIGKILL after `timeout`), close the local ports and end the
+        supervisor. Safe to call twice."""
         self._stopping.set()
         self._end_process(timeout)
+        self._release_local_ports()
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout + 5)
@@ -252,10 +266,39 @@ class SSHTunnel:
 
     # ----------------------------------------------------------------- internals
 
+    def _socket_paths(self) -> list[Path]:
+        """ssh's Unix sockets, one per forward, in a 0700 directory of this tunnel's (made on first
+        use; removed by `stop()`, or when the tunnel is collected)."""
+        if self._socket_dir is None:
+            self._socket_dir = private_socket_dir(self)
+        return [self._socket_dir / f"{i}.sock" for i in range(len(self._requested))]
+
+    def _hold_local_ports(self) -> None:
+        """Bind the local ports (0: the kernel picks) for the tunnel's whole life: a port ssh held
+        would be free to anyone while ssh restarts."""
+        relay = TcpToUnixRelay(self._socket_paths(), usable=lambda: self.error is None and not self._stopping.is_set())
+        try:
+            ports = relay.listen([lp for lp, _, _ in self._requested])
+        except OSError as error:
+            raise TunnelError(f"SSH tunnel to {self.user}@{self.host}:{self.port}: cannot listen on 127.0.0.1"
+                              f" port(s) {[lp for lp, _, _ in self._requested]}: {error}") from None
+        self._relay, self._ports = relay, ports
+
+    def _release_local_ports(self) -> None:
+        relay, self._relay = self._relay, None
+        if relay is not None:
+            relay.close()
+        directory, self._socket_dir = self._socket_dir, None
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
+
     def _launch(self) -> None:
         with self._lock:
             if self._stopping.is_set():
                 return
+            for path in self._socket_paths():  # a killed ssh leaves its sockets: the next one binds afresh
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
             self._stderr.append(f"--- ssh started at {time.strftime('%H:%M:%S')}")
             proc = subprocess.Popen(
                 self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -279,12 +322,11 @@ class SSHTunnel:
         """'ready' once the listeners exist, else why not ('ssh exited' / 'timed out')."""
         proc = self._proc
         assert proc is not None
-        wanted = set(self._ports)
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 self._drain(proc)
                 return f"ssh exited with status {proc.returncode}"
-            if wanted <= _listening_ports(proc.pid):
+            if self.alive:
                 return "ready"
             time.sleep(0.05)
         return "timed out"
@@ -299,17 +341,18 @@ class SSHTunnel:
         tail = self.stderr_tail()
         last_run = tail.rsplit("--- ssh started at", 1)[-1]
         where = f"{self.user}@{self.host}:{self.port}"
+        endpoint = f"{self.host}:{self.port}"
         if "host key is known for" in last_run:
             return HostKeyMismatchError(
                 f"SSH host {self.host} (port {self.port}): no host key is pinned for it in {self.known_hosts_file},"
                 f" so its key cannot match the one generated for this cluster; refusing to trust it on first use"
-                f" (possible man-in-the-middle otherwise). Not retried. ssh said:\n{tail}"
+                f" (possible man-in-the-middle otherwise). Not retried. ssh said:\n{tail}", endpoint
             )
         if any(sign in last_run for sign in _HOST_KEY_SIGNS):
             return HostKeyMismatchError(
                 f"SSH host {self.host} (port {self.port}): the host key did not match the one generated for"
                 f" this cluster (pinned in {self.known_hosts_file}); possible man-in-the-middle, so nothing"
-                f" was sent and the connection is not retried. ssh said:\n{tail}"
+                f" was sent and the connection is not retried. ssh said:\n{tail}", endpoint
             )
         if any(sign in last_run for sign in _AUTH_SIGNS):
             return TunnelError(
@@ -361,9 +404,15 @@ class SSHTunnel:
                     f" giving up. ssh said:\n{self.stderr_tail()}"
                 )
             if error is not None:
-                self.error = error
                 with self._lock:
+                    self.error = error
                     self._proc = None
+                    callback = self._on_failure
+                if callback is not None:
+                    try:
+                        callback(error)
+                    except Exception as failure:  # the supervisor must end cleanly whatever the callback does
+                        console.print(f"[red]the SSH tunnel's failure handler failed: {failure!r}[/]")
                 return
             ran_for = time.monotonic() - self._started_at
             failures = 0 if ran_for >= self.healthy_after else failures + 1
@@ -371,4 +420,4 @@ class SSHTunnel:
             if self._stopping.wait(delay):
                 return
             self._restarts += 1
-            self._launch()  # same local ports: ExitOnForwardFailure makes a taken port a retried exit
+            self._launch()  # the local ports stay ours meanwhile; ssh binds fresh sockets behind them
