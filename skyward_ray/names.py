@@ -46,6 +46,15 @@ ENV_PYTHON = "SKYWARD_PYTHON"
 ENV_MACHINE_DIR = "SKYWARD_MACHINE_DIR"  # a simulated or local machine's own directory
 ENV_MACHINE_TAGS = "SKYWARD_POD_TAGS"  # a RunPod pod's tags, encoded, in the pod's own environment
 
+# Reserved on a node: the boot script sets these itself, and `sky.Image(env=...)` may not override
+# them (a task's environment must not change the cluster's auth or what skyward tells tasks).
+ENV_PREFIX = "SKYWARD_"
+RAY_AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+# A login user on the nodes (`ssh_user`): a plain POSIX name, safe bare in sshd_config, a shell and
+# an `ssh user@host` argument (never a leading '-').
+LOGIN_USER = r"[A-Za-z_][A-Za-z0-9_.-]{0,31}"
+
 # -- the driver's heartbeat in Ray's internal KV (read by the head's watchdog) -------------------
 HEARTBEAT_NAMESPACE = "skyward"
 HEARTBEAT_KEY = "heartbeat"

@@ -41,6 +41,7 @@ from skyward_ray.cluster.contract import ClusterListing, ClusterParams, Machine,
 from skyward_ray.cluster.machine_tags import MachineName, MachineNaming, TagCodec
 from skyward_ray.cluster.remote_cloud import RemoteCloud
 from skyward_ray.errors import CapacityError, ProvisioningError, SpecError
+from skyward_ray.node import self_destroy
 from skyward_ray.node.sshd import sshd_lines, state_dir_lines
 
 INTERNAL_DOMAIN = "runpod.internal"
@@ -49,15 +50,23 @@ ENV_TAGS = names.ENV_MACHINE_TAGS
 NAMING = MachineNaming(first="-", between="-")
 TAGS = TagCodec(ascii_armor=True)  # the SDK pastes env values into its GraphQL text unescaped
 
-# Only the pod's own id and pod-scoped key: `runpodctl` (RunPod installs it in every pod with that
-# key), else the GraphQL podTerminate it would send.
-SHUTDOWN_COMMAND = (
-    'runpodctl remove pod "$RUNPOD_POD_ID" >/dev/null 2>&1 || '
-    "curl -s -m 30 --retry 3 -X POST -H 'Content-Type: application/json' "
-    '-H "Authorization: Bearer $RUNPOD_API_KEY" '
-    '--data "{\\"query\\": \\"mutation { podTerminate(input: {podId: \\\\\\"$RUNPOD_POD_ID\\\\\\"}) }\\"}" '
-    '"${RUNPOD_API_BASE_URL:-https://api.runpod.io}/graphql"'
-)
+
+def shutdown_command(budget_s: int = self_destroy.BUDGET_S, call_s: int = self_destroy.CALL_S) -> str:
+    """Terminate this pod (never stop it) with only its own id and pod-scoped key: `runpodctl`
+    (RunPod installs it in every pod with that key), else the GraphQL podTerminate it would send;
+    each attempt bounded, retried for `budget_s` seconds (`skyward_ray.node.self_destroy`)."""
+    graphql_call = self_destroy.http_attempt(
+        "-X POST -H 'Content-Type: application/json' -H \"Authorization: Bearer ${RUNPOD_API_KEY:-}\" "
+        '--data "{\\"query\\": \\"mutation { podTerminate(input: {podId: \\\\\\"${RUNPOD_POD_ID:-}\\\\\\"}) }\\"}" '
+        '"${RUNPOD_API_BASE_URL:-https://api.runpod.io}/graphql"', call_s)
+    cli = ("{ command -v runpodctl >/dev/null 2>&1 && "
+           + self_destroy.bounded('runpodctl remove pod "${RUNPOD_POD_ID:-}"') + " >/dev/null 2>&1; }")
+    attempt = f"{{ {cli} || {graphql_call}; }}"
+    return "{ " + self_destroy.recover_environment(("RUNPOD_POD_ID", "RUNPOD_API_KEY")) + "\n" + \
+        self_destroy.retrying(attempt, "terminate this pod", budget_s, call_s) + "; }"
+
+
+SHUTDOWN_COMMAND = shutdown_command()
 
 # RunPod's desiredStatus → the contract's. A pod whose runtime is null has no container yet.
 # EXITED (its container ended, or RunPod took an interruptible pod back) never comes back for

@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import shlex
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -36,6 +37,7 @@ from skyward_ray.cluster.contract import ClusterListing, Machine, MachineRequest
 from skyward_ray.cluster.machine_tags import MachineName, MachineNaming, TagCodec
 from skyward_ray.cluster.remote_cloud import RemoteCloud
 from skyward_ray.errors import CapacityError, ProvisioningError, SpecError
+from skyward_ray.node import self_destroy
 from skyward_ray.node.sshd import sshd_lines, state_dir_lines
 
 NAMING = MachineNaming(first=":", between="/")
@@ -64,19 +66,22 @@ def label_identity(label: str) -> tuple[MachineName | None, dict[str, str]]:
     return (machine, TAGS.decode(machine, blob)) if machine else (None, {})
 
 
-def shutdown_command(server_url: str) -> str:
-    """Destroy this instance with its own instance-scoped key (never the user's)."""
-    url = f"{server_url.rstrip('/')}/api/v0/instances/$CONTAINER_ID/"
-    curl = (f'curl -sS -m 20 --retry 3 -X DELETE -H "Authorization: Bearer $CONTAINER_API_KEY" '
-            f'-H "Content-Type: application/json" -d "{{}}" "{url}"')
-    python = ("python3 -c 'import os,urllib.request as u; u.urlopen(u.Request(os.path.expandvars("
-              f'"{url}"), data=b"{{}}", method="DELETE", headers={{"Authorization": "Bearer "+os.environ'
-              "[\"CONTAINER_API_KEY\"], \"Content-Type\": \"application/json\"}), timeout=20)'")
+def shutdown_command(server_url: str, budget_s: int = self_destroy.BUDGET_S, call_s: int = self_destroy.CALL_S) -> str:
+    """Destroy (never stop: an exited instance keeps billing its disk) this instance with its own
+    instance-scoped key, never the user's: curl, or the image's python3 where it has no curl; each
+    call bounded, retried for `budget_s` seconds (`skyward_ray.node.self_destroy`). `server_url`
+    is checked by `VastAI` and shell-quoted here all the same."""
+    url = shlex.quote(server_url.rstrip("/")) + '"/api/v0/instances/${CONTAINER_ID:-}/"'
+    key = "Bearer ${CONTAINER_API_KEY:-}"
+    curl = self_destroy.http_attempt(f'-X DELETE -H "Authorization: {key}" -H "Content-Type: application/json" '
+                                     f'-d "{{}}" {url}', call_s)
+    python = self_destroy.python_http_attempt("DELETE", url, {"Authorization": f'"{key}"',
+                                                              "Content-Type": "application/json"}, call_s)
+    attempt = f"if command -v curl >/dev/null 2>&1; then {curl}; else {python}; fi"
     # Vast puts both variables in the container's PID 1 environment; a process that lost them
     # (e.g. started from an SSH session) reads them back from there.
-    recover = ('[ -n "${CONTAINER_API_KEY:-}" ] || while IFS= read -r kv; do export "$kv"; done < <(tr "\\0" "\\n" '
-               '< /proc/1/environ 2>/dev/null | grep -E "^(CONTAINER_ID|CONTAINER_API_KEY)=")')
-    return f"{{ {recover}; {curl} || {python}; }}"
+    recover = self_destroy.recover_environment(("CONTAINER_API_KEY", "CONTAINER_ID"))
+    return "{ " + recover + "\n" + self_destroy.retrying(attempt, "destroy this instance", budget_s, call_s) + "; }"
 
 
 def onstart(request: MachineRequest, ssh_port: int, ssh_user: str, ssh_public_key: str) -> str:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from skyward_ray.errors import SpecError
 from skyward_ray.planning.providers import RemoteMachineConfig
 
 if TYPE_CHECKING:
@@ -13,6 +15,10 @@ if TYPE_CHECKING:
     from skyward_ray.planning.offers import Offer
 
 DEFAULT_SERVER_URL = "https://console.vast.ai"
+# An http(s) base URL: a host (a name, an IPv4 or a bracketed IPv6 address), a port, a plain path;
+# nothing a shell would read (it is part of every instance's self-destroy command).
+_SERVER_URL = re.compile(r"https?://([A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\])"
+                         r"(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?")
 
 
 class VastAI(RemoteMachineConfig):
@@ -34,6 +40,14 @@ class VastAI(RemoteMachineConfig):
     replacement_price_margin: float = Field(
         default=0.10, ge=0, description="when an ask is rented before launch, a same-card ask may cost up to this "
                                         "fraction more (0.10: 10%)")
+
+    @field_validator("server_url")
+    @classmethod
+    def _server_url(cls, value: str) -> str:
+        if not _SERVER_URL.fullmatch(value):
+            raise SpecError(f"VastAI.server_url={value!r} is not an http(s) URL with a host and a plain path. Fix: "
+                            f"the API's base URL, e.g. {DEFAULT_SERVER_URL!r} (no quotes, spaces, '$', '?' or '#')")
+        return value
 
     def resolved_api_key(self) -> str | None:
         """`api_key`, else VAST_API_KEY; None when neither is set (offers then come from the snapshot)."""

@@ -102,6 +102,7 @@ def cluster_params(request: PoolRequest, plan: Plan, spec: Spec, offer: Offer, b
         heartbeat_grace=spec.provider.heartbeat_grace,
         first_heartbeat_grace=spec.provider.heartbeat_grace + FIRST_BEAT_MARGIN,
         boot_deadline=max(boot_timeout * 2, 120.0),
+        max_lifetime=keeper.remaining_lifetime() if keeper is not None else None,
         pip=list(image.pip) if installs_at_boot else [],
         apt=list(image.apt),
         pool_tags=pool_state.owner_tags(offer.price),

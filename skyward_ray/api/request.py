@@ -10,6 +10,7 @@ what a detached pool's `up` hands its keeper, so the keeper makes this very pool
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,6 +87,14 @@ class KeeperMode:
         return cls(spec.name, {"status": "starting", "idle_timeout": spec.idle_timeout,
                                "max_lifetime": spec.max_lifetime, "dashboard": spec.dashboard, "log": log,
                                "started_at": started_at})
+
+    def remaining_lifetime(self) -> float | None:
+        """Seconds left of the pool's max lifetime (None: no limit): what the head enforces itself,
+        so the pool ends on time even when this keeper is gone or wedged."""
+        lifetime = self.state.get("max_lifetime")
+        if lifetime is None:
+            return None
+        return max(float(lifetime) - (time.time() - float(self.state["started_at"])), 1.0)
 
     @property
     def dashboard(self) -> bool:

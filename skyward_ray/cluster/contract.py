@@ -70,6 +70,9 @@ class ClusterParams(BaseModel):
     boot_deadline: float = Field(
         default=900.0, description="seconds a machine may take from its boot to the first heartbeat (head) or "
                                    "to reaching the head (worker) before it ends itself")
+    max_lifetime: float | None = Field(
+        default=None, gt=0, description="a detached pool's remaining lifetime in seconds, enforced by the head itself "
+                                        "(it ends the pool then, even with its keeper gone); None: no limit")
     pip: list[str] = Field(default_factory=list, description="installed by every node's boot script")
     ssh_key_dir: str = Field(default="", description="the cluster's SSH keys on the driver (0700); made at prepare")
     ssh_public_key: str = Field(default="", description="the driver's SSH public key line for this cluster")

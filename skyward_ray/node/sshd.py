@@ -11,7 +11,10 @@ in the container, `STATE_DIR`); the host key travels base64-encoded, so no quoti
 from __future__ import annotations
 
 import base64
+import re
 import shlex
+
+from skyward_ray import names
 
 STATE_DIR = "$HOME/.skyward"
 
@@ -31,7 +34,11 @@ def state_dir_lines() -> list[str]:
 
 def sshd_lines(port: int, user: str, host_key: str, authorized_key: str) -> list[str]:
     """Start sshd on `port` with this host key, letting `user` in with `authorized_key` only.
-    Expects `$S` (see `state_dir_lines`); sshd runs in the background, logging to `$S/sshd.log`."""
+    Expects `$S` (see `state_dir_lines`); sshd runs in the background, logging to `$S/sshd.log`.
+    `user` goes bare into an unquoted heredoc, so only a plain name passes (`RemoteMachineConfig`
+    checks it for the user first; this is the last line before a shell)."""
+    if not re.fullmatch(names.LOGIN_USER, user):
+        raise ValueError(f"sshd: {user[:40]!r} is not a plain POSIX user name")
     key = base64.b64encode(host_key.strip().encode() + b"\n").decode()
     return [
         "# skyward_ray: the head's sshd for the driver's tunnel (pinned host key, the cluster's login key)",

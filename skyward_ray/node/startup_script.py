@@ -6,7 +6,9 @@ side and no driver staying online during boot. The script
 1. installs the Image unless it is already satisfied (the driver's Ray and Python versions),
 2. starts `ray start --block` as head or worker, with the instance id, node type, labels, market
    type and the cluster's auth token in the environment Ray reads them from,
-3. on the head, starts a watchdog that stops Ray when the driver's heartbeat stops (teardown layer 3),
+3. on the head, starts a watchdog that stops Ray when the driver's heartbeat stops (teardown layer 3)
+   or, for a detached pool, when the pool's max lifetime is reached (`lifetime`, with a backstop in
+   the script itself should the watchdog be wedged),
 4. when Ray or the watchdog exits, or the script itself exits for any reason (a trap on EXIT),
    runs the provider's shutdown command so the machine stops billing.
 
@@ -110,6 +112,13 @@ class NodeBoot(BaseModel):
     mark_dir_shell: str = Field(default="${SKYWARD_MACHINE_DIR:-/var/lib/skyward}",
                                 description="a directory that survives a reboot, for the machine's boot marks")
     head_wait_timeout: float = 600.0
+    lifetime: float | None = Field(
+        default=None, gt=0, description="head only: seconds from the script's start after which the node ends the "
+                                        "pool whatever its heartbeat says (a detached pool's max lifetime, enforced "
+                                        "on the node); None: no limit")
+    lifetime_backstop: float = Field(
+        default=60.0, gt=0, description="seconds past `lifetime` after which the script ends the machine itself, "
+                                        "should the watchdog be wedged (it needs up to ~15 s to stop Ray)")
     gcs_reconnect_timeout: int = 15
     shutdown_command: str = ""
 
@@ -219,6 +228,9 @@ def validate(boot: NodeBoot) -> None:
         value = getattr(boot, field)
         if value is not None and not _PLACE.fullmatch(value):
             raise _refuse(field, value, "a region or zone name")
+    for key in boot.env:
+        if key in names.RAY_AUTH_ENV:
+            raise _refuse("env", key, "the cluster's Ray auth settings are the boot script's own")
     if boot.market_type not in (None, "spot", "on-demand"):
         raise _refuse("market_type", boot.market_type, "'spot' or 'on-demand'")
     if not 0 < boot.gcs_port < 65536:
@@ -260,8 +272,10 @@ def render(boot: NodeBoot) -> str:
         "#!/usr/bin/env bash",
         f"# skyward_ray node bootstrap: cluster {boot.cluster_name}, role {boot.role}",
         "set -u",
+        # The provider's shutdown command, once: every way out below calls it.
+        f"{END_MACHINE}() {{ {_shutdown(boot)}\n}}",
         # Whatever way this script ends, the machine ends with it.
-        f"trap {shlex.quote(_shutdown(boot))} EXIT",
+        f"trap {END_MACHINE} EXIT",
         f'SKYWARD_MARKS="{boot.mark_dir_shell}"',
         'export SKYWARD_BOOT_DONE="$SKYWARD_MARKS/skyward-boot-done"',
         'if [ -e "$SKYWARD_MARKS/skyward-booted" ]; then',
@@ -271,7 +285,10 @@ def render(boot: NodeBoot) -> str:
         "fi",
         'mkdir -p "$SKYWARD_MARKS" && : > "$SKYWARD_MARKS/skyward-booted"',
         f'( sleep {int(boot.boot_deadline)}; [ -e "$SKYWARD_BOOT_DONE" ] || {{ echo "skyward: boot not done within '
-        f'{int(boot.boot_deadline)}s (no driver heartbeat or no head); ending this machine"; {_shutdown(boot)}; }} ) &',
+        f'{int(boot.boot_deadline)}s (no driver heartbeat or no head); ending this machine"; {END_MACHINE}; }} ) &',
+        *_lifetime_backstop(boot),
+        # The pool's environment first: what the script exports below (ids, addresses, Ray's auth) wins.
+        *(_export(key, value) for key, value in sorted(boot.env.items())),
         f'export {names.ENV_INSTANCE_ID}="{boot.instance_id_shell}"',
         f'NODE_IP="{boot.node_ip_shell}"',
         f'export {names.ENV_NODE_IP}="$NODE_IP"',
@@ -291,8 +308,6 @@ def render(boot: NodeBoot) -> str:
         lines.append(_export("RAY_NODE_REGION", boot.region))
     if boot.zone:
         lines.append(_export("RAY_NODE_ZONE", boot.zone))
-    for key, value in sorted(boot.env.items()):
-        lines.append(_export(key, value))
     if boot.temp_dir_shell:
         lines.append(f'mkdir -p "{boot.temp_dir_shell}"')
 
@@ -314,6 +329,8 @@ def render(boot: NodeBoot) -> str:
             f'SKYWARD_WATCH_GCS="$NODE_IP:{boot.gcs_port}" SKYWARD_WATCH_RAY_PID="$RAY_PID" '
             f"SKYWARD_WATCH_GRACE={boot.heartbeat_grace:g} SKYWARD_WATCH_FIRST_GRACE={boot.first_heartbeat_grace:g} "
             f"SKYWARD_WATCH_NAMESPACE={HEARTBEAT_NAMESPACE} SKYWARD_WATCH_KEY={HEARTBEAT_KEY} "
+            + (f"SKYWARD_WATCH_LIFETIME=$(( {int(boot.lifetime)} > SECONDS ? {int(boot.lifetime)} - SECONDS : 1 )) "
+               if boot.lifetime is not None else "") +
             "\"$SKYWARD_PYTHON\" -c \"$(cat <<'SKYWARD_WATCHDOG'",
             WATCHDOG_SOURCE.rstrip("\n"),
             "SKYWARD_WATCHDOG",
@@ -328,7 +345,7 @@ def render(boot: NodeBoot) -> str:
         'while kill -0 "$RAY_PID" 2>/dev/null && kill -0 "$WATCHDOG_PID" 2>/dev/null; do sleep 1 & wait $!; done',
         'if kill -0 "$RAY_PID" 2>/dev/null; then echo "skyward: the watchdog exited; ending this machine"; else',
         '  wait "$RAY_PID" 2>/dev/null; echo "skyward: ray exited ($?); ending this machine"; fi',
-        _shutdown(boot),
+        _shutdown(boot),  # the provider's own command, last: what a reader of the script looks for
     ]
     return "\n".join(lines) + "\n"
 
@@ -336,8 +353,21 @@ def render(boot: NodeBoot) -> str:
 UV_VERSION = "0.13.9"  # pinned: the tool that gives every node the driver's exact Python and Ray
 
 
+# The shell function holding the provider's shutdown command (defined first in every script).
+END_MACHINE = "skyward_end_machine"
+
+def _lifetime_backstop(boot: NodeBoot) -> list[str]:
+    """A detached head ends itself past its lifetime even when its watchdog is wedged (the watchdog
+    stops Ray at `lifetime`; this fires `lifetime_backstop` later, both from the script's start)."""
+    if boot.lifetime is None or boot.role != "head":
+        return []
+    after = int(boot.lifetime + boot.lifetime_backstop)
+    return [f'( sleep {after}; echo "skyward: the max lifetime of this pool ({int(boot.lifetime)}s) is past; '
+            f'ending this machine"; {END_MACHINE} ) &']
+
+
 def _fail(boot: NodeBoot, what: str) -> str:
-    return "{ echo 'skyward: " + what + " failed; ending this machine'; " + _shutdown(boot) + "; exit 1; }"
+    return "{ echo 'skyward: " + what + " failed; ending this machine'; " + END_MACHINE + "; exit 1; }"
 
 
 def _environment_lines(boot: NodeBoot) -> list[str]:

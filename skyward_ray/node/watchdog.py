@@ -12,10 +12,15 @@ The driver beats from the moment the head's GCS answers, so the first beat must 
 own boot deadline holds). On the first beat the watchdog touches `SKYWARD_BOOT_DONE`, which calls
 that deadline off.
 
+A detached pool (`skyward-ray up`) is beaten by its keeper like any driver's pool; its max lifetime
+comes here as `SKYWARD_WATCH_LIFETIME` (seconds on this node's clock from the watchdog's start;
+unset: no limit, only where the user asked for none). Past it the watchdog stops Ray whatever the
+heartbeat says, so a keeper that is gone or wedged, or anyone holding the cluster's token, cannot
+keep the pool billing past the lifetime the user set. No heartbeat value makes the watchdog stand
+down: the KV is writable by every task and token holder, so nothing read from it may disarm it.
+
 This file runs standalone on the node (embedded into the startup script), so it imports nothing
-from skyward_ray. A heartbeat value of b"detached" means the pool deliberately outlives its driver
-(`skyward-ray up`), and the watchdog stands down (it stays alive while Ray runs: the boot script
-ends the machine when the watchdog exits).
+from skyward_ray.
 """
 
 import os
@@ -38,6 +43,18 @@ def _log(message: str) -> None:
     print(f"skyward watchdog: {message}", flush=True)
 
 
+def _stop(ray_pid: int, why: str) -> int:
+    """SIGTERM Ray, SIGKILL it after 10 s; the boot script then ends the machine."""
+    _log(f"{why}; stopping ray")
+    os.kill(ray_pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while _alive(ray_pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _alive(ray_pid):
+        os.kill(ray_pid, signal.SIGKILL)
+    return 0
+
+
 def main() -> int:
     # Low priority: on a small machine the watchdog must not slow the boot it is watching.
     try:
@@ -52,13 +69,14 @@ def main() -> int:
     first_grace = float(os.environ.get("SKYWARD_WATCH_FIRST_GRACE", "600"))
     namespace = os.environ.get("SKYWARD_WATCH_NAMESPACE", "skyward").encode()
     key = os.environ.get("SKYWARD_WATCH_KEY", "heartbeat").encode()
+    lifetime = float(os.environ.get("SKYWARD_WATCH_LIFETIME") or "inf")
 
     boot_done = os.environ.get("SKYWARD_BOOT_DONE")
 
     client = None
     answered = False
     last_value = None
-    last_change = time.monotonic()
+    started = last_change = time.monotonic()
     while _alive(ray_pid):
         time.sleep(1.0)
         try:
@@ -70,11 +88,8 @@ def main() -> int:
         except Exception:  # GCS not up yet, or busy: the clock keeps running
             value = last_value
         now = time.monotonic()
-        if value == b"detached":
-            _log("pool detached from its driver; standing down")
-            while _alive(ray_pid):
-                time.sleep(5.0)
-            return 0
+        if now - started >= lifetime:
+            return _stop(ray_pid, f"the pool's max lifetime ({lifetime:g}s) is reached")
         if value != last_value:
             if last_value is None and boot_done:
                 try:
@@ -84,14 +99,7 @@ def main() -> int:
             last_value, last_change = value, now
         limit = grace if last_value is not None else first_grace
         if now - last_change > limit:
-            _log(f"no driver heartbeat for {now - last_change:.0f}s (limit {limit:g}s); stopping ray")
-            os.kill(ray_pid, signal.SIGTERM)
-            deadline = time.monotonic() + 10
-            while _alive(ray_pid) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            if _alive(ray_pid):
-                os.kill(ray_pid, signal.SIGKILL)
-            return 0
+            return _stop(ray_pid, f"no driver heartbeat for {now - last_change:.0f}s (limit {limit:g}s)")
     return 0
 
 

@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING
 from packaging.requirements import InvalidRequirement, Requirement
 from pydantic import ConfigDict, Field, field_validator
 
+from skyward_ray import names
 from skyward_ray._validation import SpecModel
+from skyward_ray.errors import SpecError
 
 if TYPE_CHECKING:
     from skyward_ray.planning.providers import ProviderConfig
@@ -85,6 +87,10 @@ class Image(SpecModel):
         for key in value:
             if not _ENV_NAME.match(key):
                 raise ValueError(f"Image.env: {key!r} is not a valid environment variable name (letters, digits, _)")
+            if key.startswith(names.ENV_PREFIX) or key in names.RAY_AUTH_ENV:
+                raise SpecError(f"Image.env: {key!r} is reserved (skyward sets {names.ENV_PREFIX}* and the cluster's "
+                                f"Ray auth, {', '.join(names.RAY_AUTH_ENV)}, on every node itself). Fix: drop {key!r} "
+                                "from env=, or rename it")
         return {k: str(v) for k, v in value.items()}
 
     @field_validator("python")
@@ -135,7 +141,6 @@ class Image(SpecModel):
         packages or run another Python; every node needs the driver's Python anyway (Ray checks
         versions between driver and nodes), so `python=` must name the driver's own version.
         """
-        from skyward_ray.errors import SpecError
 
         here = "%d.%d.%d" % sys.version_info[:3]
         if provider.nodes_share_driver_python and self.apt:

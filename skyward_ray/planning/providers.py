@@ -13,11 +13,13 @@ below is the one list of where they are, so nothing in `skyward_ray/` branches o
 from __future__ import annotations
 
 import importlib
+import re
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator
 from pydantic.fields import FieldInfo
 
+from skyward_ray import names
 from skyward_ray._validation import SpecModel
 from skyward_ray.errors import ProviderUnavailableError, SpecError
 
@@ -94,6 +96,9 @@ class ProviderConfig(SpecModel):
         return self.node_provider
 
 
+_LOGIN_USER = re.compile(names.LOGIN_USER)
+
+
 class RemoteMachineConfig(ProviderConfig):
     """A cloud whose nodes are machines of their own (AWS, RunPod, Vast.ai), driven through SSH:
     the login user, how long a live offer listing is reused, and what each node tells Ray it has
@@ -113,6 +118,15 @@ class RemoteMachineConfig(ProviderConfig):
     object_store_memory: int | None = Field(default=None, ge=75 * 1024**2, description="bytes of object store per node")
     resources: dict[str, float] = Field(
         default_factory=dict, description="extra custom Ray resources per node, e.g. {'accelerator_type:T4': 1}")
+
+    @field_validator("ssh_user")
+    @classmethod
+    def _login_user(cls, value: str) -> str:
+        # It reaches the head's sshd_config and the driver's `ssh` command line: a plain name only.
+        if not _LOGIN_USER.fullmatch(value):
+            raise SpecError(f"{cls.__name__}.ssh_user={value!r} is not a plain POSIX user name. Fix: letters, "
+                            "digits, '_', '.', '-' (not first), at most 32, e.g. 'root' or 'ubuntu'")
+        return value
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
