@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import stat
 import tempfile
 import time
@@ -132,11 +133,14 @@ def test_prepare_makes_exactly_the_specified_security_group_and_a_key_pair_and_t
     assert (ssh["IpProtocol"], ssh["FromPort"], ssh["ToPort"]) == ("tcp", 22, 22)
     assert [r["CidrIp"] for r in ssh["IpRanges"]] == ["198.18.0.1/32"] and ssh["UserIdGroupPairs"] == []
     assert not any(r.get("CidrIp") == "0.0.0.0/0" for rule in group["IpPermissions"] for r in rule["IpRanges"])
-    assert [k["KeyName"] for k in sim.key_pairs()] == [f"skyward-{name}"]
+    # fresh random names (a predictable one could be pre-created by someone else), tagged with the cluster
+    assert re.fullmatch(rf"skyward-{name}-[0-9a-f]{{8}}", group["GroupName"])
+    assert [k["KeyName"] for k in sim.key_pairs()] == [cfg["key_name"]] and cfg["key_name"] != group["GroupName"]
+    assert re.fullmatch(rf"skyward-{name}-[0-9a-f]{{8}}", cfg["key_name"])
     key_file = tmp_path / name / "id_ed25519"  # made here; only its public half went to AWS
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600 and stat.S_IMODE(key_file.parent.stat().st_mode) == 0o700
     assert not sim.calls("CreateKeyPair")
-    assert sim.imported_public_key(f"skyward-{name}") == (tmp_path / name / "id_ed25519.pub").read_text().strip()
+    assert sim.imported_public_key(cfg["key_name"]) == (tmp_path / name / "id_ed25519.pub").read_text().strip()
     assert cfg["ami"] == sim.ami_id, "the default AMI is the newest AWS Deep Learning Base AMI"
     assert cfg["subnet_id"] == sim.subnets[offer.zone], "a spot offer launches in its own zone"
     provider.cleanup_cluster_resources()
@@ -155,6 +159,8 @@ def test_run_instances_sends_market_imdsv2_shutdown_and_tags_and_state_lives_in_
             p = call.params
             assert p["MinCount"] == p["MaxCount"] == "1"
             assert p["MetadataOptions.HttpTokens"] == "required"
+            # hop limit 1: a container on the node cannot reach IMDS (user data, role credentials)
+            assert p["MetadataOptions.HttpPutResponseHopLimit"] == "1"
             assert p["InstanceInitiatedShutdownBehavior"] == "terminate"
             assert p["SecurityGroupId.1"] == provider.provider_config["prepared"]["security_group_id"]
         assert spot_call.params["InstanceMarketOptions.MarketType"] == "spot"

@@ -3,7 +3,8 @@
 - `config.py`   the typed `sky.AWS(...)` config
 - `session.py`  sessions, credentials, botocore errors → typed errors
 - `offers.py`   live offers (EC2 APIs) and the dated snapshot; never imports Ray
-- `network.py`  what `prepare` makes: subnet choice, image, security group, key pair
+- `network.py`  what `prepare` makes: subnet choice, image, security group, key pair (random names)
+- `ownership.py` proof that the group and key pair just made are exactly ours (`ResourceConflictError`)
 - `cloud.py`    launch / describe / terminate instances that boot from user data
 - `node_provider.py`  the Ray node provider (`AWSNodeProvider`), imported on first use
 """

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from node_providers.aws import network
 from node_providers.aws.config import AWS
 from node_providers.aws.session import aws_errors, credentials_resolve_offline, retry_config, session_for
 from skyward_ray import names
@@ -70,7 +71,7 @@ def _region_clusters(config: AWS, region: str) -> list[ClusterListing]:
                 resources.setdefault(name, []).append(f"security group {group['GroupId']}")
         for pair in ec2.describe_key_pairs(Filters=tagged).get("KeyPairs", []):
             name = _tag(pair, names.CLUSTER)
-            if name and pair.get("KeyName") == f"skyward-{name}":
+            if name and network.is_cluster_resource_name(name, pair.get("KeyName", "")):
                 resources.setdefault(name, []).append(f"key pair {pair['KeyName']}")
     return [ClusterListing(name=name, machines=machines.get(name, []), region=region, resources=resources.get(name, []))
             for name in sorted(set(machines) | set(resources))]

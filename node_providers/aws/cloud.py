@@ -4,7 +4,8 @@ Every fact about a machine lives in EC2 tags, so a provider made in another proc
 same machines. Machines boot from user data: no SSH, no credential on the node, IMDSv2 only, and
 when Ray exits the node runs `shutdown -h now`, which with `InstanceInitiatedShutdownBehavior=
 terminate` ends (not stops) the instance. `prepare` makes a security group (all traffic from
-itself; SSH from the driver's address only when `ssh_cidr` is given) and a key pair per cluster;
+itself; SSH from the driver's address only when `ssh_cidr` is given) and a key pair per cluster,
+under fresh random names, checked after creating (`network`, `ownership`);
 `cleanup` deletes them once the instances are terminated.
 """
 
@@ -132,7 +133,9 @@ class AWSCloud(RemoteCloud):
             "InstanceInitiatedShutdownBehavior": "terminate",
             # One token per node and launch attempt: a retry after a lost response finds the same instance.
             **({"ClientToken": request.client_token} if request.client_token else {}),
-            "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 2},
+            # IMDSv2 at hop limit 1: the node itself reads its metadata; a container on it (one hop more) cannot
+            # read the user data (the boot payload) or the instance's role credentials.
+            "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1},
             "TagSpecifications": network.tag_spec("instance", tags) + network.tag_spec(
                 "volume", {names.CLUSTER: self.cluster_name}),
         }

@@ -1,15 +1,21 @@
 """What `prepare` makes on AWS for one cluster, and removes at cleanup: subnet choice, image,
 security group (all traffic from its own members; SSH only from the driver's address when asked),
-key pair (the driver's public key, imported). Everything is found again by the cluster's tag, so cleanup works from any process.
+key pair (the driver's public key, imported). Both get fresh random names and are read back after
+creating (`ownership`); everything is found again by the cluster's tag, so cleanup works from any process.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
+import re
+import secrets
 import time
+from collections.abc import Iterator
 from typing import Any
 
+from node_providers.aws import ownership
+from node_providers.aws.ownership import ResourceConflictError
 from skyward_ray import names
 from skyward_ray.errors import CapacityError, ProvisioningError, SpecError
 
@@ -64,18 +70,52 @@ def architecture(ec2: Any, instance_type: str) -> str:
     return "x86_64" if "x86_64" in archs else archs[0]
 
 
+_SUFFIX = re.compile(r"[0-9a-f]{8}")  # what `resource_name` appends
+
+
+def resource_name(cluster_name: str) -> str:
+    """A new name for one of the cluster's resources: `skyward-<cluster>-<8 random hex digits>`.
+
+    Pool names are predictable (named pools); a name nobody can guess first means nobody can
+    pre-create the resource for us to pick up."""
+    return f"skyward-{cluster_name}-{secrets.token_hex(4)}"
+
+
+def is_cluster_resource_name(cluster_name: str, resource: str) -> bool:
+    """Is `resource` a name `resource_name(cluster_name)` makes (or the unsuffixed name of older versions)?"""
+    base = f"skyward-{cluster_name}"
+    return resource == base or (resource.startswith(base + "-") and _SUFFIX.fullmatch(resource[len(base) + 1:]) is not None)
+
+
+@contextlib.contextmanager
+def _fresh(kind: str, name: str, duplicate_code: str) -> Iterator[None]:
+    """Creating `kind` `name`: a name that already exists is a `ResourceConflictError`, never reused."""
+    from botocore.exceptions import ClientError
+
+    try:
+        yield
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") != duplicate_code:
+            raise
+        raise ResourceConflictError(
+            f"AWS: a {kind} named {name} already exists; skyward never reuses one it did not just make (its "
+            "rules or key could be someone else's). Fix: try again (a new random name is drawn), and check who "
+            "creates skyward-* resources in this account") from None
+
+
 def security_group(ec2: Any, cluster_name: str, vpc_id: str, ssh_cidr: str | None,
-                    driver_group: str | None) -> str:
-    """The cluster's group: all traffic from its own members, SSH from the driver only. Reused if present."""
-    existing = ec2.describe_security_groups(Filters=cluster_filter(cluster_name) + [
-        {"Name": "vpc-id", "Values": [vpc_id]}])["SecurityGroups"]
-    if existing:
-        return existing[0]["GroupId"]
-    group_id = ec2.create_security_group(
-        GroupName=f"skyward-{cluster_name}", VpcId=vpc_id,
-        Description=f"skyward_ray cluster {cluster_name}: nodes talk to each other; SSH from the driver only",
-        TagSpecifications=tag_spec("security-group", {names.CLUSTER: cluster_name, "Name": f"skyward-{cluster_name}"}),
-    )["GroupId"]
+                   driver_group: str | None) -> str:
+    """A new group for the cluster: all traffic from its own members, SSH from the driver only.
+
+    Never an existing one (found by name or tag): its random name is created fresh, and its rules
+    are read back and must be exactly these (`ownership.check_group_rules`)."""
+    name = resource_name(cluster_name)
+    with _fresh("security group", name, "InvalidGroup.Duplicate"):
+        group_id = ec2.create_security_group(
+            GroupName=name, VpcId=vpc_id,
+            Description=f"skyward_ray cluster {cluster_name}: nodes talk to each other; SSH from the driver only",
+            TagSpecifications=tag_spec("security-group", {names.CLUSTER: cluster_name, "Name": name}),
+        )["GroupId"]
     rules: list[dict[str, Any]] = [{"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": group_id}]}]
     if driver_group:
         rules.append({"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": driver_group}]})
@@ -83,17 +123,18 @@ def security_group(ec2: Any, cluster_name: str, vpc_id: str, ssh_cidr: str | Non
         rules.append({"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
                       "IpRanges": [{"CidrIp": ssh_cidr, "Description": "SSH from the skyward_ray driver"}]})
     ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=rules)
+    ownership.check_group_rules(ec2, group_id, rules)
     return group_id
 
 
 def import_key_pair(ec2: Any, cluster_name: str, public_key_line: str) -> str:
-    """Import this cluster's public key (made on the driver): the private key never passes through AWS."""
-    name = f"skyward-{cluster_name}"
-    with contextlib.suppress(Exception):
-        if ec2.describe_key_pairs(KeyNames=[name])["KeyPairs"]:
-            return name
-    ec2.import_key_pair(KeyName=name, PublicKeyMaterial=public_key_line.encode(),
-                        TagSpecifications=tag_spec("key-pair", {names.CLUSTER: cluster_name}))
+    """Import this cluster's public key (made on the driver) under a new random name; the private key
+    never passes through AWS. An existing name fails; the imported pair's fingerprint is checked."""
+    name = resource_name(cluster_name)
+    with _fresh("key pair", name, "InvalidKeyPair.Duplicate"):
+        ec2.import_key_pair(KeyName=name, PublicKeyMaterial=public_key_line.encode(),
+                            TagSpecifications=tag_spec("key-pair", {names.CLUSTER: cluster_name}))
+    ownership.check_key_pair(ec2, name, public_key_line)
     return name
 
 
@@ -120,7 +161,8 @@ def driver_public_cidr(timeout: float = 5.0) -> str:
 
 
 def delete_cluster_resources(ec2: Any, cluster_name: str, timeout: float = 180.0) -> None:
-    """Delete the cluster's security groups and key pair (found by tag/name), retrying while ENIs detach."""
+    """Delete the cluster's security groups and key pairs (found by its tag; key pairs by their name too),
+    retrying while ENIs detach."""
     from botocore.exceptions import ClientError
 
     groups = ec2.describe_security_groups(Filters=cluster_filter(cluster_name))["SecurityGroups"]
@@ -137,6 +179,7 @@ def delete_cluster_resources(ec2: Any, cluster_name: str, timeout: float = 180.0
                 if code != "DependencyViolation" or time.monotonic() > deadline:
                     raise
                 time.sleep(3)
-    name = f"skyward-{cluster_name}"
-    with contextlib.suppress(ClientError):
-        ec2.delete_key_pair(KeyName=name)
+    for pair in ec2.describe_key_pairs(Filters=cluster_filter(cluster_name)).get("KeyPairs", []):
+        if is_cluster_resource_name(cluster_name, pair.get("KeyName", "")):
+            with contextlib.suppress(ClientError):
+                ec2.delete_key_pair(KeyName=pair["KeyName"])

@@ -1,9 +1,10 @@
 """The local "cloud": machines are process groups on this machine (see `ProcessHost`).
 
 Each node runs the same boot script a cloud instance would, as its own process group, bound to
-its own loopback address (127.X.Y.n; Ray binds any 127.x address), with its own HOME and Ray temp
-dir, a small object store, and this machine's CPUs and memory split across the nodes so N nodes
-do not each claim the whole machine.
+its own loopback address (127.X.Y.n; Ray binds any 127.x address) where Ray lets us choose
+(tests/test_security_aws_local.py lists what Ray still puts on every interface), with its own
+HOME and Ray temp dir, a small object store, and this machine's CPUs and memory split across the
+nodes so N nodes do not each claim the whole machine.
 
 Accelerators: real NVIDIA GPUs are found with `nvidia-smi` and split between the nodes with
 `CUDA_VISIBLE_DEVICES`; with `Local(simulate_accelerators=True)` nodes advertise the requested
@@ -42,6 +43,13 @@ from skyward_ray.cluster.contract import (
     Role,
 )
 from skyward_ray.errors import SpecError
+
+
+# A local head runs no autoscaler monitor (Ray's hidden `ray start --no-monitor`). Skyward runs no
+# autoscaler on a node (elastic pools run Ray's in the driver, reading the GCS), and the monitor's
+# read-only instance serves Prometheus metrics without auth on every interface (no host setting;
+# on a fixed port, 44217, unless AUTOSCALER_METRIC_PORT moves it), reachable from the LAN.
+NO_MONITOR = ["--no-monitor"]
 
 
 def new_address_block() -> str:
@@ -156,7 +164,8 @@ class LocalCloud(Cloud):
             token_in_environment=True,
             python=sys.executable,
             temp_dir_shell="${" + names.ENV_MACHINE_DIR + "}/r",
-            extra_ray_args=PORTS.colocated_port_args(role == "head", self.prepared["head_ip"]),
+            extra_ray_args=PORTS.colocated_port_args(role == "head", self.prepared["head_ip"]) + (
+                NO_MONITOR if role == "head" else []),
             dashboard_port=PORTS.free_port("127.0.0.1"),  # nodes of other pools share 127.0.0.1
             gcs_reconnect_timeout=10,
             num_cpus=self.config.cpus_per_node or max(1.0, float((os.cpu_count() or 1) // nodes)),
@@ -181,11 +190,8 @@ class LocalCloud(Cloud):
             f"{block}.{n}" for n in itertools.count(2) if f"{block}.{n}" not in used)
         # The token reaches the node in its environment only (readable by this user alone), never in
         # its script or on a command line; Ray's metrics exporter (an HTTP port) is off on local nodes.
-        # The head's autoscaler monitor serves its metrics on every interface at a fixed port (44217)
-        # unless told otherwise: port 0 lets the kernel place it, so it never takes a port another
-        # node here was given (a runtime-env agent that lost its port to it fails every task).
         env = {**self._gpu_env(request.index), "RAY_AUTH_TOKEN": self.params.auth_token,
-               "RAY_enable_metrics_collection": "false", "AUTOSCALER_METRIC_PORT": "0"}
+               "RAY_enable_metrics_collection": "false"}
         self.host.boot(instance_id, request.boot_script, ip, env=env, tags=dict(request.tags))
         return Machine(instance_id=instance_id, state="running", private_ip=ip, public_ip=ip, tags=dict(request.tags))
 

@@ -151,6 +151,8 @@ def yaml_command(
         handle.write(text)
     typer.echo(f"wrote {out}: {nodes} node(s) of {offer.provider} {offer.instance_type} ({offer.market}) as cluster "
                f"{config['cluster_name']}; `ray up {out}` starts it, `ray down {out}` ends it")
+    typer.echo(f"its Ray token will be made by `ray up` in {config['provider'][ray_yaml.TOKEN_FILE_KEY]} (0600), "
+               "never in the YAML or Ray's config cache")
 
 
 def register(app: typer.Typer) -> None:

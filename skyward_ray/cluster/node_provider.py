@@ -44,7 +44,7 @@ from ray.autoscaler.tags import (
 )
 
 from skyward_ray import names
-from skyward_ray.cluster import ssh_keys
+from skyward_ray.cluster import ssh_keys, token_file
 from skyward_ray.cluster.billing import Ledger
 from skyward_ray.cluster.contract import Cloud, ClusterParams, Machine, MachineRequest, Role
 from skyward_ray.errors import ProvisioningError
@@ -74,6 +74,8 @@ class ScriptBootedNodeProvider(NodeProvider):
     def __init__(self, provider_config: dict[str, Any], cluster_name: str) -> None:
         super().__init__(provider_config, cluster_name)
         config, params = self._parse(provider_config)
+        if not params.auth_token and provider_config.get(token_file.PROVIDER_KEY):  # `ray up`: the token is on disk
+            params = params.model_copy(update={"auth_token": token_file.token_for(provider_config)})
         self.params = params
         self.cloud = self.cloud_class(cluster_name, config, params, provider_config.get("prepared") or {})
         self._lock = threading.RLock()
@@ -98,8 +100,11 @@ class ScriptBootedNodeProvider(NodeProvider):
         provider = cluster_config["provider"]
         config, params = cls._parse(provider)
         updates: dict[str, Any] = {}
-        if not params.auth_token:
-            updates["auth_token"] = secrets.token_hex(32)  # a fresh Ray token for every cluster
+        if not params.auth_token:  # a fresh Ray token for every cluster, in a 0600 file: never in the config,
+            # which `ray up` caches world-readable (`token_file`)
+            provider.setdefault(token_file.PROVIDER_KEY, str(token_file.default_path(
+                cluster_config["cluster_name"], config.key_dir)))
+            token_file.ensure(provider[token_file.PROVIDER_KEY])
         if not params.instance_type:  # a cluster YAML names it per node type
             types = [t.get("node_config", {}).get("InstanceType")
                      for t in cluster_config.get("available_node_types", {}).values()]
@@ -133,6 +138,7 @@ class ScriptBootedNodeProvider(NodeProvider):
         if leftover:
             self.terminate_nodes(leftover)
         self.cloud.cleanup()
+        token_file.remove(self.provider_config)
         if self.params.ssh_key_dir:
             ssh_keys.remove_key_dir(Path(self.params.ssh_key_dir))
 
@@ -320,6 +326,7 @@ class ScriptBootedNodeProvider(NodeProvider):
             first_heartbeat_grace=params.first_heartbeat_grace,
             boot_deadline=params.boot_deadline,
             head_wait_timeout=params.boot_deadline,
+            lifetime=params.max_lifetime if role == "head" else None,
             gcs_reconnect_timeout=env.gcs_reconnect_timeout,
             shutdown_command=env.shutdown_command,
         )

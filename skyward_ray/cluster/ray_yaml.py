@@ -9,6 +9,9 @@ tell a forgotten cluster from a used one. What is left of "never forgotten" is t
 head's boot deadline and first-heartbeat grace are set to `max_lifetime`, so the head ends its own
 machine that long after booting (its workers then lose it and end theirs). `skyward-ray down
 NAME` ends such a cluster too (it finds it by its tags).
+
+The config holds no secret: the cluster's Ray token lives in a 0600 file it names (`token_file`),
+because `ray up` caches the config it resolves in a world-readable `/tmp/ray-config-<hash>`.
 """
 
 from __future__ import annotations
@@ -18,12 +21,14 @@ from typing import Any
 import yaml
 
 from skyward_ray import names
+from skyward_ray.cluster import token_file
 from skyward_ray.cluster.contract import ClusterParams
 from skyward_ray.cluster.node_provider import provider_section
 from skyward_ray.planning.image import Image
 from skyward_ray.planning.offers import Offer
 from skyward_ray.planning.providers import ProviderConfig
 
+TOKEN_FILE_KEY = token_file.PROVIDER_KEY  # the `provider:` key naming the 0600 token file
 FOREVER_S = 10 * 365 * 86400.0  # `--max-lifetime none`: no deadline a person would notice
 # Ray reads these as lists and raises KeyError when one is missing from an external provider's config.
 EMPTY_LISTS = ("cluster_synced_files", "rsync_exclude", "rsync_filter", "initialization_commands", "setup_commands",
@@ -43,6 +48,9 @@ def cluster_config(name: str, config: ProviderConfig, offer: Offer, nodes: int, 
         # so `skyward-ray gc` must not take it for an orphan of this short-lived command
         pool_tags={names.PRICE: f"{offer.price:.4f}"})
     provider = provider_section(config.require_provisioning(), config.without_secrets(), params)
+    # the cluster's Ray token: made by `ray up` (bootstrap_config) in this 0600 file, never in the config,
+    # which `ray up` caches in a file every user of the machine can read
+    provider[TOKEN_FILE_KEY] = str(token_file.default_path(name, config.key_dir))
     node_config = {"InstanceType": offer.instance_type} if offer.instance_type else {}
     workers = nodes - 1
     return {
@@ -70,7 +78,9 @@ def render(config: dict[str, Any], max_lifetime: float | None) -> str:
     header = (
         f"# Ray cluster config written by `skyward-ray yaml` for `ray up` / `ray down`.\n"
         f"# Nodes boot themselves from skyward's startup script (no SSH). No credential is in this file:\n"
-        f"# the cloud SDK reads yours where `ray up` runs. The head {lifetime};\n"
+        f"# the cloud SDK reads yours where `ray up` runs. The cluster's Ray token is made by `ray up` in\n"
+        f"# provider.{token_file.PROVIDER_KEY} (mode 0600; RAY_AUTH_TOKEN=$(cat FILE) for clients), never here.\n"
+        f"# The head {lifetime};\n"
         f"# there is no idle clock without a skyward keeper (`skyward-ray up` has one).\n"
         f"# Workers: `ray up` starts the head only. A skyward head runs no autoscaler that could start\n"
         f"# machines (no credentials on nodes), so min_workers below stay unlaunched under `ray up`;\n"
@@ -79,4 +89,4 @@ def render(config: dict[str, Any], max_lifetime: float | None) -> str:
     return header + yaml.safe_dump(config, sort_keys=False)
 
 
-__all__ = ["EMPTY_LISTS", "cluster_config", "render"]
+__all__ = ["EMPTY_LISTS", "TOKEN_FILE_KEY", "cluster_config", "render"]
