@@ -81,3 +81,34 @@ def test_bad_input_exits_2_naming_the_fix():
     assert result.exit_code == 2 and "Closest: H100" in result.output
     result = invoke("plan", "-a", "H100", "-p", "gcp")
     assert result.exit_code == 2 and "Unknown provider 'gcp'" in result.output
+
+
+def test_offers_json_gives_every_row_and_says_why_each_rejection():
+    # issue 22: --json was cut to 30 rows silently, and `rejected` was only a count
+    data = json.loads(invoke("offers", "-a", "H100:1+", "-p", "aws", "--json").output)
+    assert data["total"] > 30 and len(data["offers"]) == data["total"]
+    data = json.loads(invoke("offers", "-a", "H100:1", "-p", "runpod", "--json").output)
+    assert data["rejected"] and all({"offer", "reason", "filter"} <= set(r) for r in data["rejected"])
+    assert any(r["offer"].startswith("NVIDIA-H100") and "1 asked (pass larger_ok=True" in r["reason"]
+               for r in data["rejected"])
+
+
+def test_offers_table_says_how_many_more_and_how_to_show_them():
+    result = invoke("offers", "-a", "H100:1+", "-p", "aws")
+    assert result.exit_code == 0, result.output
+    more = [line for line in result.output.splitlines() if "more; --all to show" in line]
+    assert more and int(more[0].split()[1]) > 0
+    everything = invoke("offers", "-a", "H100:1+", "-p", "aws", "--all")
+    assert "--all to show" not in everything.output and len(everything.output) > len(result.output)
+
+
+def test_a_spot_request_on_a_snapshot_without_spot_prices_says_so():
+    result = invoke("offers", "-a", "RTX4090", "-p", "vastai", "--allocation", "spot")
+    assert result.exit_code == 1
+    assert "the snapshot has no spot prices for vastai; live prices need vastai credentials" in result.output
+
+
+def test_a_one_gpu_plan_buys_no_larger_node():
+    data = json.loads(invoke("plan", "-a", "H100:1", "-p", "runpod", "--json").output)
+    assert data["offers"] and {o["count"] for o in data["offers"]} == {1}
+    assert any("larger_ok=True" in r["reason"] for r in data["rejected"])

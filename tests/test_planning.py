@@ -55,8 +55,8 @@ def test_runpod_two_names_per_node_counts_and_cloud_type(fixture_catalog):
         ("runpod", "NVIDIA H100 80GB HBM3", "on-demand", 23.92),
     ]
     assert sum(r.filter == "duplicate" for r in result.rejected) == 2  # "NVIDIA H100 SXM" rows
-    sizes = plan(provider=RunPod(cloud_type="SECURE"), accelerator="H100", allocation="on-demand")
-    assert [o.count for o in sizes.offers] == [1, 2, 4, 8]
+    sizes = plan(provider=RunPod(cloud_type="SECURE"), accelerator="H100:1+", allocation="on-demand")
+    assert [o.count for o in sizes.offers] == [1, 2, 4, 8]  # every pod size is listed (larger ones on request)
     assert {o.tier for o in sizes.offers} == {"SECURE"}
 
 

@@ -209,7 +209,7 @@ def _run(code: str) -> subprocess.CompletedProcess:
 def test_planning_and_the_offers_command_never_import_ray():
     plan = _run("import sys, skyward_ray as sky\n"
                 "@sky.function\ndef f(x): return x\n"
-                "sky.plan(provider='aws', accelerator='H100'); sky.plan(provider='aws,runpod,vastai', accelerator='A100')\n"
+                "sky.plan(provider='aws', accelerator='H100:8'); sky.plan(provider='aws,runpod,vastai', accelerator='A100')\n"
                 "assert 'ray' not in sys.modules, sorted(m for m in sys.modules if m.startswith('ray'))[:5]")
     assert plan.returncode == 0, plan.stderr
     cli = _run("import sys\nfrom typer.testing import CliRunner\nfrom skyward_ray.cli import app\n"

@@ -121,11 +121,17 @@ def test_form_factor_and_memory_pin_the_variant():
     assert "H100 80GB, asked H100 94GB" in {r.reason for r in plan.rejected}
 
 
-def test_count_is_at_least_the_asked_count():
+def test_count_is_exact_unless_larger_is_allowed():
+    # issue 22: a larger node is more machine than asked; only `larger_ok` (or "H100:2+") buys one.
     rows = [offer(provider="vastai", instance=str(n), count=n, price=2.0 * n, region="Utah, US") for n in (1, 2, 4, 8)]
     plan = select([Spec(provider=VastAI(), accelerator="H100:2")], [rows])
-    assert [o.count for o in plan.offers] == [2, 4, 8]
+    assert [o.count for o in plan.offers] == [2]
     assert plan.rejected[0].reason == "1× H100 per node, asked 2"
+    assert [r.reason for r in plan.rejected[1:]] == [
+        f"{n} x H100 per node, 2 asked (pass larger_ok=True, or write 'H100:2+', to allow larger machines)" for n in (4, 8)]
+    plan = select([Spec(provider=VastAI(), accelerator="H100:2+")], [rows])
+    assert [o.count for o in plan.offers] == [2, 4, 8]
+    assert [r.reason for r in plan.rejected] == ["1× H100 per node, asked 2"]
 
 
 def test_other_accelerators_are_rejected_and_cpu_only_matches_anything():

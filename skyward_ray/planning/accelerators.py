@@ -4,6 +4,10 @@ An `Accelerator` names a canonical family (from `catalog/accelerators.yaml`), ho
 and optionally the memory size and form factor that pin it to one variant. Leaving memory or
 form factor out is deliberate breadth: `H100()` matches SXM, PCIe and NVL offers alike, and the
 selector then simply picks the cheapest.
+
+`count` is exact by default: a node with more accelerators than asked costs more and a call takes
+all of its accelerators, so a larger machine is only bought when the user says so with
+`larger_ok=True` (string form "H100:1+").
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ from skyward_ray.errors import SpecError, UnknownAcceleratorError
 
 _HINTS = {
     "name": "a family such as H100, A100, L40S, RTX4090 (see sky.accelerators.families())",
-    "count": "a whole number of accelerators per node, at least 1 (e.g. H100(count=8) or 'H100:8')",
+    "count": "a whole number of accelerators per node, at least 1 (e.g. H100(count=8) or 'H100:8'; 'H100:1+' for 1 or more)",
     "memory": 'memory per accelerator, e.g. "80GB" or 80',
     "form_factor": 'one of "SXM", "PCIe", "NVL", "OAM", or leave it out to accept any',
+    "larger_ok": "True or False: True also accepts nodes with more than `count` (string form 'H100:1+')",
 }
 
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(GB|G|GIB|MB|MIB|M)?\s*$", re.IGNORECASE)
@@ -63,7 +68,13 @@ class Accelerator(SpecModel):
     _spec_hints = _HINTS
 
     name: str = Field(description="canonical family, e.g. 'H100'")
-    count: int = Field(default=1, ge=1, description="accelerators per node")
+    count: int = Field(default=1, ge=1, description="accelerators per node (exactly, unless larger_ok)")
+    larger_ok: bool = Field(
+        default=False,
+        description="also accept nodes with more than `count` accelerators (a larger, dearer machine whose "
+                    "accelerators a call takes all of); exact matches still rank first in each market. "
+                    "False = exactly `count` per node. String form: 'H100:1+'.",
+    )
     memory: float | None = Field(default=None, description="GB per accelerator; None = any size")
     form_factor: str | None = Field(default=None, description="'SXM', 'PCIe', 'NVL', 'OAM'; None = any")
 
@@ -129,7 +140,7 @@ class Accelerator(SpecModel):
             parts.append(self.form_factor)
         if self.memory:
             parts.append(f"{self.memory:g}GB")
-        return f"{'-'.join(parts)}:{self.count}"
+        return f"{'-'.join(parts)}:{self.count}{'+' if self.larger_ok else ''}"
 
 
 def unknown_accelerator(value: str) -> UnknownAcceleratorError:
@@ -146,7 +157,7 @@ def unknown_accelerator(value: str) -> UnknownAcceleratorError:
 
 
 def parse_accelerator(value: "str | Accelerator | dict[str, Any] | None") -> Accelerator | None:
-    """ "H100:8", "A100-80GB:8", "H100 SXM", an `Accelerator`, a dict of its fields, or None."""
+    """ "H100:8", "H100:1+" or "H100+" (1 or more), "A100-80GB:8", "H100 SXM", an `Accelerator`, a dict of its fields, or None."""
     if value is None or isinstance(value, Accelerator):
         return value
     if isinstance(value, dict):
@@ -157,15 +168,18 @@ def parse_accelerator(value: "str | Accelerator | dict[str, Any] | None") -> Acc
         )
     text, _, count_text = value.strip().partition(":")
     count = 1
+    count_text = count_text.strip()
+    larger_ok = count_text.endswith("+") or (not _ and text.endswith("+"))  # "H100:1+", or "H100+" for 1+
+    text = text.removesuffix("+").strip() if not _ else text
     if _:
         try:
-            count = int(count_text.strip())
+            count = int(count_text.removesuffix("+").strip())
         except ValueError:
             raise SpecError(
                 f"accelerator {value!r}: count {count_text!r} is not a whole number. Fix: {_HINTS['count']}"
             ) from None
     name, memory, form_factor = _split_qualifiers(text, value)
-    return Accelerator(name=name, count=count, memory=memory, form_factor=form_factor)
+    return Accelerator(name=name, count=count, memory=memory, form_factor=form_factor, larger_ok=larger_ok)
 
 
 def _split_qualifiers(text: str, original: str) -> tuple[str, float | None, str | None]:
@@ -193,13 +207,15 @@ def _split_qualifiers(text: str, original: str) -> tuple[str, float | None, str 
 
 
 def _family(name: str) -> Callable[..., Accelerator]:
-    def factory(count: int = 1, memory: str | float | None = None, form_factor: str | None = None) -> Accelerator:
-        return Accelerator(name=name, count=count, memory=memory, form_factor=form_factor)
+    def factory(count: int = 1, memory: str | float | None = None, form_factor: str | None = None,
+                larger_ok: bool = False) -> Accelerator:
+        return Accelerator(name=name, count=count, memory=memory, form_factor=form_factor, larger_ok=larger_ok)
 
     factory.__name__ = factory.__qualname__ = name
     factory.__doc__ = (
-        f"`count` {name} accelerators per node; `memory` (e.g. '80GB') and `form_factor` "
-        "('SXM', 'PCIe', ...) narrow it to one variant, leaving them out accepts any."
+        f"`count` {name} accelerators per node (exactly; `larger_ok=True` also accepts larger nodes); "
+        "`memory` (e.g. '80GB') and `form_factor` ('SXM', 'PCIe', ...) narrow it to one variant, leaving "
+        "them out accepts any."
     )
     return factory
 

@@ -88,6 +88,18 @@ def rejection_summary(rejected: Iterable[object]) -> str:
     return f"{total} rejected: " + ", ".join(f"{n} {name}" for name, n in counts.most_common())
 
 
+def rejection_examples(rejected: Iterable[object]) -> list[str]:
+    """One reason per cause, most common first, e.g. "count ×12, e.g. 8 x H100 per node, 1 asked (...)":
+    the summary's counts alone do not say what to change."""
+    first: dict[str, str] = {}
+    counts: Counter[str] = Counter()
+    for rejection in rejected:
+        name = getattr(rejection, "filter", "") or "other"
+        counts[name] += 1
+        first.setdefault(name, getattr(rejection, "reason", ""))
+    return [f"  {name} ×{n}, e.g. {first[name]}" for name, n in counts.most_common()]
+
+
 def plan_renderables(plan: "Plan", rows: int = DEFAULT_ROWS, now: datetime | None = None) -> list[object]:
     now = now or datetime.now(timezone.utc)
     asked = "; ".join(f"[{i}] {spec.describe()}" if len(plan.specs) > 1 else spec.describe()
@@ -107,6 +119,7 @@ def plan_renderables(plan: "Plan", rows: int = DEFAULT_ROWS, now: datetime | Non
     else:
         lines.append("No offer matches.")
     lines.append(f"{len(plan.offers)} ranked, {rejection_summary(plan.rejected)}")
+    lines.extend(rejection_examples(plan.rejected))
     lines.extend(f"note: {note}" for note in plan.notes)
     return lines
 

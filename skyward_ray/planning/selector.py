@@ -8,15 +8,20 @@ Pure and deterministic (no I/O, no clock), so it is tested on fixture tables and
   price, then every on-demand offer by price; `cheapest` → all markets in one price order.
 * a spot price of 0, or not below the on-demand price of the same thing, is no discount: that
   spot entry is rejected (it says why), never ranked.
-* filters: provider, accelerator (family; memory and form factor when asked), at least `count`
+* filters: provider, accelerator (family; memory and form factor when asked), exactly `count`
   per node, min vCPUs / RAM, region / zone, `max_hourly_cost` per node, and for pools of 2+
   nodes a private network between machines (`Offer.single_node_reason`).
+* never more machine than asked: a node with more accelerators than `count` is rejected (saying
+  how to allow it) unless the accelerator says `larger_ok`; then, within each market tier below,
+  every exact match ranks before every larger node, whatever their prices.
 * several specs share one ranking. Entries a spec asked for outright (any market under `spot`,
   `on-demand`, `cheapest`; spot under `spot-if-available`) form the first tier; the on-demand
   fallbacks of `spot-if-available` specs form the second tier, after every first-tier entry.
+* a spot-only request on an offer with no spot price says whether its price source lists no spot
+  prices at all (a snapshot without them: live prices need credentials) or just not for that one.
 * the same purchase listed twice (two names → same id, or two identical rows) is ranked once.
-* ties: price, then spec order, then provider / region / zone / instance type, so equal inputs
-  always give the same plan.
+* order: market tier, exact before larger, price; ties then go by spec order, then provider /
+  region / zone / instance type, so equal inputs always give the same plan.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ def _rank(specs: Sequence[Spec], offers_per_spec: Sequence[Iterable[Offer]],
         offers = offers if isinstance(offers, (list, tuple)) else list(offers)
         checks = _checks(spec, offers, nodes)
         group = _SPOT_FIRST if spec.allocation == "spot-if-available" else _ONE_ORDER
+        exact = spec.accelerator.count if spec.accelerator is not None else None
         for offer in offers:
             for check in checks:
                 failure = check(offer)
@@ -72,7 +78,8 @@ def _rank(specs: Sequence[Spec], offers_per_spec: Sequence[Iterable[Offer]],
                 d = offer.__dict__
                 region, zone, instance_type, tier, market = d["region"], d["zone"], d["instance_type"], d["tier"], d["market"]
                 identity = (d["provider"], region, zone, instance_type, tier, d["count"], market)
-                rank = (group[market], d["price"], spec_index, d["provider"], region or "", zone or "",
+                larger = exact is not None and d["count"] != exact  # only ever True under larger_ok
+                rank = (group[market], larger, d["price"], spec_index, d["provider"], region or "", zone or "",
                         instance_type, tier or "", d["count"], market)
                 previous = kept.get(identity)
                 if previous is None:
@@ -108,7 +115,7 @@ def _checks(spec: Spec, offers: Sequence[Offer], nodes: int = 1) -> list[Check]:
                 lambda o: None if o.accelerator_memory_gb is not None and memory_matches(memory, o.accelerator_memory_gb)
                 else ("memory", f"{name} {_gb(o.accelerator_memory_gb)}, asked {name} {memory:g}GB")
             )
-        checks.append(lambda o: None if o.count >= count else ("count", f"{o.count}× {name} per node, asked {count}"))
+        checks.append(_count_check(name, count, accelerator.larger_ok))
     if spec.vcpus is not None:
         vcpus = spec.vcpus
         checks.append(
@@ -145,6 +152,20 @@ def _checks(spec: Spec, offers: Sequence[Offer], nodes: int = 1) -> list[Check]:
     return checks
 
 
+def _count_check(name: str, count: int, larger_ok: bool) -> Check:
+    """Exactly `count` per node; more only with `larger_ok` (a larger node costs more, and a call
+    takes all of its accelerators), and the rejection says how to allow it."""
+    def fits(o: Offer) -> tuple[str, str] | None:
+        if o.count == count or (larger_ok and o.count > count):
+            return None
+        if o.count < count:
+            return ("count", f"{o.count}× {name} per node, asked {count}")
+        return ("count", f"{o.count} x {name} per node, {count} asked (pass larger_ok=True, "
+                         f"or write '{name}:{count}+', to allow larger machines)")
+
+    return fits
+
+
 def _market_check(spec: Spec, offers: Sequence[Offer]) -> Check:
     """Allocation → which markets are wanted; spot entries must be a real discount."""
     allocation = spec.allocation
@@ -160,13 +181,15 @@ def _market_check(spec: Spec, offers: Sequence[Offer]) -> Check:
         return lambda o: None if o.market == "on-demand" else ("market", "spot offer; allocation='on-demand' buys on-demand only")
     if allocation == "spot":
         with_spot = {_machine(o) for o in offers if o.market == "spot"}
+        sources_with_spot = {o.price_source for o in offers if o.market == "spot" or o.spot_price is not None}
 
         def spot_only(o: Offer) -> tuple[str, str] | None:
             if o.market == "spot":
                 return spot_is_discount(o)
             if _machine(o) in with_spot:
                 return ("market", "on-demand offer; allocation='spot' buys spot only")
-            return ("market", "no spot price listed (on-demand only); allocation='spot' buys spot only")
+            why = "on-demand only" if o.price_source in sources_with_spot else _no_spot_source(o)
+            return ("market", f"no spot price listed for this offer ({why}); allocation='spot' buys spot only")
 
         return spot_only
     def any_market(o: Offer) -> tuple[str, str] | None:
@@ -178,6 +201,15 @@ def _market_check(spec: Spec, offers: Sequence[Offer]) -> Check:
         return spot_is_discount(o)
 
     return any_market
+
+
+def _no_spot_source(o: Offer) -> str:
+    """Why a whole price source has no spot price, in words that say what would change it."""
+    kind, _, name = o.price_source.partition(":")
+    name = name or o.provider
+    if kind == "snapshot":
+        return f"the snapshot has no spot prices for {name}; live prices need {o.provider} credentials"
+    return f"{o.price_source} lists no spot prices"
 
 
 def _machine(o: Offer) -> tuple[Any, ...]:
