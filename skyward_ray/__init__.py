@@ -20,10 +20,9 @@ The public API, by where it lives (see docs/architecture.md):
 on first use.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+# No `from __future__ import annotations`, and private names for what the lazy loader uses:
+# `dir(sky)` shows the public API only.
+import importlib as _importlib
 
 from node_providers.aws.config import AWS
 from node_providers.local.config import Local
@@ -70,13 +69,19 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
+    """Load a Ray-importing name on first use (`import skyward_ray` stays cheap)."""
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'skyward_ray' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    value = getattr(_importlib.import_module(module), name)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    """The loaded names and the lazy ones, so `dir(sky)` lists `Compute` before its first use."""
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [

@@ -128,3 +128,24 @@ def test_shard_arguments_outside_a_task():
     with pytest.raises(ValueError, match="node=3 must be in 0..total_nodes-1"):
         sky.shard([1], node=3, total_nodes=3)
 
+
+
+@sky.function
+def scaled(x: int, /, factor: int = 2, *, offset: int = 0) -> int:
+    return x * factor + offset
+
+
+def test_a_call_that_does_not_fit_the_signature_fails_at_the_call():
+    with pytest.raises(TypeError, match=r"square\(x\): too many positional arguments"):
+        square(1, 2, 3)
+    with pytest.raises(TypeError, match=r"square.*missing a required argument: 'x'"):
+        square()
+    with pytest.raises(TypeError, match=r"square.*unexpected keyword argument 'y'"):
+        square(1, y=2)
+    with pytest.raises(TypeError, match=r"scaled\(x, /, factor=2, \*, offset=0\): .*positional"):
+        scaled(x=1)  # positional-only
+    with pytest.raises(TypeError, match="scaled.*too many positional"):
+        scaled(1, 2, 3)  # offset is keyword-only
+    pending = scaled(1, 3, offset=4)  # a call that fits is still only pending
+    assert (pending.args, pending.kwargs) == ((1, 3), {"offset": 4})
+    assert square(x=5).kwargs == {"x": 5}

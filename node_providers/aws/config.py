@@ -19,6 +19,8 @@ class AWS(RemoteMachineConfig):
     name: ClassVar[str] = "aws"
     defaults: ClassVar[dict[str, object]] = {"ssh_user": "ubuntu"}  # the login user of the default AMI (Ubuntu)
     node_provider: ClassVar[str | None] = "node_providers.aws.node_provider:AWSNodeProvider"
+    extra: ClassVar[str | None] = "aws"
+    required_modules: ClassVar[tuple[str, ...]] = ("boto3",)
 
     region: str | None = Field(default=None, description="a region such as 'us-east-1' (offers and launches)")
     regions: tuple[str, ...] | None = Field(default=None, description="several regions to compare offers across")

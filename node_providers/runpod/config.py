@@ -23,6 +23,8 @@ class RunPod(RemoteMachineConfig):
 
     name: ClassVar[str] = "runpod"
     node_provider: ClassVar[str | None] = "node_providers.runpod.node_provider:RunPodNodeProvider"
+    extra: ClassVar[str | None] = "runpod"
+    required_modules: ClassVar[tuple[str, ...]] = ("runpod",)
 
     api_key: str | None = Field(default=None, repr=False, description="RunPod API key; default: RUNPOD_API_KEY")
     cloud_type: Literal["ALL", "SECURE", "COMMUNITY"] = Field(

@@ -28,6 +28,8 @@ class VastAI(RemoteMachineConfig):
     name: ClassVar[str] = "vastai"
     defaults: ClassVar[dict[str, object]] = {"live_offers_ttl": 60.0}  # asks come and go faster than prices
     node_provider: ClassVar[str | None] = "node_providers.vastai.node_provider:VastAINodeProvider"
+    extra: ClassVar[str | None] = "vastai"
+    required_modules: ClassVar[tuple[str, ...]] = ("vastai",)
 
     api_key: str | None = Field(default=None, repr=False, description="Vast.ai API key; default: VAST_API_KEY")
     server_url: str = Field(default=DEFAULT_SERVER_URL, description="the Vast.ai API's base URL")

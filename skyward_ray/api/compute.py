@@ -18,6 +18,7 @@ import atexit
 import threading
 import time
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 import ray
@@ -37,10 +38,12 @@ from skyward_ray.cluster.signals import as_exit, signals_held
 from skyward_ray.cluster.teardown import teardown, teardown_beside
 from skyward_ray.console import console
 from skyward_ray.errors import PoolClosedError, SpecError
+from skyward_ray.planning.accelerators import Accelerator
 from skyward_ray.planning.image import Image
 from skyward_ray.planning.nodes import NodeInfo, Nodes
 from skyward_ray.planning.offers import Offer, Plan
-from skyward_ray.planning.spec import Spec
+from skyward_ray.planning.providers import ProviderConfig
+from skyward_ray.planning.spec import Allocation, Spec
 
 _OPEN_POOLS: "weakref.WeakSet[Compute]" = weakref.WeakSet()
 
@@ -51,20 +54,36 @@ class Compute(PoolOperations):
     >>> with sky.Compute(nodes=3) as pool:          # provider omitted: sky.Local()
     ...     square(7) >> pool
 
-    Money: `max_hourly_cost` caps the price **per node** (USD/h) of the offers considered;
-    `max_pool_hourly_cost` (default $100/h, or `$SKYWARD_MAX_POOL_HOURLY_COST`) caps the whole
-    pool's price (nodes × price per node) and `max_pool_nodes` (default 64, or
-    `$SKYWARD_MAX_POOL_NODES`) its size: a pool over either is refused with `SpecError` before
-    anything is created (`skyward_ray.planning.cost_guard`).
+    Every argument is checked here, before anything is planned, printed or started (`SpecError`
+    naming the field and the fix; `ProviderUnavailableError` for a cloud whose SDK is missing).
+
+    Args:
+        *specs: `sky.Spec(...)` choices to compare, cheapest first, falling back in price order;
+            or none, and the keywords below describe one spec per provider (never both).
+        provider: where the nodes run: a config (`sky.AWS(...)`, `sky.RunPod()`, `sky.VastAI()`,
+            `sky.Local()`), its name (`"aws"`, `"aws,runpod"`), or a list of those; default `sky.Local()`.
+        accelerator: what each node carries: `sky.accelerators.H100(count=8)` or `"H100:8"`; None: CPU only.
+        nodes: the pool's size: a whole number, or `sky.Nodes(desired, min=..., max=...)` (elastic).
+        allocation: `"spot-if-available"` (default), `"spot"`, `"on-demand"` or `"cheapest"`.
+        image: what every node has before the first task (`sky.Image(pip=..., apt=..., env=...)`).
+        region: the region (or location) to buy in; None: the provider's default.
+        max_hourly_cost: the price ceiling **per node** (USD/h) of the offers considered.
+        boot_timeout: seconds to wait for every node to join; None: the provider's `boot_timeout`.
+        max_pool_hourly_cost: the ceiling of the whole pool's price (nodes × price per node);
+            default $100/h, or `$SKYWARD_MAX_POOL_HOURLY_COST`.
+        max_pool_nodes: the most nodes a pool may have; default 64, or `$SKYWARD_MAX_POOL_NODES`.
+
+    A pool over either pool ceiling is refused with `SpecError` before anything is created
+    (`skyward_ray.planning.cost_guard`).
     """
 
     def __init__(
         self,
         *specs: Spec,
-        provider: Any = None,
-        accelerator: Any = None,
+        provider: ProviderConfig | str | Sequence[ProviderConfig | str] | None = None,
+        accelerator: Accelerator | str | None = None,
         nodes: int | Nodes = 1,
-        allocation: str = "spot-if-available",
+        allocation: Allocation = "spot-if-available",
         image: Image | None = None,
         region: str | None = None,
         max_hourly_cost: float | None = None,

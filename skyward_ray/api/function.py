@@ -72,9 +72,19 @@ class RemoteFunction(Generic[P, R]):
         self.fn = fn
         self.options = options
         self._ray_function: Any = None
+        self._signature = _signature_of(fn)  # once per function: binding is then ~1 µs per call
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> "PendingFunction[R]":
+        """The call, not run yet. Its arguments are bound to the function's signature now: a wrong
+        call fails here, with a `TypeError` naming the function, not later on a remote node."""
+        if self._signature is not None:
+            try:
+                self._signature.bind(*args, **kwargs)
+            except TypeError as error:
+                raise TypeError(f"{self.fn.__qualname__}{_plain(self._signature)}: {error} "
+                                f"(called with {len(args)} positional argument(s) and "
+                                f"keywords {sorted(kwargs)})") from None
         return PendingFunction(self, args, kwargs)
 
     def local(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -243,6 +253,23 @@ def function(fn: Callable[P, R] | None = None, /, *, max_retries: int = 3, timeo
     if fn is None:
         return decorate
     return decorate(fn)
+
+
+def _signature_of(fn: Callable[..., Any]) -> inspect.Signature | None:
+    """The signature calls are bound to; None where Python cannot say (some builtins): those
+    calls go unchecked, as before."""
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+
+
+def _plain(signature: inspect.Signature) -> str:
+    """`(x, /, factor=2, *, offset=0)`: the parameters a call must fit, without annotations
+    (under `from __future__ import annotations` they read as quoted strings)."""
+    empty = inspect.Parameter.empty
+    parameters = [p.replace(annotation=empty) for p in signature.parameters.values()]
+    return str(signature.replace(parameters=parameters, return_annotation=inspect.Signature.empty))
 
 
 def _ship_by_value(fn: Callable[..., Any], shipped: frozenset[str]) -> None:

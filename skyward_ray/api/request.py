@@ -11,16 +11,19 @@ what a detached pool's `up` hands its keeper, so the keeper makes this very pool
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from skyward_ray.errors import SpecError
 from skyward_ray.planning import cost_guard
 from skyward_ray.planning import plan as planning
+from skyward_ray.planning.accelerators import Accelerator
 from skyward_ray.planning.detached import DetachedSpec
 from skyward_ray.planning.image import Image
 from skyward_ray.planning.nodes import Nodes, as_nodes
 from skyward_ray.planning.offers import Offer, Plan
+from skyward_ray.planning.providers import ProviderConfig
 from skyward_ray.planning.spec import Spec
 
 
@@ -41,12 +44,15 @@ class PoolRequest:
     arguments: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_arguments(cls, specs: list[Spec], *, provider: Any = None, accelerator: Any = None,
+    def from_arguments(cls, specs: list[Spec], *,
+                       provider: ProviderConfig | str | Sequence[ProviderConfig | str] | None = None,
+                       accelerator: Accelerator | str | None = None,
                        nodes: int | Nodes = 1, allocation: str = "spot-if-available", image: Image | None = None,
                        region: str | None = None, max_hourly_cost: float | None = None,
                        boot_timeout: float | None = None, max_pool_hourly_cost: float | None = None,
                        max_pool_nodes: int | None = None) -> "PoolRequest":
-        """Check everything that can be checked without a plan: refuse what cannot be honoured."""
+        """Check everything that can be checked without a plan or a cloud call: refuse what cannot be
+        honoured (a provider whose SDK is missing included) before anything is planned or printed."""
         desired = as_nodes(nodes)  # elastic when min=/max= differ from desired (see cluster/elastic.py)
         ceilings = cost_guard.ceilings(max_pool_hourly_cost, max_pool_nodes)
         cost_guard.check_nodes(desired.max or desired.desired, ceilings)

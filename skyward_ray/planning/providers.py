@@ -13,6 +13,7 @@ below is the one list of where they are, so nothing in `skyward_ray/` branches o
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import re
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -55,6 +56,10 @@ class ProviderConfig(SpecModel):
     #: machine and network: the local provider); otherwise the driver uses Ray Client through an
     #: SSH tunnel to the head
     direct_driver: ClassVar[bool] = False
+    #: the package extra that installs this cloud's SDK (`pip install 'skyward-ray[<extra>]'`)
+    extra: ClassVar[str | None] = None
+    #: top-level modules the node provider imports; a pool is refused, naming `extra`, without them
+    required_modules: ClassVar[tuple[str, ...]] = ()
 
     boot_timeout: float = Field(default=600.0, gt=0, description="seconds to wait for every node to join")
     heartbeat_grace: float = Field(
@@ -86,7 +91,9 @@ class ProviderConfig(SpecModel):
         raise NotImplementedError
 
     def require_provisioning(self) -> str:
-        """The node provider's "module:Class", or a typed refusal saying provisioning is not built."""
+        """The node provider's "module:Class", or a typed refusal saying provisioning is not built
+        or this cloud's SDK is not installed (before anything is planned, printed or started)."""
+        self.require_extra()
         if self.node_provider is None:
             raise ProviderUnavailableError(
                 f"provider={self.name!r}: skyward_ray can list and compare {self.name} offers (sky.plan, "
@@ -94,6 +101,24 @@ class ProviderConfig(SpecModel):
                 f"e.g. provider='aws' or provider='local', or drop {self.name!r} from provider="
             )
         return self.node_provider
+
+    def require_extra(self) -> None:
+        """`ProviderUnavailableError` naming the pip command when a module this cloud's machines
+        need is missing: a bare `ModuleNotFoundError` mid-launch names neither the cloud nor the fix."""
+        missing = [module for module in self.required_modules if not _importable(module)]
+        if missing:
+            command = f"pip install 'skyward-ray[{self.extra}]'" if self.extra else f"pip install {' '.join(missing)}"
+            raise ProviderUnavailableError(
+                f"provider={self.name!r} needs {', '.join(missing)}, which is not installed. Fix: {command}")
+
+
+def _importable(module: str) -> bool:
+    """Whether `import module` can work, without importing it. A `None` in `sys.modules` (an
+    import blocked on purpose) makes `find_spec` raise ValueError: that is "not importable"."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 _LOGIN_USER = re.compile(names.LOGIN_USER)
