@@ -72,7 +72,7 @@ class RemoteFunction(Generic[P, R]):
         self.fn = fn
         self.options = options
         self._ray_function: Any = None
-        self._signature = _signature_of(fn)  # once per function: binding is then ~1 µs per call
+        self._signature = _signature_of(fn)  # once per function: binding is then a few µs per call
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> "PendingFunction[R]":
