@@ -96,6 +96,7 @@ class LocalCloud(Cloud):
     config_class = Local
     config: Local
     listing_is_consistent = True  # the machine table is written before `launch` returns
+    terminated_may_linger = True  # a process that escaped its group, or the machine's directory
     _launch_lock = threading.Lock()  # picking an address and booting on it is one step
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

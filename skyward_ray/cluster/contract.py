@@ -191,6 +191,9 @@ class Cloud(ABC):
     #: whether `describe()` lists a machine as soon as `launch` returned it (the local process
     #: table: yes; a cloud API: only eventually). Teardown needs one more empty listing otherwise.
     listing_is_consistent: ClassVar[bool] = False
+    #: whether a machine listed as terminated may still hold something `terminate` ends (a local
+    #: machine's stray processes and its directory): `skyward-ray down`/`gc` then end it again.
+    terminated_may_linger: ClassVar[bool] = False
 
     def __init__(self, cluster_name: str, config: ProviderConfig, params: ClusterParams,
                  prepared: Mapping[str, Any]) -> None:

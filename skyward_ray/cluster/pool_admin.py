@@ -227,7 +227,8 @@ def end(pool: Pool, timeout: float = 180.0) -> list[str]:
         cloud_class = _cloud_class(pool.config)
         assert cloud_class is not None
         cloud = cloud_class(pool.name, pool.config, ClusterParams(region=pool.region), dict(pool.listing.prepared))
-        ids = [m.instance_id for m in pool.listing.machines if m.state != "terminated" or pool.provider == "local"]
+        ids = [m.instance_id for m in pool.listing.machines
+               if m.state != "terminated" or cloud_class.terminated_may_linger]
         if ids:
             cloud.terminate(ids)
         deadline = time.monotonic() + timeout

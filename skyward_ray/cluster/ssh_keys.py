@@ -24,6 +24,7 @@ from skyward_ray.planning.detached import is_pool_name
 __all__ = [
     "KeyPair",
     "cluster_key_dir",
+    "cluster_key_path",
     "generate_keypair",
     "known_hosts_entry",
     "remove_cluster_key_dir",
@@ -60,12 +61,18 @@ def _private_dir(path: Path) -> Path:
     return path
 
 
-def cluster_key_dir(cluster_name: str, root: Path | None = None) -> Path:
-    """The 0700 directory holding one cluster's keys and known_hosts file (created if missing)."""
+def cluster_key_path(cluster_name: str, root: Path | None = None) -> Path:
+    """Where one cluster's keys, known_hosts and token file live (nothing is made here)."""
     if not _SAFE_NAME.fullmatch(cluster_name):
         raise ValueError(f"cluster name {cluster_name!r} is not usable as a directory name")
-    base = _private_dir(root if root is not None else default_key_root())
-    return _private_dir(base / cluster_name)
+    return (root if root is not None else default_key_root()) / cluster_name
+
+
+def cluster_key_dir(cluster_name: str, root: Path | None = None) -> Path:
+    """The 0700 directory holding one cluster's keys and known_hosts file (created if missing)."""
+    path = cluster_key_path(cluster_name, root)
+    _private_dir(path.parent)
+    return _private_dir(path)
 
 
 def generate_keypair(directory: Path, name: str = "id_ed25519", comment: str = "skyward") -> KeyPair:

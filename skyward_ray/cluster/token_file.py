@@ -28,10 +28,11 @@ FILE_NAME = "ray_token"
 
 def default_path(cluster_name: str, key_root: str | None = None) -> Path:
     """`<key root>/<cluster>/ray_token`, beside the cluster's SSH keys (nothing is made here)."""
-    if not cluster_name or cluster_name in (".", "..") or Path(cluster_name).name != cluster_name:
-        raise SpecError(f"cluster name {cluster_name!r} is not usable as a directory name. Fix: letters, digits, '-'")
-    root = Path(key_root).expanduser() if key_root else ssh_keys.default_key_root()
-    return root / cluster_name / FILE_NAME
+    try:
+        directory = ssh_keys.cluster_key_path(cluster_name, Path(key_root).expanduser() if key_root else None)
+    except ValueError as error:
+        raise SpecError(f"{error}. Fix: letters, digits, '.', '_', '-'") from None
+    return directory / FILE_NAME
 
 
 def ensure(path: str | Path) -> str:
