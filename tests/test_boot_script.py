@@ -41,12 +41,14 @@ def boot(tmp_path: Path, role: str = "head", **overrides) -> str:
 
 
 def run_machine(tmp_path: Path, script: str, ray_s: float = 60, watchdog_s: float = 60,
-                timeout: float = 20) -> tuple[float, str]:
-    """Run the script as a machine (its own process group); returns (seconds until it ended, its log)."""
+                timeout: float = 20, path_first: Path | None = None) -> tuple[float, str]:
+    """Run the script as a machine (its own process group); returns (seconds until it ended, its log).
+    `path_first`: a directory of stand-in commands searched before the system's."""
     machine = tmp_path / "machine"
     machine.mkdir(exist_ok=True)
     (tmp_path / "startup.sh").write_text(script)
-    env = {"PATH": os.environ["PATH"], "HOME": str(machine), "SKYWARD_MACHINE_DIR": str(machine),
+    path = os.environ["PATH"] if path_first is None else f"{path_first}:{os.environ['PATH']}"
+    env = {"PATH": path, "HOME": str(machine), "SKYWARD_MACHINE_DIR": str(machine),
            "SKYWARD_INSTANCE_ID": "i-boottest", "SKYWARD_NODE_IP": "127.0.0.1",
            "STUB_RAY_S": str(ray_s), "STUB_WATCHDOG_S": str(watchdog_s)}
     started = time.monotonic()
@@ -77,8 +79,12 @@ def test_when_the_watchdog_exits_the_machine_powers_off(tmp_path):
 
 
 def test_a_script_that_fails_part_way_powers_off_through_its_exit_trap(tmp_path):
-    script = boot(tmp_path, apt=["a-package"]).replace("apt-get update", "false && apt-get update")
-    took, log = run_machine(tmp_path, script)
+    stubs = tmp_path / "bin"  # a package that is not installed, and an apt-get that fails
+    stubs.mkdir()
+    for name in ("dpkg-query", "apt-get"):
+        (stubs / name).write_text("#!/bin/sh\nexit 100\n")
+        (stubs / name).chmod(0o755)
+    took, log = run_machine(tmp_path, boot(tmp_path, apt=["a-package"]), path_first=stubs)
     assert powered_off(tmp_path) >= 1 and "apt install failed" in log
 
 

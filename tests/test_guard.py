@@ -166,7 +166,7 @@ def test_hostile_values_end_up_inert(tmp_path):
     assert shlex.quote(hostile) in script  # pip and apt packages: quoted the same way
     assert subprocess.run(["bash", "-n", "-c", script]).returncode == 0  # still one valid script
     # run what the script does before it installs anything: every export, the hostile one among them
-    prefix = script[:script.index("\n(apt-get update")]
+    prefix = script[:script.index("\n" + startup_script.APT_MARK)]
     env = {"PATH": os.environ["PATH"], "SKYWARD_INSTANCE_ID": "i-1", "SKYWARD_NODE_IP": "10.0.0.2",
            "SKYWARD_ENV_DIR": str(tmp_path / "env"), "SKYWARD_MACHINE_DIR": str(tmp_path / "machine")}
     # files, not pipes: the script's boot-deadline watcher runs on in the background (its own group, ended below)

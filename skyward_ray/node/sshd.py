@@ -4,8 +4,9 @@ A container cloud gives no cloud-init to install a host key, so the head's paylo
 sshd before the boot script: the host key the driver generated (so the driver pins it and never
 trusts a key on first use), the cluster's login key (its private half never left the driver),
 public-key logins of one user only, and TCP forwarding for the driver's tunnel. sshd is installed
-with apt where the image lacks it. Everything lives under `$S/ssh` (`$S` is skyward's own directory
-in the container, `STATE_DIR`); the host key travels base64-encoded, so no quoting can break it.
+with apt where the image lacks it (`skyward_ray.node.apt`: waiting for a first boot's dpkg lock).
+Everything lives under `$S/ssh` (`$S` is skyward's own directory in the container, `STATE_DIR`);
+the host key travels base64-encoded, so no quoting can break it.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import re
 import shlex
 
 from skyward_ray import names
+from skyward_ray.node import apt
 
-STATE_DIR = "$HOME/.skyward"
+STATE_DIR = "${HOME:-/root}/.skyward"  # a runner may leave HOME unset (cloud-init does)
 
 _SSHD_CONFIG = (
     "ListenAddress 0.0.0.0", "HostKey $S/ssh/host_ed25519_key", "AuthorizedKeysFile $S/ssh/authorized_keys",
@@ -54,8 +56,8 @@ def sshd_lines(port: int, user: str, host_key: str, authorized_key: str) -> list
         "mkdir -p /run/sshd",
         'SSHD_BIN="$(command -v sshd || echo /usr/sbin/sshd)"',
         'if [ ! -x "$SSHD_BIN" ]; then',
-        "  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server) "
-        '>> "$S/apt.log" 2>&1',
+        *("  " + line for line in apt.function_lines()),
+        "  " + apt.install_command(["openssh-server"]) + ' >> "$S/apt.log" 2>&1',
         "  SSHD_BIN=/usr/sbin/sshd",
         "fi",
         '"$SSHD_BIN" -D -e -f "$S/ssh/sshd_config" >> "$S/sshd.log" 2>&1 &',

@@ -22,6 +22,7 @@ useless outside this cluster and dies with it.
 
 from __future__ import annotations
 
+import ast
 import ipaddress
 import json
 import re
@@ -35,8 +36,22 @@ from pydantic import BaseModel, Field
 from skyward_ray import names
 from skyward_ray.errors import SpecError
 from skyward_ray.names import HEARTBEAT_KEY, HEARTBEAT_NAMESPACE
+from skyward_ray.node import apt, uv_bootstrap
+from skyward_ray.node.uv_bootstrap import UV_VERSION
 
-WATCHDOG_SOURCE = (Path(__file__).parent / "watchdog.py").read_text()
+
+def _compact(source: str) -> str:
+    """`source` as the same program without comments and docstrings: the watchdog travels inside every
+    head's boot payload, and EC2 takes at most 16 KB of user data."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and \
+                node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant):
+            node.body = node.body[1:] or [ast.Pass()]  # a docstring (or a bare constant: no effect either)
+    return ast.unparse(tree) + "\n"
+
+
+WATCHDOG_SOURCE = _compact((Path(__file__).parent / "watchdog.py").read_text())
 
 # A worker imports Ray's CLI (about a second of CPU) while the head is still booting, then waits
 # for the head's port, then runs `ray start` exactly as the `ray` command would.
@@ -272,6 +287,7 @@ def render(boot: NodeBoot) -> str:
         "#!/usr/bin/env bash",
         f"# skyward_ray node bootstrap: cluster {boot.cluster_name}, role {boot.role}",
         "set -u",
+        *_base_environment_lines(),
         # The provider's shutdown command, once: every way out below calls it.
         f"{END_MACHINE}() {{ {_shutdown(boot)}\n}}",
         # Whatever way this script ends, the machine ends with it.
@@ -350,11 +366,21 @@ def render(boot: NodeBoot) -> str:
     return "\n".join(lines) + "\n"
 
 
-UV_VERSION = "0.13.9"  # pinned: the tool that gives every node the driver's exact Python and Ray
+def _base_environment_lines() -> list[str]:
+    """What a boot runner may leave out, set before anything reads it (the script runs under `set -u`):
+    cloud-init runs user data as root with a minimal environment, `HOME` unset (reported for the AWS
+    DLAMIs), so `HOME` comes from the password database (else root's), `PATH` from the usual dirs."""
+    return [
+        'export PATH="${PATH:-/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin}"',
+        '[ -n "${HOME:-}" ] || HOME="$(getent passwd "$(id -u)" 2>/dev/null | cut -d: -f6)"',
+        'export HOME="${HOME:-/root}"',
+    ]
 
 
 # The shell function holding the provider's shutdown command (defined first in every script).
 END_MACHINE = "skyward_end_machine"
+# The comment line before the Image's apt packages: everything above it runs before any install.
+APT_MARK = "# skyward: the image's apt packages"
 
 def _lifetime_backstop(boot: NodeBoot) -> list[str]:
     """A detached head ends itself past its lifetime even when its watchdog is wedged (the watchdog
@@ -388,16 +414,15 @@ def _environment_lines(boot: NodeBoot) -> list[str]:
         lines.append(_export(names.ENV_PYTHON, boot.python))
     else:
         lines += [f'SKYWARD_ENV="{boot.env_dir_shell}"', f'export {names.ENV_PYTHON}="$SKYWARD_ENV/bin/python"']
+    needs_uv = not boot.python or bool(boot.pip)
+    if boot.apt or needs_uv:
+        lines += apt.function_lines()
     if boot.apt:
-        lines.append("(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
-                     + " ".join(shlex.quote(p) for p in boot.apt) + ") || " + _fail(boot, "apt install"))
-    uv = [
-        'export PATH="$HOME/.local/bin:$PATH" UV_LINK_MODE="${UV_LINK_MODE:-copy}"',
-        # PEP 668 images (Ubuntu 24.04+) refuse a plain --user install; older pips lack the flag
-        "command -v uv >/dev/null 2>&1 || python3 -m pip install -q --user {uv} || "
-        "python3 -m pip install -q --user --break-system-packages {uv} || ".format(uv=shlex.quote(f"uv=={UV_VERSION}"))
-        + _fail(boot, "installing uv"),
-    ]
+        lines += [APT_MARK, apt.install_command(boot.apt) + " || " + _fail(boot, "apt install")]
+    if needs_uv:
+        lines += [f'export PATH="{uv_bootstrap.BIN_DIR}:$PATH" UV_LINK_MODE="${{UV_LINK_MODE:-copy}}"',
+                  *uv_bootstrap.function_lines()]
+    uv = [f"{uv_bootstrap.FUNCTION} || " + _fail(boot, "installing uv")]
     if boot.python:
         install = [f'"$SKYWARD_PYTHON" -m pip install -q {pins} || ' + _fail(boot, "installing ray")]
     else:
