@@ -6,8 +6,9 @@ base is what a machine then is, the same for all of them:
 - a host on the simulated network (`tests.simnet`): its own network namespace, a public address,
   and whatever private side the cloud gives it;
 - its script run as the machine's root process group inside that namespace (`ProcessHost`), with
-  its own HOME and nothing of the driver's environment: no virtualenv, no PYTHONPATH, not the
-  driver's working directory. Its PATH holds the cloud's shims, the base Python interpreter (an
+  what the cloud's boot runner sets (`unset` takes out what it does not: skyward's own id and
+  address variables, and HOME where the runner leaves it unset) and nothing of the driver's
+  environment: no virtualenv, no PYTHONPATH, not the driver's working directory. Its PATH holds the cloud's shims, the base Python interpreter (an
   image's system Python) and `uv` (an image with uv installed); the node makes its own Python
   environment with the driver's exact versions from a package cache that is warmed once
   (`node_package_cache`) and read offline, since a namespace reaches no index;
@@ -35,6 +36,7 @@ from typing import Any, ClassVar
 import ray
 
 from node_providers.local.process_host import ProcessHost
+from skyward_ray import names
 from skyward_ray.node.startup_script import node_requirements
 from tests.simnet import SimHost, SimNetwork
 from tests.simnet.network import IP, SYSTEM_PATH
@@ -43,6 +45,7 @@ from tests.simnet.network import IP, SYSTEM_PATH
 NODE_PACKAGES = (f"ray[default]=={ray.__version__}", *node_requirements(), "tabulate==0.9.0")
 UV_CACHE = Path(os.environ.get("SKYWARD_SIM_UV_CACHE", Path.home() / ".cache" / "skyward-simaws-uv"))
 SHUTDOWN_NAMES = ("shutdown", "poweroff", "halt", "reboot")
+ENV = shutil.which("env", path=SYSTEM_PATH) or "/usr/bin/env"
 _warm_lock = threading.Lock()
 _warmed = False
 
@@ -90,6 +93,10 @@ class SimulatedHosts:
     shims: ClassVar[Mapping[str, str]] = {}  # command name → shell script standing in for it
     thread_name: ClassVar[str] = "simhosts"
     idle_timeout: ClassVar[float] = 15.0
+    # What a cloud's boot runner does not set, taken out of the machine's environment: no cloud tells
+    # a machine its id or address through skyward's own variables (the process host sets them for
+    # the local provider's machines); a cloud's subclass adds what its runner leaves unset (HOME).
+    unset: ClassVar[tuple[str, ...]] = (names.ENV_INSTANCE_ID, names.ENV_NODE_IP)
 
     def __init__(self, sim: Any, boot_delay: float = 0.0, poll_interval: float | None = None,
                  private_net: str | None = None) -> None:
@@ -200,8 +207,9 @@ class SimulatedHosts:
     def run_machine(self, machine_id: Hashable, host: SimHost, script: str, private_ip: str,
                     env: Mapping[str, str]) -> None:
         """Start the machine's script as its root process group inside its namespace."""
+        unset = [arg for name in self.unset for arg in ("-u", name)]
         self.host.boot(str(machine_id), script, private_ip, env=dict(env),
-                       wrapper=[IP, "netns", "exec", host.namespace], inherit_path=False)
+                       wrapper=[IP, "netns", "exec", host.namespace, ENV, *unset], inherit_path=False)
 
     def end(self, machine_id: Hashable) -> None:
         """The cloud says this machine ended: its processes and everything in its namespace go

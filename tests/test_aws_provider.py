@@ -180,7 +180,8 @@ def test_run_instances_sends_market_imdsv2_shutdown_and_tags_and_state_lives_in_
         import base64
 
         text = base64.b64decode(script).decode()
-        assert "shutdown -h now" in text and "X-aws-ec2-metadata-token" in text and "${SKYWARD_INSTANCE_ID:-" in text
+        assert "shutdown -h now" in text and "X-aws-ec2-metadata-token" in text
+        assert "${SKYWARD_INSTANCE_ID:-" not in text  # the id and address come from IMDSv2 only
         head_data = sim.client().describe_instance_attribute(InstanceId=head, Attribute="userData")["UserData"]["Value"]
         config, head_script = split_user_data(base64.b64decode(head_data).decode())
         host_key = (tmp_path / name / "ssh_host_ed25519_key.pub").read_text().strip()

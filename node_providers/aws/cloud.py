@@ -28,7 +28,7 @@ from skyward_ray.cluster.contract import ClusterListing, Machine, MachineRequest
 from skyward_ray.cluster.remote_cloud import RemoteCloud
 from skyward_ray.errors import ProvisioningError, SpecError
 
-# IMDSv2 (token first). Only reached when SKYWARD_INSTANCE_ID / SKYWARD_NODE_IP are not already set.
+# IMDSv2 (token first): the only way an EC2 instance learns its own id and private address.
 _IMDS = "http://169.254.169.254/latest"
 _IMDS_TOKEN = f'$(curl -sf --retry 5 -X PUT {_IMDS}/api/token -H "X-aws-ec2-metadata-token-ttl-seconds: 600")'
 
@@ -36,6 +36,10 @@ _IMDS_TOKEN = f'$(curl -sf --retry 5 -X PUT {_IMDS}/api/token -H "X-aws-ec2-meta
 def _imds(path: str) -> str:
     return f'$(curl -sf --retry 5 -H "X-aws-ec2-metadata-token: {_IMDS_TOKEN}" {_IMDS}/meta-data/{path})'
 
+
+# "User data is limited to 16 KB, in raw form, before it is base64-encoded" (Amazon EC2 User Guide, "Run
+# commands when you launch an EC2 instance with user data input"): more is refused before anything is launched.
+USER_DATA_LIMIT = 16 * 1024
 
 # EC2 answers InvalidInstanceID.NotFound for a few seconds after a create (eventual consistency):
 # a call about a just-created instance is retried this many times before NotFound means gone.
@@ -53,8 +57,8 @@ class AWSCloud(RemoteCloud):
 
     config_class = AWS
     config: AWS
-    instance_id_shell = "${" + names.ENV_INSTANCE_ID + ":-" + _imds("instance-id") + "}"
-    node_ip_shell = "${" + names.ENV_NODE_IP + ":-" + _imds("local-ipv4") + "}"
+    instance_id_shell = _imds("instance-id")
+    node_ip_shell = _imds("local-ipv4")
     shutdown_command = "shutdown -h now"  # with InstanceInitiatedShutdownBehavior=terminate: ends it
     log_name = "console output"
 
@@ -64,6 +68,8 @@ class AWSCloud(RemoteCloud):
         if not self.region:
             raise SpecError("AWS: no region. Fix: pass sky.AWS(region='us-east-1') or set provider.cluster.region")
         self._local = threading.local()  # boto3 clients are not thread-safe to create concurrently
+        self._images: dict[tuple[str, str | None], network.BootImage] = {}
+        self._images_lock = threading.Lock()
 
     @property
     def ec2(self) -> Any:
@@ -92,7 +98,7 @@ class AWSCloud(RemoteCloud):
             with aws_errors("prepare the network, image and key pair", self.region):
                 subnet = network.choose_subnet(ec2, self.region, self.params.zone, self.config.vpc_id,
                                                self.config.subnet_id)
-                ami = self.config.ami or network.default_ami(ec2, network.architecture(ec2, self.params.instance_type))
+                image = self._image(self.params.instance_type, self.config.ami)
                 group = network.security_group(ec2, name, subnet["VpcId"], ssh_cidr,
                                                self.config.driver_security_group)
                 key_name = network.import_key_pair(ec2, name, self.params.ssh_public_key)
@@ -101,7 +107,9 @@ class AWSCloud(RemoteCloud):
                 network.delete_cluster_resources(ec2, name, timeout=30)
             raise
         return {"subnet_id": subnet["SubnetId"], "vpc_id": subnet["VpcId"], "zone": subnet["AvailabilityZone"],
-                "ami": ami, "security_group_id": group, "key_name": key_name}
+                "ami": image.image_id, "ami_architecture": image.architecture, "root_device": image.root_device,
+                "security_group_id": group,
+                "key_name": key_name}
 
     def cleanup(self) -> None:
         """Once every instance is terminated (waits for it), delete the security group and key pair."""
@@ -121,8 +129,9 @@ class AWSCloud(RemoteCloud):
             params.head_market if request.role == "head" and params.head_market else params.market)
         tags = {**request.tags, names.CLUSTER: self.cluster_name}
         tags.setdefault("Name", f"{self.cluster_name}-{request.index}")
+        image = self._launch_image(instance_type, node_config.get("ImageId"))
         run: dict[str, Any] = {
-            "ImageId": node_config.get("ImageId") or prepared["ami"],
+            "ImageId": image.image_id,
             "InstanceType": instance_type,
             "MinCount": 1,
             "MaxCount": 1,
@@ -143,12 +152,33 @@ class AWSCloud(RemoteCloud):
             run["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": {
                 "SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}}
         if self.config.disk_gb:
-            run["BlockDeviceMappings"] = [{"DeviceName": "/dev/sda1", "Ebs": {
+            if not image.root_device:
+                raise ProvisioningError(f"AWS: image {image.image_id} maps no root device, so its size cannot be set. "
+                                        "Fix: leave sky.AWS(disk_gb=...) unset, or use another image")
+            run["BlockDeviceMappings"] = [{"DeviceName": image.root_device, "Ebs": {
                 "VolumeSize": self.config.disk_gb, "VolumeType": "gp3", "DeleteOnTermination": True}}]
         where = f"{instance_type} {market} in {prepared.get('zone') or self.region}"
         with aws_errors("launch an instance", where):
             [instance] = self.ec2.run_instances(**run)["Instances"]
         return instance_machine(instance)
+
+    def _image(self, instance_type: str, ami: str | None) -> network.BootImage:
+        """The image `instance_type` boots (`network.boot_image`), looked up once per type and image."""
+        key = (instance_type, ami)
+        with self._images_lock:
+            if key not in self._images:
+                with aws_errors("find the image", f"{ami or 'default'} for {instance_type}"):
+                    self._images[key] = network.boot_image(self.ec2, instance_type, ami)
+            return self._images[key]
+
+    def _launch_image(self, instance_type: str, node_image: str | None) -> network.BootImage:
+        """The prepared image, unless the node's config names another image or instance type (a
+        `ray up` node type): then that pair is looked up and checked the same way."""
+        prepared = self.prepared
+        if not node_image and instance_type == self.params.instance_type and "root_device" in prepared:
+            return network.BootImage(prepared["ami"], prepared.get("ami_architecture", ""), prepared["root_device"])
+        return self._image(instance_type, node_image or self.config.ami or (
+            prepared["ami"] if instance_type == self.params.instance_type else None))
 
     def describe(self) -> list[Machine]:
         found = []
@@ -204,4 +234,9 @@ def user_data(request: MachineRequest) -> str:
     message = MIMEMultipart()
     message.attach(MIMEText(config, "cloud-config"))
     message.attach(MIMEText(request.boot_script, "x-shellscript"))
-    return message.as_string()
+    data = message.as_string()
+    if len(data.encode()) > USER_DATA_LIMIT:
+        raise SpecError(f"AWS: this node's boot payload is {len(data.encode())} bytes; EC2 takes at most "
+                        f"{USER_DATA_LIMIT} bytes of user data. Fix: make the Image smaller (env values, pip and apt "
+                        "lists); nothing was launched")
+    return data

@@ -12,6 +12,7 @@ import re
 import secrets
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from node_providers.aws import ownership
@@ -19,7 +20,13 @@ from node_providers.aws.ownership import ResourceConflictError
 from skyward_ray import names
 from skyward_ray.errors import CapacityError, ProvisioningError, SpecError
 
-DEFAULT_AMI_NAME = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *"
+# The AWS Deep Learning Base AMIs (NVIDIA driver, Ubuntu 22.04, /usr/bin/python3.10), per architecture: the
+# ARM64 one is for G5g and P6e-GB200 (AWS DLAMI release notes, "Deep Learning ARM64 Base OSS Nvidia Driver GPU AMI").
+DEFAULT_AMI_NAMES = {
+    "x86_64": "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *",
+    "arm64": "Deep Learning ARM64 Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *",
+}
+DEFAULT_AMI_NAME = DEFAULT_AMI_NAMES["x86_64"]
 
 
 def tag_spec(resource: str, tags: dict[str, str]) -> list[dict[str, Any]]:
@@ -52,22 +59,56 @@ def choose_subnet(ec2: Any, region: str, zone: str | None, vpc_id: str | None, s
 
 def default_ami(ec2: Any, architecture: str = "x86_64") -> str:
     """The newest AWS Deep Learning Base AMI (NVIDIA driver, Ubuntu 22.04) for this architecture."""
+    name = DEFAULT_AMI_NAMES.get(architecture)
+    if name is None:
+        raise CapacityError(f"AWS: skyward has no default image for {architecture} machines. "
+                            "Fix: pass sky.AWS(ami='ami-...') with an image for them")
     images = ec2.describe_images(Owners=["amazon"], Filters=[
-        {"Name": "name", "Values": [DEFAULT_AMI_NAME]},
+        {"Name": "name", "Values": [name]},
         {"Name": "state", "Values": ["available"]},
         {"Name": "architecture", "Values": [architecture]},
     ])["Images"]
     if not images:
-        raise ProvisioningError(
-            f"AWS: no image named {DEFAULT_AMI_NAME!r} ({architecture}) in this region. "
+        raise CapacityError(
+            f"AWS: no image named {name!r} ({architecture}) in this region, so this offer cannot boot here. "
             "Fix: pass sky.AWS(ami='ami-...') with an image that has the NVIDIA driver and python3")
     return max(images, key=lambda i: i.get("CreationDate", ""))["ImageId"]
 
 
-def architecture(ec2: Any, instance_type: str) -> str:
+def architectures(ec2: Any, instance_type: str) -> list[str]:
+    """What the instance type runs (DescribeInstanceTypes ProcessorInfo.SupportedArchitectures)."""
     info = ec2.describe_instance_types(InstanceTypes=[instance_type])["InstanceTypes"]
-    archs = info[0].get("ProcessorInfo", {}).get("SupportedArchitectures", ["x86_64"]) if info else ["x86_64"]
-    return "x86_64" if "x86_64" in archs else archs[0]
+    return list(info[0].get("ProcessorInfo", {}).get("SupportedArchitectures", ["x86_64"]) if info else ["x86_64"])
+
+
+@dataclass(frozen=True)
+class BootImage:
+    """The image a machine boots: its id, its architecture, and its root device as the image itself
+    maps it (DescribeImages RootDeviceName: `/dev/sda1` on Ubuntu AMIs, `/dev/xvda` on Amazon Linux)."""
+
+    image_id: str
+    architecture: str
+    root_device: str | None
+
+
+def boot_image(ec2: Any, instance_type: str, ami: str | None) -> BootImage:
+    """The image for `instance_type`: `ami` if given (refused with the reason when the machine cannot
+    run its architecture), else the default Deep Learning AMI for the machine's architecture (the
+    ARM64 one for Graviton GPUs such as g5g). A refusal is a `CapacityError`: this offer cannot
+    boot, and the plan moves on to the next, before anything was launched."""
+    archs = architectures(ec2, instance_type)
+    image_id = ami or default_ami(ec2, "x86_64" if "x86_64" in archs else archs[0])
+    found = ec2.describe_images(ImageIds=[image_id])["Images"]
+    if not found:
+        raise ProvisioningError(f"AWS: image {image_id} does not exist in this region. Fix: pass an image id of "
+                                "this region to sky.AWS(ami=...)")
+    image = found[0]
+    arch = image.get("Architecture") or "x86_64"
+    if arch not in archs:
+        raise CapacityError(
+            f"AWS: {instance_type} runs {'/'.join(archs)} and image {image_id} is {arch}: it cannot boot there. "
+            f"Fix: pass an {'/'.join(archs)} image to sky.AWS(ami=...), or leave ami unset for skyward's default")
+    return BootImage(image_id, arch, image.get("RootDeviceName"))
 
 
 _SUFFIX = re.compile(r"[0-9a-f]{8}")  # what `resource_name` appends

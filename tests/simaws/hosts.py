@@ -10,18 +10,27 @@ each new running instance it makes a host on the simulated network (`tests.simne
 - for an instance whose user data carries cloud-init `ssh_keys`, an OpenSSH server presenting
   exactly that host key and accepting only the key pair the instance was launched with (what
   cloud-init does on a real instance);
-- the user data's shell script, run as the machine's root process group inside the namespace,
-  with the machine's own HOME and nothing of the driver's environment: no virtualenv, no
-  PYTHONPATH, not the driver's working directory. Its PATH holds the system's directories, the
-  base Python interpreter (as an image's system Python) and `uv` (as an image with uv installed);
-  the node makes its own Python environment with the driver's exact versions from a package cache
-  that is warmed once (`node_package_cache`) and read offline, since a namespace reaches no index.
+- the instance metadata service, IMDSv2, at 169.254.169.254 inside the namespace (`imds.py`),
+  answering this instance's own facts under its own `MetadataOptions` (token first, 401 without
+  one, hop limit 1): the only way the machine learns its id and private address, as on EC2;
+- the user data's shell script, run as cloud-init runs it (`scripts_user`, from the
+  `cloud-final.service` systemd unit): as root, in the machine's root process group inside the
+  namespace, with the environment systemd gives a system service and nothing else. systemd.exec(5):
+  "Processes started by the system systemd instance are executed in a clean environment in which
+  only the $PATH and $LANG variables are set by default", and `$HOME` is "set for the units which
+  have User= set" (cloud-final.service has none). So `PATH` is systemd's default
+  (/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin), `LANG` the image's locale
+  (C.UTF-8 here), and **no `HOME`**. Nothing of the driver's environment.
 
-The machine's environment stands in for the instance metadata service: `SKYWARD_INSTANCE_ID` and
-`SKYWARD_NODE_IP` are set, and a `curl` shim refuses 169.254.169.254. `shutdown`, `poweroff` and
-`halt` are shims that ask the simulator to end *this instance* (terminate or stop, per its
-InstanceInitiatedShutdownBehavior); the real `shutdown` never runs here. When EC2 says an instance
-is shutting down or terminated, its processes and namespace are ended.
+Stand-ins, until machines have their own root filesystem (issue 20, item 1): the image's
+contents are the driver's (PATH also holds the shims below, the base Python interpreter as the
+image's python3, and `uv`), the node builds its Python environment offline from a package cache
+warmed once (`node_package_cache`), and `TMPDIR` / `SKYWARD_MACHINE_DIR` / `SKYWARD_ENV_DIR` give it a
+/tmp, a /var/lib and an /opt of its own. `shutdown`, `poweroff` and `halt` are shims that ask the
+simulator to end *this instance* (found by the network namespace they run in; terminate or stop,
+per its InstanceInitiatedShutdownBehavior); the real `shutdown` never runs here. When EC2 says an
+instance is shutting down or terminated, its processes (its metadata service too) and namespace
+are ended.
 """
 
 from __future__ import annotations
@@ -29,32 +38,37 @@ from __future__ import annotations
 import base64
 import contextlib
 import email
+import json
 import subprocess
+import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
 
 from tests.simaws.server import VPC_CIDR
 from tests.simhost import NODE_PACKAGES, SHUTDOWN_NAMES, SYSTEM_PATH, UV_CACHE, SimulatedHosts, node_package_cache
+from tests.simnet import SimHost
+from tests.simnet.network import IP
 
 __all__ = ["HostSimulator", "NODE_PACKAGES", "SHIM_NAMES", "SYSTEM_PATH", "UV_CACHE", "node_package_cache",
            "split_user_data"]
 
+# The shims live in <root>/bin; the simulator reads <root>/shutdown-requests/<network namespace>.
 _SHUTDOWN_SHIM = """#!/bin/sh
-# simulated host: an instance-initiated shutdown of $SKYWARD_INSTANCE_ID (never this machine's shutdown)
-echo "simaws: $(basename "$0") $* on $SKYWARD_INSTANCE_ID"
-: > "$SIMAWS_SHUTDOWN_DIR/$SKYWARD_INSTANCE_ID"
+# simulated host: an instance-initiated shutdown of the instance this runs on (never this machine's shutdown)
+ns="$(ip netns identify $$)"
+echo "simaws: $(basename "$0") $* in $ns"
+: > "$(dirname "$(readlink -f "$0")")/../shutdown-requests/$ns"
 exit 0
 """
-_CURL_SHIM = """#!/bin/sh
-# simulated host: the instance metadata service does not exist here; refuse it loudly
-for arg in "$@"; do
-  case "$arg" in *169.254.*) echo "simaws: refused to contact the metadata service: $arg" >&2; exit 7;; esac
-done
-exec /usr/bin/curl "$@"
-"""
 SHIM_NAMES = SHUTDOWN_NAMES
+IMDS_SCRIPT = Path(__file__).with_name("imds.py")
+IMDS_ADDRESS = "169.254.169.254"
+# cloud-init's user scripts run from a systemd system service: systemd's default PATH (`SYSTEM_PATH`,
+# behind the image stand-ins of `SimulatedHosts.path`) and the image's locale
+CLOUD_INIT_LANG = "C.UTF-8"
 
 
 def split_user_data(data: str) -> tuple[dict[str, Any], str]:
@@ -76,8 +90,9 @@ class HostSimulator(SimulatedHosts):
     """Boots and ends simulated machines for the instances of one simulated region (watching EC2)."""
 
     prefix = "sa-"
-    shims: ClassVar[Mapping[str, str]] = {**{name: _SHUTDOWN_SHIM for name in SHIM_NAMES}, "curl": _CURL_SHIM}
+    shims: ClassVar[Mapping[str, str]] = {name: _SHUTDOWN_SHIM for name in SHIM_NAMES}
     thread_name = "simaws-hosts"
+    unset = (*SimulatedHosts.unset, "HOME")  # systemd gives a service without User= no HOME
 
     def __init__(self, sim: Any, boot_delay: float = 0.0, poll_interval: float = 0.15) -> None:
         super().__init__(sim, boot_delay=boot_delay, poll_interval=poll_interval, private_net=VPC_CIDR)
@@ -109,9 +124,14 @@ class HostSimulator(SimulatedHosts):
     def before_step(self) -> None:
         """An instance ran `shutdown`: EC2 terminates or stops it, as its shutdown behaviour says."""
         for request in list(self.shutdown_dir.iterdir()):
-            instance_id = request.name
             with contextlib.suppress(OSError):
                 request.unlink()
+            with self.lock:
+                found = [i for i, host in self.sim_hosts.items() if host.namespace == request.name]
+            if not found:
+                self.errors.append(f"a shutdown from {request.name!r}, which is no instance's namespace")
+                continue
+            instance_id = found[0]
             ec2 = self.sim.client()
             behaviour = ec2.describe_instance_attribute(
                 InstanceId=instance_id, Attribute="instanceInitiatedShutdownBehavior"
@@ -151,5 +171,34 @@ class HostSimulator(SimulatedHosts):
                 key_path.write_text(host_key)
             key_path.chmod(0o600)
             host.start_sshd(key_path, self.sim.imported_public_key(instance["KeyName"]))
-        env = {"PATH": self.path, "SIMAWS_SHUTDOWN_DIR": str(self.shutdown_dir), **self.machine_env(instance_id)}
+        start_metadata_service(host, instance)
+        env = {"PATH": self.path, "LANG": CLOUD_INIT_LANG, **self.machine_env(instance_id)}
         self.run_machine(instance_id, host, script, instance["PrivateIpAddress"], env)
+
+
+def metadata_facts(instance: dict[str, Any]) -> dict[str, str]:
+    """What an instance's metadata service says about it (a subset of /latest/meta-data/)."""
+    zone = (instance.get("Placement") or {}).get("AvailabilityZone", "")
+    facts = {"instance-id": instance["InstanceId"], "local-ipv4": instance["PrivateIpAddress"],
+             "ami-id": instance.get("ImageId", ""), "instance-type": instance.get("InstanceType", ""),
+             "placement/availability-zone": zone, "placement/region": zone[:-1] if zone else "",
+             "local-hostname": instance.get("PrivateDnsName", "")}
+    if instance.get("PublicIpAddress"):
+        facts["public-ipv4"] = instance["PublicIpAddress"]
+    return facts
+
+
+def start_metadata_service(host: SimHost, instance: dict[str, Any]) -> None:
+    """Serve the instance's IMDS at 169.254.169.254:80 inside its namespace, as its `MetadataOptions`
+    say (none at all with `HttpEndpoint=disabled`); returns once it listens."""
+    options = instance.get("MetadataOptions") or {}
+    if options.get("HttpEndpoint", "enabled") == "disabled":
+        return
+    subprocess.run([IP, "-n", host.namespace, "addr", "add", f"{IMDS_ADDRESS}/32", "dev", "lo"], check=True,
+                   capture_output=True, timeout=20)
+    mode = {"tokens_required": options.get("HttpTokens", "optional") == "required",
+            "hop_limit": int(options.get("HttpPutResponseHopLimit") or 1)}
+    log = host.directory / "imds.log"
+    pid = host.run([sys.executable, "-I", str(IMDS_SCRIPT), json.dumps(metadata_facts(instance)), json.dumps(mode)],
+                   env={"PATH": SYSTEM_PATH, "LANG": "C.UTF-8"}, log_path=log)
+    host.wait_listening(80, timeout=15, pid=pid, log_path=log)

@@ -8,14 +8,17 @@ server through `AWS_ENDPOINT_URL`. In front of moto sits a small WSGI layer that
 - answers requests matching a `Fault` with an AWS-shaped error (InsufficientInstanceCapacity,
   UnauthorizedOperation, RequestLimitExceeded, ...) or a canned body — moto itself never fails
   for capacity, quota or throttling;
-- answers the Pricing API with the 404 a missing moto backend would give (quickly, no retries).
+- answers the Pricing API with the 404 a missing moto backend would give (quickly, no retries);
+- refuses what EC2 refuses and moto accepts: user data over 16 KB raw (`refuse_request`);
+- optionally throttles as EC2 documents (`throttle(scale)`: token buckets, `RequestLimitExceeded`);
+- answers Service Quotas for EC2's vCPU quotas (`quotas`, `tests/simaws/quotas.py`), which moto lacks.
 
 The region is shaped for the host simulator: its default VPC is `10.231.0.0/16` with one subnet per
 availability zone (`10.231.<n>.0/24`, public addresses on launch), the private range of the
 simulated network the hosts live on; public addresses come from that network's public range
 (`public_ips`), so a driver can reach only what a host's security group lets through. An AWS
-Deep Learning AMI (owner alias "amazon") is registered so the provider's default image lookup
-finds it. GetConsoleOutput answers with the instance's boot log (`console_output`), as cloud-init
+Deep Learning AMI and its ARM64 sibling (owner alias "amazon") are registered so the provider's
+default image lookup finds them. GetConsoleOutput answers with the instance's boot log (`console_output`), as cloud-init
 prints it on a real instance.
 """
 
@@ -35,11 +38,15 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from tests.simapi import ApiSimulator
+from tests.simaws.quotas import ACTIONS as QUOTA_ACTIONS
+from tests.simaws.quotas import ServiceQuotas
+from tests.simaws.throttling import Throttling
 
 ACCOUNT = "123456789012"
 INTERNAL_KEY = "simaws-internal"  # the simulator's own requests (host watching, test checks) carry this key
 VPC_CIDR = "10.231.0.0/16"
 DLAMI_NAME = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) 20261101"
+ARM_DLAMI_NAME = "Deep Learning ARM64 Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) 20261101"  # G5g, P6e-GB200
 # What a host process needs to reach this server; no real AWS endpoint can be reached with these.
 MOTO_ENV = {
     "MOTO_EC2_LOAD_DEFAULT_AMIS": "false",
@@ -64,6 +71,24 @@ class Fault:
         if action != self.action or (self.times is not None and self.hits >= self.times):
             return False
         return bool(self.when(params))
+
+
+# "User data is limited to 16 KB, in raw form, before it is base64-encoded" (Amazon EC2 User Guide,
+# "Run commands when you launch an EC2 instance with user data input"); EC2 refuses more with
+# InvalidParameterValue.
+USER_DATA_LIMIT = 16 * 1024
+
+
+def refuse_request(action: str, params: dict[str, str]) -> tuple[str, str] | None:
+    """(code, message) where EC2 itself refuses what moto would accept; None: pass it on."""
+    if action == "RunInstances" and "UserData" in params:
+        try:
+            raw = base64.b64decode(params["UserData"], validate=True)
+        except ValueError:
+            return "InvalidParameterValue", "Invalid BASE64 encoding of user data."
+        if len(raw) > USER_DATA_LIMIT:
+            return "InvalidParameterValue", f"User data is limited to {USER_DATA_LIMIT} bytes"
+    return None
 
 
 @dataclass
@@ -121,14 +146,28 @@ class FaultFront:
             start_response("404 Not Found", [("Content-Type", "application/json"), ("Content-Length", str(len(answer)))])
             self._record(action, params, started, status, service, access_key)
             return [answer]
-        # faults are for the code under test, never for the simulator's own requests
-        fault = None if access_key == INTERNAL_KEY else self.sim.faults.take(action, params)
+        # throttling and faults are for the code under test, never for the simulator's own requests
+        outside = access_key != INTERNAL_KEY
+        throttling = self.sim.throttling
+        if outside and service == "ec2" and throttling is not None and not throttling.admit(action, params):
+            return self._error(start_response, action, params, started, service, access_key, 503,
+                               "RequestLimitExceeded", "Request limit exceeded.")
+        fault = self.sim.faults.take(action, params) if outside else None
         if fault is not None:
             answer = fault.body.encode() if fault.body is not None else _error_xml(fault.code, fault.message)
             status = 200 if fault.body is not None else fault.status
             start_response(f"{status} Injected", [("Content-Type", "text/xml"), ("Content-Length", str(len(answer)))])
             self._record(action, params, started, status, service, access_key)
             return [answer]
+        if service == "servicequotas" and action in QUOTA_ACTIONS:  # moto knows only the VPC quotas
+            status, answer = self.sim.quotas.answer(body)
+            start_response(f"{status} Quota", [("Content-Type", "application/x-amz-json-1.1"),
+                                               ("Content-Length", str(len(answer)))])
+            self._record(action, params, started, status, service, access_key)
+            return [answer]
+        refusal = refuse_request(action, params) if outside and service == "ec2" else None
+        if refusal is not None:
+            return self._error(start_response, action, params, started, service, access_key, 400, *refusal)
         statuses: list[int] = []
 
         def recording_start_response(status_line: str, headers: Any, *rest: Any) -> Any:
@@ -138,6 +177,14 @@ class FaultFront:
         result = list(self.app(environ, recording_start_response))
         self._record(action, params, started, statuses[0] if statuses else 0, service, access_key)
         return result
+
+    def _error(self, start_response: Callable[..., Any], action: str, params: dict[str, str], started: float,
+               service: str, access_key: str, status: int, code: str, message: str) -> list[bytes]:
+        """Answer with EC2's error document (as the real API would), and record the call."""
+        answer = _error_xml(code, message)
+        start_response(f"{status} {code}", [("Content-Type", "text/xml"), ("Content-Length", str(len(answer)))])
+        self._record(action, params, started, status, service, access_key)
+        return [answer]
 
     def _record(self, action: str, params: dict[str, str], started: float, status: int, service: str,
                 access_key: str) -> None:
@@ -158,6 +205,18 @@ class SimAWS(ApiSimulator):
         self.subnets: dict[str, str] = {}
         self._clients: dict[str, Any] = {}
         self._clients_lock = threading.Lock()
+        self.arm_ami_id = ""
+        self.throttling: Throttling | None = None  # `throttle(...)` turns EC2's request limits on
+        self.quotas = ServiceQuotas(region, ACCOUNT)  # EC2's vCPU quotas (Service Quotas), which moto lacks
+
+    def throttle(self, scale: float = 1.0) -> Throttling:
+        """Answer the code under test's EC2 calls as AWS's documented token buckets do (`throttling`),
+        each bucket and rate times `scale`; `throttle_off` ends it."""
+        self.throttling = Throttling(scale=scale)
+        return self.throttling
+
+    def throttle_off(self) -> None:
+        self.throttling = None
 
     @property
     def endpoint(self) -> str:
@@ -252,11 +311,19 @@ class SimAWS(ApiSimulator):
         backend.vpcs[self.vpc_id].is_default = True
         for subnet_id in self.subnets.values():
             backend.get_subnet(subnet_id).default_for_az = True
-        self.ami_id = ec2.register_image(Name=DLAMI_NAME, Architecture="x86_64", RootDeviceName="/dev/sda1",
-                                         Description="simulated AWS Deep Learning Base AMI")["ImageId"]
-        image = backend.amis[self.ami_id]
-        image.owner_alias = "amazon"  # AWS publishes the DLAMIs; moto would list it as ours
-        image.architecture = "x86_64"  # moto's RegisterImage drops Architecture
+        self.ami_id = self.register_image(DLAMI_NAME, "x86_64", "/dev/sda1", owner_alias="amazon")
+        self.arm_ami_id = self.register_image(ARM_DLAMI_NAME, "arm64", "/dev/sda1", owner_alias="amazon")
+
+    def register_image(self, name: str, architecture: str, root_device: str, owner_alias: str | None = None) -> str:
+        """An image as DescribeImages shows it: its architecture and root device (AWS publishes the
+        DLAMIs: owner alias "amazon"; moto would list them as the account's own)."""
+        image_id = self.client().register_image(Name=name, Architecture=architecture, RootDeviceName=root_device,
+                                                Description=f"simulated {name}")["ImageId"]
+        image = self._backend().amis[image_id]
+        image.architecture, image.root_device_name = architecture, root_device  # moto's RegisterImage drops both
+        if owner_alias:
+            image.owner_alias = owner_alias
+        return image_id
 
     # -- the request log (faults: `inject`, `fault`, `clear_faults` of ApiSimulator) ----------------------
     def calls(self, action: str | None = None, since: float = 0.0, internal: bool = False) -> list[Call]:

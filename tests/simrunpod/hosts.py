@@ -6,15 +6,17 @@ For each placed pod (after `boot_delay`), on the simulated network (`tests.simne
 - its own network namespace with a public address, where only the public port RunPod mapped to
   the container's port 22 gets in (nftables in the namespace: the mapped port is redirected to 22,
   port 22 itself is closed from outside), as `runtime.ports` then says;
-- a pod made with `globalNetwork: true` has an address on the private network shared by every such
-  pod of the account, and `<pod id>.runpod.internal` resolves to it inside every such pod (an
-  `/etc/netns/<ns>/hosts` file, which `ip netns exec` binds over /etc/hosts); a pod without global
+- a pod made with global networking (REST `globalNetworking: true`) has an address on the private
+  network shared by every such pod of the account, and `<pod id>.runpod.internal` resolves to it
+  inside every such pod (an `/etc/netns/<ns>/hosts` file, which `ip netns exec` binds over /etc/hosts); a pod without global
   networking reaches no other pod (its private interface is closed both ways);
 - the container command (`dockerArgs`) run as the machine's root process with its own HOME and
   nothing of the driver's environment, only what RunPod documents a pod gets: `RUNPOD_POD_ID`,
   `RUNPOD_API_KEY` (the pod-scoped key, never the user's), `RUNPOD_PUBLIC_IP`, `RUNPOD_TCP_PORT_22`,
-  `RUNPOD_GPU_COUNT`, `RUNPOD_DC_ID`, plus the pod's own env. `RUNPOD_API_BASE_URL` points at the
-  fake (what DNS for api.runpod.io would be). The node builds its own Python from the offline uv
+  `RUNPOD_GPU_COUNT`, `RUNPOD_DC_ID`, plus the pod's own env; no `SKYWARD_*` id or address (the
+  node learns its id from `RUNPOD_POD_ID`, its address from DNS or its interfaces).
+  `RUNPOD_API_BASE_URL` points at the fake (what DNS for api.runpod.io would be; a stand-in until
+  the machines have a simulated internet, issue 20 item 3). The node builds its own Python from the offline uv
   cache of `tests.simhost.node_package_cache` (an image with uv installed).
 
 sshd is whatever the pod's command starts: nothing here installs a key or starts a server for it.
@@ -32,7 +34,6 @@ from typing import Any
 from tests.simhost import SimulatedHosts, nft
 
 NETNS_ETC = Path("/etc/netns")
-DATA_CENTER = "US-TX-3"
 
 
 class PodHosts(SimulatedHosts):
@@ -104,7 +105,7 @@ class PodHosts(SimulatedHosts):
             "RUNPOD_TCP_PORT_22": str(port),
             "RUNPOD_GPU_COUNT": str(pod.gpu_count),
             "RUNPOD_CPU_COUNT": "8",
-            "RUNPOD_DC_ID": DATA_CENTER,
+            "RUNPOD_DC_ID": pod.data_center,
             "RUNPOD_POD_HOSTNAME": f"{pod.id}-{pod.machine_id}",
             "RUNPOD_API_BASE_URL": f"http://{self.network.driver_ip}:{self.sim.port}",
             **pod.env,

@@ -9,12 +9,18 @@ the simulated network (`tests.simnet`; what a machine is, `tests.simhost`):
   hosts share no network); only the ports the create request opened (`"-p 2222:2222"` in `env`, plus 22 for the
   SSH launch mode) are reachable from outside, each at the host port Vast advertised in the
   instance's `ports` (a DNAT rule maps host port → container port, as Docker does on a host);
-- the onstart script, run as the machine's root process group inside the namespace with exactly
-  the environment Vast gives a container: `CONTAINER_ID`, `CONTAINER_API_KEY` (the instance-scoped
-  key, not the user's), `PUBLIC_IPADDR`, `VAST_TCP_PORT_<port>`, `VAST_CONTAINERLABEL` and the
-  request's own variables, with its own HOME and nothing of the driver's environment. PATH holds
-  the system's directories, the base Python interpreter (an image's system Python) and `uv`; the
-  node builds its Python environment offline from `tests.simhost.node_package_cache`;
+- in the SSH (or Jupyter) launch mode, the onstart script, run as Vast's entrypoint runs it ("Shell
+  commands to run after Vast's entrypoint initializes", docs.vast.ai, "Creating instances with
+  API"): the machine's root process group inside the namespace with exactly the environment Vast
+  gives a container: `CONTAINER_ID`, `CONTAINER_API_KEY` (the instance-scoped key, not the
+  user's), `PUBLIC_IPADDR`, `VAST_TCP_PORT_<port>`, `VAST_CONTAINERLABEL` and the request's own
+  variables, with root's HOME and nothing of the driver's environment (no `SKYWARD_*` id or
+  address: the node learns its id from `CONTAINER_ID`, its address from its own interfaces). In
+  the entrypoint (`args`) launch mode onstart does not run; the image's command would, and there
+  is no image here, so such an instance runs nothing. PATH holds the system's directories, the
+  base Python interpreter (an image's system Python) and `uv`; the node builds its Python
+  environment offline from `tests.simhost.node_package_cache` (stand-ins until machines have
+  their own root filesystem and a simulated internet: issue 20, items 1 and 3);
 - `shutdown`, `poweroff`, `halt`, `reboot` refuse: a container cannot power its host off (and the
   real ones must never run here). A Vast instance ends itself through the API.
 
@@ -89,4 +95,13 @@ class VastHosts(SimulatedHosts):
             **{f"VAST_TCP_PORT_{port}": str(hp) for port, hp in instance.host_ports.items()},
             **self.machine_env(instance.id),
         })
-        self.run_machine(instance.id, host, instance.payload.get("onstart") or "", instance.private_ip, env)
+        self.run_machine(instance.id, host, boot_command(instance.payload), instance.private_ip, env)
+
+
+def boot_command(payload: Mapping[str, object]) -> str:
+    """What the container runs at start: onstart in the SSH and Jupyter launch modes (Vast's
+    entrypoint runs it), nothing of ours in the entrypoint mode (the image's command would run)."""
+    runtype = str(payload.get("runtype") or "")
+    if "ssh" in runtype or "jupyter" in runtype:
+        return str(payload.get("onstart") or "")
+    return "echo 'simvast: entrypoint launch mode: the image command runs, not onstart'\n"
