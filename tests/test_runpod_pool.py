@@ -106,24 +106,30 @@ def test_a_capacity_error_on_the_first_offer_moves_to_the_next_and_leaves_nothin
 
 
 def test_only_pods_on_the_global_network_reach_each_other(fake):
-    """Pods placed straight through the API (the container runs a plain TCP server): two with global
-    networking reach each other by `<pod id>.runpod.internal`; a third without it reaches neither."""
+    """Pods placed straight through the API (the container runs a plain TCP server): two made through
+    REST with `globalNetworking` reach each other by `<pod id>.runpod.internal`; a third made through
+    GraphQL (which has no such field) reaches neither."""
     sim, hosts, keys = fake
+    import requests
     from runpod.api.graphql import run_graphql_query
     from runpod.api.mutations.pods import generate_pod_deployment_mutation
 
-    def place(name: str, network: bool) -> str:
-        mutation = generate_pod_deployment_mutation(name, "runpod/base", GPU, docker_args="python3 -m http.server 8000",
-                                                    env={})
-        if network:
-            mutation = mutation.replace('name: "', 'globalNetwork: true, name: "', 1)
-        return run_graphql_query(mutation)["data"]["podFindAndDeployOnDemand"]["id"]
+    headers = {"Authorization": f"Bearer {sim.user_key}"}
 
-    import runpod
+    def networked(name: str) -> str:
+        body = {"name": name, "imageName": "runpod/base", "gpuTypeIds": [GPU], "globalNetworking": True,
+                "dockerStartCmd": ["python3", "-m", "http.server", "8000"]}
+        answer = requests.post(f"{sim.url}/v1/pods", json=body, headers=headers, timeout=30)
+        assert answer.status_code == 201, answer.text
+        return answer.json()["id"]
 
-    runpod.api_key = sim.user_key
+    def lonely_pod() -> str:
+        mutation = generate_pod_deployment_mutation("lonely", "runpod/base", GPU,
+                                                    docker_args="python3 -m http.server 8000", env={})
+        return run_graphql_query(mutation, api_key=sim.user_key)["data"]["podFindAndDeployOnDemand"]["id"]
+
     try:
-        a, b, lonely = place("net-a", True), place("net-b", True), place("lonely", False)
+        a, b, lonely = networked("net-a"), networked("net-b"), lonely_pod()
         deadline = time.monotonic() + 30
         while not all(p in hosts.sim_hosts and 8000 in hosts.sim_hosts[p].listening_ports() for p in (a, b, lonely)):
             assert time.monotonic() < deadline, hosts.errors
@@ -135,8 +141,7 @@ def test_only_pods_on_the_global_network_reach_each_other(fake):
         assert hl.call(["getent", "hosts", f"{a}.runpod.internal"]).returncode != 0
     finally:
         for pod in sim.live_pods():
-            run_graphql_query(f'mutation {{ podTerminate(input: {{podId: "{pod.id}"}}) }}')
-        runpod.api_key = None
+            requests.delete(f"{sim.url}/v1/pods/{pod.id}", headers=headers, timeout=30)
 
 
 def test_a_pod_that_never_boots_times_out_and_is_terminated(fake):

@@ -9,6 +9,7 @@ Pods here get no machine (no host simulator): they stay pending, which is all th
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import subprocess
@@ -53,13 +54,22 @@ def provider_for(tmp_path, nodes=1, market="on-demand", name=None, **settings):
     return provisioning.load_node_provider(config, params, name), name
 
 
+REST_CREATE = "POST /v1/pods"
+
+
 def deploys(sim, since=0.0):
-    return [c for c in sim.calls()[since:] if c.operation in ("podFindAndDeployOnDemand", "podRentInterruptable")]
+    """Every pod create sent: GraphQL deploy mutations and REST `POST /v1/pods`."""
+    return [c for c in sim.calls()[since:] if c.operation in ("podFindAndDeployOnDemand", "podRentInterruptable",
+                                                               REST_CREATE)]
 
 
 def docker_payload(query: str) -> str:
-    """The boot payload inside a deploy mutation's `dockerArgs` (base64 in a bash -c), decoded."""
-    args = re.search(r'dockerArgs: "([^"]*)"', query).group(1)
+    """The boot payload inside a create's container command (`dockerArgs`, or REST `dockerStartCmd`:
+    base64 in a bash -c), decoded."""
+    if query.lstrip().startswith("{"):
+        args = json.loads(query)["dockerStartCmd"][-1]
+    else:
+        args = re.search(r'dockerArgs: "([^"]*)"', query).group(1)
     return base64.b64decode(re.search(r"echo (\S+) \| base64 -d", args).group(1)).decode()
 
 
@@ -173,7 +183,10 @@ def test_two_node_pools_use_global_networking_in_the_secure_cloud(sim, tmp_path)
     create(provider, name)
     create(provider, name, NODE_KIND_WORKER)
     calls = deploys(sim, since)
-    assert len(calls) == 2 and all("globalNetwork: true" in c.query and "cloudType: SECURE" in c.query for c in calls)
+    bodies = [json.loads(c.query) for c in calls]
+    assert [c.operation for c in calls] == [REST_CREATE] * 2 and all(c.status == 201 for c in calls)
+    assert all(b["globalNetworking"] is True and b["cloudType"] == "SECURE" and b["interruptible"] is False
+               for b in bodies)
     worker_boot = docker_payload(calls[1].query)
     head_id = provider.non_terminated_nodes({TAG_RAY_NODE_KIND: NODE_KIND_HEAD})[0]
     assert f"{head_id}.runpod.internal" in worker_boot, "workers join the head by its global-network name"
@@ -257,10 +270,12 @@ def test_planning_with_live_runpod_offers_imports_no_ray(sim):
 
 
 def test_an_exited_pod_counts_as_gone_and_is_terminated_so_it_stops_billing(sim, tmp_path):
-    provider, name = provider_for(tmp_path, nodes=2, market="spot")
+    # a pod stopped under its pool (by RunPod or its owner) shows EXITED as a reclaimed spot pod does;
+    # pools of 2+ pods are on-demand (interruptible pods cannot be on the global network)
+    provider, name = provider_for(tmp_path, nodes=2)
     [head] = create(provider, name)
     [worker] = create(provider, name, NODE_KIND_WORKER)
-    sim.interrupt(worker)  # RunPod takes the interruptible pod back: EXITED, its volume still billing
+    sim.interrupt(worker)  # the pod is stopped: EXITED, its volume still billing
     assert provider.non_terminated_nodes({}) == [head]
     assert worker in sim.ended and worker not in {p.id for p in sim.live_pods()}
     provider.cleanup_cluster_resources()

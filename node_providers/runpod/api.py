@@ -1,14 +1,16 @@
-"""RunPod's API through the runpod SDK: the key, the GraphQL calls, and SDK errors → typed errors.
+"""RunPod's API: the key, the GraphQL and REST calls (`transport.py`), and their errors → typed errors.
 
-Every call is `POST {RUNPOD_API_BASE_URL or https://api.runpod.io}/graphql` with the query text
-pasted in (the SDK sends no variables), so everything put into a query here is checked to be safe
-to paste: no `"`, `\\` or newline (boot scripts travel base64-encoded). The key is passed to every
-call (`run_graphql_query(query, api_key=...)`), never set as the SDK's process-wide `runpod.api_key`,
-never logged, and never sent to a pod.
+GraphQL calls are `POST {RUNPOD_API_BASE_URL or https://api.runpod.io}/graphql` with query text
+the SDK's generators write with arguments pasted in (no variables), so everything put into a query
+here is checked to be safe to paste: no `"`, `\\` or newline (boot scripts travel base64-encoded).
+REST calls (`rest.runpod.io/v1`, the only API with global networking) carry JSON bodies. The key is
+passed to every call, never set as the SDK's process-wide `runpod.api_key`, never logged, and never
+sent to a pod. HTTP 429 is waited out in `transport.py`.
 
 Errors: HTTP 401 (a bad or revoked key) → `AuthError`; RunPod's "no longer any instances
-available" and a bid under the floor → `CapacityError` (the launcher tries the next offer); any
-other → `ProvisioningError`; RunPod's "not found" for a pod id → `NotFoundError`.
+available", a bid under the floor, and global networking unavailable where asked → `CapacityError`
+(the launcher tries the next offer); any other → `ProvisioningError`; RunPod's "not found" for a pod
+id (or REST 404) → `NotFoundError`; still rate-limited after the backoff → `ProvisioningError`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from node_providers.runpod import transport
+from node_providers.runpod.transport import RateLimited, RestError
 from skyward_ray.cluster.contract import NotFoundError
 from skyward_ray.cluster.remote_cloud import typed_errors
 from skyward_ray.errors import AuthError, CapacityError, ProvisioningError, QuotaError
@@ -30,6 +34,7 @@ _AUTH_FIX = ("Fix: pass sky.RunPod(api_key=...) or set RUNPOD_API_KEY to a key f
              "https://www.console.runpod.io/user/settings (API Keys)")
 _UNSAFE = re.compile(r'["\\\n\r]')
 _NOT_FOUND_PATTERN = re.compile(r"not found|does not exist", re.I)
+_NO_NETWORK_PATTERN = re.compile(r"global ?networking", re.I)
 
 
 def api_key(configured: str | None) -> str | None:
@@ -75,6 +80,10 @@ def _typed(error: BaseException, doing: str) -> BaseException | None:
     message = str(error)
     if isinstance(error, sdk_error.AuthenticationError):
         return AuthError(f"RunPod: could not {doing}: the API key was refused ({error}). {_AUTH_FIX}")
+    if isinstance(error, RestError):
+        return _typed_rest(error, doing)
+    if isinstance(error, RateLimited):
+        return ProvisioningError(f"RunPod: could not {doing}: {error}. Fix: fewer pools on this key at once")
     if isinstance(error, sdk_error.QueryError):
         if CAPACITY_MESSAGE.lower() in message.lower():
             return CapacityError(f"RunPod: no capacity to {doing}: {message}")
@@ -91,8 +100,23 @@ def _typed(error: BaseException, doing: str) -> BaseException | None:
     return None
 
 
+def _typed_rest(error: RestError, doing: str) -> BaseException:
+    message = error.message
+    if error.status in (401, 403) and not _NOT_FOUND_PATTERN.search(message):
+        return AuthError(f"RunPod: could not {doing}: the API key was refused ({message}). {_AUTH_FIX}")
+    if error.status == 404:
+        return NotFoundError(f"RunPod: could not {doing}: {message}")
+    if CAPACITY_MESSAGE.lower() in message.lower() or _NO_NETWORK_PATTERN.search(message):
+        return CapacityError(f"RunPod: no capacity to {doing}: {message}")
+    kind = QuotaError if error.status == 402 or _QUOTA_PATTERN.search(message) else ProvisioningError
+    return kind(f"RunPod: could not {doing}: {error}")
+
+
 def graphql(key: str, query: str) -> dict[str, Any]:
     """One GraphQL call with this key; returns the response's `data`."""
-    from runpod.api.graphql import run_graphql_query
+    return transport.graphql(key, query)
 
-    return run_graphql_query(query, api_key=key).get("data") or {}
+
+def rest(key: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    """One REST pod API call with this key; returns the decoded body."""
+    return transport.rest(key, method, path, body)

@@ -20,9 +20,15 @@ and its pod-scoped key (`RUNPOD_API_KEY`, https://docs.runpod.io/pods/references
 through `runpodctl remove pod` (installed in every pod with that key) or, without it, the same
 `podTerminate` GraphQL call with curl. The user's key never reaches a pod.
 
-Pools of 2+ pods are created with global networking (`globalNetwork: true`, in the Secure Cloud):
-each pod is reachable from the others of the account at `<pod id>.runpod.internal`
-(https://docs.runpod.io/pods/networking), which is the address workers join the head by.
+Pools of 2+ pods are created through the REST pod API with `globalNetworking: true`, on-demand, in
+the Secure Cloud data centers that offer it (`global_network.py`, which cites what RunPod documents):
+each pod is reachable from the others of the account at `<pod id>.runpod.internal`, which is the
+address workers join the head by. One-pod pools need no private network and use GraphQL (on-demand,
+or interruptible at the current bid floor). Every pod is listed and ended through GraphQL.
+
+Listing is reused for `describe_ttl` (2 s): at most 30 listings a minute per pool, half of the
+per-minute quota RunPod's v2 API shows as its example (`RateLimit-Policy: "minute";q=60`; RunPod
+publishes no numbers for GraphQL or REST v1); a 429 is waited out in `transport.py`.
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from node_providers.runpod.api import graphql, require_key, runpod_errors, safe
+from node_providers.runpod import global_network as network
+from node_providers.runpod.api import graphql, require_key, rest, runpod_errors, safe
 from node_providers.runpod.config import RunPod
 from skyward_ray import names
 from skyward_ray.cluster.contract import ClusterListing, ClusterParams, Machine, MachineRequest, MachineState, SSHEndpoint
@@ -44,7 +51,7 @@ from skyward_ray.errors import CapacityError, ProvisioningError, SpecError
 from skyward_ray.node import self_destroy
 from skyward_ray.node.sshd import sshd_lines, state_dir_lines
 
-INTERNAL_DOMAIN = "runpod.internal"
+INTERNAL_DOMAIN = network.INTERNAL_DOMAIN
 BOOT_FILE = "$HOME/.skyward-boot.sh"
 ENV_TAGS = names.ENV_MACHINE_TAGS
 NAMING = MachineNaming(first="-", between="-")
@@ -92,6 +99,7 @@ class RunPodCloud(RemoteCloud):
     node_ip_shell = ("$({ getent hosts ${RUNPOD_POD_ID}." + INTERNAL_DOMAIN + " | awk '{print $1; exit}'; "
                      "hostname -I | awk '{print $1}'; } | head -n 1)")
     shutdown_command = SHUTDOWN_COMMAND
+    describe_ttl = 2.0
     no_log = "(RunPod's API gives no container log; see the pod's Logs tab in the RunPod console)"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -121,6 +129,8 @@ class RunPodCloud(RemoteCloud):
             raise SpecError("RunPod: no GPU type; set provider.cluster.instance_type (e.g. 'NVIDIA GeForce RTX 4090')")
         safe(self.params.instance_type, "the GPU type")
         safe(self.cluster_name, "the cluster name")
+        if self.params.nodes > 1 and (reason := network.refusal(self.params.market, self.params.head_market)):
+            raise SpecError(f"RunPod: {reason}")
         with runpod_errors("check the API key"):
             graphql(self.key, "query myself { myself { id } }")
         return {"global_network": self.params.nodes > 1}
@@ -137,43 +147,61 @@ class RunPodCloud(RemoteCloud):
         return bool(self.prepared.get("global_network", self.params.nodes > 1))
 
     def launch(self, request: MachineRequest) -> Machine:
-        """One pod: `podFindAndDeployOnDemand`, or `podRentInterruptable` bidding the current floor (spot)."""
-        from runpod.api.mutations.pods import generate_pod_deployment_mutation
-
-        params, config, node_config = self.params, self.config, request.node_config
+        """One pod: on the global network through REST (pools of 2+), else `podFindAndDeployOnDemand`, or
+        `podRentInterruptable` bidding the current floor (spot)."""
+        params, node_config = self.params, request.node_config
         gpu_type = safe(str(node_config.get("gpuTypeId") or params.instance_type or ""), "the GPU type")
         if not gpu_type:
             raise SpecError("RunPod: no GPU type for this pod")
         count = int(node_config.get("gpuCount") or params.accelerator_count or 1)
-        market = node_config.get("market") or params.market
+        market = str(node_config.get("market") or params.market)
         tags = {**request.tags, names.CLUSTER: self.cluster_name}
-        if self.global_network:
-            tags[names.NETWORK] = "global"
         machine = MachineName(self.cluster_name, request.role, request.index)
-        mutation = generate_pod_deployment_mutation(
-            name=safe(NAMING.name(machine), "the pod name"), image_name=safe(config.image, "the image"),
-            gpu_type_id=gpu_type, cloud_type="SECURE" if self.global_network else config.cloud_type,
-            support_public_ip=True, start_ssh=True, gpu_count=count, volume_in_gb=config.volume_gb,
-            container_disk_in_gb=config.container_disk_gb, min_vcpu_count=config.min_vcpu_count,
-            min_memory_in_gb=config.min_memory_gb, docker_args=container_command(request, config.ssh_user, params.ssh_public_key),
-            ports="22/tcp", volume_mount_path="/runpod-volume" if config.volume_gb else None,
-            env={ENV_TAGS: TAGS.encode(machine, tags)},
-        )
-        extra = ["globalNetwork: true"] if self.global_network else []
-        operation = "podFindAndDeployOnDemand"
-        if market == "spot":
-            extra.append(f"bidPerGpu: {self._bid_floor(gpu_type, count):.4f}")
-            mutation = mutation.replace("podFindAndDeployOnDemand(", "podRentInterruptable(", 1)
-            operation = "podRentInterruptable"
-        if extra:
-            mutation = mutation.replace('name: "', ", ".join(extra) + ', name: "', 1)
         where = f"{count}x {gpu_type} {market}"
-        with runpod_errors("start a pod", where):
-            pod = graphql(self.key, mutation).get(operation)
+        if self.global_network:
+            if reason := network.refusal(market, None):
+                raise SpecError(f"RunPod: {reason}")
+            tags[names.NETWORK] = "global"
+            pod = self._launch_networked(request, machine, tags, gpu_type, count, where)
+        else:
+            pod = self._launch_graphql(request, machine, tags, gpu_type, count, market, where)
         if not pod or not pod.get("id"):
             raise ProvisioningError(f"RunPod: starting a pod ({where}) returned no pod")
         return Machine(instance_id=pod["id"], state="pending", private_ip=self._private_ip(pod["id"], tags),
                        tags=tags)
+
+    def _launch_networked(self, request: MachineRequest, machine: MachineName, tags: dict[str, str],
+                          gpu_type: str, count: int, where: str) -> dict[str, Any]:
+        """`POST /pods` with `globalNetworking: true` (on-demand, Secure Cloud, its data centers)."""
+        body = network.create_request(
+            name=NAMING.name(machine), gpu_type=gpu_type, count=count, config=self.config,
+            start_command=start_command(request, self.config.ssh_user, self.params.ssh_public_key),
+            env={ENV_TAGS: TAGS.encode(machine, tags)})
+        with runpod_errors("start a pod on the global network", where):
+            return rest(self.key, "POST", "/pods", body) or {}
+
+    def _launch_graphql(self, request: MachineRequest, machine: MachineName, tags: dict[str, str],
+                        gpu_type: str, count: int, market: str, where: str) -> dict[str, Any]:
+        from runpod.api.mutations.pods import generate_pod_deployment_mutation
+
+        config = self.config
+        mutation = generate_pod_deployment_mutation(
+            name=safe(NAMING.name(machine), "the pod name"), image_name=safe(config.image, "the image"),
+            gpu_type_id=gpu_type, cloud_type=config.cloud_type, support_public_ip=True, start_ssh=True,
+            gpu_count=count, volume_in_gb=config.volume_gb, container_disk_in_gb=config.container_disk_gb,
+            min_vcpu_count=config.min_vcpu_count, min_memory_in_gb=config.min_memory_gb,
+            docker_args=container_command(request, config.ssh_user, self.params.ssh_public_key),
+            ports="22/tcp", volume_mount_path=network.VOLUME_MOUNT if config.volume_gb else None,
+            env={ENV_TAGS: TAGS.encode(machine, tags)},
+        )
+        operation = "podFindAndDeployOnDemand"
+        if market == "spot":
+            bid = f"bidPerGpu: {self._bid_floor(gpu_type, count):.4f}"
+            mutation = mutation.replace("podFindAndDeployOnDemand(", "podRentInterruptable(", 1)
+            mutation = mutation.replace('name: "', bid + ', name: "', 1)
+            operation = "podRentInterruptable"
+        with runpod_errors("start a pod", where):
+            return graphql(self.key, mutation).get(operation) or {}
 
     def _bid_floor(self, gpu_type: str, count: int) -> float:
         """The interruptible price floor per GPU right now (what an interruptible pod bids)."""
@@ -187,7 +215,7 @@ class RunPodCloud(RemoteCloud):
         return float(floor)
 
     def _private_ip(self, pod_id: str, tags: Mapping[str, str]) -> str | None:
-        return f"{pod_id}.{INTERNAL_DOMAIN}" if tags.get(names.NETWORK) == "global" else None
+        return network.private_address(pod_id) if tags.get(names.NETWORK) == "global" else None
 
     def describe(self) -> list[Machine]:
         with runpod_errors("list pods", self.cluster_name):
@@ -266,11 +294,18 @@ def pod_env(env: Any) -> dict[str, str]:
     return result
 
 
-def container_command(request: MachineRequest, ssh_user: str, public_key: str | None) -> str:
-    """The pod's command: decode the base64 payload (the head's sshd, then the boot script) to a file and run it."""
+def start_command(request: MachineRequest, ssh_user: str, public_key: str | None) -> list[str]:
+    """The pod's command as argv: decode the base64 payload (the head's sshd, then the boot script) to a
+    file and run it."""
     lines = state_dir_lines()
     if request.ssh_host_key and public_key:
         lines += sshd_lines(22, ssh_user, request.ssh_host_key, public_key)
     payload = "\n".join([*lines, request.boot_script])
     encoded = base64.b64encode(payload.encode()).decode()
-    return f"bash -c 'echo {encoded} | base64 -d > {BOOT_FILE} && exec bash {BOOT_FILE}'"
+    return ["bash", "-c", f"echo {encoded} | base64 -d > {BOOT_FILE} && exec bash {BOOT_FILE}"]
+
+
+def container_command(request: MachineRequest, ssh_user: str, public_key: str | None) -> str:
+    """`start_command` as one GraphQL `dockerArgs` string (its script holds no single quote)."""
+    shell, flag, script = start_command(request, ssh_user, public_key)
+    return f"{shell} {flag} '{script}'"

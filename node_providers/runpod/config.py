@@ -28,7 +28,8 @@ class RunPod(RemoteMachineConfig):
 
     api_key: str | None = Field(default=None, repr=False, description="RunPod API key; default: RUNPOD_API_KEY")
     cloud_type: Literal["ALL", "SECURE", "COMMUNITY"] = Field(
-        default="ALL", description='"ALL", "SECURE" or "COMMUNITY" (pools of 2+ pods use SECURE: global networking)')
+        default="ALL", description='"ALL", "SECURE" or "COMMUNITY" (pools of 2+ pods are on-demand in SECURE: '
+                                  'global networking)')
     image: str = Field(default=DEFAULT_IMAGE, description="the container image every pod runs (needs bash, curl, "
                                                           "openssh-server or apt-get)")
     container_disk_gb: int = Field(default=20, gt=0, description="each pod's container disk in GB (gone with the pod)")

@@ -12,8 +12,10 @@ HBM3"); both map to the taxonomy's deploy id, so the selector sees one offer.
 
 Pools of 2+ pods need RunPod's global networking (the only private network between pods, see
 https://docs.runpod.io/pods/networking): NVIDIA GPU pods only, in the data centers that page lists,
-which are Secure Cloud data centers. Offers outside that carry `single_node_reason`, so the selector
-keeps them for one-node pools only.
+which are Secure Cloud data centers, and on-demand pods only (RunPod's REST `PodCreateInput`:
+"Currently only available for On-Demand GPU Pods on some Secure Cloud data centers"). Offers outside
+that, every spot offer included, carry `single_node_reason`, so the selector keeps them for one-node
+pools only and says why in `plan.rejected`.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ NOT_NVIDIA = ("RunPod's global networking (the only private network between pods
               "this GPU serves one-node pools")
 COMMUNITY = ("RunPod's global networking (the only private network between pods) runs only in the Secure Cloud "
              "data centers RunPod lists; Community Cloud pods serve one-node pools. Fix: sky.RunPod(cloud_type='SECURE')")
+SPOT_REASON = ("RunPod's global networking (the only private network between pods) is for on-demand pods only; "
+               "interruptible pods serve one-node pools")
 NO_NETWORK_DC = ("none of the data centers listing this GPU offers RunPod's global networking (the only private "
                  "network between pods); it serves one-node pools")
 
@@ -106,12 +110,12 @@ def _live_offers(key: str, cloud_type: str) -> tuple[Offer, ...]:
         reason = network_reason(gpu_type_id, "COMMUNITY" if cloud_type == "ALL" and not gpu.get("secureCloud") else tier)
         for n in GPU_COUNTS:
             lowest = gpu.get(f"n{n}") or {}
-            offers += market_offers(
+            offers += priced_offers(
                 _per_pod(lowest.get("uninterruptablePrice"), n) or None,  # an on-demand price of 0 is none listed
-                _per_pod(lowest.get("minimumBidPrice"), n),
+                _per_pod(lowest.get("minimumBidPrice"), n), reason,
                 provider=PROVIDER, accelerator=variant.family, count=n, form_factor=variant.form_factor,
                 accelerator_memory_gb=variant.memory_gb, instance_type=gpu_type_id, tier=tier,
-                price_source=LIVE_SOURCE, price_as_of=now, single_node_reason=reason)
+                price_source=LIVE_SOURCE, price_as_of=now)
     # one offer per (GPU, count, market): a second id of the same GPU keeps the cheaper price
     best: dict[tuple[str, int, str], Offer] = {}
     for offer in offers:
@@ -119,6 +123,12 @@ def _live_offers(key: str, cloud_type: str) -> tuple[Offer, ...]:
         if k not in best or offer.price < best[k].price:
             best[k] = offer
     return tuple(best.values())
+
+
+def priced_offers(on_demand: float | None, spot: float | None, reason: str | None, **facts: Any) -> list[Offer]:
+    """The on-demand and spot offers of one pod shape; a spot offer never joins a private network."""
+    return [*market_offers(on_demand, spot, markets=("on-demand",), single_node_reason=reason, **facts),
+            *market_offers(on_demand, spot, markets=("spot",), single_node_reason=reason or SPOT_REASON, **facts)]
 
 
 def _per_pod(per_gpu: Any, count: int) -> float | None:
@@ -142,8 +152,9 @@ def _snapshot_offers(version: tuple[str, int]) -> tuple[Offer, ...]:
         gpu_type_id = variant.provider_names[PROVIDER][0] if variant else row["gpu_type_id"]
         data_centers = set((row.get("data_centers") or "").split()) or None
         # 0.00 and "not below on-demand" spot prices are kept: the selector says why they lose
-        offers += market_offers(
+        offers += priced_offers(
             prices.number(row["on_demand"]), prices.number(row["spot"]),
+            network_reason(gpu_type_id, row["cloud_type"], data_centers),
             provider=PROVIDER,
             accelerator=variant.family if variant else row["accelerator_name"],
             count=int(row["gpu_count"]),
@@ -154,7 +165,6 @@ def _snapshot_offers(version: tuple[str, int]) -> tuple[Offer, ...]:
             vcpus=prices.number(row["vcpus"]),
             memory_gb=prices.number(row["host_memory_gb"]),
             price_source=PRICE_SOURCE,
-            price_as_of=prices.as_of(row["as_of"]),
-            single_node_reason=network_reason(gpu_type_id, row["cloud_type"], data_centers),
+            **prices.dating(row),
         )
     return tuple(offers)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import re
 import tempfile
 from collections.abc import Iterator
@@ -17,17 +18,20 @@ from tests.conformance import Harness
 from tests.simrunpod import SIM_SETTINGS, USER_KEY, CapacityFault, simulated_runpod
 
 ACCELERATOR = "A100"  # two RunPod GPU types (PCIe, SXM): a capacity error on one leaves the other
-_DEPLOYS = ("podFindAndDeployOnDemand", "podRentInterruptable")
+_DEPLOYS = ("podFindAndDeployOnDemand", "podRentInterruptable", "POST /v1/pods")
 
 
 def _payload(query: str) -> str:
-    """The boot payload a deploy mutation carries: its `dockerArgs` with the base64 inside decoded."""
-    args = re.search(r'dockerArgs: "([^"]*)"', query)
-    if args is None:
+    """The boot payload a create carries: its `dockerArgs` (GraphQL) or `dockerStartCmd` (REST body)
+    with the base64 inside decoded."""
+    rest = query.lstrip().startswith("{")
+    args = json.loads(query).get("dockerStartCmd", [""])[-1] if rest else \
+        (found.group(1) if (found := re.search(r'dockerArgs: "([^"]*)"', query)) else "")
+    if not args:
         return ""
-    encoded = re.search(r"echo (\S+) \| base64 -d", args.group(1))
+    encoded = re.search(r"echo (\S+) \| base64 -d", args)
     decoded = base64.b64decode(encoded.group(1)).decode() if encoded else ""
-    return f"{args.group(1)}\n{decoded}\n{query}"
+    return f"{args}\n{decoded}\n{query}"
 
 
 @contextlib.contextmanager

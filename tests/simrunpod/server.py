@@ -1,4 +1,5 @@
-"""A fake RunPod API: the GraphQL subset the runpod SDK (1.11) and skyward_ray send, on graphql-core.
+"""A fake RunPod API: the GraphQL subset the runpod SDK (1.11) and skyward_ray send, on graphql-core,
+and the REST pod API (`tests.simrunpod.rest`, under `/v1`).
 
 Only the network peer is fake: the code under test uses the real SDK, which reaches this server
 through `RUNPOD_API_BASE_URL` (read on every call). Like RunPod's:
@@ -7,13 +8,24 @@ through `RUNPOD_API_BASE_URL` (read on every call). Like RunPod's:
   (the SDK raises `AuthenticationError`); query errors come back as HTTP 200 with `errors`
   (the SDK raises `QueryError` with the first message), validation errors (an input field the
   schema does not have) as HTTP 400 with `errors`;
-- the schema holds exactly what is sent: `gpuTypes` (with `lowestPrice(input: {gpuCount})`),
+- the GraphQL schema's pod inputs hold the fields RunPod's senders put there, no more: the runpod
+  SDK 1.11 (`runpod/api/mutations/pods.py`) and RunPod's CLI (runpodctl `api/pod.go`,
+  `internal/api/graphql.go` `CreatePodGQLInput`). Neither has a global-networking field, and RunPod
+  documents global networking only as the REST field `globalNetworking`, so an input field outside
+  these is a validation error, as graphql-core reports it;
+- the schema's operations are what is sent: `gpuTypes` (with `lowestPrice(input: {gpuCount})`),
   `myself { id pods { ... } }`, `pod(input: {podId})`, `podFindAndDeployOnDemand`,
   `podRentInterruptable` (with `bidPerGpu`), `podTerminate`, `podStop`; a pod's `runtime` is null
   until its container runs, then lists `ports { ip isIpPublic privatePort publicPort type }`;
 - every pod gets a pod-scoped key of its own (`RUNPOD_API_KEY` in its env, as RunPod documents)
   that may read, stop and terminate that pod and nothing else;
-- no capacity is answered with RunPod's own message text (`CAPACITY_MESSAGE`).
+- no capacity is answered with RunPod's own message text (`CAPACITY_MESSAGE`);
+- pods are placed in data centers: each GPU type has capacity in `capacity[gpu]` (by default
+  `DEFAULT_DATA_CENTERS`, one with global networking, one without);
+- rate limits: RunPod publishes no numbers for GraphQL or REST v1; its v2 API documents per-user
+  windows answered with HTTP 429 and a problem body (`TooManyRequestsError` in
+  github.com/runpod/docs api-reference-v2/openapi.json). `limit_rate(requests, window_s)` turns
+  such a window on (off by default), for every key, every API.
 
 What the pods do is `tests.simrunpod.hosts.PodHosts`' business: the server calls `hosts.boot(pod)`
 when a pod is placed and `hosts.end(pod_id)` when it ends.
@@ -21,138 +33,30 @@ when a pod is placed and `hosts.end(pod_id)` when it ends.
 
 from __future__ import annotations
 
+import collections
 import json
 import secrets
-import string
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from graphql import GraphQLError, build_schema, graphql_sync, parse, validate
+from graphql import GraphQLError, graphql_sync, parse, validate
 
-from catalog import prices
-from catalog.taxonomy import taxonomy
 from tests.simapi import ApiSimulator
+from tests.simrunpod import rest
+from tests.simrunpod.model import DEFAULT_DATA_CENTERS, GpuPrice, Pod, new_pod_id, snapshot_gpu_prices
+from tests.simrunpod.schema import SCHEMA
 
 CAPACITY_MESSAGE = ("There are no longer any instances available with the requested specifications. "
                     "Please refresh and try again.")
 # RunPod's text for a bid under the floor is not documented; this one is the fake's own.
 BID_MESSAGE = "Your bid price is lower than the current minimum bid price for this GPU type."
 USER_KEY = "rpa_SKYWARDFAKEUSERKEY0042DONOTLEAK"
-
-_INPUT_FIELDS = """
-  name: String
-  imageName: String
-  cloudType: CloudTypeEnum
-  startSsh: Boolean
-  gpuTypeId: String
-  supportPublicIp: Boolean
-  gpuCount: Int
-  volumeInGb: Int
-  minVcpuCount: Int
-  minMemoryInGb: Int
-  allowedCudaVersions: [String]
-  dataCenterId: String
-  dockerArgs: String
-  countryCode: String
-  containerDiskInGb: Int
-  ports: String
-  volumeMountPath: String
-  env: [EnvironmentVariableInput]
-  templateId: String
-  networkVolumeId: String
-  minDownload: Int
-  minUpload: Int
-  globalNetwork: Boolean
-"""
-
-SCHEMA = build_schema(f"""
-type Query {{
-  myself: User
-  pod(input: PodFilter!): Pod
-  gpuTypes(input: GpuTypeFilter): [GpuType]
-}}
-type Mutation {{
-  podFindAndDeployOnDemand(input: PodFindAndDeployOnDemandInput!): Pod
-  podRentInterruptable(input: PodRentInterruptableInput!): Pod
-  podTerminate(input: PodTerminateInput!): Boolean
-  podStop(input: PodStopInput!): Pod
-}}
-enum CloudTypeEnum {{ ALL SECURE COMMUNITY }}
-input EnvironmentVariableInput {{ key: String! value: String }}
-input PodFindAndDeployOnDemandInput {{ {_INPUT_FIELDS} }}
-input PodRentInterruptableInput {{ bidPerGpu: Float! {_INPUT_FIELDS} }}
-input PodTerminateInput {{ podId: String! }}
-input PodStopInput {{ podId: String! incrementVersion: Boolean }}
-input PodFilter {{ podId: String! }}
-input GpuTypeFilter {{ id: String }}
-input GpuLowestPriceInput {{ gpuCount: Int }}
-type User {{ id: String pods: [Pod] }}
-type LowestPrice {{ minimumBidPrice: Float uninterruptablePrice: Float }}
-type GpuType {{
-  id: String displayName: String manufacturer: String memoryInGb: Int cudaCores: Int maxGpuCount: Int
-  secureCloud: Boolean communityCloud: Boolean securePrice: Float communityPrice: Float
-  oneMonthPrice: Float threeMonthPrice: Float oneWeekPrice: Float communitySpotPrice: Float secureSpotPrice: Float
-  lowestPrice(input: GpuLowestPriceInput): LowestPrice
-}}
-type PodRuntimePorts {{ ip: String isIpPublic: Boolean privatePort: Int publicPort: Int type: String }}
-type PodRuntime {{ uptimeInSeconds: Int ports: [PodRuntimePorts] }}
-type PodMachine {{ podHostId: String gpuDisplayName: String }}
-type Pod {{
-  id: String name: String containerDiskInGb: Int costPerHr: Float desiredStatus: String dockerArgs: String
-  dockerId: String env: [String] gpuCount: Int imageName: String lastStatusChange: String machineId: String
-  memoryInGb: Float podType: String port: Int ports: String uptimeSeconds: Int vcpuCount: Float
-  volumeInGb: Float volumeMountPath: String runtime: PodRuntime machine: PodMachine
-}}
-""")
-
-
-@dataclass
-class GpuPrice:
-    id: str
-    display_name: str
-    memory_gb: int
-    on_demand: float | None  # per GPU per hour
-    bid_floor: float | None  # per GPU per hour; None: no interruptible market
-    secure: bool = True
-    community: bool = False
-
-
-@dataclass
-class Pod:
-    id: str
-    name: str
-    image: str
-    gpu_type: str
-    gpu_count: int
-    cloud_type: str
-    docker_args: str
-    env: dict[str, str]
-    ports: str
-    interruptible: bool
-    global_network: bool
-    cost_per_hr: float
-    pod_key: str
-    container_disk_gb: int
-    volume_gb: int
-    created: float = field(default_factory=time.time)
-    desired_status: str = "RUNNING"
-    runtime: dict[str, Any] | None = None
-    machine_id: str = field(default_factory=lambda: "m" + secrets.token_hex(5))
-
-    def as_graphql(self) -> dict[str, Any]:
-        return {
-            "id": self.id, "name": self.name, "containerDiskInGb": self.container_disk_gb,
-            "costPerHr": self.cost_per_hr, "desiredStatus": self.desired_status, "dockerArgs": self.docker_args,
-            "dockerId": None, "env": [f"{k}={v}" for k, v in self.env.items()], "gpuCount": self.gpu_count,
-            "imageName": self.image, "lastStatusChange": f"{self.desired_status} at {time.ctime(self.created)}",
-            "machineId": self.machine_id, "memoryInGb": 31.0, "podType": "INTERRUPTABLE" if self.interruptible
-            else "RESERVED", "port": None, "ports": self.ports, "uptimeSeconds": int(time.time() - self.created),
-            "vcpuCount": 8.0, "volumeInGb": float(self.volume_gb), "volumeMountPath": "/runpod-volume",
-            "runtime": self.runtime, "machine": {"podHostId": f"{self.id}-{self.machine_id}",
-                                                 "gpuDisplayName": self.gpu_type},
-        }
+# RunPod v2's documented 429 body (api-reference-v2/openapi.json, TooManyRequestsError example)
+RATE_LIMITED = {"title": "Too Many Requests", "status": 429, "detail": "rate limit exceeded for the minute window"}
+__all__ = ["BID_MESSAGE", "CAPACITY_MESSAGE", "DEFAULT_DATA_CENTERS", "USER_KEY", "CapacityFault", "GpuPrice", "Pod",
+           "SimRunPod", "snapshot_gpu_prices"]
 
 
 @dataclass
@@ -180,31 +84,12 @@ class CapacityFault:
         return self.gpu_type in (None, gpu_type) and (self.times is None or self.hits < self.times)
 
 
-def snapshot_gpu_prices() -> dict[str, GpuPrice]:
-    """The fake's market: the snapshot's one-GPU rows, per GPU."""
-    tax = taxonomy()
-    table: dict[str, GpuPrice] = {}
-    for row in prices.rows("runpod_gpu_types"):
-        if int(row["gpu_count"]) != 1:
-            continue
-        variant = tax.lookup("runpod", row["gpu_type_id"])
-        table[row["gpu_type_id"]] = GpuPrice(
-            id=row["gpu_type_id"], display_name=row["accelerator_name"],
-            memory_gb=int(variant.memory_gb) if variant and variant.memory_gb else 0,
-            on_demand=prices.number(row["on_demand"]), bid_floor=prices.number(row["spot"]))
-    return table
-
-
-def _pod_id() -> str:
-    alphabet = string.ascii_lowercase + string.digits
-    return "".join(secrets.choice(alphabet) for _ in range(14))
-
-
 class SimRunPod(ApiSimulator):
     """The fake API's state and its HTTP front. `start()` listens on 0.0.0.0 (pods reach it too)."""
 
     thread_name = "simrunpod"
     default_host = "0.0.0.0"
+    methods = frozenset({"GET", "POST", "DELETE"})
 
     def __init__(self, user_key: str = USER_KEY) -> None:
         super().__init__()
@@ -215,13 +100,59 @@ class SimRunPod(ApiSimulator):
         self.never_boot: set[str] = set()  # GPU types whose pods never get a runtime
         self.bid_slip: dict[str, float] = {}  # GPU type → how far the floor rises between a read and a rent
         self.hosts: Any = None  # tests.simrunpod.hosts.PodHosts, once attached
+        self.capacity: dict[str, tuple[str, ...]] = {}  # GPU type → data centers with capacity (default: all)
+        self.rate_window: tuple[int, float] | None = None  # (requests, seconds) per key; None: no limit
+        self._recent: dict[str, collections.deque[float]] = {}
+        self.balance = 25.0  # the account's clientBalance (USD) and spendLimit (USD/h), as `myself` reads them
+        self.spend_limit = 80.0
 
     def client_env(self) -> dict[str, str]:
-        return {"RUNPOD_API_BASE_URL": self.url, "RUNPOD_API_KEY": self.user_key}
+        """The SDK's GraphQL address, runpodctl's REST address variable (`RUNPOD_API_URL`), the key."""
+        return {"RUNPOD_API_BASE_URL": self.url, "RUNPOD_API_URL": f"{self.url}/v1", "RUNPOD_API_KEY": self.user_key}
 
     def respond(self, method: str, path: str, query: Mapping[str, str], body: bytes,
                 headers: Any) -> tuple[int, Any]:
+        if path.startswith("/v1/"):
+            return self.handle_rest(method, path, dict(query), headers.get("Authorization", ""), body)
         return self.handle(path, headers.get("Authorization", ""), body)
+
+    def handle_rest(self, method: str, path: str, query: dict[str, str], authorization: str,
+                    body: bytes) -> tuple[int, Any]:
+        started = time.monotonic()
+        caller = self._caller(_bearer(authorization))
+        if caller is None:
+            status, payload = 401, {"error": "Unauthorized", "status": 401}
+        elif self._over_rate(caller):
+            status, payload = 429, RATE_LIMITED
+        else:
+            status, payload = rest.handle(self, method, path, query, body, caller)
+        self.record(Call(f"{method} {path}", body.decode(errors="replace"), caller or "bad-key", status,
+                         time.monotonic() - started))
+        return status, payload
+
+    def limit_rate(self, requests: int, window_s: float) -> None:
+        """At most `requests` calls per key in any `window_s` seconds; more get HTTP 429."""
+        with self.lock:
+            self.rate_window = (requests, window_s)
+            self._recent.clear()
+
+    def _over_rate(self, caller: str) -> bool:
+        with self.lock:
+            if self.rate_window is None:
+                return False
+            limit, window = self.rate_window
+            now = time.monotonic()
+            recent = self._recent.setdefault(caller, collections.deque())
+            while recent and now - recent[0] > window:
+                recent.popleft()
+            if len(recent) >= limit:
+                return True
+            recent.append(now)
+            return False
+
+    def all_data_centers(self) -> tuple[str, ...]:
+        with self.lock:
+            return tuple(sorted({dc for dcs in self.capacity.values() for dc in dcs} | set(DEFAULT_DATA_CENTERS)))
 
     # -- faults and observation -------------------------------------------------------------------
     def fail_capacity(self, gpu_type: str | None = None, times: int | None = None) -> CapacityFault:
@@ -235,6 +166,9 @@ class SimRunPod(ApiSimulator):
             self.never_boot.clear()
             self.bid_slip.clear()
             self.gpus = snapshot_gpu_prices()
+            self.capacity.clear()
+            self.rate_window = None
+            self._recent.clear()
 
     def set_bid_floor(self, gpu_type: str, per_gpu: float) -> None:
         with self.lock:
@@ -265,15 +199,14 @@ class SimRunPod(ApiSimulator):
 
     def add_foreign_pod(self, name: str = "someone-elses-notebook") -> str:
         """A pod skyward did not make (another tool's, in the same account); it never boots."""
-        pod = self._new_pod({"name": name, "imageName": "runpod/pytorch", "gpuTypeId": "NVIDIA GeForce RTX 4090",
+        pod = self.place({"name": name, "imageName": "runpod/pytorch", "gpuTypeId": "NVIDIA GeForce RTX 4090",
                              "gpuCount": 1, "dockerArgs": "", "env": []}, interruptible=False, boot=False)
         return pod.id
 
     # -- HTTP ----------------------------------------------------------------------------------------
     def handle(self, path: str, authorization: str, body: bytes) -> tuple[int, dict[str, Any]]:
         started = time.monotonic()
-        key = authorization[len("Bearer "):] if authorization.startswith("Bearer ") else ""
-        caller = self._caller(key)
+        caller = self._caller(_bearer(authorization))
         try:
             query = json.loads(body or b"{}").get("query") or ""
         except ValueError:
@@ -283,6 +216,8 @@ class SimRunPod(ApiSimulator):
             status, payload = 404, {"error": "not found"}
         elif caller is None:
             status, payload = 401, {"error": "Unauthorized"}
+        elif self._over_rate(caller):
+            status, payload = 429, RATE_LIMITED
         else:
             status, payload = self._execute(query, caller)
         self.record(Call(operation, query, caller or "bad-key", status, time.monotonic() - started))
@@ -312,7 +247,11 @@ class SimRunPod(ApiSimulator):
         return 200, payload
 
     # -- the model --------------------------------------------------------------------------------
-    def _new_pod(self, spec: dict[str, Any], interruptible: bool, boot: bool = True) -> Pod:
+    def place(self, spec: dict[str, Any], interruptible: bool, data_centers: list[str] | None = None,
+              boot: bool = True) -> Pod:
+        """A pod of `spec` (GraphQL input field names) in the first of `data_centers` (None: any) where
+        its GPU type has capacity (and global networking, when `spec["globalNetworking"]`); else RunPod's
+        capacity error."""
         gpu_type = spec.get("gpuTypeId") or ""
         count = int(spec.get("gpuCount") or 1)
         with self.lock:
@@ -320,6 +259,11 @@ class SimRunPod(ApiSimulator):
             if gpu is None:
                 raise QueryFailed(f"GPU type {gpu_type!r} is not available")
             if self.faults.take(gpu_type) is not None:
+                raise QueryFailed(CAPACITY_MESSAGE)
+            offered = self.capacity.get(gpu_type, DEFAULT_DATA_CENTERS)
+            usable = [dc for dc in (data_centers or offered) if dc in offered and (
+                not spec.get("globalNetworking") or dc in rest.GLOBAL_NETWORK_DATA_CENTERS)]
+            if not usable:
                 raise QueryFailed(CAPACITY_MESSAGE)
             if interruptible:
                 if gpu.bid_floor is None:
@@ -330,10 +274,11 @@ class SimRunPod(ApiSimulator):
             else:
                 price = (gpu.on_demand or 0.0) * count
             env = {e["key"]: e.get("value") or "" for e in spec.get("env") or []}
-            pod = Pod(id=_pod_id(), name=spec.get("name") or "", image=spec.get("imageName") or "",
+            pod = Pod(id=new_pod_id(), name=spec.get("name") or "", image=spec.get("imageName") or "",
                       gpu_type=gpu_type, gpu_count=count, cloud_type=spec.get("cloudType") or "ALL",
                       docker_args=spec.get("dockerArgs") or "", env=env, ports=spec.get("ports") or "",
-                      interruptible=interruptible, global_network=bool(spec.get("globalNetwork")),
+                      interruptible=interruptible, global_network=bool(spec.get("globalNetworking")),
+                      data_center=usable[0],
                       cost_per_hr=round(price, 4), pod_key="rpa_pod_" + secrets.token_hex(16),
                       container_disk_gb=int(spec.get("containerDiskInGb") or 0),
                       volume_gb=int(spec.get("volumeInGb") or 0))
@@ -382,7 +327,9 @@ class _Root:
         self._user_only()
         with self.sim.lock:
             pods = [p.as_graphql() for p in self.sim.pods.values()]
-        return {"id": "user_skyward_fake", "pods": pods}
+        spend = sum(p["costPerHr"] or 0.0 for p in pods)
+        return {"id": "user_skyward_fake", "pods": pods, "clientBalance": self.sim.balance,
+                "currentSpendPerHr": spend, "spendLimit": self.sim.spend_limit}
 
     def pod(self, info: Any, input: dict[str, Any]) -> dict[str, Any]:
         return self._own(input["podId"]).as_graphql()
@@ -396,11 +343,11 @@ class _Root:
 
     def podFindAndDeployOnDemand(self, info: Any, input: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
         self._user_only()
-        return self.sim._new_pod(input, interruptible=False).as_graphql()
+        return self.sim.place(input, interruptible=False, data_centers=_one(input)).as_graphql()
 
     def podRentInterruptable(self, info: Any, input: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
         self._user_only()
-        return self.sim._new_pod(input, interruptible=True).as_graphql()
+        return self.sim.place(input, interruptible=True, data_centers=_one(input)).as_graphql()
 
     def podTerminate(self, info: Any, input: dict[str, Any]) -> None:  # noqa: N802
         self._own(input["podId"])
@@ -422,6 +369,15 @@ def _gpu_type(gpu: GpuPrice) -> dict[str, Any]:
             "communityCloud": gpu.community, "securePrice": gpu.on_demand, "communityPrice": None,
             "oneMonthPrice": None, "threeMonthPrice": None, "oneWeekPrice": None,
             "communitySpotPrice": None, "secureSpotPrice": gpu.bid_floor, "lowestPrice": lowest}
+
+
+def _one(spec: dict[str, Any]) -> list[str] | None:
+    """The GraphQL input's one data center (`dataCenterId`), or None: any."""
+    return [spec["dataCenterId"]] if spec.get("dataCenterId") else None
+
+
+def _bearer(authorization: str) -> str:
+    return authorization[len("Bearer "):] if authorization.startswith("Bearer ") else ""
 
 
 def _operation(query: str) -> str:

@@ -1,0 +1,118 @@
+"""HTTP to RunPod's two APIs, GraphQL and the REST pod API, with `requests` (the runpod SDK's own HTTP
+client), backing off when RunPod says "too many requests".
+
+Why not the SDK's `run_graphql_query`: it never looks at the status code except 401, so an HTTP 429
+whose body has no `errors` comes back as a success with no `data`, and a pod listing would read as
+"no pods" (a teardown would then stop looking). Here every call sees its status:
+
+- 429: wait and send again, `Retry-After` seconds when RunPod gives them (its v2 API documents the
+  header, github.com/runpod/docs api-reference-v2/openapi.json `TooManyRequestsError`), else
+  exponential backoff from `FIRST_WAIT_S`; at most `RATE_LIMIT_BUDGET_S` seconds of waiting per call,
+  then `RateLimited`;
+- GraphQL: 401 → the SDK's `AuthenticationError`, a body with `errors` → the SDK's `QueryError` (the
+  same types the SDK raises, so `api.py` maps one set of errors);
+- REST: any status outside 2xx → `RestError` with RunPod's message (`error` in the body, runpodctl's
+  `APIError`).
+
+Addresses: GraphQL at `RUNPOD_API_BASE_URL` (the SDK's variable) + `/graphql`; REST at
+`RUNPOD_API_URL` (runpodctl's, `internal/configenv`), default `https://rest.runpod.io/v1`. Both read on
+every call. Requests carry `Authorization: Bearer <key>` and the SDK's User-Agent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from typing import Any
+
+GRAPHQL_URL_ENV = "RUNPOD_API_BASE_URL"
+REST_URL_ENV = "RUNPOD_API_URL"
+DEFAULT_GRAPHQL = "https://api.runpod.io"
+DEFAULT_REST = "https://rest.runpod.io/v1"
+TIMEOUT_S = 30.0
+FIRST_WAIT_S = 1.0
+MAX_WAIT_S = 16.0
+RATE_LIMIT_BUDGET_S = 90.0
+
+
+class RateLimited(Exception):
+    """RunPod kept answering 429 for longer than this call may wait."""
+
+
+class RestError(Exception):
+    """A REST call answered outside 2xx: its status and RunPod's message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+def graphql(key: str, query: str) -> dict[str, Any]:
+    """One GraphQL call (the query text as the SDK sends it, no variables); returns its `data`."""
+    from runpod import error as sdk_error
+
+    url = os.environ.get(GRAPHQL_URL_ENV) or DEFAULT_GRAPHQL
+    response = _send("POST", f"{url.rstrip('/')}/graphql", key, data=json.dumps({"query": query}))
+    if response.status_code == 401:
+        raise sdk_error.AuthenticationError("Unauthorized request, please check your API key.")
+    body = _json(response)
+    if isinstance(body, dict) and body.get("errors"):
+        raise sdk_error.QueryError(str(body["errors"][0].get("message")), query)
+    if not response.ok or not isinstance(body, dict):
+        raise RestError(response.status_code, _message(body, response))
+    return body.get("data") or {}
+
+
+def rest(key: str, method: str, path: str, body: dict[str, Any] | None = None,
+         params: dict[str, str] | None = None) -> Any:
+    """One REST call (`path` under the REST base, e.g. "/pods"); returns the decoded body (None if empty)."""
+    url = (os.environ.get(REST_URL_ENV) or DEFAULT_REST).rstrip("/") + path
+    response = _send(method, url, key, data=None if body is None else json.dumps(body), params=params)
+    decoded = _json(response) if response.content else None
+    if not response.ok:
+        raise RestError(response.status_code, _message(decoded, response))
+    return decoded
+
+
+def _send(method: str, url: str, key: str, **kwargs: Any) -> Any:
+    import requests
+    from runpod.user_agent import USER_AGENT
+
+    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT, "Authorization": f"Bearer {key}"}
+    waited, attempt = 0.0, 0
+    while True:
+        response = requests.request(method, url, headers=headers, timeout=TIMEOUT_S, **kwargs)
+        if response.status_code != 429:
+            return response
+        pause = retry_after(response.headers.get("Retry-After"), attempt)
+        if waited + pause > RATE_LIMIT_BUDGET_S:
+            raise RateLimited(f"RunPod answered 429 (too many requests) for {waited:.0f}s of backoff")
+        time.sleep(pause)
+        waited += pause
+        attempt += 1
+
+
+def retry_after(header: str | None, attempt: int) -> float:
+    """Seconds to wait before the next try: RunPod's `Retry-After` if it gave whole seconds, else
+    exponential backoff with jitter (so several pollers do not retry in step)."""
+    if header and header.strip().isdigit():
+        return max(float(header.strip()), 0.1)
+    return min(FIRST_WAIT_S * 2 ** attempt, MAX_WAIT_S) * random.uniform(0.75, 1.25)
+
+
+def _json(response: Any) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _message(body: Any, response: Any) -> str:
+    if isinstance(body, dict):
+        for field in ("error", "detail", "message", "title"):
+            if body.get(field):
+                return str(body[field])
+    return (response.text or response.reason or "").strip()[:300]
