@@ -69,10 +69,17 @@ def test_a_one_node_spot_pool_runs_a_task_through_the_ssh_tunnel_and_leaves_no_i
         assert answer["spot"] and answer["provider"] == "vastai" and answer["has_instance_key"]
         assert USER_KEY not in answer["env"], "the account's key reached an instance"
         assert instance.payload["price"] == 0.08  # the ask's minimum bid
-        assert (instance.payload["runtype"], instance.payload["env"]) == ("ssh_direc ssh_proxy", {"-p 2222:2222": "1"})
+        opened = {k: v for k, v in instance.payload["env"].items() if not k.startswith("SKYWARD_BOOT_")}  # + the payload
+        assert (instance.payload["runtype"], opened) == ("ssh_direc ssh_proxy", {"-p 2222:2222": "1"})
     print(f"\n1-node Vast.ai pool ready in {ready:.1f}s")
-    deletes = [c for c in sim.calls if c.method == "DELETE"]
-    assert deletes and all(c.status in (200, 404) for c in deletes)
+    deletes = [(c.key_kind, c.status) for c in sim.calls if c.method == "DELETE"]
+    # The driver destroys the instance (its key: 200, or 404 where the node was first). The node's own
+    # EXIT trap may still call once the container is stopped; what Vast.ai answers a destroyed
+    # instance's key is undocumented (the fake: 401), and it changes nothing: one destroy took effect.
+    assert [status for _, status in deletes].count(200) == 1, deletes
+    assert all(status in (200, 404) for kind, status in deletes if kind == "user"), deletes
+    assert all(status in (200, 401, 404) for kind, status in deletes if kind != "user"), deletes
+    assert any(kind == "user" for kind, _ in deletes), deletes
 
 
 def test_a_capacity_error_moves_to_the_next_offer_and_the_failed_attempt_leaves_nothing(vast):

@@ -74,8 +74,8 @@ def create(provider, name, kind=NODE_KIND_HEAD, index=None):
 
 
 def onstart_text(payload):
-    """The onstart script and the boot script it carries (gzip + base64), as one text."""
-    return decode_onstart(payload["onstart"])
+    """The onstart script and the boot payload it joins (gzip + base64, in env), as one text."""
+    return decode_onstart(payload)
 
 
 # -- offers ------------------------------------------------------------------------------------------
@@ -137,7 +137,9 @@ def test_create_sends_onstart_label_and_direct_port_and_identity_lives_in_labels
                              "my-own-box"}
     head_payload = payloads[f"skyward:{name}/head/0"]
     assert head_payload["image"] == cfg.image and head_payload["disk"] == cfg.disk_gb
-    assert head_payload["env"] == {"-p 2222:2222": "1"}
+    env = head_payload["env"]  # the direct port, and the boot payload in chunks (onstart holds 4,048 characters)
+    assert {k: v for k, v in env.items() if not k.startswith("SKYWARD_BOOT_")} == {"-p 2222:2222": "1"}
+    assert len(head_payload["onstart"]) <= 4048 and all(len(f"{k}={v}") <= 256 for k, v in env.items())
     assert head_payload["runtype"] == "ssh_direc ssh_proxy" and head_payload["price"] is None
     text = onstart_text(head_payload)
     assert "BEGIN OPENSSH PRIVATE KEY" in base64.b64decode(

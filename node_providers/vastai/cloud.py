@@ -7,11 +7,13 @@ field Vast.ai keeps for us: `skyward:<cluster>/<role>/<index> <tags>`, written b
 account's instances (`show_instances`) and keeps those whose label names the cluster. States come
 from `actual_status`.
 
-The instance boots from its onstart script (SSH launch mode: Vast's entrypoint runs it): the
-script starts skyward's own sshd on `ssh_port` (a direct port) with the head's pinned host key and
-the cluster's login key, both from the driver (`skyward_ray.node.sshd`), then runs the rendered
-boot script. When Ray exits the instance destroys itself with its own instance-scoped key
+The instance boots from its onstart script (SSH launch mode: Vast's entrypoint runs it), which
+joins the boot payload the request's `env` carries (`payload.py`: onstart holds 4,048 characters):
+curl where the image has none, a trap that destroys the instance on any failure, skyward's own sshd
+on `ssh_port` (a direct port) with the head's pinned host key and the cluster's login key, then the
+rendered boot script. When Ray exits the instance destroys itself with its own instance-scoped key
 (`CONTAINER_API_KEY`, which Vast sets in every container) — the user's key never leaves the driver.
+Every API call waits for its endpoint's turn under Vast's published rate limits (`pacing.py`).
 
 An ask rented by someone else between the plan and the launch is replaced by the cheapest listed
 ask of the same card and count within `replacement_price_margin` of the price bought, which the
@@ -21,8 +23,6 @@ another process chooses the same way.
 
 from __future__ import annotations
 
-import base64
-import gzip
 import json
 import shlex
 import time
@@ -32,13 +32,14 @@ from typing import Any
 from node_providers.vastai import offers as vast_offers
 from node_providers.vastai.api import AnswerLostError, AskGoneError, client, vast_errors
 from node_providers.vastai.config import VastAI
+from node_providers.vastai.pacing import list_instances, paced
+from node_providers.vastai.payload import boot_payload
 from skyward_ray import names
 from skyward_ray.cluster.contract import ClusterListing, Machine, MachineRequest, MachineState, NotFoundError, SSHEndpoint
 from skyward_ray.cluster.machine_tags import MachineName, MachineNaming, TagCodec
 from skyward_ray.cluster.remote_cloud import RemoteCloud
 from skyward_ray.errors import CapacityError, ProvisioningError, SpecError
 from skyward_ray.node import self_destroy
-from skyward_ray.node.sshd import sshd_lines, state_dir_lines
 
 NAMING = MachineNaming(first=":", between="/")
 LABEL_LIMIT = 256  # characters a label holds (https://docs.vast.ai/api-reference/instances/manage-instance)
@@ -84,26 +85,14 @@ def shutdown_command(server_url: str, budget_s: int = self_destroy.BUDGET_S, cal
     return "{ " + recover + "\n" + self_destroy.retrying(attempt, "destroy this instance", budget_s, call_s) + "; }"
 
 
-def onstart(request: MachineRequest, ssh_port: int, ssh_user: str, ssh_public_key: str) -> str:
-    """The onstart payload: skyward's sshd (the head only: pinned host key, the cluster's login key),
-    then the boot script, shipped gzipped and base64-encoded so no quoting can break it."""
-    boot = base64.b64encode(gzip.compress(request.boot_script.encode())).decode()
-    lines = ["#!/bin/bash", "# skyward_ray node: sshd for the driver's tunnel, then the boot script",
-             *state_dir_lines()]
-    if request.ssh_host_key:
-        lines += sshd_lines(ssh_port, ssh_user, request.ssh_host_key, ssh_public_key)
-    lines += [f'echo {boot} | base64 -d | gunzip > "$S/boot.sh"', 'exec bash "$S/boot.sh"', ""]
-    return "\n".join(lines)
-
-
 class VastAICloud(RemoteCloud):
     """Vast.ai instances of one cluster, found by their label."""
 
     config_class = VastAI
     config: VastAI
-    # The machine's own id and address; SKYWARD_* first (a local simulator sets them), then Vast's.
-    instance_id_shell = "${" + names.ENV_INSTANCE_ID + ":-${CONTAINER_ID}}"
-    node_ip_shell = "${" + names.ENV_NODE_IP + ":-$(hostname -I | awk '{print $1}')}"
+    # The machine's own id, as Vast sets it in every container, and the container's own address.
+    instance_id_shell = "${CONTAINER_ID}"
+    node_ip_shell = "$(hostname -I | awk '{print $1}')"
     log_name = "instance's log"
 
     @property
@@ -118,7 +107,7 @@ class VastAICloud(RemoteCloud):
     def list_clusters(cls, config: VastAI) -> list[ClusterListing]:  # type: ignore[override]
         """The account's instances labelled `skyward:<cluster>/...`, by cluster; nothing else."""
         with vast_errors("list instances"):
-            rows = client(config).show_instances()
+            rows = list_instances(config, client(config))
         found: dict[str, list[Machine]] = {}
         for row in rows:
             machine, tags = label_identity(str(row.get("label") or ""))
@@ -133,8 +122,9 @@ class VastAICloud(RemoteCloud):
             raise SpecError("Vast.ai: no offer id; set provider.cluster.instance_type to an ask id from "
                             "`skyward-ray offers -p vastai` (a live listing needs VAST_API_KEY)")
         with vast_errors("check the API key"):
-            self.api.show_instances_v1({"select_filters": {}, "order_by": [{"col": "id", "dir": "asc"}],
-                                        "limit": 1})
+            api = self.api
+            paced(self.config, "list", lambda: api.show_instances_v1(
+                {"select_filters": {}, "order_by": [{"col": "id", "dir": "asc"}], "limit": 1}))
         return {}
 
     def cleanup(self) -> None:
@@ -211,14 +201,14 @@ class VastAICloud(RemoteCloud):
         if request.client_token:
             tags[names.LAUNCH_TOKEN] = request.client_token
         label = make_label(MachineName(self.cluster_name, request.role, request.index), tags)
+        boot = boot_payload(request, self.config.ssh_port, self.config.ssh_user, self.params.ssh_public_key,
+                            self.shutdown_shell(), {f"-p {self.config.ssh_port}:{self.config.ssh_port}": "1"})
+        sdk = client(self.config, retry=1)
         try:
             with vast_errors("rent an instance", f"ask {ask}, {self._wanted()}"):
-                answer = client(self.config, retry=1).create_instance(
-                    int(ask), image=self.config.image, disk=self.config.disk_gb,
-                    env={f"-p {self.config.ssh_port}:{self.config.ssh_port}": "1"},
-                    onstart_cmd=onstart(request, self.config.ssh_port, self.config.ssh_user,
-                                        self.params.ssh_public_key),
-                    label=label, price=bid, ssh=True, direct=True)
+                answer = paced(self.config, "create", lambda: sdk.create_instance(
+                    int(ask), image=self.config.image, disk=self.config.disk_gb, env=boot.env,
+                    onstart_cmd=boot.onstart, label=label, price=bid, ssh=True, direct=True))
         except AnswerLostError:
             rented = self._rented_by(request.client_token)
             if rented is None:
@@ -243,7 +233,7 @@ class VastAICloud(RemoteCloud):
     def _rows(self) -> list[tuple[dict[str, Any], dict[str, str]]]:
         """This cluster's instance rows, each with the tags its label holds."""
         with vast_errors("list instances", self.cluster_name):
-            rows = self.api.show_instances()
+            rows = list_instances(self.config, self.api)
         found = []
         for row in rows:
             machine, tags = label_identity(str(row.get("label") or ""))
@@ -260,8 +250,9 @@ class VastAICloud(RemoteCloud):
             number = int(instance_id)
         except ValueError:
             raise NotFoundError(f"Vast.ai: {instance_id!r} is not a Vast.ai instance id") from None
+        api = self.api
         with vast_errors("destroy an instance", instance_id):
-            self.api.destroy_instance(number)
+            paced(self.config, "destroy", lambda: api.destroy_instance(number))
 
     def set_tags(self, instance_id: str, tags: Mapping[str, str]) -> None:
         """Rewrite the instance's label with the tags merged in: the tags stay at Vast.ai."""
@@ -272,8 +263,9 @@ class VastAICloud(RemoteCloud):
         machine, _ = label_identity(str(row["label"]))
         assert machine is not None  # `_rows` keeps labelled rows only
         label = make_label(machine, {**old, **tags})
+        api = self.api
         with vast_errors("label an instance", instance_id):
-            self.api.label_instance(int(instance_id), label)
+            paced(self.config, "label", lambda: api.label_instance(int(instance_id), label))
 
     def ssh_endpoint(self, machine: Machine) -> SSHEndpoint:
         """The instance's public address and the host port Vast mapped to skyward's sshd."""
@@ -289,8 +281,9 @@ class VastAICloud(RemoteCloud):
 
     def read_log(self, instance_id: str, lines: int) -> str:
         """The container's output (`vastai logs`): the onstart script's and the boot script's lines."""
+        api = self.api
         with vast_errors("read the instance's log", instance_id):
-            text = self.api.logs(int(instance_id), tail=str(lines))
+            text = paced(self.config, "logs", lambda: api.logs(int(instance_id), tail=str(lines)))
         return text if isinstance(text, str) else json.dumps(text)
 
 

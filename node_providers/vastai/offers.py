@@ -79,7 +79,7 @@ def _snapshot_offers(version: tuple[str, int]) -> tuple[tuple[Offer, float | Non
             vcpus=prices.number(row["vcpus"]),
             memory_gb=prices.number(row["memory_gib"]),
             price_source=PRICE_SOURCE,
-            price_as_of=prices.as_of(row["as_of"]),
+            **prices.dating(row),
             single_node_reason=SINGLE_NODE_REASON,
         )
         offers += [(offer, reliability, verified) for offer in pair]
@@ -113,11 +113,14 @@ def _listing_key(config: "VastAI") -> tuple[Any, ...]:
 def search_rows(config: "VastAI", fresh: bool = False) -> list[dict[str, Any]]:
     """The raw ask rows `search_offers` returns, reused for `live_offers_ttl` seconds unless `fresh`."""
     from node_providers.vastai.api import client, vast_errors
+    from node_providers.vastai.pacing import paced
 
     def search() -> list[dict[str, Any]]:
         with vast_errors("search offers"):
-            rows = client(config).search_offers(query=search_query(config), type="on-demand", order="dph_total",
-                                                limit=1000, storage=config.disk_gb, no_default=True)
+            sdk = client(config)
+            rows = paced(config, "search", lambda: sdk.search_offers(
+                query=search_query(config), type="on-demand", order="dph_total", limit=1000,
+                storage=config.disk_gb, no_default=True))
         rows = [r for r in rows if isinstance(r, dict)]
         with _LISTED_LOCK:
             if len(_LISTED) > 50_000:

@@ -43,7 +43,7 @@ def harness() -> Iterator[Harness]:
             return {"instances": sorted(str(i.id) for i in sim.live()), "machines": sorted(hosts.running())}
 
         def boot_payloads() -> list[str]:
-            return [decode_onstart(p["onstart"]) + "\n" + json.dumps(p.get("env") or {})
+            return [decode_onstart(p) + "\n" + json.dumps(p.get("env") or {})
                     for p in sim.payloads() if p.get("onstart")]
 
         @contextlib.contextmanager

@@ -16,13 +16,21 @@ Only the network peer is fake: the code under test uses the real SDK, pointed he
 - `PUT /api/v0/instances/request_logs/{id}/` (logs): a `result_url` whose body is the tail of the
   instance's container output;
 - `DELETE /api/v0/instances/{id}/` (destroy_instance): the instance leaves the listing and its
-  ask is listed again.
+  ask is listed again;
+- `GET /api/v0/users/current` (show_user): the account and its `credit` (`credit` here).
 
 Every request needs `Authorization: Bearer <key>`: the account's key may do everything; an
 instance's own key (`CONTAINER_API_KEY` in its container) may only destroy or read that instance;
-anything else → 401. Faults: `fail_next_create(code)`, `lose_next_create_answer()` (rented, but the
+anything else → 401, a destroyed instance's key too (what Vast.ai answers then is undocumented;
+calls record it as `destroyed:<id>`). Faults: `fail_next_create(code)`, `lose_next_create_answer()` (rented, but the
 connection drops before the answer), `take(ask)` (someone else rents it),
-`raise_floor(ask)`, `stuck_loading` (boots never finish), `interrupt(id)`.
+`raise_floor(ask)`, `stuck_loading` (boots never finish), `interrupt(id)`, `throttle_next(endpoint, n)`
+(the next n requests to it answer 429, as another process of the same key would cause).
+
+What the real API refuses is refused here (`contract.py`, with its sources): a create body with a
+field Vast does not document, or over its limits (onstart, args + onstart, label, env, image, price,
+disk), is a 400 `invalid_args`; with `rate_limited = True` the published per-endpoint rate limits
+answer 429 (off by default: most tests are not about them).
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tests.simapi import LOST, ApiSimulator, Text
+from tests.simvast.contract import LABEL_UPDATE_LIMIT, RateLimiter, create_refusal, endpoint_of, invalid
 
 USER_KEY = "vastFakeUserKeyDoNotLeak0123456789abcdef0123456789abcdef01234567"
 
@@ -107,7 +116,7 @@ class Call:
     path: str
     body: Any
     status: int
-    key_kind: str  # "user", "instance:<id>", "bad", "none"
+    key_kind: str  # "user", "instance:<id>", "destroyed:<id>", "bad", "none"
 
 
 @dataclass
@@ -118,8 +127,20 @@ class CreateFault:
     times: int = 1
     hits: int = 0
 
-    def matches(self, request: str) -> bool:
+    def matches(self, request: str, *rest: str) -> bool:
         return request == "create" and self.hits < self.times
+
+
+@dataclass
+class Throttle:
+    """The next `times` requests to `endpoint` ("create", "list", "destroy", "manage", "search") answer 429."""
+
+    endpoint: str
+    times: int = 1
+    hits: int = 0
+
+    def matches(self, request: str, *rest: str) -> bool:
+        return request == "throttle" and rest == (self.endpoint,) and self.hits < self.times
 
 
 class SimVast(ApiSimulator):
@@ -147,6 +168,9 @@ class SimVast(ApiSimulator):
         self.private_ips: Callable[[], str] | None = None
         self._answers_to_lose = 0
         self._next_id = 7001
+        self.rate_limited = False
+        self.limiter = RateLimiter()
+        self.credit = 20.0  # the account's prepaid credit in USD (`GET /api/v0/users/current`)
 
     @property
     def calls(self) -> list[Call]:
@@ -187,6 +211,9 @@ class SimVast(ApiSimulator):
 
     def fail_next_create(self, code: str = "no_such_ask", times: int = 1) -> CreateFault:
         return self.faults.add(CreateFault(code, times))
+
+    def throttle_next(self, endpoint: str, times: int = 1) -> Throttle:
+        return self.faults.add(Throttle(endpoint, times))
 
     def block(self, ask_id: int) -> None:
         """Every rent of this ask answers no_such_ask (it stays listed: a stale listing) until `unblock`."""
@@ -235,6 +262,9 @@ class SimVast(ApiSimulator):
         for instance in self.instances.values():
             if secrets.compare_digest(key, instance.api_key):
                 return f"instance:{instance.id}", instance.id
+        for instance in self.destroyed.values():
+            if secrets.compare_digest(key, instance.api_key):
+                return f"destroyed:{instance.id}", None
         return "bad", None
 
     def handle(self, method: str, path: str, query: dict[str, str], body: Any, headers: Any) -> tuple[int, Any]:
@@ -249,15 +279,28 @@ class SimVast(ApiSimulator):
         if method == "GET" and path.startswith("/logs/"):  # a log result URL: unauthenticated, as Vast's are
             text = self._log_results.get(path[len("/logs/"):])
             return (200, Text(text)) if text is not None else (404, {"detail": "not found"})
-        if kind in ("none", "bad"):
-            return 401, {"success": False, "error": "invalid_user_key", "msg": "Invalid user key"}
         parts = [p for p in path.split("/") if p]
+        endpoint = endpoint_of(method, parts)
+        if endpoint is not None and self.faults.take("throttle", endpoint) is not None:
+            return 429, {"detail": "API requests too frequent"}
+        if self.rate_limited:
+            refused = self.limiter.check(endpoint, kind if own is None else f"instance:{own}")
+            if refused is not None:
+                return refused
+        if kind in ("none", "bad") or kind.startswith("destroyed:"):
+            # A destroyed instance's own key: Vast.ai does not document what it answers then (its key
+            # went with the instance, or the instance is not found). Modelled as revoked (401); the
+            # node's self-destroy treats any refusal as final, and the instance is gone either way.
+            return 401, {"success": False, "error": "invalid_user_key", "msg": "Invalid user key"}
         self._advance()
         if kind != "user":  # an instance's own key: its own instance only
             if method == "DELETE" and parts[:3] == ["api", "v0", "instances"] and len(parts) == 4 \
                     and parts[3].isdigit() and int(parts[3]) == own:
                 return self._destroy(own)
             return 403, {"success": False, "error": "forbidden", "msg": "this key may only manage its own instance"}
+        if method == "GET" and parts == ["api", "v0", "users", "current"]:  # show_user: the account, its credit
+            return 200, {"id": 4242, "username": "skyward-fake", "credit": self.credit, "balance": 0.0,
+                         "can_pay": self.credit > 0, "balance_threshold_enabled": False}
         if method == "POST" and parts == ["api", "v0", "bundles"]:
             return 200, {"offers": self._search(body if isinstance(body, dict) else {})}
         if method == "PUT" and parts[:3] == ["api", "v0", "asks"] and len(parts) == 4 and parts[3].isdigit():
@@ -281,6 +324,8 @@ class SimVast(ApiSimulator):
                 if instance is None:
                     return 404, {"success": False, "error": "no_such_instance", "msg": "Instance not found"}
                 if "label" in (body or {}):
+                    if len(str(body["label"])) > LABEL_UPDATE_LIMIT:  # label_instance.yaml
+                        return invalid(f"Text label must be {LABEL_UPDATE_LIMIT} characters or less")
                     instance.label = body["label"]
                 if (body or {}).get("state") in ("stopped", "running"):
                     instance.intended = body["state"]
@@ -305,14 +350,15 @@ class SimVast(ApiSimulator):
         fault = self.faults.take("create")
         if fault is not None:
             return _error(fault.code)
+        refusal = create_refusal(body)
+        if refusal is not None:
+            return refusal
         ask = self.asks.get(ask_id)
         if ask is None or ask_id in self.rented or ask_id in self.blocked:
             return _error("no_such_ask")
         price = body.get("price")
         if price is not None and (ask.get("min_bid") is None or float(price) < float(ask["min_bid"])):
             return _error("invalid_price")
-        if not body.get("image"):
-            return 400, {"success": False, "error": "invalid_args", "msg": "image is required"}
         instance_id = self._next_id
         self._next_id += 1
         ports = [int(k.split()[1].split(":")[0]) for k in (body.get("env") or {})
@@ -350,10 +396,18 @@ class SimVast(ApiSimulator):
         return {"instances": page, "next_token": next_token, "total_instances": len(self.instances)}
 
 
-def decode_onstart(onstart: str) -> str:
-    """An onstart script with the boot script it carries (gzip + base64) appended as text."""
-    blobs = re.findall(r"echo ([A-Za-z0-9+/=]{40,}) \| base64 -d \| gunzip", onstart or "")
-    return (onstart or "") + "".join("\n" + gzip.decompress(base64.b64decode(b)).decode() for b in blobs)
+def decode_onstart(payload: str | Mapping[str, Any]) -> str:
+    """A create request's boot payload as text: the onstart script, then what it carries gzipped and
+    base64-encoded (inline, or cut into the `SKYWARD_BOOT_<nnn>` variables of its env), decoded."""
+    if isinstance(payload, Mapping):
+        onstart, env = str(payload.get("onstart") or ""), dict(payload.get("env") or {})
+    else:
+        onstart, env = payload or "", {}
+    blobs = re.findall(r"echo ([A-Za-z0-9+/=]{40,}) \| base64 -d \| gunzip", onstart)
+    chunked = "".join(str(env[k]) for k in sorted(env) if re.fullmatch(r"SKYWARD_BOOT_[0-9]+", str(k)))
+    if chunked:
+        blobs.append(chunked)
+    return onstart + "".join("\n" + gzip.decompress(base64.b64decode(b)).decode() for b in blobs)
 
 
 def _matches(value: Any, condition: dict[str, Any]) -> bool:
