@@ -82,3 +82,15 @@ class NotInTaskError(SkywardError, RuntimeError):
 
 class FunctionTimeoutError(SkywardError, TimeoutError):
     """A call ran longer than its `timeout=`; the task was cancelled."""
+
+
+class FunctionCrashedError(SkywardError, RuntimeError):
+    """The worker running a call ended because of the call's own code: it called `sys.exit()` or
+    `os._exit()`, crashed (a segfault in a C extension) or was killed (out of memory). That is the
+    user's error, like an exception: it is not retried (only calls on a lost node are). The message
+    names the node and the worker's log files there."""
+
+
+class StalePricesWarning(UserWarning):
+    """A plan was chosen from snapshot prices older than `planning.plan.STALE_PRICE_DAYS` days (or
+    undated): the real price may differ. The plan's notes say the same."""

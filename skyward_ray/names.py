@@ -61,5 +61,6 @@ HEARTBEAT_KEY = "heartbeat"
 
 # -- this process's own settings -----------------------------------------------------------------
 ENV_QUIET = "SKYWARD_QUIET"
+ENV_NODE_LOGS = "SKYWARD_NODE_LOGS"  # 1: Ray's "(raylet)" messages from the nodes reach the driver's stderr
 ENV_KEEP_NODE_LOGS = "SKYWARD_KEEP_NODE_LOGS"
 ENV_RUNTIME_DIR = "SKYWARD_RUNTIME_DIR"  # this user's private dir for local pools and pool state files

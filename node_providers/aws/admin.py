@@ -4,7 +4,6 @@ instance reads as the contract's `Machine` (`instance_machine`, shared with `clo
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from node_providers.aws import network
@@ -35,13 +34,11 @@ def instance_machine(instance: dict[str, Any]) -> Machine:
 
 
 def regions(config: AWS) -> list[str]:
-    """The regions to look in: the config's, else the environment's default region."""
-    if config.regions:
-        return list(config.regions)
-    region = config.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if not region:
+    """The regions to look in: the config's, else the configured default region (as boto3 resolves it)."""
+    regions = config.search_regions()
+    if not regions:
         raise SpecError("AWS: no region to look in. Fix: pass --region (or sky.AWS(region=...)), or set AWS_DEFAULT_REGION")
-    return [region]
+    return list(regions)
 
 
 def list_clusters(config: AWS) -> list[ClusterListing]:

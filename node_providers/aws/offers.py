@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from catalog import prices
 from catalog.taxonomy import taxonomy
 from node_providers.aws.session import aws_errors, credentials_resolve_offline, retry_config, session_for
+from skyward_ray.errors import ProvisioningError
 from skyward_ray.planning.offer_source import live_listing, live_or_snapshot, market_offers
 from skyward_ray.planning.offers import Offer
 
@@ -38,15 +39,16 @@ GPU_TYPE_PATTERNS = ["g*", "p*"]  # every NVIDIA GPU instance family on EC2 (g4d
 
 
 def list_offers(config: "AWS", accelerator: "Accelerator | None") -> list[Offer]:
-    """Offers in the config's region(s): live where credentials resolve, the snapshot elsewhere."""
+    """Offers in the config's region(s) (`AWS.search_regions`: the configured region unless told
+    otherwise): live where credentials resolve, the snapshot elsewhere. Every region (`region='any'`)
+    is listed from the snapshot: one live listing per region would take minutes."""
     snapshot = _snapshot_offers(prices.snapshot_version("aws_instance_types"), prices.snapshot_version("aws_prices"))
-    regions = set(config.regions or ()) | ({config.region} if config.region else set())
+    regions = config.search_regions()
     family = accelerator.name if accelerator is not None else None
     chosen = [o for o in snapshot if (not regions or o.region in regions) and (family is None or o.accelerator == family)]
-    live_regions = sorted(regions) if regions else []
-    if not live_regions or not credentials_resolve_offline(config.profile):
+    if not regions or not credentials_resolve_offline(config.profile):
         return chosen
-    return [offer for region in live_regions for offer in _region_offers(config, region, family, chosen)]
+    return [offer for region in sorted(regions) for offer in _region_offers(config, region, family, chosen)]
 
 
 def _region_offers(config: "AWS", region: str, family: str | None, chosen: list[Offer]) -> list[Offer]:
@@ -117,15 +119,15 @@ def live_offers(session: Any, region: str, family: str | None) -> list[Offer]:
                     stamp = item["Timestamp"]
                     if key not in spot or stamp > spot[key][1]:
                         spot[key] = (float(item["SpotPrice"]), stamp)
-    on_demand = _on_demand_prices(session, region, [n for n in names if n in zones])
+    on_demand = on_demand_prices(session, region, [n for n in names if n in zones])
     offers: list[Offer] = []
     for name in names:
         if name not in zones or name not in on_demand:
             continue  # not sold here, or no on-demand price to compare a spot price with
         facts = {k: v for k, v in types[name].items() if k != "architectures"}
-        od_price, od_source, od_as_of = on_demand[name]
+        od_price, od_dating = on_demand[name]
         offers += market_offers(od_price, None, markets=("on-demand",), provider=PROVIDER, region=region,
-                                instance_type=name, price_source=od_source, price_as_of=od_as_of, **facts)
+                                instance_type=name, **od_dating, **facts)
         for zone in sorted(zones[name]):  # every listed spot price: the selector rejects 0 or ≥ on-demand
             price, stamp = spot.get((name, zone), (None, None))
             offers += market_offers(od_price, price, markets=("spot",), provider=PROVIDER, region=region, zone=zone,
@@ -133,36 +135,51 @@ def live_offers(session: Any, region: str, family: str | None) -> list[Offer]:
     return offers
 
 
-def _on_demand_prices(session: Any, region: str, names: list[str]) -> dict[str, tuple[float, str, datetime | None]]:
-    """On-demand $/h per type: the Pricing API when it answers, else the snapshot (recorded in the source)."""
-    found: dict[str, tuple[float, str, datetime | None]] = {}
+def on_demand_prices(session: Any, region: str, names: list[str]) -> dict[str, tuple[float, dict[str, Any]]]:
+    """On-demand $/h per type and where that price is from: the Pricing API when it answers, else
+    the snapshot (its source and date)."""
+    found: dict[str, tuple[float, dict[str, Any]]] = {}
     try:
         pricing = session.client("pricing", region_name="us-east-1", config=retry_config(1))
         now = datetime.now(timezone.utc)
-        for name in names:
-            price = _pricing_api_price(pricing, region, name)
-            if price is not None:
-                found[name] = (price, LIVE_SOURCE, now)
-    except Exception as error:  # the Pricing API is optional (and absent from simulators)
-        log.info("aws: Pricing API unavailable (%s); on-demand prices from the snapshot", type(error).__name__)
+        with aws_errors("read on-demand prices from the Pricing API", region):
+            for name in names:
+                price = pricing_api_price(pricing, region, name)
+                if price is not None:
+                    found[name] = (price, {"price_source": LIVE_SOURCE, "price_as_of": now})
+    except (ProvisioningError, ValueError, KeyError) as error:  # optional: the snapshot stands in, and we say so
+        log.warning("aws: the Pricing API gave no on-demand prices for %s (%s: %s); on-demand prices from the "
+                    "snapshot", region, type(error).__name__, error)
     for row in prices.rows("aws_prices"):
         if row["market"] == "on-demand" and row["region"] == region and row["instance_type"] in names:
-            found.setdefault(row["instance_type"], (float(row["price"]), PRICE_SOURCE, prices.as_of(row["as_of"])))
+            found.setdefault(row["instance_type"], (float(row["price"]), {"price_source": PRICE_SOURCE,
+                                                                          **prices.dating(row)}))
     return found
 
 
-def _pricing_api_price(pricing: Any, region: str, instance_type: str) -> float | None:
+def pricing_api_price(pricing: Any, region: str, instance_type: str) -> float | None:
+    """One instance type's Linux, shared-tenancy on-demand $/h in `region` from the Pricing API's
+    `get_products` (each PriceList entry a JSON document: product, terms.OnDemand.*.priceDimensions)."""
     filters = {"instanceType": instance_type, "regionCode": region, "operatingSystem": "Linux", "tenancy": "Shared",
                "preInstalledSw": "NA", "capacitystatus": "Used"}
     response = pricing.get_products(ServiceCode="AmazonEC2", MaxResults=10, Filters=[
         {"Type": "TERM_MATCH", "Field": k, "Value": v} for k, v in filters.items()])
     for item in response.get("PriceList", []):
-        product = json.loads(item) if isinstance(item, str) else item
-        for term in product.get("terms", {}).get("OnDemand", {}).values():
-            for dimension in term.get("priceDimensions", {}).values():
-                usd = float(dimension.get("pricePerUnit", {}).get("USD", 0) or 0)
-                if usd > 0:
-                    return usd
+        price = on_demand_usd(json.loads(item) if isinstance(item, str) else item)
+        if price is not None:
+            return price
+    return None
+
+
+def on_demand_usd(product: dict[str, Any]) -> float | None:
+    """The hourly USD price of one PriceList product's on-demand term; None when it has none above 0."""
+    for term in product.get("terms", {}).get("OnDemand", {}).values():
+        for dimension in term.get("priceDimensions", {}).values():
+            if dimension.get("unit", "Hrs") != "Hrs":
+                continue
+            usd = float(dimension.get("pricePerUnit", {}).get("USD", 0) or 0)
+            if usd > 0:
+                return usd
     return None
 
 
@@ -216,7 +233,7 @@ def _snapshot_offers(types_version: tuple[str, int], prices_version: tuple[str, 
                 zone=row["zone"] or None,
                 instance_type=row["instance_type"],
                 price_source=PRICE_SOURCE,
-                price_as_of=prices.as_of(row["as_of"]),
+                **prices.dating(row),
                 **facts,
             )
         )

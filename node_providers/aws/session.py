@@ -10,6 +10,7 @@ client-side rate limit that slows down while throttled).
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any
 
 from skyward_ray.cluster.contract import NotFoundError
@@ -28,6 +29,22 @@ def session_for(profile: str | None, region: str | None) -> Any:
 
     with aws_errors("open an AWS session"):
         return boto3.Session(profile_name=profile, region_name=region)
+
+
+def configured_region(profile: str | None = None) -> str | None:
+    """The region the user configured for AWS tools, resolved as boto3 resolves it: AWS_DEFAULT_REGION,
+    then the profile's `region` in the AWS config file; then AWS_REGION (the other AWS SDKs' variable,
+    which boto3 itself ignores). None when none is set. Reads no network and needs no credentials;
+    without botocore (the `aws` extra) only the two variables are read."""
+    try:
+        import botocore.session
+    except ImportError:
+        return os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or None
+    try:
+        region = botocore.session.Session(profile=profile).get_config_variable("region")
+    except Exception:  # an unknown profile: the launch names that error; planning falls back to the variables
+        region = os.environ.get("AWS_DEFAULT_REGION")
+    return region or os.environ.get("AWS_REGION") or None
 
 
 def credentials_resolve_offline(profile: str | None = None) -> bool:

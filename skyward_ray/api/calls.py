@@ -13,6 +13,8 @@ time out, and cancel the same way:
 
 from __future__ import annotations
 
+import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -31,13 +33,37 @@ LostTranslation = Callable[[int, BaseException], BaseException]
 
 
 def original_exception(error: BaseException) -> BaseException:
-    """The user's own exception out of Ray's wrapper, with the remote traceback as a note."""
+    """The user's own exception out of Ray's wrapper, with the remote traceback as a note (plain
+    text: without the terminal colour codes and the frames of Ray, cloudpickle and skyward's own
+    wrapper, which say nothing about the user's code)."""
     if isinstance(error, RayTaskError):
         cause = error.cause
         if isinstance(cause, BaseException) and not isinstance(cause, RayTaskError):
-            cause.add_note(f"Raised on the remote node; its traceback:\n{error}")
+            cause.add_note(f"Raised on the remote node; its traceback:\n{remote_traceback(str(error))}")
             return cause
     return error
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_FRAME = re.compile(r'\s*File "(?P<path>[^"]*)", line \d+')
+#: frames from these places are the machinery between the call and the user's code
+_MACHINERY = (f"{os.sep}ray{os.sep}", "cloudpickle", f"skyward_ray{os.sep}api{os.sep}attempts.py")
+
+
+def remote_traceback(text: str) -> str:
+    """A remote traceback as the user should read it: no ANSI codes, no machinery frames."""
+    lines = _ANSI.sub("", text).splitlines()
+    kept: list[str] = []
+    skipping = False
+    for line in lines:
+        frame = _FRAME.match(line)
+        if frame:
+            skipping = any(part in frame.group("path") for part in _MACHINERY)
+        elif skipping and not line.startswith("    "):
+            skipping = False  # the frame's source lines are indented deeper than the next header
+        if not skipping:
+            kept.append(line)
+    return "\n".join(kept)
 
 
 def timeout_error(pending: PendingFunction[Any]) -> FunctionTimeoutError:

@@ -23,7 +23,7 @@ from typing import Any, Generic, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from skyward_ray.api import user_code
+from skyward_ray.api import attempts, user_code
 from skyward_ray.errors import SpecError
 
 P = ParamSpec("P")
@@ -37,7 +37,8 @@ class FunctionOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    max_retries: int = Field(default=3, ge=-1, description="retries on node loss (not on user errors); -1 = forever")
+    max_retries: int = Field(default=3, ge=-1, description="retries on node loss; -1 = forever. Not on the "
+                                                            "function's errors: an exception, sys.exit, a crash")
     timeout: float | None = Field(default=None, gt=0, description="seconds before the call is cancelled")
     resources: dict[str, float] | None = Field(
         default=None, description='per call, e.g. {"CPU": 2, "GPU": 1}; default: 1 CPU and all of a node\'s accelerators'
@@ -98,7 +99,7 @@ class RemoteFunction(Generic[P, R]):
             import ray  # here, not at import: decorating and planning never need Ray
 
             _ship_by_value(self.fn, shipped)
-            self._ray_function = ray.remote(**self.options.ray_options())(self.fn)
+            self._ray_function = ray.remote(**self.options.ray_options())(attempts.guarded(self.fn))
         return self._ray_function
 
     def uses_default_accelerators(self) -> bool:
@@ -233,7 +234,9 @@ def function(fn: Callable[P, R] | None = None, /, *, max_retries: int = 3, timeo
 
     Bare (`@sky.function`) or with options (`@sky.function(max_retries=0, timeout=60,
     resources={"GPU": 1})`). `max_retries` covers lost nodes only; an exception raised by your
-    code is never retried and reaches you as its own type.
+    code is never retried and reaches you as its own type, and a call that ends its own worker
+    (`sys.exit()`, `os._exit()`, a segfault) fails with `sky.FunctionCrashedError` naming the node
+    and the worker's log files, not retried either.
     """
     try:
         options = FunctionOptions(max_retries=max_retries, timeout=timeout, resources=resources)

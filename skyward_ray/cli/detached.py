@@ -15,6 +15,7 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
+from skyward_ray.console import output_console
 from skyward_ray.errors import NoOffersError, SkywardError, SpecError
 from skyward_ray.planning import plan as planning
 from skyward_ray.planning.detached import DetachedSpec, describe_duration
@@ -35,7 +36,7 @@ LifetimeOpt = typer.Option("8h", "--max-lifetime", help="end this long after it 
 
 
 def _console() -> Console:
-    return Console(width=max(Console().width, 120), highlight=False)
+    return output_console(120)
 
 
 def _provider(provider: str, settings: list[str] | None) -> Any:

@@ -8,14 +8,16 @@ and print a table, or JSON with `--json` for scripts.
 from __future__ import annotations
 
 import json
+import warnings
 from typing import Any, Optional
 
 import typer
 from rich.console import Console
 
-from skyward_ray.errors import NoOffersError, SpecError
-from skyward_ray.planning.offer_table import (offers_table, plan_renderables, price_age, rejection_examples,
-                                              rejection_summary)
+from skyward_ray.console import output_console
+from skyward_ray.errors import NoOffersError, SpecError, StalePricesWarning
+from skyward_ray.planning.offer_table import (offers_table, plan_renderables, price_age, price_lists,
+                                              rejection_examples, rejection_summary)
 from skyward_ray.planning.offers import Offer, Plan, Rejection
 from skyward_ray.planning.plan import plan as make_plan
 
@@ -34,8 +36,7 @@ TABLE_ROWS = 30  # the table's default length; --json always gives every row unl
 
 
 def _console() -> Console:
-    console = Console()
-    return Console(width=max(console.width, 180), highlight=False)
+    return output_console(180)
 
 
 def _offer_json(offer: Offer) -> dict[str, Any]:
@@ -57,8 +58,10 @@ def _run_plan(accelerator: Optional[str], provider: str, allocation: str, max_pr
               region: Optional[str], nodes: int, as_json: bool) -> Plan | None:
     """Plan, or print the error (as text or JSON) and exit non-zero."""
     try:
-        return make_plan(provider=provider, accelerator=accelerator, nodes=nodes, allocation=allocation,
-                         region=region, max_hourly_cost=max_price)
+        with warnings.catch_warnings():  # the CLI prints the plan's notes, which say the same
+            warnings.simplefilter("ignore", StalePricesWarning)
+            return make_plan(provider=provider, accelerator=accelerator, nodes=nodes, allocation=allocation,
+                             region=region, max_hourly_cost=max_price)
     except (SpecError, NoOffersError) as error:
         code = 2 if isinstance(error, SpecError) else 1
         if as_json:
@@ -95,6 +98,8 @@ def offers(
     console.print(offers_table(shown, title=f"{len(result.offers)} offers ({allocation})"))
     if len(result.offers) > len(shown):
         console.print(f"... {len(result.offers) - len(shown)} more; --all to show")
+    for line in price_lists(shown):
+        console.print(line)
     console.print(rejection_summary(result.rejected))
     for line in rejection_examples(result.rejected):
         console.print(line)

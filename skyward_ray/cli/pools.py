@@ -15,12 +15,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from skyward_ray.console import output_console
+
 ProvidersOpt = typer.Option(None, "--provider", "-p", help="comma-separated providers to look at (default: all)")
 RegionOpt = typer.Option(None, "--region", "-r", help="the cloud region to look in (default: AWS_DEFAULT_REGION)")
 
 
 def _console() -> Console:
-    return Console(width=max(Console().width, 140), highlight=False)
+    return output_console(140)
 
 
 def _survey(provider: Optional[str], region: Optional[str]) -> Any:

@@ -28,6 +28,7 @@ from typing import Any
 
 import ray
 
+from skyward_ray.cluster.node_output import route_raylet_messages
 from skyward_ray.cluster.ssh_tunnel import SSHTunnel, TunnelError
 from skyward_ray.errors import ProvisioningError
 from skyward_ray.names import HEARTBEAT_KEY, HEARTBEAT_NAMESPACE
@@ -111,11 +112,15 @@ class DriverConnection:
     def connect(self, heartbeat: bool = True) -> None:
         """Join as a Ray driver. `heartbeat=False` for a client of a detached pool: its keeper beats."""
         self.use_token()
+        # The tasks' own output streams here, as Ray users expect of their prints; Ray's "(raylet)"
+        # messages only when asked for (`node_output`): a crashing worker otherwise floods stderr
+        # with lines the raised error already sums up.
         kwargs: dict[str, Any] = {"address": self.address}
         if self._runtime_env:
             kwargs["runtime_env"] = self._runtime_env
         if not self.through_client:
             kwargs.update(log_to_driver=True, configure_logging=False)
+            route_raylet_messages()
             if self._node_ip:
                 kwargs["_node_ip_address"] = self._node_ip  # this machine's raylet is the head's own
         try:

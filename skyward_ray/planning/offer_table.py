@@ -23,21 +23,32 @@ DEFAULT_ROWS = 10
 
 
 def price_age(offer: "Offer", now: datetime | None = None) -> str:
-    """ "snapshot 2026-11-01 (27 days old)", "live (3 min old)", or just the source."""
+    """ "snapshot 2026-11-01 (27 days old)", "snapshot 2026-11-28 (catalog commit, 7 days old)" (dated
+    only by its file's last commit: at least that old), "snapshot (undated)", "live (3 min old)"."""
     kind = offer.price_source.split(":", 1)[0] or offer.price_source
     if offer.price_as_of is None:
-        return kind
+        return f"{kind} (undated)" if offer.price_dated_by == "undated" else kind
     as_of = offer.price_as_of if offer.price_as_of.tzinfo else offer.price_as_of.replace(tzinfo=timezone.utc)
     now = now or datetime.now(timezone.utc)
     seconds = max(0.0, (now - as_of).total_seconds())
     if seconds >= 86400:
         days = int(seconds // 86400)
-        return f"{kind} {as_of:%Y-%m-%d} ({days} day{'s' if days != 1 else ''} old)"
+        basis = f"{offer.price_dated_by}, " if offer.price_dated_by not in (None, "published") else ""
+        return f"{kind} {as_of:%Y-%m-%d} ({basis}{days} day{'s' if days != 1 else ''} old)"
     if seconds >= 3600:
         return f"{kind} ({int(seconds // 3600)} h old)"
     if seconds >= 60:
         return f"{kind} ({int(seconds // 60)} min old)"
     return f"{kind} (just now)"
+
+
+def place(offer: "Offer") -> str:
+    """Where an offer is: its region, and its zone when it names one ("us-east-1 use1-az1"); latency
+    to the driver is a cost too, so every row shows its region, not only a zone id."""
+    parts = [part for part in (offer.region, offer.zone) if part]
+    if len(parts) == 2 and parts[1].startswith(parts[0]):
+        parts = parts[1:]  # "us-east-1a" already says "us-east-1"
+    return " ".join(parts) or "-"
 
 
 def offers_table(offers: Sequence["Offer"], *, title: str | None = None, start: int = 1,
@@ -58,7 +69,7 @@ def offers_table(offers: Sequence["Offer"], *, title: str | None = None, start: 
     for position, offer in enumerate(offers, start):
         per_gpu = offer.price_per_accelerator
         kind = offer.instance_type + (f" ({offer.tier.lower()})" if offer.tier else "")
-        where = offer.zone or offer.region or "-"
+        where = place(offer)
         row = [
             str(position), offer.provider, offer.accelerator_label, kind, where, offer.market,
             f"{offer.price:,.2f}", f"{per_gpu:,.3f}" if per_gpu is not None else "-", price_age(offer, now),
@@ -67,6 +78,20 @@ def offers_table(offers: Sequence["Offer"], *, title: str | None = None, start: 
             row.append(str(offer.spec_index))
         table.add_row(*row)
     return table
+
+
+def price_lists(offers: Iterable["Offer"]) -> list[str]:
+    """Where the snapshot prices shown come from, once per price list: "prices snapshot:aws: SkyPilot
+    catalog catalogs/v7/aws/vms.csv @ 0013…, dated by the catalog commit 2026-11-28"."""
+    lines: dict[tuple[str, str], str] = {}
+    for offer in offers:
+        if offer.price_reference and (offer.price_source, offer.price_reference) not in lines:
+            when = ("undated" if offer.price_as_of is None else f"published {offer.price_as_of:%Y-%m-%d}"
+                    if offer.price_dated_by in (None, "published")
+                    else f"dated by the {offer.price_dated_by} {offer.price_as_of:%Y-%m-%d}")
+            lines[(offer.price_source, offer.price_reference)] = (
+                f"prices {offer.price_source}: {offer.price_reference}, {when}")
+    return list(lines.values())
 
 
 def to_text(*renderables: object, width: int = 160) -> str:
@@ -109,13 +134,14 @@ def plan_renderables(plan: "Plan", rows: int = DEFAULT_ROWS, now: datetime | Non
         chosen = plan.chosen
         lines.append(
             f"Chosen: {chosen.provider} {chosen.instance_type} {chosen.accelerator_label} {chosen.market} "
-            f"in {chosen.zone or chosen.region or 'any region'} at ${chosen.price:,.2f}/h per node "
+            f"in {place(chosen) if chosen.region or chosen.zone else 'any region'} at ${chosen.price:,.2f}/h per node "
             f"(${chosen.price * plan.nodes:,.2f}/h for {plan.nodes}) — price from {price_age(chosen, now)}"
         )
         shown = plan.offers[:rows] if rows else plan.offers
         lines.append(offers_table(shown, show_spec=len(plan.specs) > 1, now=now))
         if len(plan.offers) > len(shown):
             lines.append(f"... and {len(plan.offers) - len(shown)} more ranked offers")
+        lines.extend(price_lists(shown))
     else:
         lines.append("No offer matches.")
     lines.append(f"{len(plan.offers)} ranked, {rejection_summary(plan.rejected)}")

@@ -48,6 +48,12 @@ class Offer(BaseModel):
     billing_unit: str = "hour"
     price_source: str = Field(description='where the price came from, e.g. "snapshot:aws"')
     price_as_of: datetime | None = None
+    price_dated_by: str | None = Field(
+        default=None, description='what `price_as_of` is: "published" (the price list\'s own date), "catalog commit" '
+                                  '(a snapshot dated by its file\'s last commit: at least this old), "undated", or '
+                                  'None (a live price: when it was listed)')
+    price_reference: str | None = Field(default=None, description="which published price list a snapshot price is "
+                                                                  "from (file and commit)")
     spec_index: int = Field(default=0, description="which of the requested specs this offer answers")
     form_factor: str | None = Field(default=None, description='"SXM", "PCIe", "NVL", "OAM"; None if unknown')
     tier: str | None = Field(

@@ -8,20 +8,24 @@ does exist nearby. Nothing is provisioned.
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from typing import Any, Sequence
 
-from skyward_ray.errors import NoOffersError, SpecError
+from skyward_ray.errors import NoOffersError, SpecError, StalePricesWarning
 from skyward_ray.planning.accelerators import Accelerator, parse_accelerator
 from skyward_ray.planning.nodes import as_nodes
-from skyward_ray.planning.offer_table import price_age
+from skyward_ray.planning.offer_table import place, price_age
 from skyward_ray.planning.offers import Offer, Plan
 from skyward_ray.planning.providers import ProviderConfig, provider_classes, provider_from_name
 from skyward_ray.planning.selector import select
 from skyward_ray.planning.spec import ALLOCATIONS, Spec
 
 DEFAULT_ALLOCATION = "spot-if-available"
+#: a plan chosen from snapshot prices older than this many days warns (`StalePricesWarning`)
+STALE_PRICE_DAYS = 30
 
 
 def _providers(provider: Any) -> list[Any]:
@@ -77,25 +81,28 @@ def gather_offers(specs: Sequence[Spec]) -> tuple[list[list[Offer]], list[str]]:
     """Each spec's offers and notes on failures. One listing per distinct provider config +
     accelerator, and the listings run in parallel: live APIs answer in 0.3–3 s each, and a plan over
     three clouds should wait for the slowest one, not for their sum."""
+    configs = [spec.provider.for_region(spec.region) for spec in specs]
     keys = [
-        (type(spec.provider).__qualname__, spec.provider.model_dump_json(), spec.accelerator.name if spec.accelerator else "")
-        for spec in specs
+        (type(config).__qualname__, config.model_dump_json(), spec.accelerator.name if spec.accelerator else "")
+        for config, spec in zip(configs, specs)
     ]
-    first_spec = {key: spec for key, spec in reversed(list(zip(keys, specs)))}
+    first_spec = {key: (config, spec) for key, config, spec in reversed(list(zip(keys, configs, specs)))}
     listings: dict[tuple[str, str, str], list[Offer]] = {}
     notes: list[str] = []
 
-    def listing(spec: Spec) -> list[Offer]:
-        return list(spec.provider.list_offers(spec.accelerator))
+    def listing(config: ProviderConfig, spec: Spec) -> list[Offer]:
+        return list(config.list_offers(spec.accelerator))
 
     with ThreadPoolExecutor(max_workers=max(1, min(8, len(first_spec))), thread_name_prefix="offers") as pool:
-        futures = {key: pool.submit(listing, spec) for key, spec in first_spec.items()}
+        futures = {key: pool.submit(listing, *pair) for key, pair in first_spec.items()}
         for key in dict.fromkeys(keys):  # in spec order, so notes read in the order asked
+            config = first_spec[key][0]
+            notes.extend(note for note in config.offer_notes() if note not in notes)
             try:
                 listings[key] = futures[key].result()
             except Exception as error:  # one provider failing must not hide the others' offers
                 listings[key] = []
-                notes.append(f"{first_spec[key].provider.name}: could not list offers ({type(error).__name__}: {error})")
+                notes.append(f"{config.name}: could not list offers ({type(error).__name__}: {error})")
     return [listings[key] for key in keys], notes
 
 
@@ -120,7 +127,28 @@ def plan(
     result.notes.extend(notes)
     if not result.offers:
         raise no_offers_error(result, offers)
+    stale = stale_price_note(result.chosen)
+    if stale:
+        result.notes.append(stale)
+        warnings.warn(stale, StalePricesWarning, stacklevel=2)
     return result
+
+
+def stale_price_note(offer: Offer, now: datetime | None = None) -> str | None:
+    """A warning when the chosen offer's price is from a snapshot older than `STALE_PRICE_DAYS`
+    (or undated): the real price may differ (AWS cut its GPU prices in 2025, for one)."""
+    if not offer.price_source.startswith("snapshot"):
+        return None
+    if offer.price_as_of is None:
+        return (f"the chosen price ({offer.provider} {offer.instance_type}) is from an undated snapshot: the real "
+                "price may differ. Live prices need the provider's credentials")
+    as_of = offer.price_as_of if offer.price_as_of.tzinfo else offer.price_as_of.replace(tzinfo=timezone.utc)
+    days = ((now or datetime.now(timezone.utc)) - as_of).days
+    if days <= STALE_PRICE_DAYS:
+        return None
+    return (f"the chosen price ({offer.provider} {offer.instance_type}) is from a snapshot {days} days old "
+            f"({price_age(offer, now)}), older than {STALE_PRICE_DAYS} days: the real price may differ. Live "
+            "prices need the provider's credentials")
 
 
 def no_offers_error(result: Plan, offers_per_spec: Sequence[Sequence[Offer]]) -> NoOffersError:
@@ -199,7 +227,7 @@ def _nearest(result: Plan, offers_per_spec: Sequence[Sequence[Offer]], limit: in
 def _offer_line(offer: Offer) -> str:
     return (
         f"{offer.provider} {offer.instance_type} {offer.accelerator_label} {offer.market} "
-        f"${offer.price:,.2f}/h in {offer.zone or offer.region or 'any region'} ({price_age(offer)})"
+        f"${offer.price:,.2f}/h in {place(offer) if offer.region or offer.zone else 'any region'} ({price_age(offer)})"
     )
 
 
