@@ -154,13 +154,20 @@ def wait_started(pool, tag: str, node: int, timeout: float = 60) -> None:
 # worker, so its module-scoped clouds and pools start once; a module parametrized over the clouds
 # (the conformance suite, the leak matrix) runs one cloud per worker. The groups that take longest
 # are handed out first, so the run is not left waiting on one of them at its end.
-LONGEST_FIRST = ("tests/test_leaks.py", "tests/test_conformance.py", "tests/test_elastic.py",
+LONGEST_FIRST = ("docker", "tests/test_leaks.py", "tests/test_conformance.py", "tests/test_elastic.py",
                  "tests/test_local_provider.py", "tests/test_teardown.py", "tests/test_remote_driver.py")
+
+
+# Every test that uses the Docker Engine runs on one worker, one after another ("docker"): they
+# count what is on the engine, and the engine's small machine holds one pool of containers at a time.
+DOCKER_MODULES = ("tests/test_container_pool.py",)
 
 
 def _group(item: pytest.Item) -> str:
     module = item.nodeid.split("::")[0]
     callspec = getattr(item, "callspec", None)
+    if module in DOCKER_MODULES or (callspec is not None and callspec.params.get("harness") == "container"):
+        return "docker"
     if callspec is not None and "harness" in callspec.params:
         return f"{module}::{callspec.params['harness']}"
     return module
@@ -172,7 +179,7 @@ def pytest_itemcollected(item: pytest.Item) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     def rank(item: pytest.Item) -> int:
-        module = item.nodeid.split("::")[0]
-        return LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
+        group = "docker" if _group(item) == "docker" else item.nodeid.split("::")[0]
+        return LONGEST_FIRST.index(group) if group in LONGEST_FIRST else len(LONGEST_FIRST)
 
     items.sort(key=rank)  # stable: each module keeps its own order

@@ -35,7 +35,7 @@ from tests.conftest import RUN_TEMP_DIR, run_python, wait_for_line
 from tests.environment import scoped_environment
 
 # What a machine is, per cloud's billable() kinds; everything else is per-cluster state the driver removes.
-MACHINE_KINDS = ("processes", "instances", "machines", "pods")
+MACHINE_KINDS = ("processes", "instances", "machines", "pods", "containers")
 HEARTBEAT_GRACE = 8.0  # small, so the SIGKILL cases end in seconds, not minutes
 RESULTS: dict[tuple[str, str], str] = {}
 # The observed case is a 3-node local pool; a simulated cloud runs a whole Ray node per machine

@@ -1,6 +1,6 @@
 """The provider conformance suite's seam: what a cloud's test stand-in must expose.
 
-Every cloud that ships (local, AWS, RunPod, Vast.ai) passes the same suite,
+Every cloud that ships (local, Container, AWS, RunPod, Vast.ai) passes the same suite,
 `tests/test_conformance.py`, driven through its real SDK against its local stand-in for the
 network peer. A cloud joins the suite with one module `tests/conformance/harness_<name>.py`
 holding a context manager `harness()` that yields a `Harness`; `HARNESSES` below lists them.
@@ -22,6 +22,7 @@ from skyward_ray.planning.providers import ProviderConfig
 # cloud name → "module:function" of a context manager yielding a Harness
 HARNESSES: dict[str, str] = {
     "local": "tests.conformance.harness_local:harness",
+    "container": "tests.conformance.harness_container:harness",
     "aws": "tests.conformance.harness_aws:harness",
     "runpod": "tests.conformance.harness_runpod:harness",
     "vastai": "tests.conformance.harness_vastai:harness",
