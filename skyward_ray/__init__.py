@@ -11,10 +11,10 @@
 The public API, by where it lives (see docs/architecture.md):
 
 - `skyward_ray.planning`: specs, offers and the selector (`plan`, `Spec`, `Image`, `Nodes`, ...);
-  pure data work that never imports Ray;
+  pure data work that never imports Ray; `check` (can a pool launch on each provider: reads only);
 - `skyward_ray.api`: `function`, `gather`, `Compute` (and `Compute.up()` for a detached pool),
   `attach` (join a detached pool by name), `instance_info`, `shard`;
-- `node_providers.<cloud>.config`: `Local`, `AWS`, `RunPod`, `VastAI`.
+- `node_providers.<cloud>.config`: `Local`, `Container`, `AWS`, `RunPod`, `VastAI`.
 
 `import skyward_ray` is cheap: what needs Ray (`Compute`, `instance_info`, `shard`) is imported
 on first use.
@@ -25,6 +25,7 @@ on first use.
 import importlib as _importlib
 
 from node_providers.aws.config import AWS
+from node_providers.container.config import Container
 from node_providers.local.config import Local
 from node_providers.runpod.config import RunPod
 from node_providers.vastai.config import VastAI
@@ -33,6 +34,7 @@ from skyward_ray.errors import (
     AuthError,
     BootTimeoutError,
     CapacityError,
+    FunctionCrashedError,
     FunctionTimeoutError,
     HostKeyChangedError,
     NodeLostError,
@@ -50,6 +52,7 @@ from skyward_ray.errors import (
     UnknownAcceleratorError,
 )
 from skyward_ray.planning import accelerators
+from skyward_ray.planning.check import CheckReport, check
 from skyward_ray.planning.image import Image
 from skyward_ray.planning.nodes import NodeInfo, Nodes
 from skyward_ray.planning.offers import Offer, Plan, Rejection
@@ -85,10 +88,10 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "AWS", "AttachedPool", "AuthError", "BootTimeoutError", "CapacityError", "Compute", "FunctionTimeoutError",
-    "HostKeyChangedError", "Image",
+    "AWS", "AttachedPool", "AuthError", "BootTimeoutError", "CapacityError", "CheckReport", "Compute", "Container", "FunctionCrashedError",
+    "FunctionTimeoutError", "HostKeyChangedError", "Image",
     "InstanceInfo", "Local", "NoOffersError", "NodeInfo", "NodeLostError", "Nodes", "NotInTaskError", "Offer", "PendingFunction",
     "PendingGroup", "Plan", "PoolClosedError", "PoolLostError", "ProviderUnavailableError", "ProvisioningError", "QuotaError",
     "Rejection", "RemoteFunction", "RunPod", "SkywardError", "Spec", "SpecError", "SpotQuotaError", "TeardownError", "UnknownAcceleratorError",
-    "VastAI", "accelerators", "attach", "function", "gather", "instance_info", "plan", "shard",
+    "VastAI", "accelerators", "attach", "check", "function", "gather", "instance_info", "plan", "shard",
 ]

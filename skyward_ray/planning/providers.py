@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 # provider name → "module:ConfigClass"
 PROVIDERS: dict[str, str] = {
     "local": "node_providers.local.config:Local",
+    "container": "node_providers.container.config:Container",
     "aws": "node_providers.aws.config:AWS",
     "runpod": "node_providers.runpod.config:RunPod",
     "vastai": "node_providers.vastai.config:VastAI",
@@ -60,6 +61,10 @@ class ProviderConfig(SpecModel):
     extra: ClassVar[str | None] = None
     #: top-level modules the node provider imports; a pool is refused, naming `extra`, without them
     required_modules: ClassVar[tuple[str, ...]] = ()
+    #: the module whose `probe(config)` checks this cloud for `sky.check()` / `skyward-ray check`
+    #: (credentials, quotas, balance: `skyward_ray.planning.check`); None: the `check` module beside
+    #: the config's own (`node_providers/<name>/check.py`), when there is one
+    check_module: ClassVar[str | None] = None
 
     boot_timeout: float = Field(default=600.0, gt=0, description="seconds to wait for every node to join")
     heartbeat_grace: float = Field(
@@ -89,6 +94,15 @@ class ProviderConfig(SpecModel):
     def list_offers(self, accelerator: "Accelerator | None" = None) -> "list[Offer]":
         """Every offer this provider has that could serve `accelerator` (a hint; may be broader)."""
         raise NotImplementedError
+
+    def for_region(self, region: str | None) -> "ProviderConfig":
+        """This config for a plan that asks for `region` (the spec's filter): a cloud that lists offers
+        only in a configured region looks in the asked one instead. Default: unchanged."""
+        return self
+
+    def offer_notes(self) -> list[str]:
+        """What the plan should say about where this config looked for offers (e.g. no region set)."""
+        return []
 
     def require_provisioning(self) -> str:
         """The node provider's "module:Class", or a typed refusal saying provisioning is not built

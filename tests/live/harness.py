@@ -1,0 +1,116 @@
+"""What every live smoke module shares: when to run, the cost ceiling, and the one smoke routine.
+
+`SKYWARD_LIVE` decides:
+- unset (or `0`): every live test is skipped, saying why (a live run costs money);
+- `1`: against the real clouds, each module only where its key is set (else skipped, naming the key);
+  every pool's price is capped by the cost guard (`max_pool_hourly_cost` = `SKYWARD_LIVE_MAX_COST`,
+  default $0.25/h for a 1-node pool that lives a few minutes), and the dollars spent are printed and
+  added up: the run fails once they pass `SKYWARD_LIVE_MAX_COST` in all;
+- `sim`: against the simulated clouds (tests/simaws, simrunpod, simvast: real SDKs, machines in
+  network namespaces), so the suite runs in CI and cannot rot. Nothing is billed; the prices are
+  the snapshot's, so the ceiling there is `SIM_CEILING`.
+
+The smoke routine: the cheapest 1-node pool, one `>>` and one `@` call, an `Image(pip=...)` package,
+a helper from a user module, teardown, then the cloud's own listing (`skyward-ray status`'s survey)
+must show nothing left of the pool.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+
+import pytest
+
+import skyward_ray as sky
+from skyward_ray.planning.providers import ProviderConfig
+from tests.live.userhelpers import shout
+
+ENV_LIVE = "SKYWARD_LIVE"
+ENV_MAX_COST = "SKYWARD_LIVE_MAX_COST"
+DEFAULT_MAX_COST = 0.25
+SIM_CEILING = 5.0  # simulated prices are the snapshot's; nothing is billed
+PIP_PACKAGE, PIP_VERSION = "tabulate", "0.9.0"
+
+
+def mode() -> str | None:
+    """"real", "sim", or None (skip)."""
+    value = os.environ.get(ENV_LIVE, "").strip().lower()
+    return {"1": "real", "true": "real", "real": "real", "sim": "sim"}.get(value)
+
+
+def require(key_names: tuple[str, ...], cloud: str) -> str:
+    """The mode, or skip this module saying why (no SKYWARD_LIVE, or no key for this cloud)."""
+    chosen = mode()
+    if chosen is None:
+        pytest.skip(f"live tests cost money: set {ENV_LIVE}=1 (with a {cloud} key), or {ENV_LIVE}=sim for the "
+                    "simulated clouds", allow_module_level=True)
+    if chosen == "real" and not any(os.environ.get(name) for name in key_names):
+        pytest.skip(f"{ENV_LIVE}=1 but no {cloud} key: set {' or '.join(key_names)}", allow_module_level=True)
+    return chosen
+
+
+def budget() -> float:
+    return float(os.environ.get(ENV_MAX_COST) or DEFAULT_MAX_COST)
+
+
+@dataclass
+class Ledger:
+    """The dollars this run's pools spent (one process: pytest runs the modules in turn)."""
+
+    spent: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, dollars: float) -> float:
+        with self.lock:
+            self.spent += dollars
+            return self.spent
+
+
+LEDGER = Ledger()
+
+
+@sky.function
+def node_facts() -> dict:
+    import importlib.metadata
+
+    info = sky.instance_info()
+    return {"node": info.node, "total": info.total_nodes, "provider": info.provider,
+            "package": importlib.metadata.version(PIP_PACKAGE)}
+
+
+@sky.function
+def helper(text: str) -> str:
+    return shout(text)
+
+
+def smoke(config: ProviderConfig, *, accelerator: str | None, live: str, boot_timeout: float = 600.0) -> float:
+    """The smoke routine on `config`'s cloud; returns the dollars the pool spent."""
+    ceiling = SIM_CEILING if live == "sim" else budget()
+    left = ceiling - LEDGER.spent
+    assert left > 0, f"the live run already spent ${LEDGER.spent:.4f} of its ${ceiling:.2f}"
+    with sky.Compute(provider=config, accelerator=accelerator, nodes=1, allocation="cheapest",
+                     image=sky.Image(pip=[f"{PIP_PACKAGE}=={PIP_VERSION}"]), max_pool_hourly_cost=left,
+                     boot_timeout=boot_timeout) as pool:
+        name = pool.name
+        facts = node_facts() >> pool
+        assert facts["node"] == 0 and facts["total"] == 1 and facts["package"] == PIP_VERSION, facts
+        everywhere = node_facts() @ pool
+        assert [f["node"] for f in everywhere] == [0], everywhere
+        assert helper("ray") >> pool == "RAY!"
+    spent = pool.cost
+    total = LEDGER.add(spent)
+    print(f"\nlive {config.name}: pool {name} spent ${spent:.4f} ({pool.cost_summary}); this run: ${total:.4f}")
+    assert total <= ceiling, f"the live run spent ${total:.4f}, over its ${ceiling:.2f} ceiling ({ENV_MAX_COST})"
+    assert_nothing_left(config, name)
+    return spent
+
+
+def assert_nothing_left(config: ProviderConfig, name: str) -> None:
+    """The cloud's own listing (what `skyward-ray status` shows) has nothing of the pool left."""
+    from skyward_ray.cluster import pool_admin
+
+    survey = pool_admin.survey(configs=[config])
+    left = [pool for pool in survey.pools if pool.name == name]
+    assert left == [], f"left behind after teardown: {left} (notes: {survey.notes})"
