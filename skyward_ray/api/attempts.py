@@ -27,6 +27,9 @@ from skyward_ray.errors import FunctionCrashedError
 RECORD_DIR = "skyward-attempts"
 #: how long a retry waits for a node to say whether it holds the previous attempt's record
 LOOKUP_TIMEOUT_S = 10.0
+#: how long a node that held a dead worker's record must go on answering before that death counts as
+#: the code's (a node being reclaimed ends its workers a moment before its raylet)
+CONFIRM_S = 5.0
 DEFAULT_LOG_DIR = "/tmp/ray/session_latest/logs"
 
 
@@ -81,8 +84,12 @@ def _session_dir() -> str:
 
 
 def record_path(task_id: str) -> str:
-    """Where this node keeps the record of a running attempt of `task_id`."""
-    return os.path.join(_session_dir(), RECORD_DIR, task_id)
+    """Where this node keeps the record of a running attempt of `task_id`: under its own Ray node
+    id, since Ray gives every node the head's temp dir path and nodes that share a filesystem
+    (a local pool's) would otherwise read each other's records."""
+    import ray
+
+    return os.path.join(_session_dir(), RECORD_DIR, ray.get_runtime_context().get_node_id(), task_id)
 
 
 def read_record(task_id: str) -> dict[str, Any] | None:
@@ -114,26 +121,49 @@ def _record(task_id: str) -> str:
 
 
 def _previous_attempt(task_id: str) -> dict[str, Any] | None:
-    """The record a dead worker left on a node that is still alive (this one first)."""
+    """The record a dead worker left on a node that is still alive (this one first).
+
+    A node being taken away (a spot reclaim, a host shutting down) ends its workers a moment before
+    its raylet: asked at once, it may still answer with the record of the worker it just lost, and
+    may even run this retry. So a record counts only if its node still holds it `CONFIRM_S` later
+    (a retry running on a node that is going away goes with it, and Ray retries elsewhere)."""
+    import time
+
+    import ray
+
+    this_node = ray.get_runtime_context().get_node_id()
+    if read_record(task_id) is not None:
+        found: tuple[str, dict[str, Any]] | None = (this_node, {})
+    else:
+        others = [node["NodeID"] for node in ray.nodes() if node["Alive"] and node["NodeID"] != this_node]
+        found = _lookup(task_id, others)
+    if found is None:
+        return None
+    time.sleep(CONFIRM_S)
+    node = found[0]
+    if node == this_node:
+        return read_record(task_id)
+    alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    confirmed = _lookup(task_id, [node]) if node in alive else None
+    return confirmed[1] if confirmed is not None else None
+
+
+def _lookup(task_id: str, nodes: list[str]) -> tuple[str, dict[str, Any]] | None:
+    """(node, record) of the first of `nodes` that holds a record of `task_id` and answers in time."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    here = read_record(task_id)
-    if here is not None:
-        return here
-    this_node = ray.get_runtime_context().get_node_id()
-    others = [node["NodeID"] for node in ray.nodes() if node["Alive"] and node["NodeID"] != this_node]
-    if not others:
+    if not nodes:
         return None
     lookup = ray.remote(num_cpus=0, max_retries=0)(read_record)
-    refs = [lookup.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(task_id)
-            for node in others]
-    done, _ = ray.wait(refs, num_returns=len(refs), timeout=LOOKUP_TIMEOUT_S)
+    refs = {lookup.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(task_id): node
+            for node in nodes}
+    done, _ = ray.wait(list(refs), num_returns=len(refs), timeout=LOOKUP_TIMEOUT_S)
     for ref in done:
         with contextlib.suppress(Exception):  # a node that went away while asked: no record there
-            found = ray.get(ref)
-            if found is not None:
-                return found
+            record = ray.get(ref)
+            if record is not None:
+                return refs[ref], record
     return None
 
 
