@@ -47,7 +47,7 @@ from skyward_ray.cluster.contract import (
     SSHEndpoint,
 )
 from skyward_ray.cluster.remote_cloud import RemoteCloud
-from skyward_ray.errors import ProvisioningError, SpecError
+from skyward_ray.errors import AuthError, ProviderUnavailableError, ProvisioningError, SpecError
 from skyward_ray.node.sshd import sshd_lines, state_dir_lines
 
 KIND_LABEL = "skyward.kind"  # "node", "gateway" or "network": what a labelled Docker object is to the pool
@@ -94,8 +94,13 @@ class ContainerCloud(RemoteCloud):
     # -- every skyward cluster on the engine (skyward-ray status / down / gc) -------------------
     @classmethod
     def list_clusters(cls, config: Container) -> list[ClusterListing]:  # type: ignore[override]
-        """Every pool with a labelled container or network on the engine; nothing else."""
-        client = engine.client(config.docker_host)
+        """Every pool with a labelled container or network on the engine; nothing else. An engine
+        that does not answer runs no container: like a cloud without credentials here, it has
+        nothing of ours to list (`AuthError`, which `gc` takes as "nothing reachable from here")."""
+        try:
+            client = engine.client(config.docker_host)
+        except ProviderUnavailableError as error:
+            raise AuthError(str(error)) from None
         with engine.engine_errors("list the pools' containers"):
             labelled = [*client.containers.list(all=True, filters={"label": names.CLUSTER}),
                         *client.networks.list(filters={"label": names.CLUSTER})]
