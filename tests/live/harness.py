@@ -1,13 +1,13 @@
 """What every live smoke module shares: when to run, the cost ceiling, and the one smoke routine.
 
 `SKYWARD_LIVE` decides:
-- unset (or `0`): every live test is skipped, saying why (a live run costs money);
-- `1`: against the real clouds, each module only where its key is set (else skipped, naming the key);
+- `0`: every live test is skipped, saying why;
+- `1`: against the real clouds (a live run costs money: only when asked for), each module only where its key is set (else skipped, naming the key);
   every pool's price is capped by the cost guard (`max_pool_hourly_cost` = `SKYWARD_LIVE_MAX_COST`,
   default $0.25/h for a 1-node pool that lives a few minutes), and the dollars spent are printed and
   added up: the run fails once they pass `SKYWARD_LIVE_MAX_COST` in all;
-- `sim`: against the simulated clouds (tests/simaws, simrunpod, simvast: real SDKs, machines in
-  network namespaces), so the suite runs in CI and cannot rot. Nothing is billed; the prices are
+- `sim`, or unset: against the simulated clouds (tests/simaws, simrunpod, simvast: real SDKs,
+  machines in network namespaces), so the suite runs in every test run (CI's too) and cannot rot. Nothing is billed; the prices are
   the snapshot's, so the ceiling there is `SIM_CEILING`.
 
 The smoke routine: the cheapest 1-node pool, one `>>` and one `@` call, an `Image(pip=...)` package,
@@ -37,15 +37,15 @@ PIP_PACKAGE, PIP_VERSION = "tabulate", "0.9.0"
 def mode() -> str | None:
     """"real", "sim", or None (skip)."""
     value = os.environ.get(ENV_LIVE, "").strip().lower()
-    return {"1": "real", "true": "real", "real": "real", "sim": "sim"}.get(value)
+    return {"1": "real", "true": "real", "real": "real", "sim": "sim", "": "sim"}.get(value)
 
 
 def require(key_names: tuple[str, ...], cloud: str) -> str:
     """The mode, or skip this module saying why (no SKYWARD_LIVE, or no key for this cloud)."""
     chosen = mode()
     if chosen is None:
-        pytest.skip(f"live tests cost money: set {ENV_LIVE}=1 (with a {cloud} key), or {ENV_LIVE}=sim for the "
-                    "simulated clouds", allow_module_level=True)
+        pytest.skip(f"{ENV_LIVE}=0: live tests skipped (set {ENV_LIVE}=1 with a {cloud} key for the real "
+                    "cloud; unset or sim for the simulated one)", allow_module_level=True)
     if chosen == "real" and not any(os.environ.get(name) for name in key_names):
         pytest.skip(f"{ENV_LIVE}=1 but no {cloud} key: set {' or '.join(key_names)}", allow_module_level=True)
     return chosen
