@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from skyward_ray import names
 from skyward_ray.cluster import provisioning
 from skyward_ray.cluster.node_provider import HOST_KEY_NAME
 from skyward_ray.planning.accelerators import parse_accelerator
+from tests.conftest import REPO
 from tests.provider_helpers import cluster_name, cluster_params, create
 from tests.simrunpod import CAPACITY_MESSAGE, SIM_SETTINGS, USER_KEY, runpod_environment, simulated_runpod
 
@@ -279,3 +282,12 @@ def test_an_exited_pod_counts_as_gone_and_is_terminated_so_it_stops_billing(sim,
     assert provider.non_terminated_nodes({}) == [head]
     assert worker in sim.ended and worker not in {p.id for p in sim.live_pods()}
     provider.cleanup_cluster_resources()
+
+
+def test_loading_the_sdk_leaves_the_programs_logging_alone():
+    """`import runpod` adds a StreamHandler at INFO to the root logger, which printed every status
+    line of a pool twice (once more in runpod's format) in a program that never configured logging."""
+    code = ("import logging; from node_providers.runpod import transport; transport.load_sdk(); import runpod; "
+            "print(len(logging.getLogger().handlers), logging.getLogger().level)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=str(REPO))
+    assert done.stdout.split() == ["0", str(logging.WARNING)], done.stdout + done.stderr

@@ -75,6 +75,7 @@ def runpod_errors(what: str, where: str = "") -> contextlib.AbstractContextManag
 
 def _typed(error: BaseException, doing: str) -> BaseException | None:
     import requests
+    transport.load_sdk()
     from runpod import error as sdk_error
 
     message = str(error)

@@ -41,6 +41,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from node_providers.runpod import global_network as network
+from node_providers.runpod import transport
 from node_providers.runpod.api import graphql, require_key, rest, runpod_errors, safe
 from node_providers.runpod.config import RunPod
 from skyward_ray import names
@@ -182,6 +183,7 @@ class RunPodCloud(RemoteCloud):
 
     def _launch_graphql(self, request: MachineRequest, machine: MachineName, tags: dict[str, str],
                         gpu_type: str, count: int, market: str, where: str) -> dict[str, Any]:
+        transport.load_sdk()
         from runpod.api.mutations.pods import generate_pod_deployment_mutation
 
         config = self.config
@@ -256,6 +258,7 @@ class RunPodCloud(RemoteCloud):
 
     def end_machine(self, instance_id: str) -> None:
         """podTerminate (never podStop: a stopped pod keeps billing its volume)."""
+        transport.load_sdk()
         from runpod.api.mutations.pods import generate_pod_terminate_mutation
 
         with runpod_errors("terminate a pod", instance_id):

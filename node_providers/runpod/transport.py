@@ -22,8 +22,10 @@ every call. Requests carry `Authorization: Bearer <key>` and the SDK's User-Agen
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
+import sys
 import time
 from typing import Any
 
@@ -50,8 +52,24 @@ class RestError(Exception):
         self.message = message
 
 
+def load_sdk() -> None:
+    """Import the runpod SDK once, undoing what its import does to this process's logging: it adds
+    a StreamHandler to the root logger at INFO, which would print every `skyward_ray` status line a
+    second time (and every other library's INFO records) in the user's program."""
+    if "runpod" in sys.modules:
+        return
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        import runpod  # noqa: F401
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
 def graphql(key: str, query: str) -> dict[str, Any]:
     """One GraphQL call (the query text as the SDK sends it, no variables); returns its `data`."""
+    load_sdk()
     from runpod import error as sdk_error
 
     url = os.environ.get(GRAPHQL_URL_ENV) or DEFAULT_GRAPHQL
@@ -79,6 +97,7 @@ def rest(key: str, method: str, path: str, body: dict[str, Any] | None = None,
 
 def _send(method: str, url: str, key: str, **kwargs: Any) -> Any:
     import requests
+    load_sdk()
     from runpod.user_agent import USER_AGENT
 
     headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT, "Authorization": f"Bearer {key}"}
