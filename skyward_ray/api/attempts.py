@@ -31,6 +31,9 @@ LOOKUP_TIMEOUT_S = 10.0
 #: the code's (a node being reclaimed ends its workers a moment before its raylet)
 CONFIRM_S = 5.0
 DEFAULT_LOG_DIR = "/tmp/ray/session_latest/logs"
+# The attribute Ray's worker SIGTERM handler puts on the SystemExit it raises (ray._raylet's
+# raise_sys_exit_with_custom_error_message): a worker being ended with its node, not sys.exit().
+RAY_TERMINATION = "ray_terminate_msg"
 
 
 def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -48,6 +51,8 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except SystemExit as exit_:
+            if hasattr(exit_, RAY_TERMINATION):
+                raise  # Ray's SIGTERM handler: the node's processes are being ended (a lost node), not the code's exit
             raise FunctionCrashedError(
                 f"{fn.__qualname__} called sys.exit({exit_.code!r}) {_where(_attempt())}: a call that exits is "
                 "the function's error, like an exception, and is not retried. Fix: raise an exception (or "
