@@ -52,6 +52,15 @@ def local_status() -> dict[str, dict]:
 
 
 # -- private secrets ---------------------------------------------------------------------------------
+def _read(what, default):
+    """A process's cmdline or environment; `default` for one that ended since it was listed (a
+    pool's short-lived helper processes come and go)."""
+    try:
+        return what()
+    except psutil.Error:
+        return default
+
+
 def test_a_local_pool_keeps_its_token_and_files_private():
     root = pool_state.runtime_root()
     assert stat.S_IMODE(root.stat().st_mode) == 0o700
@@ -79,9 +88,9 @@ def test_a_local_pool_keeps_its_token_and_files_private():
                 assert token not in " ".join(proc.cmdline()), f"the token is on the command line of {proc.pid}"
             except psutil.Error:
                 continue
-        assert any(p.environ().get("RAY_AUTH_TOKEN") == token for p in processes)
+        assert any(_read(p.environ, {}).get("RAY_AUTH_TOKEN") == token for p in processes)
         # Ray's metrics exporter (an unauthenticated HTTP port) is off: nothing listens on the port each node names
-        ports = {int(arg.split("=", 1)[1]) for p in processes for arg in p.cmdline()
+        ports = {int(arg.split("=", 1)[1]) for p in processes for arg in _read(p.cmdline, [])
                  if arg.startswith("--metrics-export-port=")}
         assert ports
         listening = [c for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN and c.laddr.port in ports]
