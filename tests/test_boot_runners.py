@@ -21,7 +21,6 @@ from __future__ import annotations
 import time
 
 import boto3
-import pytest
 import requests
 
 from node_providers.aws.cloud import AWSCloud
