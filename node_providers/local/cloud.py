@@ -16,6 +16,7 @@ Ray's autoscaler makes) sees the same machines.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import secrets
@@ -214,8 +215,12 @@ class LocalCloud(Cloud):
     def describe(self) -> list[Machine]:
         if self._removed():
             return []
+        try:
+            machines = self.host.machines()  # one read of the shared state
+        except FileNotFoundError:  # the pool's directory went meanwhile (its own teardown, or another gc)
+            return []
         listed = []
-        for machine in self.host.machines().values():  # one read of the shared state
+        for machine in machines.values():
             running = not machine.terminated and self.host.root_alive(machine)
             listed.append(Machine(instance_id=machine.instance_id, state="running" if running else "terminated",
                                   private_ip=machine.ip, public_ip=machine.ip, tags=dict(machine.tags)))
@@ -223,7 +228,8 @@ class LocalCloud(Cloud):
 
     def terminate(self, instance_ids: list[str]) -> None:
         if not self._removed():
-            self.host.terminate(list(instance_ids))
+            with contextlib.suppress(FileNotFoundError):  # removed meanwhile: nothing of it is left to end
+                self.host.terminate(list(instance_ids))
 
     def set_tags(self, instance_id: str, tags: Mapping[str, str]) -> None:
         self.host.update_tags(instance_id, dict(tags))
