@@ -16,6 +16,7 @@ pool ships skyward_ray to them).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -106,8 +107,10 @@ def read_record(task_id: str) -> dict[str, Any] | None:
         return None
 
 
+@functools.cache
 def _attempt() -> dict[str, Any]:
-    """This attempt: which node (skyward's index, address, Ray id), which worker, where its logs are."""
+    """This attempt: which node (skyward's index, address, Ray id), which worker, where its logs are.
+    The same for every call a worker process runs, so read once per process: it is on every call's path."""
     import ray
 
     context = ray.get_runtime_context()
