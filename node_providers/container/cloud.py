@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -46,7 +45,7 @@ from skyward_ray.cluster.contract import (
     Role,
     SSHEndpoint,
 )
-from skyward_ray.cluster.remote_cloud import RemoteCloud
+from skyward_ray.cluster.remote_cloud import LaterTags, RemoteCloud
 from skyward_ray.errors import AuthError, ProviderUnavailableError, ProvisioningError, SpecError
 from skyward_ray.node.sshd import sshd_lines, state_dir_lines
 
@@ -57,8 +56,7 @@ _STATES: dict[str, MachineState] = {"created": "pending", "running": "running", 
                                      "paused": "stopping", "removing": "terminated", "exited": "terminated",
                                      "dead": "terminated"}
 
-_TAG_LOCK = threading.Lock()
-_TAG_CHANGES: dict[str, dict[str, str]] = {}  # container id → tags set after its launch
+LATER_TAGS = LaterTags()  # container id → tags set after its launch
 
 
 def pool_network(cluster: str) -> str:
@@ -225,8 +223,7 @@ class ContainerCloud(RemoteCloud):
     def _machine(self, attrs: Mapping[str, Any]) -> Machine:
         labels = dict(attrs["Config"].get("Labels") or {})
         instance_id = attrs["Id"][:12]
-        with _TAG_LOCK:
-            labels.update(_TAG_CHANGES.get(instance_id, {}))
+        labels = LATER_TAGS.over(instance_id, labels)
         network = (attrs["NetworkSettings"].get("Networks") or {}).get(pool_network(self.cluster_name)) or {}
         state = _STATES.get(attrs["State"]["Status"], "stopping")
         tags = {k: v for k, v in labels.items() if k != KIND_LABEL}
@@ -263,8 +260,7 @@ class ContainerCloud(RemoteCloud):
 
     def set_tags(self, instance_id: str, tags: Mapping[str, str]) -> None:
         """Kept in this process: Docker cannot change a container's labels."""
-        with _TAG_LOCK:
-            _TAG_CHANGES.setdefault(instance_id, {}).update(tags)
+        LATER_TAGS.set(instance_id, tags)
 
     def ssh_endpoint(self, machine: Machine) -> SSHEndpoint:
         port = self.prepared.get("ssh_port")

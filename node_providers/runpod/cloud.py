@@ -47,7 +47,7 @@ from node_providers.runpod.config import RunPod
 from skyward_ray import names
 from skyward_ray.cluster.contract import ClusterListing, ClusterParams, Machine, MachineRequest, MachineState, SSHEndpoint
 from skyward_ray.cluster.machine_tags import MachineName, MachineNaming, TagCodec
-from skyward_ray.cluster.remote_cloud import RemoteCloud
+from skyward_ray.cluster.remote_cloud import LaterTags, RemoteCloud
 from skyward_ray.errors import CapacityError, ProvisioningError, SpecError
 from skyward_ray.node import self_destroy
 from skyward_ray.node.sshd import sshd_lines, state_dir_lines
@@ -86,8 +86,7 @@ _POD_FIELDS = ("id name desiredStatus env costPerHr gpuCount imageName machineId
 
 
 # Tag changes made in this process after a launch, by pod id (RunPod cannot keep them; see above).
-_TAG_LOCK = threading.Lock()
-_TAG_CHANGES: dict[str, dict[str, str]] = {}
+LATER_TAGS = LaterTags()
 
 
 class RunPodCloud(RemoteCloud):
@@ -242,8 +241,7 @@ class RunPodCloud(RemoteCloud):
 
     def _machine(self, pod: dict[str, Any], name: MachineName) -> tuple[Machine, tuple[str, int] | None]:
         tags = TAGS.decode(name, pod_env(pod.get("env")).get(ENV_TAGS, ""))
-        with _TAG_LOCK:
-            tags.update(_TAG_CHANGES.get(pod["id"], {}))
+        tags = LATER_TAGS.over(pod["id"], tags)
         runtime = pod.get("runtime")
         status = (pod.get("desiredStatus") or "").upper()
         state: MachineState = _STATES.get(status, "running" if runtime else "pending")
@@ -266,8 +264,7 @@ class RunPodCloud(RemoteCloud):
 
     def set_tags(self, instance_id: str, tags: Mapping[str, str]) -> None:
         """Kept in this process: RunPod cannot change a running pod's env or name without restarting it."""
-        with _TAG_LOCK:
-            _TAG_CHANGES.setdefault(instance_id, {}).update(tags)
+        LATER_TAGS.set(instance_id, tags)
 
     def ssh_endpoint(self, machine: Machine) -> SSHEndpoint:
         with self._lock:

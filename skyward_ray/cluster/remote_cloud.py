@@ -18,7 +18,8 @@ A new cloud shaped like RunPod writes its API wrapper, `launch`, `describe`, `en
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from typing import ClassVar
 
 from skyward_ray.cluster.contract import BootEnvironment, Cloud, NotFoundError, Role
@@ -90,6 +91,25 @@ class RemoteCloud(Cloud):
         if text is None:
             return self.no_log
         return "\n".join(text.splitlines()[-lines:]) or f"(the {self.log_name} is empty so far)"
+
+
+class LaterTags:
+    """Tags set on a machine after its launch, for a cloud that cannot change them on a running
+    machine (RunPod's env and name, Docker's labels): kept in this process and laid over what the
+    cloud lists. Only `ray up`'s node updaters set tags after a launch; skyward's own paths never do."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._changes: dict[str, dict[str, str]] = {}
+
+    def set(self, instance_id: str, tags: Mapping[str, str]) -> None:
+        with self._lock:
+            self._changes.setdefault(instance_id, {}).update(tags)
+
+    def over(self, instance_id: str, listed: Mapping[str, str]) -> dict[str, str]:
+        """The cloud's tags of this machine with the later ones laid over them."""
+        with self._lock:
+            return {**listed, **self._changes.get(instance_id, {})}
 
 
 @contextlib.contextmanager
