@@ -27,6 +27,7 @@ from skyward_ray.cluster.signals import as_exit, signals_held
 from skyward_ray.cluster.teardown import teardown_beside
 from skyward_ray.planning.offers import Offer
 from skyward_ray.planning.providers import ProviderConfig
+from skyward_ray.errors import ProvisioningError
 
 __all__ = ["Cluster", "alive_nodes", "launch", "launch_detached", "new_cluster_name"]
 
@@ -76,7 +77,7 @@ def _bring_up(config: ProviderConfig, params: ClusterParams, cluster_name: str, 
         boot_wait.wait_for_nodes(gcs, provider, [head], offer, deadline, boot_timeout)
         cluster.timings["head_alive_s"] = time.monotonic() - t0
         if connect:
-            cluster.driver.connect()
+            _connect_or_explain(cluster, provider, head)
         cluster.timings["driver_s"] = time.monotonic() - t0
         cluster.nodes = boot_wait.wait_for_nodes(gcs, provider, cluster.instance_ids, offer, deadline, boot_timeout)
         cluster.timings["ready_s"] = time.monotonic() - t0
@@ -88,3 +89,17 @@ def _bring_up(config: ProviderConfig, params: ClusterParams, cluster_name: str, 
             raise as_exit(held[0]) from error
         raise
 
+
+def _connect_or_explain(cluster: Cluster, provider: Any, head: str) -> None:
+    """Join the head as a driver; when that fails, the error carries the head's own last log lines
+    (its watchdog or Ray says why the head went), not only Ray Client's view of a dropped channel."""
+    try:
+        cluster.driver.connect()
+    except ProvisioningError as error:
+        if type(error) is not ProvisioningError:  # a typed subclass keeps its type and message
+            raise
+        try:
+            tail = provider.log_tail(head)
+        except Exception as log_error:  # noqa: BLE001 - the log is a courtesy; the error stands
+            tail = f"(its log could not be read: {log_error})"
+        raise ProvisioningError(f"{error}\nLast lines of the head node {head}'s log:\n{tail}") from None

@@ -76,17 +76,26 @@ def main() -> int:
     client = None
     answered = False
     last_value = None
-    started = last_change = time.monotonic()
+    started = last_change = last_read = time.monotonic()
     while _alive(ray_pid):
         time.sleep(1.0)
+        asked = time.monotonic()
         try:
             if client is None:
                 client = GcsClient(address=address)
             value = client.internal_kv_get(key, namespace, timeout=5)
             if not answered:  # the GCS answers: from now on the driver can beat, and must
                 answered, last_change = True, time.monotonic()
-        except Exception:  # GCS not up yet, or busy: the clock keeps running
+            last_read = time.monotonic()
+        except Exception:  # GCS not up yet, or too busy to answer this watchdog
             value = last_value
+            if answered:
+                # A read that failed is this watchdog's blindness, not the driver's silence: the
+                # driver's clock stands still (a loaded head must not end a pool whose driver beats)
+                # unless the GCS stays unreadable past the first grace: then the head is dead anyway.
+                last_change += time.monotonic() - asked
+                if time.monotonic() - last_read > first_grace:
+                    return _stop(ray_pid, f"the head's GCS did not answer for {first_grace:g}s")
         now = time.monotonic()
         if now - started >= lifetime:
             return _stop(ray_pid, f"the pool's max lifetime ({lifetime:g}s) is reached")
