@@ -67,16 +67,21 @@ class AWSCloud(RemoteCloud):
         self.region = self.params.region or self.config.region
         if not self.region:
             raise SpecError("AWS: no region. Fix: pass sky.AWS(region='us-east-1') or set provider.cluster.region")
-        self._local = threading.local()  # boto3 clients are not thread-safe to create concurrently
+        # One EC2 client for every thread of this cluster: clients are thread-safe to use (not to
+        # create, hence the lock), and a shared client shares botocore's adaptive rate limiter, so
+        # 64 concurrent creates slow down together under RequestLimitExceeded instead of each
+        # retrying on its own until one gives up (measured: bench/bench_launch.py).
+        self._client: Any = None
+        self._client_lock = threading.Lock()
         self._images: dict[tuple[str, str | None], network.BootImage] = {}
         self._images_lock = threading.Lock()
 
     @property
     def ec2(self) -> Any:
-        client = getattr(self._local, "ec2", None)
-        if client is None:
-            client = self._local.ec2 = session_for(self.config.profile, self.region).client("ec2", config=retry_config())
-        return client
+        with self._client_lock:
+            if self._client is None:
+                self._client = session_for(self.config.profile, self.region).client("ec2", config=retry_config())
+            return self._client
 
     # -- every cluster (skyward-ray status / down / gc) ------------------------------------------
     @classmethod

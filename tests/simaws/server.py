@@ -14,7 +14,7 @@ server through `AWS_ENDPOINT_URL`. In front of moto sits a small WSGI layer that
 - answers Service Quotas for EC2's vCPU quotas (`quotas`, `tests/simaws/quotas.py`), which moto lacks.
 
 The region is shaped for the host simulator: its default VPC is `10.231.0.0/16` with one subnet per
-availability zone (`10.231.<n>.0/24`, public addresses on launch), the private range of the
+availability zone (`10.231.<16n>.0/20`, as AWS's default VPC has /20s; public addresses on launch), the private range of the
 simulated network the hosts live on; public addresses come from that network's public range
 (`public_ips`), so a driver can reach only what a host's security group lets through. An AWS
 Deep Learning AMI and its ARM64 sibling (owner alias "amazon") are registered so the provider's
@@ -300,7 +300,8 @@ class SimAWS(ApiSimulator):
         old_default = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
         self.vpc_id = ec2.create_vpc(CidrBlock=VPC_CIDR)["Vpc"]["VpcId"]
         for n, zone in enumerate(zones, start=1):
-            self.subnets[zone] = ec2.create_subnet(VpcId=self.vpc_id, CidrBlock=f"10.231.{n}.0/24",
+            # /20 per zone, as AWS's default VPC has (4091 addresses each): a 256-node pool fits one zone
+            self.subnets[zone] = ec2.create_subnet(VpcId=self.vpc_id, CidrBlock=f"10.231.{16 * n}.0/20",
                                                    AvailabilityZone=zone)["Subnet"]["SubnetId"]
             ec2.modify_subnet_attribute(SubnetId=self.subnets[zone], MapPublicIpOnLaunch={"Value": True})
         backend = self._backend()
