@@ -12,6 +12,11 @@ base is what a machine then is, the same for all of them:
   image's system Python) and `uv` (an image with uv installed); the node makes its own Python
   environment with the driver's exact versions from a package cache that is warmed once
   (`node_package_cache`) and read offline, since a namespace reaches no index;
+- or, for a cloud with an `image` (Vast.ai; AWS and RunPod behind SKYWARD_SIM_BARE_AWS=1 /
+  SKYWARD_SIM_BARE_RUNPOD=1 until their suites have run on it), a *bare* machine: its own root
+  filesystem from the cloud's image, PID, mount and UTS namespaces (`tests.simnet.rootfs_machine`),
+  the image's PATH and ENV lines, and a simulated internet on the network (`tests.siminternet`)
+  from which the boot downloads what it installs: nothing of the driver's disk is reachable;
 - ended (processes and namespace) when the cloud says it ended.
 
 Two ways to learn about machines: a cloud whose API is a real service (moto, the Vast fake) is
@@ -22,6 +27,7 @@ itself when its API places or ends a machine.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -38,8 +44,11 @@ import ray
 from node_providers.local.process_host import ProcessHost
 from skyward_ray import names
 from skyward_ray.node.startup_script import node_requirements
+from tests.images.cloud_images import CloudImage, unpacked
+from tests.siminternet.host import SimInternet
 from tests.simnet import SimHost, SimNetwork
 from tests.simnet.network import IP, SYSTEM_PATH
+from tests.simnet.rootfs_machine import RootfsMachine
 
 # Packages a simulated node may install: the driver's Ray, and what the tests put in Image.pip.
 NODE_PACKAGES = (f"ray[default]=={ray.__version__}", *node_requirements(), "tabulate==0.9.0")
@@ -97,10 +106,17 @@ class SimulatedHosts:
     # a machine its id or address through skyward's own variables (the process host sets them for
     # the local provider's machines); a cloud's subclass adds what its runner leaves unset (HOME).
     unset: ClassVar[tuple[str, ...]] = (names.ENV_INSTANCE_ID, names.ENV_NODE_IP)
+    # The cloud's image: with one, a machine is bare (`bare`): its own root filesystem from the image
+    # (`tests.simnet.rootfs_machine`), its software from the simulated internet (`tests.siminternet`).
+    image: ClassVar[CloudImage | None] = None
+    machine_files: ClassVar[Mapping[str, str]] = {}  # a bare machine's shims: path in the machine → script
 
     def __init__(self, sim: Any, boot_delay: float = 0.0, poll_interval: float | None = None,
-                 private_net: str | None = None) -> None:
+                 private_net: str | None = None, bare: bool | None = None) -> None:
         self.sim = sim
+        self.bare = self.image is not None if bare is None else bare
+        self.internet: SimInternet | None = None
+        self.image_root: Path | None = None
         self.boot_delay = boot_delay
         self.poll_interval = poll_interval  # None: the cloud's fake calls boot_later/end itself
         self.root = Path(tempfile.mkdtemp(prefix=self.prefix, dir="/tmp"))
@@ -132,8 +148,15 @@ class SimulatedHosts:
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> "SimulatedHosts":
-        self.uv_cache = node_package_cache()
-        self.network.open()
+        if self.bare:
+            assert self.image is not None, f"{type(self).__name__} has no image to boot bare machines from"
+            self.network.open()
+            self.internet = SimInternet(self.network, NODE_PACKAGES).start()
+            assert self.internet.tls is not None
+            self.image_root = unpacked(self.image, self.internet.tls.ca_cert)
+        else:
+            self.uv_cache = node_package_cache()
+            self.network.open()
         self.attach()
         if self.poll_interval is not None:
             self._spawn(self._watch, self.thread_name)
@@ -190,8 +213,17 @@ class SimulatedHosts:
         return host
 
     def machine_env(self, machine_id: Hashable) -> dict[str, str]:
-        """What every simulated image sets up: the offline package mirror and the node's env directory."""
+        """What every simulated image sets up: on a bare machine, root's HOME (its container
+        runtime's; `unset` takes it out where the runner leaves it unset); else the offline package
+        mirror and the node's env directory."""
+        if self.bare:
+            return {"HOME": "/root"}
+        # The machine's /tmp, short as a real machine's: Ray's unix sockets live below it (at most
+        # 107 bytes; the dashboard's `<session>/sockets/dash_MetricsHead` is among the longest)
+        tmp = self.root / "t" / hashlib.sha1(str(machine_id).encode()).hexdigest()[:8]
+        tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
         return {
+            "TMPDIR": str(tmp),
             "UV_CACHE_DIR": str(self.uv_cache),
             "UV_OFFLINE": "1",  # a namespace reaches no package index: the cache is this cloud's mirror
             "UV_PYTHON_DOWNLOADS": "never",
@@ -206,10 +238,27 @@ class SimulatedHosts:
 
     def run_machine(self, machine_id: Hashable, host: SimHost, script: str, private_ip: str,
                     env: Mapping[str, str]) -> None:
-        """Start the machine's script as its root process group inside its namespace."""
+        """Start the machine's script as its root process group inside its namespace (on a bare
+        machine: as the first process of its own root, with the image's PATH and ENV lines)."""
+        if self.bare:
+            assert self.image is not None and self.image_root is not None and self.internet is not None
+            machine_env = {**self.image.environment(), **{k: v for k, v in env.items() if k != "PATH"}}
+            for name in self.unset:
+                machine_env.pop(name, None)
+            machine = self.rootfs(machine_id, machine_env)
+            self.host.boot(str(machine_id), script, private_ip, wrapper=machine.wrapper(host.namespace),
+                           inherit_path=False)
+            return
         unset = [arg for name in self.unset for arg in ("-u", name)]
         self.host.boot(str(machine_id), script, private_ip, env=dict(env),
                        wrapper=[IP, "netns", "exec", host.namespace, ENV, *unset], inherit_path=False)
+
+    def rootfs(self, machine_id: Hashable, env: Mapping[str, str] | None = None) -> RootfsMachine:
+        """A bare machine's root (its files on the driver's side: `RootfsMachine.written`)."""
+        assert self.image_root is not None and self.internet is not None, "a bare machine needs start() first"
+        return RootfsMachine(self.image_root, self.host.state_dir / str(machine_id) / "fs",
+                             f"{self.prefix.strip('-')}{machine_id}", self.internet.hosts_lines(), dict(env or {}),
+                             files=self.machine_files)
 
     def end(self, machine_id: Hashable) -> None:
         """The cloud says this machine ended: its processes and everything in its namespace go
@@ -221,6 +270,8 @@ class SimulatedHosts:
             return
         self.host.terminate([str(machine_id)], keep_directory=True)
         host.stop(grace=1.0)  # sshd and anything else in its namespace
+        if self.bare:  # its disk (~0.8 GB once Ray is installed) goes; its console log stays
+            shutil.rmtree(self.host.state_dir / str(machine_id) / "fs", ignore_errors=True)
 
     def boot_later(self, machine_id: Hashable, boot: Callable[[float], None]) -> None:
         """The fake placed a machine: `boot(placed)` runs in the background after `boot_delay`

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,3 +62,18 @@ def rootfs_tarball(recipe: RootfsRecipe) -> Path:
             raise RuntimeError(f"mmdebstrap {recipe} failed: {done.stderr.strip()[-2000:]}")
         partial.rename(target)  # only a finished build carries the final name
         return target
+
+
+def built_once(target: Path, build: Callable[[Path], None]) -> Path:
+    """The directory `target`, made by `build(partial_directory)` once per machine: under a lock (test
+    workers share the cache), renamed into place only when finished (a failed build leaves nothing)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f"{target.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not target.is_dir():
+            partial = target.with_name(f"{target.name}.partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir()
+            build(partial)
+            partial.rename(target)
+    return target

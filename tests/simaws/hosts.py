@@ -39,6 +39,7 @@ import base64
 import contextlib
 import email
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -47,6 +48,7 @@ from typing import Any, ClassVar
 
 import yaml
 
+from tests.images.cloud_images import AWS
 from tests.simaws.server import VPC_CIDR
 from tests.simhost import NODE_PACKAGES, SHUTDOWN_NAMES, SYSTEM_PATH, UV_CACHE, SimulatedHosts, node_package_cache
 from tests.simnet import SimHost
@@ -63,9 +65,21 @@ echo "simaws: $(basename "$0") $* in $ns"
 : > "$(dirname "$(readlink -f "$0")")/../shutdown-requests/$ns"
 exit 0
 """
+# On a bare machine (its own root: `tests.simhost`), the same request as a file in the machine,
+# which the simulator reads from the machine's layer (`RootfsMachine.written`).
+BARE_SHUTDOWN_REQUEST = "/var/lib/simhost/shutdown-requested"
+_BARE_SHUTDOWN_SHIM = f"""#!/bin/sh
+# simulated host: an instance-initiated shutdown of this instance (the hypervisor sees the guest power off)
+echo "simaws: $(basename "$0") $*"
+mkdir -p {Path(BARE_SHUTDOWN_REQUEST).parent} && : > {BARE_SHUTDOWN_REQUEST}
+exit 0
+"""
 SHIM_NAMES = SHUTDOWN_NAMES
 IMDS_SCRIPT = Path(__file__).with_name("imds.py")
 IMDS_ADDRESS = "169.254.169.254"
+# Bare AWS machines (the DLAMI-like image, software from the simulated internet) only when asked:
+# SKYWARD_SIM_BARE_AWS=1 (not yet run through the AWS suites; see issue 20).
+BARE_DEFAULT = os.environ.get("SKYWARD_SIM_BARE_AWS") == "1"
 # cloud-init's user scripts run from a systemd system service: systemd's default PATH (`SYSTEM_PATH`,
 # behind the image stand-ins of `SimulatedHosts.path`) and the image's locale
 CLOUD_INIT_LANG = "C.UTF-8"
@@ -93,9 +107,14 @@ class HostSimulator(SimulatedHosts):
     shims: ClassVar[Mapping[str, str]] = {name: _SHUTDOWN_SHIM for name in SHIM_NAMES}
     thread_name = "simaws-hosts"
     unset = (*SimulatedHosts.unset, "HOME")  # systemd gives a service without User= no HOME
+    image = AWS
+    machine_files: ClassVar[Mapping[str, str]] = {f"/usr/local/sbin/{name}": _BARE_SHUTDOWN_SHIM
+                                                  for name in SHIM_NAMES}
 
-    def __init__(self, sim: Any, boot_delay: float = 0.0, poll_interval: float = 0.15) -> None:
-        super().__init__(sim, boot_delay=boot_delay, poll_interval=poll_interval, private_net=VPC_CIDR)
+    def __init__(self, sim: Any, boot_delay: float = 0.0, poll_interval: float = 0.15,
+                 bare: bool | None = None) -> None:
+        super().__init__(sim, boot_delay=boot_delay, poll_interval=poll_interval, private_net=VPC_CIDR,
+                         bare=bare if bare is not None else BARE_DEFAULT)
         self.shutdown_dir = self.root / "shutdown-requests"
         self.shutdown_dir.mkdir()
         self.tamper_host_keys = False  # True: hosts present a key of their own, not the user data's
@@ -131,15 +150,26 @@ class HostSimulator(SimulatedHosts):
             if not found:
                 self.errors.append(f"a shutdown from {request.name!r}, which is no instance's namespace")
                 continue
-            instance_id = found[0]
-            ec2 = self.sim.client()
-            behaviour = ec2.describe_instance_attribute(
-                InstanceId=instance_id, Attribute="instanceInitiatedShutdownBehavior"
-            )["InstanceInitiatedShutdownBehavior"]["Value"]
-            if behaviour == "terminate":
-                ec2.terminate_instances(InstanceIds=[instance_id])
-            else:
-                ec2.stop_instances(InstanceIds=[instance_id])
+            self._shut_down(found[0])
+        if self.bare:
+            with self.lock:
+                live = [i for i in self.booted if i not in self.ended]
+            for instance_id in live:
+                flag = self.rootfs(instance_id).written(BARE_SHUTDOWN_REQUEST)
+                if flag.exists():
+                    flag.unlink()
+                    self._shut_down(instance_id)
+
+    def _shut_down(self, instance_id: str) -> None:
+        """The guest powered off: terminate or stop, per its InstanceInitiatedShutdownBehavior."""
+        ec2 = self.sim.client()
+        behaviour = ec2.describe_instance_attribute(
+            InstanceId=instance_id, Attribute="instanceInitiatedShutdownBehavior"
+        )["InstanceInitiatedShutdownBehavior"]["Value"]
+        if behaviour == "terminate":
+            ec2.terminate_instances(InstanceIds=[instance_id])
+        else:
+            ec2.stop_instances(InstanceIds=[instance_id])
 
     def _allowed_tcp(self, instance: dict[str, Any]) -> list[tuple[str, int, int]]:
         """What the instance's security groups admit from outside: (source CIDR, first port, last port)."""
@@ -172,7 +202,7 @@ class HostSimulator(SimulatedHosts):
             key_path.chmod(0o600)
             host.start_sshd(key_path, self.sim.imported_public_key(instance["KeyName"]))
         start_metadata_service(host, instance)
-        env = {"PATH": self.path, "LANG": CLOUD_INIT_LANG, **self.machine_env(instance_id)}
+        env = {"PATH": self.path, "LANG": CLOUD_INIT_LANG, **self.machine_env(instance_id)}  # bare: the image's PATH
         self.run_machine(instance_id, host, script, instance["PrivateIpAddress"], env)
 
 

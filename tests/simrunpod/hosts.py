@@ -25,15 +25,20 @@ When the fake says a pod ended (terminated, stopped, interrupted), its processes
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+from tests.images.cloud_images import RUNPOD
 from tests.simhost import SimulatedHosts, nft
 
 NETNS_ETC = Path("/etc/netns")
+# Bare pods (the RunPod-base-like image, software from the simulated internet) only when asked:
+# SKYWARD_SIM_BARE_RUNPOD=1 (not yet run through the RunPod suites; see issue 20).
+BARE_DEFAULT = os.environ.get("SKYWARD_SIM_BARE_RUNPOD") == "1"
 
 
 class PodHosts(SimulatedHosts):
@@ -42,8 +47,11 @@ class PodHosts(SimulatedHosts):
     prefix = "rp-"
     idle_timeout = 20.0
 
-    def __init__(self, sim: Any, boot_delay: float = 0.0) -> None:
-        super().__init__(sim, boot_delay=boot_delay)  # its private range stands for RunPod's global network
+    image = RUNPOD
+
+    def __init__(self, sim: Any, boot_delay: float = 0.0, bare: bool | None = None) -> None:
+        # its private range stands for RunPod's global network
+        super().__init__(sim, boot_delay=boot_delay, bare=bare if bare is not None else BARE_DEFAULT)
         self.global_pods: dict[str, str] = {}  # pod id → private address, for pods on the global network
         self.ports: set[int] = set()
 
@@ -117,6 +125,8 @@ class PodHosts(SimulatedHosts):
             self.mark_booted(pod.id, time.monotonic() - placed)
             # docker runs the command as its argv; bash's word splitting of `exec <args>` is the same here
             self.run_machine(pod.id, host, f"exec {pod.docker_args}\n", host.private_ip, env)
+        if pod.global_network and self.bare:
+            self._write_hosts_files()  # the machine's runtime wrote its /etc/hosts: add the pods' names
         self.sim.set_runtime(pod.id, {"uptimeInSeconds": 0, "ports": [
             {"ip": public_ip, "isIpPublic": True, "privatePort": 22, "publicPort": port, "type": "tcp"}]})
 
@@ -126,8 +136,13 @@ class PodHosts(SimulatedHosts):
             lines = ["127.0.0.1 localhost"] + [f"{ip} {pod_id}.runpod.internal"
                                                for pod_id, ip in sorted(self.global_pods.items())]
             namespaces = [self.sim_hosts[p].namespace for p in self.global_pods if p in self.sim_hosts]
-        for namespace in namespaces:
-            path = NETNS_ETC / namespace / "hosts"
+            pods = [p for p in self.global_pods if p in self.sim_hosts]
+        paths = [NETNS_ETC / namespace / "hosts" for namespace in namespaces]
+        if self.bare:  # a bare machine's own /etc/hosts (its layer), beside the simulated internet's names
+            assert self.internet is not None
+            lines[1:1] = self.internet.hosts_lines()
+            paths = [self.rootfs(p).written("/etc/hosts") for p in pods]
+        for path in paths:
             try:
                 with open(path, "w") as handle:  # same inode: a bind mount already made sees the change
                     handle.write("\n".join(lines) + "\n")

@@ -17,10 +17,12 @@ the simulated network (`tests.simnet`; what a machine is, `tests.simhost`):
   variables, with root's HOME and nothing of the driver's environment (no `SKYWARD_*` id or
   address: the node learns its id from `CONTAINER_ID`, its address from its own interfaces). In
   the entrypoint (`args`) launch mode onstart does not run; the image's command would, and there
-  is no image here, so such an instance runs nothing. PATH holds the system's directories, the
-  base Python interpreter (an image's system Python) and `uv`; the node builds its Python
-  environment offline from `tests.simhost.node_package_cache` (stand-ins until machines have
-  their own root filesystem and a simulated internet: issue 20, items 1 and 3);
+  is no image here, so such an instance runs nothing. The machine is bare (`tests.simhost`): its
+  own root filesystem from the `ubuntu:22.04`-like image (`tests.images.cloud_images.VAST`: no
+  python3, no curl), PATH and ENV as the image sets them, and everything the boot installs (apt
+  packages, uv, CPython, Ray) downloaded from the simulated internet (`tests.siminternet`).
+  `VastHosts(bare=False)` keeps the older process-only machine (the driver's userland, an offline
+  package cache) for tests that do not boot nodes through the image;
 - `shutdown`, `poweroff`, `halt`, `reboot` refuse: a container cannot power its host off (and the
   real ones must never run here). A Vast instance ends itself through the API.
 
@@ -33,6 +35,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import ClassVar
 
+from tests.images.cloud_images import VAST
 from tests.simhost import SHUTDOWN_NAMES, SimulatedHosts, nft
 from tests.simvast.server import Instance, SimVast
 
@@ -50,9 +53,10 @@ class VastHosts(SimulatedHosts):
     prefix = "sv-"
     shims: ClassVar[Mapping[str, str]] = {name: _REFUSE_SHIM for name in SHIM_NAMES}
     thread_name = "simvast-hosts"
+    image = VAST
 
-    def __init__(self, sim: SimVast, poll_interval: float = 0.15) -> None:
-        super().__init__(sim, poll_interval=poll_interval)
+    def __init__(self, sim: SimVast, poll_interval: float = 0.15, bare: bool | None = None) -> None:
+        super().__init__(sim, poll_interval=poll_interval, bare=bare)
         self._private = 0
 
     def _next_private_ip(self) -> str:
