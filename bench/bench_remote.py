@@ -1,6 +1,6 @@
 """Bench: a pool driven from outside the cloud, through the SSH tunnel (simulated AWS region).
 
-    .venv/bin/python bench/bench_remote.py [--calls 200]
+    .venv/bin/python bench/bench_remote.py [--calls 200] [--rtt 40]
 
 One 2-node pool on the simulated region (each machine in its own network namespace; the driver
 reaches only the head's port 22). In one run it measures:
@@ -12,6 +12,12 @@ reaches only the head's port 22). In one run it measures:
 - what a node's own Python environment costs: uv making a venv with the driver's Python and Ray,
   cold (empty cache: every wheel downloaded, as a fresh cloud machine does) and warm (from a cache).
 
+With `--rtt MS` (this kernel has no netem) the driver's SSH connection to the head goes through a
+delaying relay (`bench/delay_proxy.py` as OpenSSH's ProxyCommand, through an `ssh` wrapper first on
+PATH), and the same pool is measured at +0 and +MS of round trip, in one run: `>>`, gather and
+`pool.map` of 500, a 50 MB argument up and result down, each against plain Ray Client on the same
+connection (the ratio is ours / plain).
+
 Starts its own simulated region and ends everything it starts.
 """
 
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -78,10 +85,90 @@ def uv_env_seconds(cache: str | None) -> float:
         return time.monotonic() - t
 
 
+@sky.function
+def size_of(data: bytes) -> int:
+    return len(data)
+
+
+@sky.function
+def blob(size: int) -> bytes:
+    return b"x" * size
+
+
+def delayed_ssh(directory: Path, rtt_file: Path) -> None:
+    """Put an `ssh` first on PATH that reaches every host through the delaying relay."""
+    real = shutil.which("ssh")
+    assert real, "no ssh on PATH"
+    relay = f"{sys.executable} {Path(__file__).with_name('delay_proxy.py')} --stdio %h %p --rtt-file {rtt_file}"
+    wrapper = directory / "ssh"
+    wrapper.write_text(f'#!/bin/sh\nexec {real} -o "ProxyCommand={relay}" "$@"\n')
+    wrapper.chmod(0o755)
+    os.environ["PATH"] = f"{directory}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+def seconds(call, repeat: int = 3) -> float:
+    """The best of `repeat` runs (after one warm-up): the least disturbed by this shared machine."""
+    call()
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def at_rtt(pool, calls: int, fan: int, megabytes: int) -> list[tuple[str, float, float]]:
+    """(measure, ours, plain Ray Client) at the current round trip."""
+    plain_noop = ray.remote(lambda: 1)
+    plain_size = ray.remote(lambda data: len(data))
+    plain_blob = ray.remote(lambda size: b"x" * size)
+    spread = plain_noop.options(scheduling_strategy="SPREAD")
+    data, size = b"x" * (megabytes * 2**20), megabytes * 2**20
+    rows = [
+        ("`>>` trivial call, median (ms)", median_ms(lambda: noop() >> pool, calls),
+         median_ms(lambda: ray.get(plain_noop.remote()), calls)),
+        (f"gather of {fan} (s)", seconds(lambda: sky.gather(*[noop() for _ in range(fan)]) >> pool),
+         seconds(lambda: ray.get([spread.remote() for _ in range(fan)]))),
+        (f"pool.map of {fan} (s)", seconds(lambda: pool.map(size_of, [b""] * fan)),
+         seconds(lambda: ray.get([plain_size.options(scheduling_strategy="SPREAD").remote(b"") for _ in range(fan)]))),
+        (f"{megabytes} MB argument up (s)", seconds(lambda: size_of(data) >> pool, 2),
+         seconds(lambda: ray.get(plain_size.remote(data)), 2)),
+        (f"{megabytes} MB result down (s)", seconds(lambda: blob(size) >> pool, 2),
+         seconds(lambda: ray.get(plain_blob.remote(size)), 2)),
+    ]
+    return [(label, ours * (1000 if "ms" in label else 1), plain) for label, ours, plain in rows]
+
+
+def rtt_table(pool, rtt_file: Path, rtt_ms: float, calls: int) -> None:
+    """Measure the same pool at +0 and +rtt_ms, and print both with ratios to plain Ray Client."""
+    tables = {}
+    for added in (0.0, rtt_ms):
+        rtt_file.write_text(f"{added:g}")
+        time.sleep(0.5)  # the relay re-reads the file every 0.2 s
+        tables[added] = at_rtt(pool, calls, 500, 50)
+    print(f"{'measure':34}" + "".join(f"{f'+{a:g} ms: ours':>16} {'plain':>9} {'ratio':>6}" for a in tables))
+    for i, (label, _, _) in enumerate(tables[0.0]):
+        cells = "".join(f"{t[i][1]:16.3f} {t[i][2]:9.3f} {t[i][1] / t[i][2]:6.2f}" for t in tables.values())
+        print(f"{label:34}{cells}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--rtt", type=float, default=None, help="also measure with this round trip added (ms)")
     args = parser.parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix="bench-remote-"))
+    rtt_file = scratch / "rtt_ms"
+    rtt_file.write_text("0")
+    if args.rtt is not None:
+        delayed_ssh(scratch, rtt_file)
+    try:
+        run(args, rtt_file)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, rtt_file: Path) -> None:
     with simulated_aws("us-east-1") as (sim, hosts), tempfile.TemporaryDirectory() as keys:
         provider = sky.AWS(region="us-east-1", key_dir=keys, ssh_cidr=hosts.ssh_cidr, **SIM_SETTINGS)
         t0 = time.monotonic()
@@ -89,6 +176,10 @@ def main() -> None:
             noop() >> pool
             first = time.monotonic() - t0
             timings = pool.timings
+            if args.rtt is not None:
+                rtt_table(pool, rtt_file, args.rtt, args.calls)
+                rtt_file.write_text("0")
+                time.sleep(0.5)
             ours = median_ms(lambda: noop() >> pool, args.calls)
             plain_fn = ray.remote(lambda: 1)
             plain = median_ms(lambda: ray.get(plain_fn.remote()), args.calls)
@@ -105,6 +196,9 @@ def main() -> None:
                 print("in-cluster driver failed:", done.stderr[-2000:])
         hosts.wait_idle(timeout=30)
         left = hosts.stop()
+    if args.rtt is not None:  # the pool's figures only: the node environment's are the same either way
+        print(f"entry → first result: {first:.1f} s; machines left running at the end:", left or "none")
+        return
     warm = uv_env_seconds(str(hosts.uv_cache))
     cold = uv_env_seconds(None)
     print(f"`>>` round trip, median of {args.calls} (2-node pool, driver outside the VPC):")

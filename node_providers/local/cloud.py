@@ -227,9 +227,19 @@ class LocalCloud(Cloud):
         return listed
 
     def terminate(self, instance_ids: list[str]) -> None:
+        """End machines with a grace (SIGTERM first): a node lost from a running pool leaves its
+        Ray cluster at once, rather than when the head's health checks notice."""
+        self._end(instance_ids, grace=1.0)
+
+    def power_off(self, instance_ids: list[str]) -> None:
+        """End machines at once (SIGKILL, as a cloud's terminate gives an instance no time to wind
+        down): for a whole pool's end, when no node stays behind to notice how the others left."""
+        self._end(instance_ids, grace=0.0)
+
+    def _end(self, instance_ids: list[str], grace: float) -> None:
         if not self._removed():
             with contextlib.suppress(FileNotFoundError):  # removed meanwhile: nothing of it is left to end
-                self.host.terminate(list(instance_ids))
+                self.host.terminate(list(instance_ids), grace=grace)
 
     def set_tags(self, instance_id: str, tags: Mapping[str, str]) -> None:
         self.host.update_tags(instance_id, dict(tags))

@@ -86,15 +86,18 @@ def _gone(proc: psutil.Process) -> bool:
 
 
 def end_processes(processes: list[psutil.Process], grace: float) -> None:
-    """SIGTERM all, wait up to `grace` seconds, then SIGKILL whatever is left.
+    """SIGTERM all, wait up to `grace` seconds, then SIGKILL whatever is left; with no grace,
+    SIGKILL all at once (a machine powered off: nothing of it needs to wind down).
 
     A zombie counts as ended: it is dead, only not yet reaped by its parent (or by init once the
     parent is gone), and waiting for it would stall teardown.
     """
-    for proc in processes:
-        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            proc.send_signal(signal.SIGTERM)
-    alive = _wait_until_gone(processes, grace)
+    alive = processes
+    if grace > 0:
+        for proc in processes:
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                proc.send_signal(signal.SIGTERM)
+        alive = _wait_until_gone(processes, grace)
     for proc in alive:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             proc.kill()
@@ -229,7 +232,8 @@ class ProcessHost:
             return False
 
     def terminate(self, instance_ids: list[str], grace: float = 1.0, keep_directory: bool = False) -> None:
-        """End each machine: every process of its group and every process carrying its marker."""
+        """End each machine: every process of its group and every process carrying its marker
+        (`grace`: seconds between SIGTERM and SIGKILL; 0 kills at once, see `end_processes`)."""
         with self._locked_state() as machines:
             targets = [machines[i] for i in instance_ids if i in machines]
             for machine in targets:

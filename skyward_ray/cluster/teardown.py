@@ -66,6 +66,7 @@ def teardown(cluster: Cluster, wait_timeout: float = 120.0) -> list[str]:
     active: set[str] = set()
     ended: set[str] = set()  # ids the listing missed, terminated here without an error
     while True:
+        pause = 0.2 if empty_listings else 0.5
         with cluster.lock:
             known = set(cluster.instance_ids)
             creating = cluster.creating
@@ -79,6 +80,8 @@ def teardown(cluster: Cluster, wait_timeout: float = 120.0) -> list[str]:
                 empty_listings = 0
                 provider.terminate_nodes(sorted(targets))
                 ended |= targets  # terminated without an error: not again once the listing drops it
+                if consistent:  # the next listing shows the terminate's outcome already: take it now
+                    pause = 0.0
             elif not creating and (consistent or time.monotonic() - cluster.last_uncertain_create >= CONFIRM_INTERVAL):
                 empty_listings += 1
                 if consistent or empty_listings >= 2:
@@ -91,7 +94,7 @@ def teardown(cluster: Cluster, wait_timeout: float = 120.0) -> list[str]:
                 f"could not confirm within {wait_timeout:g}s that every machine of {cluster.name} ended; may be "
                 f"left: {', '.join(left) or 'none listed'}"
                 + (f"; last error: {type(errors[-1]).__name__}: {errors[-1]}" if errors else ""), left)
-        time.sleep(0.2 if empty_listings else 0.5)
+        time.sleep(pause)
     if cluster.lost:
         disconnect()
     try:
