@@ -160,6 +160,10 @@ class BootEnvironment(BaseModel):
         default=False, description="the cloud puts the cluster's token in the machine's environment itself "
                                    "(RAY_AUTH_TOKEN; local: the child process's environment), so the boot script "
                                    "never holds it")
+    secrets_after_boot: bool = Field(
+        default=False, description="no secret in the launch payload (the cloud keeps it where others read it): "
+                                   "the head gets the token and env from the driver over SSH, workers from the "
+                                   "head for a one-time ticket (`skyward_ray.cluster.secret_delivery`)")
     python: str | None = Field(default=None, description="an interpreter with the driver's Python and Ray "
                                                          "already there; None: the node makes its own (uv)")
     temp_dir_shell: str | None = Field(default=None, description="Ray's temp dir (short: unix sockets live there)")

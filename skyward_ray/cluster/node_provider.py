@@ -44,7 +44,7 @@ from ray.autoscaler.tags import (
 )
 
 from skyward_ray import names
-from skyward_ray.cluster import ssh_keys, token_file
+from skyward_ray.cluster import secret_delivery, ssh_keys, token_file
 from skyward_ray.cluster.billing import Ledger
 from skyward_ray.cluster.contract import Cloud, ClusterParams, Machine, MachineRequest, Role
 from skyward_ray.errors import ProvisioningError
@@ -74,7 +74,9 @@ class ScriptBootedNodeProvider(NodeProvider):
     def __init__(self, provider_config: dict[str, Any], cluster_name: str) -> None:
         super().__init__(provider_config, cluster_name)
         config, params = self._parse(provider_config)
-        if not params.auth_token and provider_config.get(token_file.PROVIDER_KEY):  # `ray up`: the token is on disk
+        # `ray up`: the token is on disk, and no skyward driver is there to hand it to the head after boot
+        self.under_ray_up = not params.auth_token and bool(provider_config.get(token_file.PROVIDER_KEY))
+        if self.under_ray_up:
             params = params.model_copy(update={"auth_token": token_file.token_for(provider_config)})
         self.params = params
         self.cloud = self.cloud_class(cluster_name, config, params, provider_config.get("prepared") or {})
@@ -86,6 +88,8 @@ class ScriptBootedNodeProvider(NodeProvider):
         #: the pool's spending record, when a driver keeps one (`sky.Compute`); None under `ray up`
         self.ledger: Ledger | None = None
         self._launched_at: dict[str, float] = {}  # instance id → when this provider's create returned it
+        #: the pool's secrets after boot (clouds with `BootEnvironment.secrets_after_boot`): the head's and tickets
+        self.courier = secret_delivery.Courier(lambda: self.machines(fresh=True))
 
     @classmethod
     def _parse(cls, provider_config: dict[str, Any]) -> tuple[Any, ClusterParams]:
@@ -230,7 +234,8 @@ class ScriptBootedNodeProvider(NodeProvider):
                 if self.params.offer:
                     node_tags[names.OFFER] = self.params.offer
                 node_tags.update({k: v for k, v in self.params.pool_tags.items() if k not in node_tags})
-                script = startup_script.render(self._boot(role, index, node_tags, labels, resources, head_ip))
+                boot = self._boot(role, index, node_tags, labels, resources, head_ip)
+                script = startup_script.render(boot)
                 host_key = host_public_key = None
                 if role == "head" and self.params.ssh_key_dir:
                     host_key = (Path(self.params.ssh_key_dir) / HOST_KEY_NAME).read_text()
@@ -243,6 +248,11 @@ class ScriptBootedNodeProvider(NodeProvider):
                 with self._lock:
                     self._reserved_indexes.discard(index)
             self._launched_at[machine.instance_id] = time.monotonic()
+            if boot.secrets_after_boot:
+                if role == "head":
+                    self.courier.head_waits = True
+                else:
+                    self.courier.worker_launched(machine.instance_id, boot.enrollment_ticket)
             self._forget_listing()
             if self.ledger is not None:
                 self.ledger.launched([machine.instance_id])
@@ -292,16 +302,20 @@ class ScriptBootedNodeProvider(NodeProvider):
         if params.offer:
             node_labels[names.OFFER] = params.offer
         spot = (params.head_market if role == "head" and params.head_market else params.market) == "spot"
+        # then neither the token nor the pool's env is in the payload (`ray up` has no driver to deliver them)
+        later = env.secrets_after_boot and not self.under_ray_up
         return startup_script.NodeBoot(
             role=role,
             cluster_name=self.cluster_name,
-            auth_token="" if env.token_in_environment else params.auth_token,
+            auth_token="" if env.token_in_environment or later else params.auth_token,
+            secrets_after_boot=later,
+            enrollment_ticket=secret_delivery.new_ticket() if later and role == "worker" else "",
             gcs_port=self.gcs_port,
             head_ip=head_ip,
             python=env.python,
             pip=list(params.pip),
             apt=list(params.apt),
-            env={**params.env, names.ENV_NODE_INDEX: str(index), names.ENV_PROVIDER: config.name,
+            env={**({} if later else params.env), names.ENV_NODE_INDEX: str(index), names.ENV_PROVIDER: config.name,
                  names.ENV_ACCELERATOR: params.accelerator or "",
                  names.ENV_ACCELERATOR_COUNT: str(params.accelerator_count or 0),
                  names.ENV_SPOT: "1" if spot else "0"},

@@ -51,7 +51,8 @@ class RemoteCloud(Cloud):
 
     def boot_environment(self, role: Role, index: int) -> BootEnvironment:
         return BootEnvironment(instance_id_shell=self.instance_id_shell, node_ip_shell=self.node_ip_shell,
-                               shutdown_command=self.shutdown_shell(), **self.config.node_resources())
+                               shutdown_command=self.shutdown_shell(), secrets_after_boot=True,
+                               **self.config.node_resources())
 
     def terminate(self, instance_ids: list[str]) -> None:
         """End these machines (never stop them: a stopped machine keeps billing its disk). An id the

@@ -16,13 +16,12 @@ A machine also ends itself when its boot never completes (no driver heartbeat on
 answering on a worker, within the boot deadline), and when it finds it has booted before (a reboot
 or a container restart re-running the script): it never comes back half-configured.
 
-No cloud credential ever goes into it: the only secret is the cluster's own Ray token, which is
-useless outside this cluster and dies with it.
+No cloud credential ever goes into it. Where the cloud keeps payloads (`secrets_after_boot`), no
+secret at all: the token and the pool's env come after boot (`boot_secrets`, `enrollment`).
 """
 
 from __future__ import annotations
 
-import ast
 import ipaddress
 import json
 import re
@@ -36,22 +35,11 @@ from pydantic import BaseModel, Field
 from skyward_ray import names
 from skyward_ray.errors import SpecError
 from skyward_ray.names import HEARTBEAT_KEY, HEARTBEAT_NAMESPACE
-from skyward_ray.node import apt, uv_bootstrap
+from skyward_ray.node import apt, boot_secrets, enrollment, uv_bootstrap
 from skyward_ray.node.uv_bootstrap import UV_VERSION
 
 
-def _compact(source: str) -> str:
-    """`source` as the same program without comments and docstrings: the watchdog travels inside every
-    head's boot payload, and EC2 takes at most 16 KB of user data."""
-    tree = ast.parse(source)
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and \
-                node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant):
-            node.body = node.body[1:] or [ast.Pass()]  # a docstring (or a bare constant: no effect either)
-    return ast.unparse(tree) + "\n"
-
-
-WATCHDOG_SOURCE = _compact((Path(__file__).parent / "watchdog.py").read_text())
+WATCHDOG_SOURCE = boot_secrets.compact_source((Path(__file__).parent / "watchdog.py").read_text())
 
 # A worker imports Ray's CLI (about a second of CPU) while the head is still booting, then waits
 # for the head's port, then runs `ray start` exactly as the `ray` command would.
@@ -136,6 +124,9 @@ class NodeBoot(BaseModel):
                                         "should the watchdog be wedged (it needs up to ~15 s to stop Ray)")
     gcs_reconnect_timeout: int = 15
     shutdown_command: str = ""
+    secrets_after_boot: bool = False  # no secret in the script: the head's come from the driver, a worker's for its ticket
+    enrollment_ticket: str = Field(default="", repr=False, description="a worker's one-time ticket")
+    enrollment_port: int = enrollment.PORT
 
 
 # skyward_ray's own dependencies besides Ray: a task imports skyward_ray on the node (its code
@@ -236,6 +227,9 @@ def validate(boot: NodeBoot) -> None:
     ]
     if not _TOKEN.fullmatch(boot.auth_token):
         raise _refuse("auth_token", "(hidden)", "a token of letters and digits")
+    if not _TOKEN.fullmatch(boot.enrollment_ticket) or (
+            boot.secrets_after_boot and boot.role == "worker" and not boot.enrollment_ticket):
+        raise _refuse("enrollment_ticket", "(hidden)", "a worker whose secrets come after boot needs its ticket")
     for field, value, pattern, rule in checks:
         if not pattern.fullmatch(str(value)):
             raise _refuse(field, value, rule)
@@ -248,8 +242,9 @@ def validate(boot: NodeBoot) -> None:
             raise _refuse("env", key, "the cluster's Ray auth settings are the boot script's own")
     if boot.market_type not in (None, "spot", "on-demand"):
         raise _refuse("market_type", boot.market_type, "'spot' or 'on-demand'")
-    if not 0 < boot.gcs_port < 65536:
-        raise _refuse("gcs_port", boot.gcs_port, "a TCP port")
+    for field in ("gcs_port", "enrollment_port"):
+        if not 0 < getattr(boot, field) < 65536:
+            raise _refuse(field, getattr(boot, field), "a TCP port")
     if boot.head_ip is not None and not _is_address_or_hostname(boot.head_ip):
         raise _refuse("head_ip", boot.head_ip, "an IPv4 or IPv6 address, or a DNS host name "
                                                "(a private network's name, e.g. <pod id>.runpod.internal)")
@@ -270,8 +265,10 @@ def validate(boot: NodeBoot) -> None:
 
 
 def _token_lines(boot: NodeBoot) -> list[str]:
-    """The token in the script only where the cloud has no other channel (cloud user data); a cloud
-    that sets it in the machine's environment (`BootEnvironment.token_in_environment`) gets a check."""
+    """The token in the script only where the cloud has no other channel; one in the machine's
+    environment (`token_in_environment`) gets a check; secrets after boot come later (`boot_secrets`)."""
+    if boot.secrets_after_boot:
+        return []
     if boot.auth_token:
         return [_export("RAY_AUTH_TOKEN", boot.auth_token)]
     return [': "${RAY_AUTH_TOKEN:?skyward: no cluster token in the environment}"',
@@ -328,6 +325,12 @@ def render(boot: NodeBoot) -> str:
         lines.append(f'mkdir -p "{boot.temp_dir_shell}"')
 
     lines += _environment_lines(boot)
+    if boot.secrets_after_boot:  # once its Python is there; the script's own exports win over the pool's env
+        own = sorted(set(re.findall(r"^export ([A-Za-z_][A-Za-z0-9_]*)=", "\n".join(lines), re.M)))
+        lines += boot_secrets.secret_lines(boot.role, head_ip=boot.head_ip or "", ticket=boot.enrollment_ticket,
+                                           port=boot.enrollment_port, boot_deadline=boot.boot_deadline,
+                                           head_wait=boot.head_wait_timeout, own=own,
+                                           delivery_grace=boot.first_heartbeat_grace)
     if boot.role == "worker":
         lines += [
             _export("SKYWARD_GCS_PORT", boot.gcs_port),
