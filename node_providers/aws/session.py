@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from typing import Any
 
+from skyward_ray.cluster import api_log
 from skyward_ray.cluster.contract import NotFoundError
 from skyward_ray.cluster.remote_cloud import typed_errors
 from skyward_ray.errors import AuthError, CapacityError, ProvisioningError, QuotaError, SpecError, SpotQuotaError
@@ -28,7 +30,50 @@ def session_for(profile: str | None, region: str | None) -> Any:
     import boto3
 
     with aws_errors("open an AWS session"):
-        return boto3.Session(profile_name=profile, region_name=region)
+        session = boto3.Session(profile_name=profile, region_name=region)
+    log_calls(session)
+    return session
+
+
+_STARTED = "skyward_started"  # the request context's key for when a call began
+
+
+def log_calls(session: Any) -> None:
+    """Every API call of clients made from `session` goes to the first-contact log (`api_log`):
+    service, operation, duration and outcome, from botocore's own events (no parameter, no header:
+    nothing signed or secret is read)."""
+    session.events.register("before-call", _call_started)
+    session.events.register("after-call", _call_answered)
+    session.events.register("after-call-error", _call_failed)
+
+
+def _operation(event_name: str) -> str:
+    _, service, operation = (event_name.split(".", 2) + ["?", "?"])[:3]
+    return f"{service}:{operation}"
+
+
+def _elapsed(context: Any) -> float:
+    started = context.get(_STARTED) if isinstance(context, dict) else None
+    return time.monotonic() - started if started is not None else 0.0
+
+
+def _call_started(context: Any = None, **_: Any) -> None:
+    if isinstance(context, dict):
+        context[_STARTED] = time.monotonic()
+
+
+def _call_answered(event_name: str = "", http_response: Any = None, parsed: Any = None, context: Any = None,
+                   **_: Any) -> None:
+    status = getattr(http_response, "status_code", 0)
+    error = (parsed or {}).get("Error", {}) if isinstance(parsed, dict) else {}
+    outcome = "ok" if status < 300 else f"HTTP {status} {error.get('Code', '?')}: {error.get('Message', '')}"
+    api_log.record_call("aws", _operation(event_name), _elapsed(context), outcome)
+
+
+def _call_failed(event_name: str = "", exception: BaseException | None = None, context: Any = None,
+                 **_: Any) -> None:
+    outcome = api_log.outcome_of(exception) if exception is not None else "error"
+    api_log.record_call("aws", _operation(event_name), _elapsed(context), outcome)
 
 
 def configured_region(profile: str | None = None) -> str | None:

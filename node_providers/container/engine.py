@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from skyward_ray.cluster import api_log
 from skyward_ray.errors import CapacityError, ProviderUnavailableError, ProvisioningError, SpecError
 
 if TYPE_CHECKING:
@@ -74,7 +75,8 @@ def engine_errors(what: str, where: str | None = None) -> Iterator[None]:
     what = f"{what} ({where})" if where else what
 
     try:
-        yield
+        with api_log.timed_call("container", what):
+            yield
     except docker.errors.ImageNotFound as error:
         raise SpecError(f"Docker: {what}: {_explanation(error)}") from None
     except docker.errors.APIError as error:

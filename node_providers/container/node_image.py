@@ -38,6 +38,7 @@ import ray
 from node_providers.container.engine import engine_errors
 from skyward_ray.errors import ProvisioningError, SpecError
 from skyward_ray.node.startup_script import UV_VERSION, node_requirements
+from skyward_ray.planning.image_resolve import culprit, manylinux_tags, pip_reason
 
 if TYPE_CHECKING:
     import docker
@@ -183,13 +184,7 @@ def is_complete(engine: "docker.DockerClient", recipe: NodeImageRecipe) -> bool:
 
 def platform_tags(facts: BaseFacts) -> list[str]:
     """pip's --platform tags the base image accepts: manylinux up to its glibc, for its CPU."""
-    arch = _ARCHES[facts.machine]
-    major, _, minor = facts.glibc.partition(".")
-    newest = int(minor) if major == "2" and minor.isdigit() else 17
-    tags = [f"manylinux_2_{n}_{arch}" for n in range(newest, 16, -1)] + [f"manylinux2014_{arch}"]
-    if arch == "x86_64":
-        tags += ["manylinux2010_x86_64", "manylinux1_x86_64"]
-    return tags
+    return manylinux_tags(_ARCHES[facts.machine], facts.glibc)
 
 
 def download_wheels(recipe: NodeImageRecipe, facts: BaseFacts, into: Path) -> None:
@@ -206,13 +201,12 @@ def download_wheels(recipe: NodeImageRecipe, facts: BaseFacts, into: Path) -> No
         raise ProvisioningError("the node image's packages are resolved with this Python's pip, which is missing. "
                                 f"Fix: {sys.executable} -m ensurepip") from None
     if done.returncode != 0:
-        reason = "\n".join(line for line in done.stderr.strip().splitlines() if "WARNING" not in line)[-1500:]
+        reason = pip_reason(done.stderr)
         if "No module named pip" in reason:
             raise ProvisioningError("the node image's packages are resolved with this Python's pip, which is "
                                     f"missing. Fix: {sys.executable} -m ensurepip")
-        culprit = next((p for p in recipe.pip if p.split("[")[0].split("=")[0].split("<")[0].split(">")[0].strip()
-                        .lower() in reason.lower()), None)
-        what = f"Image.pip package {culprit!r}" if culprit else "the node's packages"
+        package = culprit(recipe.pip, reason)
+        what = f"Image.pip package {package!r}" if package else "the node's packages"
         raise SpecError(f"sky.Container: {what} could not be resolved for Linux {_ARCHES[facts.machine]}, "
                         f"Python {major_minor} (wheels only, the nodes have no compiler or internet):\n{reason}")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Any
 
+from skyward_ray.cluster import api_log
 from skyward_ray.cluster.contract import NotFoundError
 from skyward_ray.cluster.remote_cloud import typed_errors
 from skyward_ray.errors import AuthError, CapacityError, ProvisioningError
@@ -42,6 +43,7 @@ def client(config: "VastAI", retry: int = 3) -> Any:
     key = config.resolved_api_key()
     if not key:
         raise AuthError(f"Vast.ai: no API key. {KEY_FIX}")
+    api_log.register_secret(key)  # never in the first-contact log (the SDK puts it in its URLs)
     from vastai import VastAI as VastSDK
 
     return VastSDK(api_key=key, server_url=config.server_url.rstrip("/"), retry=retry, raw=True, quiet=True)

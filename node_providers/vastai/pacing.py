@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from skyward_ray.cluster import api_log
+
 if TYPE_CHECKING:
     from node_providers.vastai.config import VastAI
 
@@ -108,7 +110,8 @@ def paced(config: "VastAI", endpoint: str, call: Callable[[], T]) -> T:
     for round_ in range(BACKOFF_ROUNDS + 1):
         pacer.wait(endpoint)
         try:
-            return call()
+            with api_log.timed_call("vastai", endpoint):
+                return call()
         except Exception as error:
             if not _is_rate_limited(error) or round_ == BACKOFF_ROUNDS:
                 raise

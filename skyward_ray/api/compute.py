@@ -30,7 +30,10 @@ from skyward_ray.api.plan_walk import launch_from_plan
 from skyward_ray.api.pool_signals import PoolSignals
 from skyward_ray.api.request import KeeperMode, PoolRequest
 from skyward_ray.api.staging import StagedCode, job_runtime_env
+from skyward_ray.cluster import api_log
 from skyward_ray.cluster.billing import Ledger
+from skyward_ray.cluster.dashboard import Dashboard, open_dashboard, write_token
+from skyward_ray.cluster.dashboard import token_path as dashboard_token_path
 from skyward_ray.cluster.elastic import ElasticScaler
 from skyward_ray.cluster.replacer import NodeReplacer
 from skyward_ray.cluster.running import Cluster
@@ -72,6 +75,8 @@ class Compute(PoolOperations):
         max_pool_hourly_cost: the ceiling of the whole pool's price (nodes × price per node);
             default $100/h, or `$SKYWARD_MAX_POOL_HOURLY_COST`.
         max_pool_nodes: the most nodes a pool may have; default 64, or `$SKYWARD_MAX_POOL_NODES`.
+        dashboard: True runs Ray's dashboard on the head (it costs the head ~1.4 GB of memory),
+            reachable here at `pool.dashboard_url` (through the pool's SSH tunnel on clouds).
 
     A pool over either pool ceiling is refused with `SpecError` before anything is created
     (`skyward_ray.planning.cost_guard`).
@@ -90,12 +95,13 @@ class Compute(PoolOperations):
         boot_timeout: float | None = None,
         max_pool_hourly_cost: float | None = None,
         max_pool_nodes: int | None = None,
+        dashboard: bool = False,
     ) -> None:
         super().__init__()
         self.request = PoolRequest.from_arguments(
             list(specs), provider=provider, accelerator=accelerator, nodes=nodes, allocation=allocation, image=image,
             region=region, max_hourly_cost=max_hourly_cost, boot_timeout=boot_timeout,
-            max_pool_hourly_cost=max_pool_hourly_cost, max_pool_nodes=max_pool_nodes)
+            max_pool_hourly_cost=max_pool_hourly_cost, max_pool_nodes=max_pool_nodes, dashboard=dashboard)
         self.desired = self.request.desired  # elastic when min=/max= differ from desired (see cluster/elastic.py)
         self.image = self.request.image
         self.specs: list[Spec] = self.request.specs
@@ -112,6 +118,8 @@ class Compute(PoolOperations):
         self.plan: Plan | None = None
         self.failures: list[tuple[Offer, BaseException]] = []  # offers tried before the one that worked
         self._ledgers: list[Ledger] = []  # one per launch attempt: failed attempts' machines cost money too
+        self._api_log: api_log.PoolLog | None = None  # the first-contact log (SKYWARD_DEBUG=1), while the pool lives
+        self._dashboard: Dashboard | None = None  # `dashboard=True` (a keeper opens its own: its users sign in apart)
 
     @classmethod
     def for_keeper(cls, keeper: KeeperMode, *specs: Spec, **arguments: Any) -> "Compute":
@@ -133,8 +141,13 @@ class Compute(PoolOperations):
             )
         # the user's own modules; too big → SpecError, nothing started (a keeper runs none: its clients ship theirs)
         code = StagedCode.find(self.image) if self._keeper is None else StagedCode.nothing()
-        self.plan = self.request.plan()
-        self.request.check_cost(self.plan.chosen)
+        self._api_log = api_log.open_pool_log(self._keeper.name if self._keeper else "pool")  # SKYWARD_DEBUG=1
+        try:
+            self.plan = self.request.plan()
+            self.request.check_cost(self.plan.chosen)
+        except BaseException as error:
+            self._end_api_log(error)
+            raise
         self._signals.install()
         _OPEN_POOLS.add(self)
         try:
@@ -144,7 +157,9 @@ class Compute(PoolOperations):
             self._cluster = launch_from_plan(self.request, self.plan, self._runtime_env, self._keeper,
                                              self.failures, self._ledgers)
         except BaseException as error:
-            self._close(error)
+            log = self._api_log
+            self._close(error)  # its teardown's calls are logged too
+            self._end_api_log(error, log)
             raise
         self._signals.install()  # ray.init put its own SIGTERM handler in place of ours
         try:
@@ -158,11 +173,39 @@ class Compute(PoolOperations):
             self._close(error)
             raise
         self.dispatcher.watch.set_loss_check(self._head.check_now)
+        if self.request.dashboard and self._keeper is None:
+            self._open_dashboard()
         self._state = "open"
         return self
 
     def __exit__(self, exc_type: object, exc: BaseException | None, traceback: object) -> None:
         self._close(exc)
+
+    def _end_api_log(self, error: BaseException | None = None, log: api_log.PoolLog | None = None) -> None:
+        """Close the first-contact log; with the pool's `error`, say where it is (printed, and noted on the error)."""
+        log, self._api_log = log or self._api_log, None
+        if log is None:
+            return
+        api_log.close_pool_log(log)
+        if error is not None:
+            error.add_note(f"the pool's first-contact log (every cloud call and the nodes' boot logs): {log.path}")
+            console.print(f"[red]the pool's first-contact log: {log.path}[/]")
+
+    def _open_dashboard(self) -> None:
+        """Reach the head's dashboard from here and say where it is (never the token: its file)."""
+        cluster = self._cluster
+        assert cluster is not None and cluster.driver is not None
+        try:
+            self._dashboard = open_dashboard(cluster.driver.gcs_client(), cluster.driver.tunnel)
+            if self._dashboard is None:
+                console.print("[yellow]Ray's dashboard did not come up on the head; the pool works without it[/]")
+                return
+            self._dashboard.token_file = write_token(dashboard_token_path(cluster.name),
+                                                     cluster.provider.params.auth_token)
+        except BaseException as error:
+            self._close(error)
+            raise
+        console.print(self._dashboard.sign_in_hint())
 
     def _runtime_env(self, spec: Spec) -> dict[str, Any]:
         return job_runtime_env(self.image, spec.provider.nodes_share_driver_python, self._code_modules,
@@ -190,6 +233,8 @@ class Compute(PoolOperations):
                 if cluster is not None:
                     t0 = time.monotonic()
                     self.dispatcher.before_disconnect()
+                    if self._dashboard is not None:
+                        self._dashboard.stop()
                     if error is None:
                         teardown(cluster)  # TeardownError: the pool stays open for the exit hook
                     elif not teardown_beside(cluster, error):
@@ -216,6 +261,7 @@ class Compute(PoolOperations):
             watch.interrupt_waits(None)
         self._cluster = None
         self._signals.restore()
+        self._end_api_log()
         _OPEN_POOLS.discard(self)
         self.dispatcher.shipped = frozenset()
         self._code.release()
@@ -302,6 +348,14 @@ class Compute(PoolOperations):
         """The running cluster (the launcher's handle: its provider, driver and nodes), for the
         keeper that holds it and for diagnostics; `PoolClosedError` unless the pool is open."""
         return self._open_cluster()
+
+    @property
+    def dashboard_url(self) -> str | None:
+        """Where Ray's dashboard answers on this machine (`dashboard=True`); None when off. It asks
+        for the pool's Ray token (`Authorization: Bearer <token>`), kept 0600 in the file the
+        pool's start line names."""
+        self._open_cluster()
+        return self._dashboard.url if self._dashboard is not None else None
 
     @property
     def timings(self) -> dict[str, float]:

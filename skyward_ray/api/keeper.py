@@ -19,7 +19,6 @@ on either clock, or when the head is lost; the record goes once nothing is left.
 
 from __future__ import annotations
 
-import contextlib
 import pickle
 import sys
 import time
@@ -29,40 +28,25 @@ from skyward_ray.api.compute import Compute
 from skyward_ray.api.detached import FAILED_MARK
 from skyward_ray.api.request import KeeperMode
 from skyward_ray.cluster import activity, pool_state
-from skyward_ray.cluster.ssh_tunnel import SSHTunnel
+from skyward_ray.cluster.dashboard import Dashboard, open_dashboard
 from skyward_ray.planning.detached import DetachedSpec, describe_duration
 
 POLL_S = 1.0  # how often the clocks are checked
 RECORD_S = 5.0  # how often idle time and cost are written to the record
-DASHBOARD_WAIT_S = 60.0  # the dashboard starts after the GCS; its address appears in the GCS's KV
 
 
 def _log(message: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} keeper: {message}", flush=True)
 
 
-def _dashboard(compute: Compute) -> tuple[str | None, SSHTunnel | None]:
-    """The job API's address as users reach it, and the tunnel that makes it reachable (clouds)."""
-    cluster = compute.cluster
-    assert cluster.driver is not None
-    gcs = cluster.driver.gcs_client()
-    deadline = time.monotonic() + DASHBOARD_WAIT_S
-    address = None
-    while address is None and time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            address = gcs.internal_kv_get(b"dashboard", b"dashboard", timeout=5)  # Ray's own record of it
-        if address is None:
-            time.sleep(0.5)
-    if address is None:
+def _dashboard(compute: Compute) -> Dashboard | None:
+    """The job API as users reach it (through a tunnel of its own on clouds); None if it did not come up."""
+    driver = compute.cluster.driver
+    assert driver is not None
+    board = open_dashboard(driver.gcs_client(), driver.tunnel)
+    if board is None:
         _log("the dashboard did not come up; `ray job submit` will not work on this pool")
-        return None, None
-    port = int(address.decode().rsplit(":", 1)[1])
-    tunnel = cluster.driver.tunnel
-    if tunnel is None:  # the head is on this machine
-        return f"http://127.0.0.1:{port}", None
-    forward = SSHTunnel(tunnel.host, tunnel.port, tunnel.user, tunnel.identity_file, tunnel.known_hosts_file,
-                        forwards=[(0, "127.0.0.1", port)], low_latency=True).start(timeout=30)
-    return f"http://127.0.0.1:{forward.local_port(0)}", forward
+    return board
 
 
 def hold(compute: Compute, spec: DetachedSpec, started_at: float) -> str:
@@ -71,13 +55,13 @@ def hold(compute: Compute, spec: DetachedSpec, started_at: float) -> str:
     assert cluster.driver is not None
     driver = cluster.driver
     driver.warm_up()  # Ray Client's first session on a fresh head may fail to start: not a user's problem
-    dashboard_address, dashboard_tunnel = _dashboard(compute) if spec.dashboard else (None, None)
+    board = _dashboard(compute) if spec.dashboard else None
     try:
         provider = compute.plan.specs[compute.offer.spec_index].provider if compute.plan else None
         pool_state.update_detached(
             cluster.name, status="ready", ray_address=driver.address, gcs_address=driver.gcs_address,
             node_ip=driver.node_ip, auth_token=cluster.provider.params.auth_token,
-            dashboard_address=dashboard_address, offer=compute.offer.model_dump(mode="json"),
+            dashboard_address=board.url if board else None, offer=compute.offer.model_dump(mode="json"),
             image_pip=list(compute.image.pip) if provider is not None and provider.nodes_share_driver_python else [],
             last_active=time.time(), cost=compute.cost)
         _log(f"pool {cluster.name} ready: {len(cluster.nodes)} node(s), Ray at {driver.address}; ends after "
@@ -104,8 +88,8 @@ def hold(compute: Compute, spec: DetachedSpec, started_at: float) -> str:
                 pool_state.update_detached(cluster.name, last_active=last_active, cost=compute.cost, busy=busy)
                 last_written = now
     finally:
-        if dashboard_tunnel is not None:
-            dashboard_tunnel.stop()
+        if board is not None:
+            board.stop()
 
 
 def main() -> int:

@@ -11,6 +11,8 @@ the same way: the only difference is which launcher entry point brings the clust
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +24,7 @@ from skyward_ray.cluster.contract import ClusterParams
 from skyward_ray.cluster.running import Cluster
 from skyward_ray.console import console
 from skyward_ray.errors import AuthError, CapacityError, ProvisioningError, QuotaError, SpecError, SpotQuotaError
+from skyward_ray.planning import image_resolve
 from skyward_ray.planning.offers import Offer, Plan
 from skyward_ray.planning.spec import Spec
 
@@ -36,6 +39,9 @@ def launch_from_plan(request: PoolRequest, plan: Plan, runtime_env: Callable[[Sp
     """Walk `plan` until an offer launches; return its cluster. Every offer that failed is added
     to `failures`, and every launch attempt's `Ledger` to `ledgers` (failed attempts' machines
     cost money too), as they happen: the caller keeps both whatever the outcome."""
+    # Image.pip resolved here, for the nodes' platform: a package no node could install is refused
+    # now, naming it, rather than after every node has booted
+    image_resolve.check_for_providers(request.image.pip, [plan.specs[o.spec_index].provider for o in plan.offers])
     blocked_providers: set[str] = set()
     blocked_spot: set[str] = set()  # providers whose spot quota is used up: their on-demand offers still go
     for offer in plan.offers:
@@ -50,17 +56,21 @@ def launch_from_plan(request: PoolRequest, plan: Plan, runtime_env: Callable[[Sp
         cluster_name = keeper.name if keeper is not None else launcher.new_cluster_name()
         boot_timeout = request.boot_timeout or spec.provider.boot_timeout
         params = cluster_params(request, plan, spec, offer, boot_timeout, keeper)
-        with console.status(f"starting {request.desired.desired} node(s) on {offer.provider} "
-                            f"({offer.instance_type}, {offer.market})"):
+        with contextlib.ExitStack() as progress:
+            # Said once the cloud has prepared the cluster (its credentials, capacity and limits
+            # checked): a refused pool never printed that it was starting.
+            starting = console.status(f"starting {request.desired.desired} node(s) on {offer.provider} "
+                                      f"({offer.instance_type}, {offer.market})")
+            announce = functools.partial(progress.enter_context, starting)
             ledger = Ledger(offer.price, offer.market, offer.price_source, offer.price_as_of)
             ledgers.append(ledger)
             try:
                 if keeper is None:
                     cluster = launcher.launch(spec.provider, params, cluster_name, offer, boot_timeout,
-                                              runtime_env(spec), ledger=ledger)
+                                              runtime_env(spec), ledger=ledger, announce=announce)
                 else:
                     cluster = launcher.launch_detached(spec.provider, params, cluster_name, offer, boot_timeout,
-                                                       runtime_env(spec), ledger, keeper.state)
+                                                       runtime_env(spec), ledger, keeper.state, announce=announce)
             except CapacityError as error:
                 failures.append((offer, error))
                 continue
@@ -109,7 +119,7 @@ def cluster_params(request: PoolRequest, plan: Plan, spec: Spec, offer: Offer, b
         # A detached pool's clients are plain Ray scripts with no runtime_env of ours: the nodes
         # export the Image's environment themselves, and run the dashboard when asked.
         env=dict(image.env) if keeper is not None else {},
-        dashboard=keeper is not None and keeper.dashboard,
+        dashboard=request.dashboard or (keeper is not None and keeper.dashboard),
     )
 
 

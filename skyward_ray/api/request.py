@@ -42,6 +42,7 @@ class PoolRequest:
     ceilings: cost_guard.Ceilings
     boot_timeout: float | None
     arguments: dict[str, Any] = field(default_factory=dict)
+    dashboard: bool = False  # run Ray's dashboard on the head (a `with` pool's; a keeper's is in KeeperMode)
 
     @classmethod
     def from_arguments(cls, specs: list[Spec], *,
@@ -50,7 +51,7 @@ class PoolRequest:
                        nodes: int | Nodes = 1, allocation: str = "spot-if-available", image: Image | None = None,
                        region: str | None = None, max_hourly_cost: float | None = None,
                        boot_timeout: float | None = None, max_pool_hourly_cost: float | None = None,
-                       max_pool_nodes: int | None = None) -> "PoolRequest":
+                       max_pool_nodes: int | None = None, dashboard: bool = False) -> "PoolRequest":
         """Check everything that can be checked without a plan or a cloud call: refuse what cannot be
         honoured (a provider whose SDK is missing included) before anything is planned or printed."""
         desired = as_nodes(nodes)  # elastic when min=/max= differ from desired (see cluster/elastic.py)
@@ -68,7 +69,7 @@ class PoolRequest:
             image.check_for(spec.provider)
         arguments = {"nodes": desired, "image": image, "boot_timeout": boot_timeout,
                      "max_pool_hourly_cost": max_pool_hourly_cost, "max_pool_nodes": max_pool_nodes}
-        return cls(checked, desired, image, ceilings, boot_timeout, arguments)
+        return cls(checked, desired, image, ceilings, boot_timeout, arguments, dashboard=bool(dashboard))
 
     def plan(self) -> Plan:
         """The ranked offers (`NoOffersError` when none fits); an elastic pool is priced at its max."""

@@ -9,6 +9,7 @@ pools too.
 
 from __future__ import annotations
 
+import os
 import shlex
 from typing import Any, Optional
 
@@ -80,6 +81,10 @@ def up(
     try:
         DetachedSpec(name=name or "sky-check", idle_timeout=idle_timeout, max_lifetime=max_lifetime)
         from skyward_ray.api.compute import Compute  # lazy: it loads Ray
+        from skyward_ray.cluster import api_log
+
+        if api_log.enabled():  # `--verbose`: the keeper, a process of its own, writes the pool's first-contact log too
+            os.environ.setdefault(api_log.ENV_DEBUG, "1")
 
         compute = Compute(provider=_provider(provider, settings), accelerator=accelerator, nodes=nodes,
                               allocation=allocation, region=region, max_hourly_cost=max_price)
@@ -88,6 +93,7 @@ def up(
         _fail(error)
         return
     from skyward_ray.cluster import pool_state
+    from skyward_ray.cluster.dashboard import Dashboard
 
     record = pool_state.read_record(pool.name)
     assert record is not None
@@ -107,6 +113,8 @@ def up(
     if state.get("dashboard_address"):
         console.print("  ray job submit -- python train.py     # RAY_API_SERVER_ADDRESS="
                       f"{state['dashboard_address']}")
+        console.print(Dashboard(state["dashboard_address"]).sign_in_hint(
+            f"the pool's token: RAY_AUTH_TOKEN in `skyward-ray env {pool.name}`"))
     console.print(f"  skyward-ray down {pool.name}")
 
 

@@ -1,7 +1,9 @@
 """Waiting for a booting cluster: the head's port or SSH tunnel, its GCS, then every node alive.
 
 Between polls a machine that ended fails the launch at once (with its log's last lines), and the
-boot deadline turns into `BootTimeoutError` naming what did not happen in time.
+boot deadline turns into `BootTimeoutError` naming what did not happen in time. Either error
+starts with "failed at step: ...", the last step the node's boot script logged (`last_boot_step`):
+the first thing a reader needs, whatever else the log tail shows.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import time
 from typing import Any
 
 from skyward_ray import names
-from skyward_ray.cluster import ssh_keys
+from skyward_ray.cluster import secret_delivery, ssh_keys
 from skyward_ray.cluster.driver import CLIENT_SERVER_PORT, DriverConnection
 from skyward_ray.cluster.node_provider import ScriptBootedNodeProvider
 from skyward_ray.cluster.ssh_tunnel import HostKeyMismatchError, SSHTunnel, TunnelError
@@ -46,6 +48,8 @@ def tunnelled_driver(provider: ScriptBootedNodeProvider, head: str, runtime_env:
     The head's host key was generated here and delivered in its boot payload, so it is pinned in a
     per-cluster known_hosts: a different key is refused at once. Until the head's sshd answers
     (it is still booting) connecting is retried; the machine ending meanwhile fails the launch.
+    A head that waits for its secrets (no token in its payload) gets them over the same pinned
+    session once its secret service answers (`secret_delivery`).
     """
     machine = None
     while machine is None or not machine.public_ip:
@@ -68,6 +72,15 @@ def tunnelled_driver(provider: ScriptBootedNodeProvider, head: str, runtime_env:
         except TunnelError as error:  # sshd not up yet, or the login key not installed yet
             _still_booting(provider, head, deadline, boot_timeout,
                            f"gave no SSH tunnel ({endpoint.user}@{endpoint.host}:{endpoint.port})", error)
+    if provider.courier.head_waits:
+        try:
+            secret_delivery.deliver_until_taken(
+                provider.courier, secret_delivery.ssh_sender(tunnel), provider.params.auth_token,
+                provider.params.env, lambda error: _still_booting(
+                    provider, head, deadline, boot_timeout, "took no token over SSH", error))
+        except BaseException:
+            tunnel.stop()
+            raise
     return DriverConnection(f"127.0.0.1:{tunnel.local_port(0)}", f"ray://127.0.0.1:{tunnel.local_port(1)}",
                             provider.params.auth_token, runtime_env, tunnel=tunnel)
 
@@ -89,16 +102,46 @@ def _still_booting(provider: ScriptBootedNodeProvider, head: str, deadline: floa
     _fail_if_dead(provider, [head])
     if time.monotonic() > deadline:
         cause = f" ({error})" if error is not None else ""
-        raise BootTimeoutError(f"the head node {head} {what} within {boot_timeout:g}s{cause}.\n"
-                               f"Last lines of its log:\n{provider.log_tail(head)}")
+        step, tail = boot_report(provider, head)
+        raise BootTimeoutError(f"failed at step: {step}: the head node {head} {what} within {boot_timeout:g}s"
+                               f"{cause}.\nLast lines of its log:\n{tail}")
 
 
 def _fail_if_dead(provider: ScriptBootedNodeProvider, instance_ids: list[str]) -> None:
     for instance_id in instance_ids:
         if provider.is_terminated(instance_id):
+            step, tail = boot_report(provider, instance_id)
             raise ProvisioningError(
-                f"node {instance_id} stopped while booting.\nLast lines of its log:\n{provider.log_tail(instance_id)}"
-            )
+                f"failed at step: {step}: node {instance_id} stopped while booting.\nLast lines of its log:\n{tail}")
+
+
+# A node's boot script says each step it starts, and how it ends, as "skyward: ..." lines.
+STEP_MARK = "skyward: "
+ENDING = "ending this machine"
+SHOWN_LOG_LINES = 30  # the log lines an error shows
+STEP_SCAN_LINES = 400  # the log lines searched for the last step (a failing step may print many)
+
+
+def last_boot_step(log: str) -> str:
+    """The boot step a node's log shows it failed at or stopped in, in the script's own words:
+    "X" for its "X failed; ending this machine" line, else its last step line (with how the
+    machine then ended, when the log says so)."""
+    said = [line.split(STEP_MARK, 1)[1].strip() for line in log.splitlines() if STEP_MARK in line]
+    if not said:
+        return "unknown (its log has no \"skyward:\" step line: the boot script may not have started)"
+    for text in reversed(said):
+        if text.endswith(f" failed; {ENDING}"):
+            return text[: -len(f" failed; {ENDING}")]
+    steps = [text for text in said if ENDING not in text]
+    if said[-1] in steps or not steps:
+        return said[-1]
+    return f"{steps[-1]} (then: {said[-1]})"
+
+
+def boot_report(provider: ScriptBootedNodeProvider, instance_id: str) -> tuple[str, str]:
+    """The node's last boot step and the last lines of its log, from one read of the log."""
+    log = provider.log_tail(instance_id, STEP_SCAN_LINES)
+    return last_boot_step(log), "\n".join(log.splitlines()[-SHOWN_LOG_LINES:])
 
 
 def alive_nodes(gcs: Any, wanted: set[str] | None = None) -> dict[str, Any]:
@@ -130,10 +173,12 @@ def wait_for_nodes(gcs: Any, provider: ScriptBootedNodeProvider, instance_ids: l
         missing = sorted(wanted - set(alive))
         _fail_if_dead(provider, missing)
         if time.monotonic() > deadline:
-            tails = "\n\n".join(f"--- {m} ---\n{provider.log_tail(m)}" for m in missing)
+            reports = {m: boot_report(provider, m) for m in missing}
+            steps = "; ".join(f"{step} ({m})" for m, (step, _) in reports.items())
+            tails = "\n\n".join(f"--- {m} ---\n{tail}" for m, (_, tail) in reports.items())
             raise BootTimeoutError(
-                f"{len(missing)} of {len(wanted)} nodes did not join the Ray cluster within {boot_timeout:g}s: "
-                f"{', '.join(missing)}.\nLast lines of their logs:\n{tails}"
+                f"failed at step: {steps}: {len(missing)} of {len(wanted)} nodes did not join the Ray cluster "
+                f"within {boot_timeout:g}s: {', '.join(missing)}.\nLast lines of their logs:\n{tails}"
             )
         time.sleep(0.1)
     infos = []

@@ -16,9 +16,10 @@ through Ray's `NodeProvider` interface and `ScriptBootedNodeProvider`'s few addi
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
-from skyward_ray.cluster import boot_wait, pool_state, provisioning
+from skyward_ray.cluster import api_log, boot_wait, pool_state, provisioning
 from skyward_ray.cluster.billing import Ledger
 from skyward_ray.cluster.boot_wait import alive_nodes
 from skyward_ray.cluster.contract import ClusterParams
@@ -33,25 +34,30 @@ __all__ = ["Cluster", "alive_nodes", "launch", "launch_detached", "new_cluster_n
 
 
 def launch(config: ProviderConfig, params: ClusterParams, cluster_name: str, offer: Offer, boot_timeout: float,
-           runtime_env: dict[str, Any] | None, ledger: Ledger | None = None) -> Cluster:
+           runtime_env: dict[str, Any] | None, ledger: Ledger | None = None,
+           announce: Callable[[], object] | None = None) -> Cluster:
     """Provision `params.nodes` nodes, boot Ray on them, and connect this process as their Ray
     driver (it joins once the head is alive, overlapping the workers' boot). `ledger`, when
-    given, records every machine's launch and end (what the pool spends)."""
+    given, records every machine's launch and end (what the pool spends); `announce`, when given,
+    is called once the cloud prepared the cluster, before the first machine is created."""
     provisioning.record_pool(config, params, cluster_name, offer)  # before anything exists: `gc` finds what follows
-    return _bring_up(config, params, cluster_name, offer, boot_timeout, runtime_env, ledger, connect=True)
+    return _bring_up(config, params, cluster_name, offer, boot_timeout, runtime_env, ledger, connect=True,
+                     announce=announce)
 
 
 def launch_detached(config: ProviderConfig, params: ClusterParams, cluster_name: str, offer: Offer,
                     boot_timeout: float, runtime_env: dict[str, Any] | None, ledger: Ledger | None,
-                    detached: dict[str, Any]) -> Cluster:
+                    detached: dict[str, Any], announce: Callable[[], object] | None = None) -> Cluster:
     """A detached pool, for its keeper: the same machines and boot, the heartbeat and the tunnel,
     but no Ray driver here. Its state record is `kind="keeper"` with `detached` from the start."""
     provisioning.record_pool(config, params, cluster_name, offer, detached)
-    return _bring_up(config, params, cluster_name, offer, boot_timeout, runtime_env, ledger, connect=False)
+    return _bring_up(config, params, cluster_name, offer, boot_timeout, runtime_env, ledger, connect=False,
+                     announce=announce)
 
 
 def _bring_up(config: ProviderConfig, params: ClusterParams, cluster_name: str, offer: Offer, boot_timeout: float,
-              runtime_env: dict[str, Any] | None, ledger: Ledger | None, connect: bool) -> Cluster:
+              runtime_env: dict[str, Any] | None, ledger: Ledger | None, connect: bool,
+              announce: Callable[[], object] | None = None) -> Cluster:
     t0 = time.monotonic()
     try:
         provider = provisioning.load_node_provider(config, params, cluster_name)
@@ -59,8 +65,12 @@ def _bring_up(config: ProviderConfig, params: ClusterParams, cluster_name: str, 
         pool_state.remove_record(cluster_name)
         raise
     provider.ledger = ledger
+    api_log.register_secret(params.auth_token)
+    api_log.note(f"cluster {cluster_name}: {params.nodes} node(s) of {offer.label}")
     cluster = Cluster(name=cluster_name, provider=provider, offer=offer, instance_ids=[])
     try:
+        if announce is not None:  # the cloud prepared the cluster: its checks passed, machines follow
+            announce()
         provisioning.provision(cluster, params.nodes)
         head = cluster.instance_ids[0]
         cluster.timings["provision_s"] = time.monotonic() - t0
@@ -81,8 +91,12 @@ def _bring_up(config: ProviderConfig, params: ClusterParams, cluster_name: str, 
         cluster.timings["driver_s"] = time.monotonic() - t0
         cluster.nodes = boot_wait.wait_for_nodes(gcs, provider, cluster.instance_ids, offer, deadline, boot_timeout)
         cluster.timings["ready_s"] = time.monotonic() - t0
+        api_log.note(f"cluster {cluster_name}: ready, {cluster.timings}")
         return cluster
     except BaseException as error:
+        api_log.note(f"cluster {cluster_name}: launch failed after {time.monotonic() - t0:.1f}s "
+                     f"({api_log.outcome_of(error)}); machines {cluster.instance_ids}")
+        api_log.record_node_logs(provider, list(cluster.instance_ids), "read before they are ended")
         with signals_held() as held:
             teardown_beside(cluster, error)
         if held and isinstance(error, Exception):  # a Ctrl-C or SIGTERM during this teardown still ends the walk

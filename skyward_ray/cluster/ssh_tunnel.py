@@ -156,6 +156,15 @@ class SSHTunnel:
             raise RuntimeError("the tunnel has not picked its local ports yet: call start() first")
         return port
 
+    def sibling(self, forwards: Sequence[Forward]) -> SSHTunnel:
+        """A new (unstarted) tunnel to the same head, with the same pinned key and login, for other
+        forwards: e.g. the dashboard's, opened once Ray says where it listens (its own ssh process,
+        so ending it never touches the driver's tunnel)."""
+        return SSHTunnel(self.host, self.port, self.user, self.identity_file, self.known_hosts_file, forwards,
+                         ssh_binary=self.ssh_binary, max_restarts=self.max_restarts, backoff=self.backoff,
+                         healthy_after=self.healthy_after, extra_options=self.extra_options,
+                         low_latency=self.low_latency)
+
     @property
     def restarts(self) -> int:
         """How many times the supervisor has relaunched ssh after an unexpected exit."""
@@ -211,6 +220,16 @@ class SSHTunnel:
         if self.low_latency:
             argv.append(_REMOTE_IDLE)
         return argv
+
+    def stdio_command(self, remote_host: str, remote_port: int) -> list[str]:
+        """`ssh -W remote_host:remote_port` with this tunnel's options (pinned host key, login key): a
+        one-shot channel on ssh's own stdin/stdout, with no local port (`secret_delivery`)."""
+        if not _NAME.fullmatch(remote_host):
+            raise ValueError(f"SSH: {remote_host!r} is not a plain host name or IPv4 address")
+        argv = self.command()
+        login = argv.index(f"{self.user}@{self.host}")
+        options = argv[2:login - 2 * len(self._requested)]  # without -N/-tt, the -L forwards and a remote command
+        return [argv[0], "-W", f"{remote_host}:{int(remote_port)}", *options, argv[login]]
 
     def start(self, timeout: float = 30.0) -> SSHTunnel:
         """Start ssh and wait until it is authenticated and listening; then start the supervisor.

@@ -10,7 +10,7 @@
   machines in network namespaces), so the suite runs in every test run (CI's too) and cannot rot. Nothing is billed; the prices are
   the snapshot's, so the ceiling there is `SIM_CEILING`.
 
-The smoke routine: the cheapest 1-node pool, one `>>` and one `@` call, an `Image(pip=...)` package,
+The smoke routine: the cheapest pool (1 node, or 2 where the cloud networks them), one `>>` and one `@` call, an `Image(pip=...)` package,
 a helper from a user module, teardown, then the cloud's own listing (`skyward-ray status`'s survey)
 must show nothing left of the pool.
 """
@@ -85,19 +85,22 @@ def helper(text: str) -> str:
     return shout(text)
 
 
-def smoke(config: ProviderConfig, *, accelerator: str | None, live: str, boot_timeout: float = 600.0) -> float:
-    """The smoke routine on `config`'s cloud; returns the dollars the pool spent."""
+def smoke(config: ProviderConfig, *, accelerator: str | None, live: str, boot_timeout: float = 600.0,
+          nodes: int = 1) -> float:
+    """The smoke routine on `config`'s cloud (`nodes` > 1: the cloud networks them, and `@` reaches
+    every one); returns the dollars the pool spent."""
     ceiling = SIM_CEILING if live == "sim" else budget()
     left = ceiling - LEDGER.spent
     assert left > 0, f"the live run already spent ${LEDGER.spent:.4f} of its ${ceiling:.2f}"
-    with sky.Compute(provider=config, accelerator=accelerator, nodes=1, allocation="cheapest",
+    with sky.Compute(provider=config, accelerator=accelerator, nodes=nodes, allocation="cheapest",
                      image=sky.Image(pip=[f"{PIP_PACKAGE}=={PIP_VERSION}"]), max_pool_hourly_cost=left,
                      boot_timeout=boot_timeout) as pool:
         name = pool.name
         facts = node_facts() >> pool
-        assert facts["node"] == 0 and facts["total"] == 1 and facts["package"] == PIP_VERSION, facts
+        assert facts["node"] in range(nodes) and facts["total"] == nodes and facts["package"] == PIP_VERSION, facts
         everywhere = node_facts() @ pool
-        assert [f["node"] for f in everywhere] == [0], everywhere
+        assert [f["node"] for f in everywhere] == list(range(nodes)), everywhere
+        assert all(f["package"] == PIP_VERSION for f in everywhere), everywhere
         assert helper("ray") >> pool == "RAY!"
     spent = pool.cost
     total = LEDGER.add(spent)

@@ -1,5 +1,6 @@
 """Live smoke on AWS: the cheapest 1-node pool (a spot GPU where one is cheapest), `>>`, `@`, a pip
-package, a user helper, teardown, nothing left. `SKYWARD_LIVE=1` with AWS credentials (the
+package, a user helper, teardown, nothing left; then the same on
+two nodes the cloud networks. `SKYWARD_LIVE=1` with AWS credentials (the
 configured region), or `SKYWARD_LIVE=sim` for the simulated region."""
 
 from __future__ import annotations
@@ -28,3 +29,10 @@ def config(tmp_path_factory):
 
 def test_cheapest_pool_end_to_end(config):
     smoke(config, accelerator=None if LIVE == "real" else "T4", live=LIVE, boot_timeout=900 if LIVE == "real" else 180)
+
+
+def test_two_networked_nodes(config):
+    """Two nodes in the cloud's own network (one security group that admits itself): the worker
+    joins the head, and `@` runs on both."""
+    smoke(config, accelerator=None if LIVE == "real" else "T4", live=LIVE, boot_timeout=900 if LIVE == "real" else 240,
+          nodes=2)
