@@ -40,6 +40,13 @@ def test_nodes_must_be_a_number():
         sky.Nodes(2, min=3)
 
 
+def test_a_fraction_of_a_cpu_per_local_node_is_refused_before_any_boot():
+    # `ray start --num-cpus` takes a whole number: 0.5 used to fail in every node's boot instead
+    with pytest.raises(sky.SpecError, match=r"cpus_per_node=0.5: a node advertises a whole number.*Fix: cpus_per_node=1"):
+        sky.Local(cpus_per_node=0.5)
+    assert sky.Local(cpus_per_node=3).cpus_per_node == 3
+
+
 def test_elastic_pool_bounds_are_checked():
     with pytest.raises(sky.SpecError, match="max=2 is less than desired=3; raise max"):
         sky.Compute(nodes=sky.Nodes(3, max=2))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from skyward_ray.planning.providers import ProviderConfig
 
@@ -29,6 +29,16 @@ class Local(ProviderConfig):
     cpus_per_node: float | None = Field(
         default=None, gt=0, description="CPUs each node advertises; default: this machine's CPUs split across the nodes"
     )
+
+    @field_validator("cpus_per_node")
+    @classmethod
+    def _whole_cpus(cls, value: float | None) -> float | None:
+        """`ray start --num-cpus` takes a whole number: 0.5 would only fail later, in every node's boot."""
+        if value is not None and value != int(value):
+            raise ValueError(f"cpus_per_node={value:g}: a node advertises a whole number of CPUs (Ray's --num-cpus). "
+                             f"Fix: cpus_per_node={max(1, round(value))}")
+        return value
+
     object_store_memory: int = Field(
         default=100 * 1024**2, ge=75 * 1024**2, description="bytes of object store per node (Ray's minimum is 75 MiB)"
     )
