@@ -20,9 +20,8 @@ top-level modules it ships by reference (how `@sky.function` code is pickled).
 
 from __future__ import annotations
 
-import queue
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import ray
@@ -33,7 +32,6 @@ from skyward_ray.api.calls import (
     FORCE_CANCEL_AFTER_S,
     Calls,
     cancel,
-    is_failure,
     original_exception,
     timeout_error,
 )
@@ -45,7 +43,7 @@ from skyward_ray.console import console
 from skyward_ray.errors import NodeLostError, PoolLostError
 from skyward_ray.planning.nodes import NodeInfo
 
-POLL_S = 0.05  # how long one local wait of an iteration lasts (`Completions.__iter__`): interrupts are seen this soon
+POLL_S = 0.05  # how long one `ray.wait` of a group lasts: failures are seen this soon, interrupts too
 
 __all__ = ["FORCE_CANCEL_AFTER_S", "POLL_S", "WAIT_SLICE_S", "Completion", "Completions", "Dispatcher",
            "PoolFuture", "original_exception"]
@@ -63,25 +61,13 @@ class Completions:
     """Calls as they finish, in completion order: THE wait of groups, `@`, maps and sweeps.
 
         with Completions(calls) as completions:
-            for index, value, error in completions: ...    # as each call ends (a sweep)
-            values = completions.values()                   # all, in argument order (a group)
+            for index, value, error in completions: ...
 
-    Every slice first raises the pool's loss if it was lost, then takes what finished, then ends
-    the calls past their deadline (force-cancelled, `FunctionTimeoutError`). A failure is raised
-    (`return_exceptions=False`: a group) or yielded (a sweep). Leaving the `with` block before the
-    end, for any reason but the pool's loss, cancels the calls still running.
-
-    Why two ways of taking what finished: on Ray Client (every pool but a local one) each request
-    is a round trip to the head, so a pass must be one request at most:
-
-    - `values()` (a group, `@`, `pool.map`) wants everything: a slice is ONE `ray.get` of every
-      call left, bounded by `WAIT_SLICE_S` and the nearest deadline. Most groups end inside the
-      first slice: one request for the whole group, as raw `ray.get` of a list. Ray's get returns
-      early on the first failure; only then, or when a slice ends first (a long group: its live
-      line, a deadline, a failure), does a `ray.wait(timeout=0)` say which calls ended.
-    - iterating (`pool.as_completed`, sweeps) wants each result as it ends: Ray's own completion
-      callbacks (one asynchronous get per call, pipelined, no polling request at all) feed a
-      local queue, and a slice (`poll`) is only a local wait on it.
+    Each slice (`POLL_S`) first raises the pool's loss if it was lost, then collects what
+    finished (`ray.wait` without fetching, then one `ray.get` of the batch, at `ray.get`'s speed),
+    then ends the calls past their deadline (force-cancelled, `FunctionTimeoutError`). A failure
+    is raised (`return_exceptions=False`: a group) or yielded (a sweep). Leaving the `with` block
+    before the end, for any reason but the pool's loss, cancels the calls still running.
     """
 
     def __init__(self, calls: Calls, *, return_exceptions: bool = False, progress: Progress | None = None,
@@ -105,29 +91,19 @@ class Completions:
             self.calls.stop(lambda: self._remaining)
 
     def __iter__(self) -> Iterator[Completion]:
-        arrivals: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
-        for ref in self._remaining:
-            # the callback holds the call's index, not its ref: no Ray object is let go on Ray's thread
-            ref._on_completed(lambda outcome, index=self._index[ref]: arrivals.put((index, outcome)))
-        return self._passes(lambda slice_s: self._arrived(arrivals, min(slice_s, self._poll)))
-
-    def values(self) -> list[Any]:
-        """Every call's value in argument order (the first failure raised, the rest cancelled)."""
-        values: list[Any] = [None] * len(self.calls.refs)
-        for index, value, _ in self._passes(self._get_rest):
-            values[index] = value
-        return values
-
-    def _passes(self, take: Callable[[float], list[Completion]]) -> Iterator[Completion]:
-        """The loop both ways share: `take(slice_s)` returns what ended within one slice."""
         calls, watch, progress = self.calls, self.calls.watch, self._progress
         deadlines = calls.deadlines(time.monotonic())
         done = failed = 0
         while self._remaining:
             watch.check_interrupt()
-            due = min(deadlines.values(), default=None)
-            batch = take(WAIT_SLICE_S if due is None else max(0.0, min(WAIT_SLICE_S, due - time.monotonic())))
-            if batch:
+            try:
+                ready, self._remaining = ray.wait(self._remaining, num_returns=len(self._remaining),
+                                                  timeout=self._poll, fetch_local=False)
+            except Exception as error:
+                watch.raise_if_lost(error)
+                raise
+            if ready:
+                batch = self._collect(ready)
                 failures = sum(1 for c in batch if c.error is not None)
                 done, failed = done + len(batch) - failures, failed + failures
                 if progress is not None:
@@ -145,53 +121,6 @@ class Completions:
                     cancel([ref], force=True)
                     self._remaining.remove(ref)
                     yield self._outcome(Completion(index, None, calls.timeout_error(index)))
-
-    def _get_rest(self, slice_s: float) -> list[Completion]:
-        """One slice of a group: one `ray.get` of every call left (see the class's docstring)."""
-        rest = self._remaining
-        try:
-            values = self.calls.watch.get(rest, slice_s)
-        except GetTimeoutError:  # a long group: what ended so far (a live line, a deadline, a failure)
-            return self._ended()
-        except RayError:  # a call failed (Ray's get returns at its first failure): which, among the ended
-            return self._ended()
-        self._remaining = []
-        return [Completion(self._index[ref], value, None) for ref, value in zip(rest, values)]
-
-    def _ended(self) -> list[Completion]:
-        """The calls that have ended by now, with their values or errors: `ray.wait` without waiting."""
-        try:
-            ready, self._remaining = ray.wait(self._remaining, num_returns=len(self._remaining), timeout=0,
-                                              fetch_local=False)
-        except Exception as error:
-            self.calls.watch.raise_if_lost(error)
-            raise
-        return self._collect(ready) if ready else []
-
-    def _arrived(self, arrivals: queue.SimpleQueue[tuple[int, Any]], slice_s: float) -> list[Completion]:
-        """One slice of an iteration: what Ray's completion callbacks delivered (a local wait)."""
-        try:
-            outcomes = [arrivals.get(timeout=slice_s)]
-        except queue.Empty:
-            return []
-        while True:
-            try:
-                outcomes.append(arrivals.get_nowait())
-            except queue.Empty:
-                break
-        left = {self._index[ref] for ref in self._remaining}
-        ended = {index: outcome for index, outcome in outcomes if index in left}  # else: timed out here already
-        batch = []
-        for index, outcome in ended.items():
-            if not is_failure(outcome):
-                batch.append(Completion(index, outcome, None))
-            elif isinstance(outcome, RayError):
-                batch.append(Completion(index, None, self.calls.translate(index, outcome)))
-            else:  # the connection to the cluster failed, not the call
-                self.calls.watch.raise_if_lost(outcome)
-                raise outcome
-        self._remaining = [ref for ref in self._remaining if self._index[ref] not in ended]
-        return batch
 
     def _collect(self, ready: list[ray.ObjectRef]) -> list[Completion]:
         """The values of finished calls: one `ray.get` for the batch; one by one only when it failed."""
@@ -215,6 +144,13 @@ class Completions:
         if completion.error is not None and not self._return_exceptions:
             raise completion.error from None
         return completion
+
+    def values(self) -> list[Any]:
+        """Every call's value in argument order (the first failure raised, the rest cancelled)."""
+        values: list[Any] = [None] * len(self.calls.refs)
+        for index, value, _ in self:
+            values[index] = value
+        return values
 
 
 class Dispatcher:

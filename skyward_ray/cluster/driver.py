@@ -36,6 +36,7 @@ from skyward_ray.names import HEARTBEAT_KEY, HEARTBEAT_NAMESPACE
 _AUTH_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_USAGE_STATS_ENABLED")
 CLIENT_SERVER_PORT = 10001  # Ray Client's server on the head (Ray's default), reached through the tunnel
 CLIENT_CONNECT_ATTEMPTS = 3  # Ray 2.60's per-client server sometimes fails its first start; a retry connects
+CLIENT_CONNECT_PATIENCE_S = 120.0  # Ray Client gives up after ~35 s; a loaded head's client server may start later
 
 
 def _reset_ray_auth_cache() -> None:
@@ -157,7 +158,10 @@ class DriverConnection:
         self._thread.start()
 
     def _init(self, kwargs: dict[str, Any]) -> None:
-        for attempt in range(1, CLIENT_CONNECT_ATTEMPTS + 1):
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 ray.init(**kwargs)
                 return
@@ -165,11 +169,16 @@ class DriverConnection:
                 if not self.through_client:
                     raise
                 if "connection timeout" in str(error):
+                    # The launcher saw the head alive in its GCS: a client server that does not answer
+                    # yet is starting (slow on a loaded head), so wait for it within a bound.
+                    if time.monotonic() - started < CLIENT_CONNECT_PATIENCE_S:
+                        time.sleep(1.0)
+                        continue
                     raise ProvisioningError(
                         f"Ray Client could not connect to the head through the SSH tunnel ({self.address}): {error}. "
                         "The cluster's auth token may have been rejected, or the head's client server is down."
                     ) from None
-                if attempt == CLIENT_CONNECT_ATTEMPTS:
+                if attempt >= CLIENT_CONNECT_ATTEMPTS:
                     raise ProvisioningError(
                         f"Ray Client could not connect to the head through the SSH tunnel ({self.address}) after "
                         f"{attempt} attempts: {error}") from None

@@ -31,6 +31,7 @@ import threading
 import time
 
 PORT = 6390
+HEAD_GONE_S = 30.0  # a worker stops waiting for a head that answered once and then went silent this long
 """The service's TCP port: 127.0.0.1 (the driver, through SSH) and the head's private address (workers)."""
 _MAX_LINE = 1 << 20
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
@@ -173,11 +174,16 @@ def redeem(head: str, port: int, ticket: str, secrets_path: str, wait: float) ->
     """A worker's side: redeem `ticket` at the head (retrying while it boots), write the secrets file."""
     deadline = time.monotonic() + wait
     reason = "no answer"
+    last_answer = None  # a head that answered and then stops answering is gone (it ended itself)
     while time.monotonic() < deadline:
         try:
             answer = ask(head, port, {"ticket": ticket})
+            last_answer = time.monotonic()
         except (OSError, ValueError) as error:
             answer = {"retry": str(error)}
+            if last_answer is not None and time.monotonic() - last_answer > HEAD_GONE_S:
+                print(f"skyward: the head stopped answering {HEAD_GONE_S:g}s ago ({error})", flush=True)
+                return 3
         if "token" in answer:
             write_private(secrets_path, env_file_text(str(answer["token"]), dict(answer.get("env") or {})))
             return 0

@@ -33,6 +33,7 @@ from tests.images.rootfs import CACHE, RootfsRecipe, built_once, rootfs_tarball
 from tests.siminternet import APT_SOURCE, CA_PATH_IN_IMAGE, IMAGE_ENV
 
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DPKG_SPEEDUP = "# For most Docker users, package installs happen during image build\nforce-unsafe-io\n"
 
 
 @dataclass(frozen=True)
@@ -42,32 +43,40 @@ class CloudImage:
     name: str
     recipe: RootfsRecipe
     env: Mapping[str, str] = field(default_factory=dict)
+    container: bool = False  # a Docker image: dpkg configured as Docker's official images are (below)
 
     def environment(self) -> dict[str, str]:
         """What a process of the image starts with: PATH and the image's ENV lines."""
         return {"PATH": _PATH, **IMAGE_ENV, **self.env}
 
 
-VAST = CloudImage("vast-ubuntu2204", RootfsRecipe())
+VAST = CloudImage("vast-ubuntu2204", RootfsRecipe(), container=True)
 AWS = CloudImage("aws-dlami", RootfsRecipe(include=("python3", "curl", "ca-certificates", "openssh-server")))
 RUNPOD = CloudImage("runpod-base", RootfsRecipe(include=("curl", "ca-certificates", "python3", "python3-pip",
-                                                         "openssh-server")), env={"LANG": "C.UTF-8"})
+                                                         "openssh-server")), env={"LANG": "C.UTF-8"},
+                    container=True)
 
 
 def unpacked(image: CloudImage, ca_cert: Path) -> Path:
     """The image's root directory, trusting `ca_cert`, unpacked and prepared once per machine."""
     digest = hashlib.sha256(image.recipe.content_hash.encode() + ca_cert.read_bytes() + APT_SOURCE.encode()
-                            ).hexdigest()[:16]
+                            + (DPKG_SPEEDUP.encode() if image.container else b"")).hexdigest()[:16]
 
     def build(partial: Path) -> None:
         subprocess.run(["tar", "-xf", str(rootfs_tarball(image.recipe)), "-C", str(partial), "--exclude=./dev/*"],
                        check=True, capture_output=True, timeout=600)
-        _prepare(partial, ca_cert)
+        _prepare(partial, ca_cert, image.container)
     return built_once(CACHE / "images" / f"{image.name}-{digest}", build)
 
 
-def _prepare(root: Path, ca_cert: Path) -> None:
-    """The simulated internet's CA and apt source, as an image build step would add them."""
+def _prepare(root: Path, ca_cert: Path, container: bool) -> None:
+    """The simulated internet's CA and apt source, as an image build step would add them; in a
+    container image, dpkg without fsync, as Docker's official Debian images configure it
+    (debuerreotype's minimizing config: /etc/dpkg/dpkg.cfg.d/docker-apt-speedup)."""
+    if container:
+        speedup = root / "etc/dpkg/dpkg.cfg.d/docker-apt-speedup"
+        speedup.parent.mkdir(parents=True, exist_ok=True)
+        speedup.write_text(DPKG_SPEEDUP)
     ca = root / CA_PATH_IN_IMAGE.lstrip("/")
     ca.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(ca_cert, ca)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 import skyward_ray as sky
-from tests.live.harness import require, smoke
+from tests.live.harness import abandoned_pool_ends_itself, require, smoke
 
 LIVE = require(("AWS_ACCESS_KEY_ID", "AWS_PROFILE"), "AWS")
 REGION = "us-east-1"
@@ -36,3 +36,10 @@ def test_two_networked_nodes(config):
     joins the head, and `@` runs on both."""
     smoke(config, accelerator=None if LIVE == "real" else "T4", live=LIVE, boot_timeout=900 if LIVE == "real" else 240,
           nodes=2)
+
+
+def test_a_killed_drivers_machine_ends_itself(config):
+    """The driver is SIGKILLed (no teardown runs): the pool's machine ends itself once its heartbeat
+    stops, and `gc` removes what only a driver would have."""
+    abandoned_pool_ends_itself(config, accelerator=None if LIVE == "real" else "T4", live=LIVE,
+                               boot_timeout=900 if LIVE == "real" else 180)

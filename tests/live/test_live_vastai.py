@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 import skyward_ray as sky
-from tests.live.harness import require, smoke
+from tests.live.harness import abandoned_pool_ends_itself, require, smoke
 
 LIVE = require(("VAST_API_KEY",), "Vast.ai")
 
@@ -26,3 +26,10 @@ def config(tmp_path_factory):
 
 def test_cheapest_pool_end_to_end(config):
     smoke(config, accelerator=None if LIVE == "real" else "T4", live=LIVE, boot_timeout=900 if LIVE == "real" else 180)
+
+
+def test_a_killed_drivers_machine_ends_itself(config):
+    """The driver is SIGKILLed (no teardown runs): the pool's machine ends itself once its heartbeat
+    stops, and `gc` removes what only a driver would have."""
+    abandoned_pool_ends_itself(config, accelerator=None if LIVE == "real" else "T4", live=LIVE,
+                               boot_timeout=900 if LIVE == "real" else 180)
