@@ -120,27 +120,6 @@ def test_vast_create_bodies_hold_no_token_and_no_image_env(tmp_path, monkeypatch
         server.stop()
 
 
-@pytest.mark.xdist_group("docker")
-def test_container_env_labels_and_command_hold_no_token_and_no_image_env(tmp_path):
-    from tests.conformance.harness_container import SETTINGS, container_engine
-
-    with container_engine() as client:
-        config = sky.Container(key_dir=str(tmp_path), **SETTINGS)
-        name = cluster_name()
-        provider = provisioning.load_node_provider(config, cluster_params(nodes=2, env=IMAGE_ENV), name)
-        try:
-            [head] = create(provider, name, index=0)
-            [worker] = create(provider, name, NODE_KIND_WORKER)
-            for box in (head, worker):
-                attrs = client.api.inspect_container(box)
-                kept = attrs["Config"]
-                _holds_no_secret(json.dumps(kept.get("Env")), json.dumps(kept.get("Labels")),
-                                 json.dumps(kept.get("Cmd")), json.dumps(kept.get("Entrypoint")))
-        finally:
-            provider.terminate_nodes(provider.non_terminated_nodes({}))
-            provider.cleanup_cluster_resources()
-
-
 # -- the head's secret service -------------------------------------------------------------------------
 def _own_address() -> str | None:
     """An address of this machine that is not loopback (what a worker connects from), if any."""

@@ -183,7 +183,7 @@ class ContainerCloud(RemoteCloud):
         simulated = self.config.simulate_accelerators and params.accelerator and params.accelerator_count
         return BootEnvironment(
             instance_id_shell=self.instance_id_shell, node_ip_shell=self.node_ip_shell,
-            shutdown_command=self.shutdown_command, secrets_after_boot=True,
+            shutdown_command=self.shutdown_command, token_in_environment=True,
             num_cpus=self.cpus_per_node(),
             num_gpus=None if self.config.gpus is not None or simulated else 0.0,
             object_store_memory=self.config.object_store_memory)
@@ -212,7 +212,7 @@ class ContainerCloud(RemoteCloud):
         with engine.engine_errors("start a node container", name):
             box = client.containers.create(
                 self.prepared["image"], entrypoint=["bash", "-c", payload], name=name, init=True, auto_remove=True,
-                labels={**tags, KIND_LABEL: "node"},
+                labels={**tags, KIND_LABEL: "node"}, environment={"RAY_AUTH_TOKEN": self.params.auth_token},
                 network=network, networking_config={network: client.api.create_endpoint_config(aliases=aliases)},
                 nano_cpus=int(self.cpus_per_node() * 1e9), mem_limit=self.memory_per_node(),
                 shm_size=self.config.object_store_memory + 64 * 1024**2, device_requests=devices or None)
