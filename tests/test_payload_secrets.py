@@ -3,8 +3,8 @@ arrive after boot, the head's over the driver's pinned SSH session, a worker's f
 one-time ticket bound to the worker's own address.
 
 Per cloud, the payload as the simulated API recorded it (moto's userData, the RunPod fake's create
-call and pod env, the Vast fake's create body, `docker inspect` of a node container) holds neither
-the token nor an env value; the head's secret service answers a ticket once, and only from the
+call and pod env, the Vast fake's create body) holds neither the token nor an env value
+(`sky.Container` keeps its token in the containers' env: Docker's API is root already); the head's secret service answers a ticket once, and only from the
 address it was registered for. The pools themselves boot in test_*_pool, test_conformance and
 test_leaks.
 """
