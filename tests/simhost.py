@@ -12,8 +12,8 @@ base is what a machine then is, the same for all of them:
   image's system Python) and `uv` (an image with uv installed); the node makes its own Python
   environment with the driver's exact versions from a package cache that is warmed once
   (`node_package_cache`) and read offline, since a namespace reaches no index;
-- or, for a cloud with an `image` (Vast.ai; AWS and RunPod behind SKYWARD_SIM_BARE_AWS=1 /
-  SKYWARD_SIM_BARE_RUNPOD=1 until their suites have run on it), a *bare* machine: its own root
+- or, for a cloud with an `image`, when asked (`bare=True`, or SKYWARD_SIM_BARE_VAST=1 /
+  SKYWARD_SIM_BARE_AWS=1 / SKYWARD_SIM_BARE_RUNPOD=1 for every machine of that cloud), a *bare* machine: its own root
   filesystem from the cloud's image, PID, mount and UTS namespaces (`tests.simnet.rootfs_machine`),
   the image's PATH and ENV lines, and a simulated internet on the network (`tests.siminternet`)
   from which the boot downloads what it installs: nothing of the driver's disk is reachable;
@@ -106,15 +106,20 @@ class SimulatedHosts:
     # a machine its id or address through skyward's own variables (the process host sets them for
     # the local provider's machines); a cloud's subclass adds what its runner leaves unset (HOME).
     unset: ClassVar[tuple[str, ...]] = (names.ENV_INSTANCE_ID, names.ENV_NODE_IP)
-    # The cloud's image: with one, a machine is bare (`bare`): its own root filesystem from the image
-    # (`tests.simnet.rootfs_machine`), its software from the simulated internet (`tests.siminternet`).
+    # The cloud's image: with one, a machine can be bare (`bare`): its own root filesystem from the
+    # image (`tests.simnet.rootfs_machine`), its software from the simulated internet (`tests.siminternet`).
+    # Off unless `bare=True` or the cloud's switch (`bare_switch`, e.g. SKYWARD_SIM_BARE_VAST=1) is set:
+    # under the whole suite's load on 2 cores a bare boot passed the tests' 180 s boot timeouts in CI.
     image: ClassVar[CloudImage | None] = None
+    bare_switch: ClassVar[str] = ""
     machine_files: ClassVar[Mapping[str, str]] = {}  # a bare machine's shims: path in the machine → script
 
     def __init__(self, sim: Any, boot_delay: float = 0.0, poll_interval: float | None = None,
                  private_net: str | None = None, bare: bool | None = None) -> None:
         self.sim = sim
-        self.bare = self.image is not None if bare is None else bare
+        if bare is None:
+            bare = self.image is not None and bool(self.bare_switch) and os.environ.get(self.bare_switch) == "1"
+        self.bare = bare
         self.internet: SimInternet | None = None
         self.image_root: Path | None = None
         self.boot_delay = boot_delay

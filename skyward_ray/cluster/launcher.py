@@ -113,7 +113,8 @@ def _connect_or_explain(cluster: Cluster, provider: Any, head: str) -> None:
         if type(error) is not ProvisioningError:  # a typed subclass keeps its type and message
             raise
         try:
-            tail = provider.log_tail(head)
+            step, tail = boot_wait.boot_report(provider, head)
         except Exception as log_error:  # noqa: BLE001 - the log is a courtesy; the error stands
-            tail = f"(its log could not be read: {log_error})"
-        raise ProvisioningError(f"{error}\nLast lines of the head node {head}'s log:\n{tail}") from None
+            step, tail = "unknown", f"(its log could not be read: {log_error})"
+        raise ProvisioningError(f"{error}\nThe head node {head}'s last boot step: {step}. Last lines of its log:\n"
+                                f"{tail}") from None

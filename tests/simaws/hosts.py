@@ -39,7 +39,6 @@ import base64
 import contextlib
 import email
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -77,9 +76,6 @@ exit 0
 SHIM_NAMES = SHUTDOWN_NAMES
 IMDS_SCRIPT = Path(__file__).with_name("imds.py")
 IMDS_ADDRESS = "169.254.169.254"
-# Bare AWS machines (the DLAMI-like image, software from the simulated internet) only when asked:
-# SKYWARD_SIM_BARE_AWS=1 (not yet run through the AWS suites; see issue 20).
-BARE_DEFAULT = os.environ.get("SKYWARD_SIM_BARE_AWS") == "1"
 # cloud-init's user scripts run from a systemd system service: systemd's default PATH (`SYSTEM_PATH`,
 # behind the image stand-ins of `SimulatedHosts.path`) and the image's locale
 CLOUD_INIT_LANG = "C.UTF-8"
@@ -108,13 +104,14 @@ class HostSimulator(SimulatedHosts):
     thread_name = "simaws-hosts"
     unset = (*SimulatedHosts.unset, "HOME")  # systemd gives a service without User= no HOME
     image = AWS
+    bare_switch = "SKYWARD_SIM_BARE_AWS"
     machine_files: ClassVar[Mapping[str, str]] = {f"/usr/local/sbin/{name}": _BARE_SHUTDOWN_SHIM
                                                   for name in SHIM_NAMES}
 
     def __init__(self, sim: Any, boot_delay: float = 0.0, poll_interval: float = 0.15,
                  bare: bool | None = None) -> None:
         super().__init__(sim, boot_delay=boot_delay, poll_interval=poll_interval, private_net=VPC_CIDR,
-                         bare=bare if bare is not None else BARE_DEFAULT)
+                         bare=bare)
         self.shutdown_dir = self.root / "shutdown-requests"
         self.shutdown_dir.mkdir()
         self.tamper_host_keys = False  # True: hosts present a key of their own, not the user data's

@@ -25,7 +25,6 @@ When the fake says a pod ended (terminated, stopped, interrupted), its processes
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import time
@@ -36,9 +35,6 @@ from tests.images.cloud_images import RUNPOD
 from tests.simhost import SimulatedHosts, nft
 
 NETNS_ETC = Path("/etc/netns")
-# Bare pods (the RunPod-base-like image, software from the simulated internet) only when asked:
-# SKYWARD_SIM_BARE_RUNPOD=1 (not yet run through the RunPod suites; see issue 20).
-BARE_DEFAULT = os.environ.get("SKYWARD_SIM_BARE_RUNPOD") == "1"
 
 
 class PodHosts(SimulatedHosts):
@@ -48,10 +44,11 @@ class PodHosts(SimulatedHosts):
     idle_timeout = 20.0
 
     image = RUNPOD
+    bare_switch = "SKYWARD_SIM_BARE_RUNPOD"
 
     def __init__(self, sim: Any, boot_delay: float = 0.0, bare: bool | None = None) -> None:
         # its private range stands for RunPod's global network
-        super().__init__(sim, boot_delay=boot_delay, bare=bare if bare is not None else BARE_DEFAULT)
+        super().__init__(sim, boot_delay=boot_delay, bare=bare)
         self.global_pods: dict[str, str] = {}  # pod id → private address, for pods on the global network
         self.ports: set[int] = set()
 

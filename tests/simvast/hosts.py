@@ -17,12 +17,11 @@ the simulated network (`tests.simnet`; what a machine is, `tests.simhost`):
   variables, with root's HOME and nothing of the driver's environment (no `SKYWARD_*` id or
   address: the node learns its id from `CONTAINER_ID`, its address from its own interfaces). In
   the entrypoint (`args`) launch mode onstart does not run; the image's command would, and there
-  is no image here, so such an instance runs nothing. The machine is bare (`tests.simhost`): its
-  own root filesystem from the `ubuntu:22.04`-like image (`tests.images.cloud_images.VAST`: no
+  is no image here, so such an instance runs nothing. With SKYWARD_SIM_BARE_VAST=1 (or
+  `VastHosts(bare=True)`) the machine is bare (`tests.simhost`): its own root filesystem from the `ubuntu:22.04`-like image (`tests.images.cloud_images.VAST`: no
   python3, no curl), PATH and ENV as the image sets them, and everything the boot installs (apt
   packages, uv, CPython, Ray) downloaded from the simulated internet (`tests.siminternet`).
-  `VastHosts(bare=False)` keeps the older process-only machine (the driver's userland, an offline
-  package cache) for tests that do not boot nodes through the image;
+  Otherwise it is the process-only machine (the driver's userland, an offline package cache);
 - `shutdown`, `poweroff`, `halt`, `reboot` refuse: a container cannot power its host off (and the
   real ones must never run here). A Vast instance ends itself through the API.
 
@@ -32,7 +31,6 @@ namespace are ended.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -55,12 +53,10 @@ class VastHosts(SimulatedHosts):
     shims: ClassVar[Mapping[str, str]] = {name: _REFUSE_SHIM for name in SHIM_NAMES}
     thread_name = "simvast-hosts"
     image = VAST
+    bare_switch = "SKYWARD_SIM_BARE_VAST"
 
     def __init__(self, sim: SimVast, poll_interval: float = 0.15, bare: bool | None = None) -> None:
-        # Bare only when asked (SKYWARD_SIM_BARE_VAST=1): under the whole suite's load on 2 cores a
-        # bare boot (apt, uv, CPython, Ray from the simulated internet) passed 180 s twice in CI.
-        super().__init__(sim, poll_interval=poll_interval,
-                         bare=bare if bare is not None else os.environ.get("SKYWARD_SIM_BARE_VAST") == "1")
+        super().__init__(sim, poll_interval=poll_interval, bare=bare)
         self._private = 0
 
     def _next_private_ip(self) -> str:
