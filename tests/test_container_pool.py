@@ -23,6 +23,7 @@ import skyward_ray as sky
 from skyward_ray import names
 from tests.conformance.harness_container import SETTINGS, container_engine
 from tests.conftest import REPO
+from tests.images import python_slim
 from tests.container_usercode import Refused, read, refuse, square, table, where
 from tests.test_detached import cli, pool_env, run_ray_script
 
@@ -97,6 +98,39 @@ def test_an_unusable_image_is_refused_with_the_reason(engine, tmp_path, image, m
         with sky.Compute(provider=config, nodes=1):
             pass
     _nothing_new(engine, before)
+
+
+KILLED_MID_LAUNCH = r"""
+import os, sys
+from node_providers.container.launch_request import Launch, launch
+launch(os.environ["DOCKER_HOST"], Launch(image=sys.argv[1], command=["sleep", "2"], name=sys.argv[2],
+                                         labels={"skyward/cluster": sys.argv[2]}, network="bridge"))
+"""
+
+
+def test_a_driver_killed_mid_launch_leaves_no_container_that_never_started(engine):
+    """Docker creates a container and starts it in two calls; a driver SIGKILLed between them once
+    left a container "created" forever (auto-removal acts only on a started one). Killed the moment
+    its container is listed, the launch still starts it, and the container ends and goes by itself."""
+    name = f"skyward-killed-{os.getpid()}"
+    driver = subprocess.Popen([sys.executable, "-c", KILLED_MID_LAUNCH, python_slim.tag(), name],
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        deadline = time.monotonic() + 60
+        while not engine.containers.list(all=True, filters={"name": name}):
+            assert driver.poll() is None and time.monotonic() < deadline, "the container was never created"
+            time.sleep(0.01)
+        driver.kill()
+        states = set()
+        while listed := engine.containers.list(all=True, filters={"name": name}):
+            states.add(listed[0].status)
+            assert time.monotonic() < deadline, f"the container is still there ({states}) after its driver died"
+            time.sleep(0.1)
+    finally:
+        driver.kill()
+        driver.wait()
+        for box in engine.containers.list(all=True, filters={"name": name}):
+            box.remove(force=True)
 
 
 # -- a three-node pool -----------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ import contextlib
 import itertools
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -133,7 +132,9 @@ def _wait_clean(h: Harness, since: float, timeout: float) -> float:
         left = _machines(h)
         if not left:
             return time.monotonic() - since
-        assert time.monotonic() - since < timeout, f"machines left {timeout:g}s after the trigger: {left}"
+        if time.monotonic() - since >= timeout:
+            why = "".join(f"\n--- {h.explain(item)}" for items in left.values() for item in items) if h.explain else ""
+            raise AssertionError(f"machines left {timeout:g}s after the trigger: {left}{why}")
         time.sleep(0.25)
 
 

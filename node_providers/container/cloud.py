@@ -30,7 +30,7 @@ from typing import Any
 
 import psutil
 
-from node_providers.container import engine, gateway, node_image
+from node_providers.container import engine, gateway, launch_request, node_image
 from node_providers.container.config import Container
 from node_providers.local.offers import detect_gpus
 from skyward_ray import names
@@ -137,17 +137,13 @@ class ContainerCloud(RemoteCloud):
                             "(no nvidia-smi). Fix: drop gpus=, or use simulate_accelerators=True to test placement")
 
     def _start_gateway(self, image: str) -> int:
-        client = self.engine
         with engine.engine_errors("start the pool's gateway"):
-            box = client.containers.create(
-                image, gateway.relay_command(HEAD_ALIAS, 22, gateway.HEAD_APPEARS_WITHIN_S), name=gateway_name(self.cluster_name),
-                labels=self._labels("gateway"), network=edge_network(self.cluster_name), auto_remove=True,
-                ports={f"{gateway.RELAY_PORT}/tcp": ("127.0.0.1", None)}, init=True, nano_cpus=250_000_000,
-                mem_limit=128 * 1024**2)
-            client.networks.get(pool_network(self.cluster_name)).connect(box)
-            box.start()
-            box.reload()
-        bound = (box.attrs["NetworkSettings"]["Ports"] or {}).get(f"{gateway.RELAY_PORT}/tcp") or []
+            attrs = launch_request.launch(engine.engine_address(self.config.docker_host), launch_request.Launch(
+                image=image, command=gateway.relay_command(HEAD_ALIAS, 22, gateway.HEAD_APPEARS_WITHIN_S),
+                name=gateway_name(self.cluster_name), labels=self._labels("gateway"),
+                network=edge_network(self.cluster_name), also_networks=[pool_network(self.cluster_name)],
+                publish_on_loopback=[f"{gateway.RELAY_PORT}/tcp"], nano_cpus=250_000_000, mem_limit=128 * 1024**2))
+        bound = (attrs["NetworkSettings"]["Ports"] or {}).get(f"{gateway.RELAY_PORT}/tcp") or []
         if not bound:
             raise ProvisioningError("Docker: the gateway's SSH port was not published on 127.0.0.1")
         return int(bound[0]["HostPort"])
@@ -195,30 +191,23 @@ class ContainerCloud(RemoteCloud):
         return self.config.memory or int(psutil.virtual_memory().total * 0.6 / max(self.params.nodes, 1))
 
     def launch(self, request: MachineRequest) -> Machine:
-        import docker
-
-        client, network = self.engine, pool_network(self.cluster_name)
         tags = {**request.tags, names.CLUSTER: self.cluster_name}
         lines = state_dir_lines()
         if request.role == "head" and request.ssh_host_key and self.params.ssh_public_key:
             lines += sshd_lines(22, SSH_USER, request.ssh_host_key, self.params.ssh_public_key)
         payload = "\n".join([*lines, request.boot_script])
-        aliases = [HEAD_ALIAS] if request.role == "head" else []
-        devices = []
+        gpus = None
         if self.config.gpus is not None and not self.config.simulate_accelerators:
-            count = -1 if self.config.gpus == "all" else int(self.config.gpus)
-            devices = [docker.types.DeviceRequest(count=count, capabilities=[["gpu"]])]
+            gpus = -1 if self.config.gpus == "all" else int(self.config.gpus)
         name = f"skyward-{self.cluster_name}-{request.role}-{request.index}-{secrets.token_hex(3)}"
         with engine.engine_errors("start a node container", name):
-            box = client.containers.create(
-                self.prepared["image"], entrypoint=["bash", "-c", payload], name=name, init=True, auto_remove=True,
+            attrs = launch_request.launch(engine.engine_address(self.config.docker_host), launch_request.Launch(
+                image=self.prepared["image"], entrypoint=["bash", "-c", payload], name=name,
                 labels={**tags, KIND_LABEL: "node"}, environment={"RAY_AUTH_TOKEN": self.params.auth_token},
-                network=network, networking_config={network: client.api.create_endpoint_config(aliases=aliases)},
+                network=pool_network(self.cluster_name), aliases=[HEAD_ALIAS] if request.role == "head" else [],
                 nano_cpus=int(self.cpus_per_node() * 1e9), mem_limit=self.memory_per_node(),
-                shm_size=self.config.object_store_memory + 64 * 1024**2, device_requests=devices or None)
-            box.start()
-            box.reload()
-        return self._machine(box.attrs)
+                shm_size=self.config.object_store_memory + 64 * 1024**2, gpus=gpus))
+        return self._machine(attrs)
 
     def _machine(self, attrs: Mapping[str, Any]) -> Machine:
         labels = dict(attrs["Config"].get("Labels") or {})

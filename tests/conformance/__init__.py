@@ -61,6 +61,9 @@ class Harness:
     pool_nodes: int = 2
     """Nodes of the pool-level test: 1 for a cloud whose machines share no private network (its
     offers serve one-node pools only, and losing that node loses the pool)."""
+    explain: Callable[[str], str] | None = None
+    """What the cloud says about one machine left where none should be (its state, its log's end),
+    for a failure message to show why it is still there."""
 
 
 def open_harness(name: str) -> AbstractContextManager[Harness]:

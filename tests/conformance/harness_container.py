@@ -72,6 +72,16 @@ def harness() -> Iterator[Harness]:
             with contextlib.suppress(Exception):
                 client.containers.get(instance_id).kill()
 
+        def explain(instance_id: str) -> str:
+            try:
+                box = client.containers.get(instance_id)
+                state = box.attrs["State"]
+                log = box.logs(tail=25).decode(errors="replace")
+            except Exception as error:
+                return f"{instance_id}: {error}"
+            return (f"{box.name}: {state['Status']} (started {state.get('StartedAt')}, pid {state.get('Pid')})\n"
+                    + (log or "(no log)"))
+
         def foreign_machine() -> str:
             box = client.containers.run(python_slim.tag(), ["sleep", "600"], detach=True, network_mode="none",
                                         labels={"another-tool": "notebook"})
@@ -91,6 +101,7 @@ def harness() -> Iterator[Harness]:
                 fail_capacity=None,  # one engine, one offer: nothing to fall back to
                 foreign_machine=foreign_machine,
                 compute_settings={"boot_timeout": 240},
+                explain=explain,
             )
         finally:
             for box in foreign:
