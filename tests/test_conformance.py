@@ -44,8 +44,11 @@ def _tags(name: str, kind: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def cluster(h: Harness, nodes: int = 1, **params: Any) -> Iterator[tuple[ScriptBootedNodeProvider, str]]:
-    """A prepared cluster's node provider; every machine it made is ended and its resources removed after."""
+    """A prepared cluster's node provider; every machine it made is ended and its resources removed after.
+    No driver beats or delivers secrets to these machines, so they get a grace that outlasts the test
+    (a machine ending itself for want of a driver, as it should, is not the test's subject)."""
     name = launcher.new_cluster_name()
+    params = {"first_heartbeat_grace": 900.0, **params}
     provider = provisioning.load_node_provider(h.config, h.params(nodes=nodes, **params), name)
     try:
         yield provider, name

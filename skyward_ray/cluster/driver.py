@@ -33,7 +33,13 @@ from skyward_ray.cluster.ssh_tunnel import SSHTunnel, TunnelError
 from skyward_ray.errors import ProvisioningError
 from skyward_ray.names import HEARTBEAT_KEY, HEARTBEAT_NAMESPACE
 
-_AUTH_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_USAGE_STATS_ENABLED")
+_GCS_PATIENCE = "RAY_gcs_rpc_server_reconnect_timeout_s"
+_POOL_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_USAGE_STATS_ENABLED", _GCS_PATIENCE)
+# Ray's core worker ends a driver's whole process (exit 1, a C++ log line) when the head's GCS has
+# not answered for this long (Ray's default: 60 s). The pool notices a lost head itself and raises
+# `PoolLostError` in the user's code, which ends the pool; on a loaded machine that can take longer
+# than 60 s, so Ray's own exit must come well after it.
+DRIVER_GCS_PATIENCE_S = 300
 CLIENT_SERVER_PORT = 10001  # Ray Client's server on the head (Ray's default), reached through the tunnel
 CLIENT_CONNECT_ATTEMPTS = 3  # Ray 2.60's per-client server sometimes fails its first start; a retry connects
 CLIENT_CONNECT_PATIENCE_S = 120.0  # Ray Client gives up after ~35 s; a loaded head's client server may start later
@@ -93,8 +99,9 @@ class DriverConnection:
                 "Ray is already initialized in this process; call ray.shutdown() before opening a sky.Compute pool"
             )
         if not self._saved_env:
-            self._saved_env = {name: os.environ.get(name) for name in _AUTH_VARIABLES}
-        os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self._token, "RAY_USAGE_STATS_ENABLED": "0"})
+            self._saved_env = {name: os.environ.get(name) for name in _POOL_VARIABLES}
+        os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self._token, "RAY_USAGE_STATS_ENABLED": "0",
+                           _GCS_PATIENCE: str(DRIVER_GCS_PATIENCE_S)})
         os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
         _reset_ray_auth_cache()
 
