@@ -55,6 +55,7 @@ NODE_PACKAGES = (f"ray[default]=={ray.__version__}", *node_requirements(), "tabu
 UV_CACHE = Path(os.environ.get("SKYWARD_SIM_UV_CACHE", Path.home() / ".cache" / "skyward-simaws-uv"))
 SHUTDOWN_NAMES = ("shutdown", "poweroff", "halt", "reboot")
 ENV = shutil.which("env", path=SYSTEM_PATH) or "/usr/bin/env"
+NETNS_ETC = Path("/etc/netns")  # `ip netns exec NS` binds /etc/netns/NS/<entry> over /etc/<entry>
 _warm_lock = threading.Lock()
 _warmed = False
 
@@ -192,7 +193,12 @@ class SimulatedHosts:
         """Hook: disconnect from the cloud's fake before the machines go."""
 
     def release(self) -> None:
-        """Hook: remove what the cloud made outside the temp root."""
+        """Remove what the cloud made outside the temp root: its machines' /etc/netns directories
+        (files `ip netns exec` binds over the machine's /etc: a pod's hosts, an instance's /etc/ssh)."""
+        if NETNS_ETC.is_dir() and self.network.prefix:
+            for entry in NETNS_ETC.iterdir():
+                if entry.name.startswith(self.network.prefix + "-"):
+                    shutil.rmtree(entry, ignore_errors=True)
 
     def running(self) -> list[str]:
         return [i for i in self.host.machines() if self.host.is_running(i)]

@@ -116,10 +116,10 @@ def test_every_aws_user_data_carries_a_reboot_guard(role):
     from skyward_ray.cluster.contract import MachineRequest
     from tests.simaws.hosts import split_user_data
 
-    request = MachineRequest(index=0 if role == "head" else 1, role=role, tags={}, boot_script="#!/bin/bash\ntrue\n",
-                             ssh_host_key="KEY" if role == "head" else None, ssh_host_public_key="PUB")
+    request = MachineRequest(index=0 if role == "head" else 1, role=role, tags={}, boot_script="#!/bin/bash\ntrue\n")
     config, script = split_user_data(user_data(request))
     assert script == request.boot_script
     [guard] = config["bootcmd"]
     assert "shutdown -h now" in guard[-1] and "skyward-first-boot" in guard[-1]
-    assert ("ssh_keys" in config) == (role == "head")
+    # no host key travels: cloud-init replaces the image's (shared by every instance of the AMI) with a fresh one
+    assert "ssh_keys" not in config and config["ssh_deletekeys"] is True and config["ssh_genkeytypes"] == ["ed25519"]

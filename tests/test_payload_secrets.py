@@ -1,6 +1,7 @@
 """No secret in a launch payload the cloud keeps (issue 21): the pool's token and `Image.env` values
 arrive after boot, the head's over the driver's pinned SSH session, a worker's from the head for a
-one-time ticket bound to the worker's own address.
+one-time ticket bound to the worker's own address. On AWS no SSH host private key is there either:
+the head makes its own at boot and the driver pins what the head prints on the console.
 
 Per cloud, the payload as the simulated API recorded it (moto's userData, the RunPod fake's create
 call and pod env, the Vast fake's create body) holds neither the token nor an env value
@@ -40,6 +41,12 @@ def _holds_no_secret(*texts: str) -> None:
         assert SECRET_VALUE not in text, "an Image.env value is in a payload the cloud keeps"
 
 
+def _holds_no_private_key(*texts: str) -> None:
+    for text in texts:
+        assert "PRIVATE KEY" not in text and "ed25519_private" not in text, \
+            "an SSH private key (the head's host key) is in a payload the cloud keeps"
+
+
 # -- the payloads each cloud keeps ---------------------------------------------------------------------
 def test_aws_user_data_holds_no_token_and_no_image_env(tmp_path):
     from tests.simaws import SIM_SETTINGS, SimAWS, aws_environment
@@ -61,7 +68,9 @@ def test_aws_user_data_holds_no_token_and_no_image_env(tmp_path):
                     InstanceId=instance, Attribute="userData")["UserData"]["Value"]
                 texts.append(base64.b64decode(value).decode())
             _holds_no_secret(*texts)
-            _, head_script = split_user_data(texts[0])
+            _holds_no_private_key(*texts)  # the head makes its own host key (cloud-init) and prints it
+            head_config, head_script = split_user_data(texts[0])
+            assert head_config.get("ssh_deletekeys") is True and head_config.get("ssh_genkeytypes") == ["ed25519"]
             _, worker_script = split_user_data(texts[1])
             assert "--head" in head_script and "serve" in head_script, "the head waits for its secrets"
             assert "SKYWARD_ENROLL_TICKET=" in worker_script and "redeem" in worker_script

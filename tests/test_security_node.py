@@ -239,3 +239,27 @@ def test_the_boot_script_refuses_auth_variables_in_the_pools_env_and_exports_its
     script = boot(tmp_path, env={"SKYWARD_CLUSTER": "spoofed", "HF_HOME": "/data"})
     assert script.index("SKYWARD_CLUSTER=spoofed") < script.index("SKYWARD_CLUSTER=sky-boottest")
     assert sky.Image(env={"HF_HOME": "/data", "RAY_DEDUP_LOGS": "0"}).env["RAY_DEDUP_LOGS"] == "0"
+
+
+# -- 4. the head's host key, made on the head and read back from its console ---------------------------
+def _printed(path: Path) -> str:
+    return subprocess.run(["bash", "-c", "\n".join(sshd.print_host_key_lines(str(path)))], capture_output=True,
+                          text=True, timeout=10, check=True).stdout
+
+
+def test_a_head_prints_its_own_host_key_and_the_driver_reads_back_exactly_that(tmp_path):
+    from skyward_ray.cluster.ssh_keys import generate_keypair, printed_host_keys
+
+    own = generate_keypair(tmp_path / "own", "ssh_host_ed25519_key", comment="root@i-0abc")
+    console = "[   12.3] cloud-init[812]: Generating public/private ed25519 key pair.\n" + _printed(own.public_key)
+    console += "skyward: installing Python\n" * 50 + _printed(own.public_key)  # printed again before Ray starts
+    assert printed_host_keys(console) == {" ".join(own.public_line.split()[:2])}
+    assert "PRIVATE" not in console
+    # A key outside the markers (a task's output, a log line) is not a printed host key.
+    other = generate_keypair(tmp_path / "other", "ssh_host_ed25519_key")
+    assert printed_host_keys(console + other.public_line + "\n") == printed_host_keys(console)
+    # A second key between the markers: two keys, which the AWS provider refuses rather than choose.
+    assert len(printed_host_keys(console + _printed(other.public_key))) == 2
+    # No key file: nothing to pin, and the console says why.
+    missing = _printed(tmp_path / "none.pub")
+    assert printed_host_keys(missing) == set() and "no SSH host key" in missing

@@ -24,6 +24,7 @@ from node_providers.aws.admin import instance_machine, list_clusters
 from node_providers.aws.config import AWS
 from node_providers.aws.session import aws_errors, check_credentials, retry_config, session_for
 from skyward_ray import names
+from skyward_ray.cluster import ssh_keys
 from skyward_ray.cluster.contract import ClusterListing, Machine, MachineRequest, NotFoundError, SSHEndpoint
 from skyward_ray.cluster.remote_cloud import RemoteCloud
 from skyward_ray.errors import ProvisioningError, SpecError
@@ -61,6 +62,10 @@ class AWSCloud(RemoteCloud):
     node_ip_shell = _imds("local-ipv4")
     shutdown_command = "shutdown -h now"  # with InstanceInitiatedShutdownBehavior=terminate: ends it
     log_name = "console output"
+    # cloud-init makes the head's host keys at first boot and the boot script prints the public one on
+    # the serial console, which GetConsoleOutput returns: no host private key in the user data
+    # (readable with ec2:DescribeInstanceAttribute), and nothing trusted on first use.
+    head_prints_host_key = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -223,17 +228,29 @@ class AWSCloud(RemoteCloud):
         with aws_errors("read the console output", instance_id):
             return self.ec2.get_console_output(InstanceId=instance_id, Latest=True).get("Output") or ""
 
+    def printed_host_key(self, instance_id: str) -> str | None:
+        """The head's ed25519 host key from its console output (`Latest`: Nitro instances, which every
+        GPU type is, show it within seconds). Two different keys there: refused, nothing pinned."""
+        keys = ssh_keys.printed_host_keys(self.read_log(instance_id, 0))
+        if len(keys) > 1:
+            raise ProvisioningError(f"AWS: the console of {instance_id} shows {len(keys)} different SSH host keys; "
+                                    "something else printed one there, so none is trusted. The pool is ended")
+        return next(iter(keys), None)
+
 
 def user_data(request: MachineRequest) -> str:
-    """The boot script, a `bootcmd` that powers a rebooted instance off, and for the head its pinned
-    SSH host key as cloud-init `ssh_keys`, so sshd presents the driver-generated key from its first
-    start (MIME multi-part, as cloud-init reads it)."""
+    """The boot script and a `bootcmd` that powers a rebooted instance off (MIME multi-part, as
+    cloud-init reads it). cloud-init deletes the image's host keys (baked into the AMI, the same on
+    every instance of it) and makes a fresh ed25519 one, which the head's script prints on the
+    console. A host key made elsewhere (`request.ssh_host_key`, none from skyward's own provider)
+    is installed with cloud-init `ssh_keys` instead."""
     from email.mime.multipart import MIMEMultipart
     from email.mime.text import MIMEText
 
-    cloud_config: dict[str, Any] = {"bootcmd": [["sh", "-c", _REBOOT_GUARD]]}
+    cloud_config: dict[str, Any] = {"bootcmd": [["sh", "-c", _REBOOT_GUARD]],
+                                    "ssh_deletekeys": True, "ssh_genkeytypes": ["ed25519"]}
     if request.ssh_host_key:
-        cloud_config.update({"ssh_deletekeys": True, "ssh_genkeytypes": [], "ssh_keys": {
+        cloud_config.update({"ssh_genkeytypes": [], "ssh_keys": {
             "ed25519_private": request.ssh_host_key, "ed25519_public": request.ssh_host_public_key}})
     config = "#cloud-config\n" + yaml.safe_dump(cloud_config)
     message = MIMEMultipart()

@@ -45,8 +45,10 @@ def tunnelled_driver(provider: ScriptBootedNodeProvider, head: str, runtime_env:
                       deadline: float, boot_timeout: float) -> DriverConnection:
     """Ray Client and a GCS client through an SSH tunnel to the head: a driver anywhere (a laptop).
 
-    The head's host key was generated here and delivered in its boot payload, so it is pinned in a
-    per-cluster known_hosts: a different key is refused at once. Until the head's sshd answers
+    The head's host key was generated here and delivered in its boot payload, or (a cloud whose
+    heads print their own) is read from the head's console as the cloud shows it; either way it is
+    pinned in a per-cluster known_hosts before the first connection, and a different key is refused
+    at once. Until the head's sshd answers
     (it is still booting) connecting is retried; the machine ending meanwhile fails the launch.
     A head that waits for its secrets (no token in its payload) gets them over the same pinned
     session once its secret service answers (`secret_delivery`).
@@ -58,7 +60,10 @@ def tunnelled_driver(provider: ScriptBootedNodeProvider, head: str, runtime_env:
         if machine is None or not machine.public_ip:
             time.sleep(0.5)
     endpoint = provider.cloud.ssh_endpoint(machine)
-    identity, host_key = provider.ssh_files()
+    identity = provider.ssh_identity()
+    while (host_key := provider.head_host_key(head)) is None:
+        _still_booting(provider, head, deadline, boot_timeout, "printed no SSH host key on its console")
+        time.sleep(2.0)  # the console API is rate-limited like any other
     known_hosts = ssh_keys.write_known_hosts(identity.parent / "known_hosts", endpoint.host, endpoint.port, host_key)
     tunnel = SSHTunnel(endpoint.host, endpoint.port, endpoint.user, identity, known_hosts,
                        forwards=[(0, "127.0.0.1", provider.gcs_port), (0, "127.0.0.1", CLIENT_SERVER_PORT)],

@@ -198,6 +198,10 @@ class Cloud(ABC):
     #: whether a machine listed as terminated may still hold something `terminate` ends (a local
     #: machine's stray processes and its directory): `skyward-ray down`/`gc` then end it again.
     terminated_may_linger: ClassVar[bool] = False
+    #: whether the head makes its own SSH host key at boot and the cloud shows the driver what the
+    #: head printed (`printed_host_key`): then no host private key travels in a launch payload,
+    #: where the cloud keeps it for anyone who can read payloads (AWS user data).
+    head_prints_host_key: ClassVar[bool] = False
 
     def __init__(self, cluster_name: str, config: ProviderConfig, params: ClusterParams,
                  prepared: Mapping[str, Any]) -> None:
@@ -256,6 +260,11 @@ class Cloud(ABC):
         """Where the driver reaches this machine's SSH server (clouds whose config is not
         `direct_driver`); the key to log in is the cluster's, imported at prepare."""
         raise NotImplementedError(f"{type(self).__name__} is driven directly; it has no SSH endpoint")
+
+    def printed_host_key(self, instance_id: str) -> str | None:
+        """The SSH host public key (`type base64`) the machine printed on its console at boot, once
+        the cloud shows it (None until then); only clouds with `head_prints_host_key` have it."""
+        raise NotImplementedError(f"{type(self).__name__} cannot show a machine's console")
 
     def log_tail(self, instance_id: str, lines: int = 30) -> str:
         """The last lines of the machine's boot log, for error messages; where the cloud has one."""

@@ -114,7 +114,8 @@ class ScriptBootedNodeProvider(NodeProvider):
                      for t in cluster_config.get("available_node_types", {}).values()]
             updates["instance_type"] = next((t for t in types if t), None)
         if not config.direct_driver and not params.ssh_key_dir:
-            updates.update(cls._ssh_keys(cluster_config["cluster_name"], config.key_dir))
+            updates.update(cls._ssh_keys(cluster_config["cluster_name"], config.key_dir,
+                                         host_key=not cls.cloud_class.head_prints_host_key))
         params = params.model_copy(update=updates)
         provider["cluster"] = params.model_dump()
         if not provider.get("prepared"):
@@ -122,19 +123,28 @@ class ScriptBootedNodeProvider(NodeProvider):
         return cluster_config
 
     @staticmethod
-    def _ssh_keys(cluster_name: str, root: str | None) -> dict[str, str]:
+    def _ssh_keys(cluster_name: str, root: str | None, host_key: bool = True) -> dict[str, str]:
         """This cluster's SSH keys, made here on the driver: the client key (its public half is
-        imported into the cloud, its private half never leaves this machine) and the head's host
-        key (delivered in the head's boot payload, so the driver pins it)."""
+        imported into the cloud, its private half never leaves this machine) and, unless the head
+        makes its own (`Cloud.head_prints_host_key`), the head's host key (delivered in the head's
+        boot payload, so the driver pins it)."""
         directory = ssh_keys.cluster_key_dir(cluster_name, Path(root) if root else None)
         client = ssh_keys.generate_keypair(directory, "id_ed25519", comment=f"skyward-{cluster_name}")
-        ssh_keys.generate_keypair(directory, HOST_KEY_NAME, comment=f"skyward-{cluster_name}-host")
+        if host_key:
+            ssh_keys.generate_keypair(directory, HOST_KEY_NAME, comment=f"skyward-{cluster_name}-host")
         return {"ssh_key_dir": str(directory), "ssh_public_key": client.public_line}
 
-    def ssh_files(self) -> tuple[Path, str]:
-        """(the client's private key file, the head's pinned host public key line)."""
-        directory = Path(self.params.ssh_key_dir)
-        return directory / "id_ed25519", (directory / f"{HOST_KEY_NAME}.pub").read_text().strip()
+    def ssh_identity(self) -> Path:
+        """The client's private key file (it logs in to the head)."""
+        return Path(self.params.ssh_key_dir) / "id_ed25519"
+
+    def head_host_key(self, head: str) -> str | None:
+        """The head's SSH host public key line to pin: the one made here and sent in its payload,
+        or, where the head makes its own, the one it printed on the console the cloud shows
+        (None until it is there)."""
+        if self.cloud.head_prints_host_key:
+            return self.cloud.printed_host_key(head)
+        return (Path(self.params.ssh_key_dir) / f"{HOST_KEY_NAME}.pub").read_text().strip()
 
     def cleanup_cluster_resources(self) -> None:
         """End anything still running, then remove what `prepare` made, and the cluster's keys."""
@@ -237,9 +247,9 @@ class ScriptBootedNodeProvider(NodeProvider):
                 boot = self._boot(role, index, node_tags, labels, resources, head_ip)
                 script = startup_script.render(boot)
                 host_key = host_public_key = None
-                if role == "head" and self.params.ssh_key_dir:
+                if role == "head" and self.params.ssh_key_dir and not self.cloud.head_prints_host_key:
                     host_key = (Path(self.params.ssh_key_dir) / HOST_KEY_NAME).read_text()
-                    host_public_key = self.ssh_files()[1]
+                    host_public_key = (Path(self.params.ssh_key_dir) / f"{HOST_KEY_NAME}.pub").read_text().strip()
                 token = f"{self.cluster_name}-{index}-{tags.get(TAG_RAY_LAUNCH_REQUEST) or secrets.token_hex(4)}"
                 machine = self.cloud.launch(MachineRequest(
                     index=index, role=role, tags=node_tags, boot_script=script, node_config=dict(node_config),
@@ -343,6 +353,7 @@ class ScriptBootedNodeProvider(NodeProvider):
             lifetime=params.max_lifetime if role == "head" else None,
             gcs_reconnect_timeout=env.gcs_reconnect_timeout,
             shutdown_command=env.shutdown_command,
+            print_host_key=role == "head" and self.cloud.head_prints_host_key,
         )
 
     # -- terminate -----------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """Per-cluster SSH keys: one client key pair, one host key pair, and a known_hosts file that pins it.
 
 Why per cluster: a cluster lives for one `with` block, so its keys should too. The driver generates
-both pairs: the client key logs in to the head; the host key is delivered to the head (startup
-script) and pinned in a known_hosts file *before* the first connection. The tunnel can then run
+the client key, which logs in to the head. The head's host key is pinned in a known_hosts file
+*before* the first connection: either the driver generated it and delivered it to the head (startup
+script), or, where the cloud lets the driver read a machine's console back (AWS), the head made it
+at boot and printed its public half there (`printed_host_keys`). The tunnel can then run
 with `StrictHostKeyChecking=yes` from the very first connection: no trust on first use, and a
 machine-in-the-middle on the cloud's public address is refused instead of silently accepted.
 
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from skyward_ray.errors import ProvisioningError
+from skyward_ray.node.sshd import HOST_KEYS_BEGIN, HOST_KEYS_END
 from skyward_ray.planning.detached import is_pool_name
 
 __all__ = [
@@ -27,6 +30,7 @@ __all__ = [
     "cluster_key_path",
     "generate_keypair",
     "known_hosts_entry",
+    "printed_host_keys",
     "remove_cluster_key_dir",
     "remove_key_dir",
     "write_known_hosts",
@@ -121,6 +125,24 @@ def known_hosts_entry(host: str, port: int, public_line: str) -> str:
         raise ValueError(f"not an OpenSSH public key line: {public_line[:40]!r}")
     pattern = host if port == 22 else f"[{host}]:{port}"
     return f"{pattern} {fields[0]} {fields[1]}"
+
+
+def printed_host_keys(console: str, key_type: str = "ssh-ed25519") -> set[str]:
+    """The `key_type` host public keys (`type base64`) a machine printed on its console between
+    cloud-init's markers (`skyward_ray.node.sshd.print_host_key_lines`). More than one distinct key
+    means someone printed another: the caller must refuse, not choose."""
+    keys, inside = set(), False
+    for line in console.splitlines():
+        line = line.strip()
+        if line == HOST_KEYS_BEGIN:
+            inside = True
+        elif line == HOST_KEYS_END:
+            inside = False
+        elif inside and line.startswith(key_type + " "):
+            fields = line.split()
+            if len(fields) >= 2 and re.fullmatch(r"[A-Za-z0-9+/]+={0,2}", fields[1]):
+                keys.add(f"{fields[0]} {fields[1]}")
+    return keys
 
 
 def write_known_hosts(path: Path, host: str, port: int, public_line: str) -> Path:

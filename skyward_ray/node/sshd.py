@@ -20,6 +20,12 @@ from skyward_ray.node import apt
 
 STATE_DIR = "${HOME:-/root}/.skyward"  # a runner may leave HOME unset (cloud-init does)
 
+# Where a machine whose boot runner makes its host keys (cloud-init's `cc_ssh`) keeps the ed25519
+# one, and the markers cloud-init's `keys-to-console` prints the keys between on the console.
+SYSTEM_HOST_KEY = "/etc/ssh/ssh_host_ed25519_key.pub"
+HOST_KEYS_BEGIN = "-----BEGIN SSH HOST KEY KEYS-----"
+HOST_KEYS_END = "-----END SSH HOST KEY KEYS-----"
+
 _SSHD_CONFIG = (
     "ListenAddress 0.0.0.0", "HostKey $S/ssh/host_ed25519_key", "AuthorizedKeysFile $S/ssh/authorized_keys",
     "PidFile none", "PermitRootLogin prohibit-password", "AuthenticationMethods publickey",
@@ -62,3 +68,15 @@ def sshd_lines(port: int, user: str, host_key: str, authorized_key: str) -> list
         "fi",
         '"$SSHD_BIN" -D -e -f "$S/ssh/sshd_config" >> "$S/sshd.log" 2>&1 &',
     ]
+
+
+def print_host_key_lines(path: str = SYSTEM_HOST_KEY) -> list[str]:
+    """Print the machine's own SSH host public key on its console, between cloud-init's markers.
+
+    Where a cloud lets the driver read a machine's console back (AWS GetConsoleOutput), the head's
+    host key is made on the head (cloud-init, at first boot) and never travels anywhere: the driver
+    pins what the console shows (`skyward_ray.cluster.ssh_keys.printed_host_keys`). cloud-init's
+    own `keys-to-console` runs only after the user script ends, which a node's script never does
+    while the node lives, so the script prints the key itself."""
+    return [f'if [ -r {path} ]; then echo "{HOST_KEYS_BEGIN}"; cat {path}; echo "{HOST_KEYS_END}"; '
+            f'else echo "skyward: this machine has no SSH host key at {path}"; fi']

@@ -35,7 +35,7 @@ from pydantic import BaseModel, Field
 from skyward_ray import names
 from skyward_ray.errors import SpecError
 from skyward_ray.names import HEARTBEAT_KEY, HEARTBEAT_NAMESPACE
-from skyward_ray.node import apt, boot_secrets, enrollment, uv_bootstrap
+from skyward_ray.node import apt, boot_secrets, enrollment, sshd, uv_bootstrap
 from skyward_ray.node.uv_bootstrap import UV_VERSION
 
 
@@ -127,6 +127,9 @@ class NodeBoot(BaseModel):
     secrets_after_boot: bool = False  # no secret in the script: the head's come from the driver, a worker's for its ticket
     enrollment_ticket: str = Field(default="", repr=False, description="a worker's one-time ticket")
     enrollment_port: int = enrollment.PORT
+    print_host_key: bool = Field(
+        default=False, description="head only: print the machine's own SSH host public key on its console (at the "
+                                   "start and again before Ray starts), for a driver that reads the console back")
 
 
 # skyward_ray's own dependencies besides Ray: a task imports skyward_ray on the node (its code
@@ -297,6 +300,7 @@ def render(boot: NodeBoot) -> str:
         "  exit 0",
         "fi",
         'mkdir -p "$SKYWARD_MARKS" && : > "$SKYWARD_MARKS/skyward-booted"',
+        *(sshd.print_host_key_lines() if boot.print_host_key else []),
         f'( sleep {int(boot.boot_deadline)}; [ -e "$SKYWARD_BOOT_DONE" ] || {{ echo "skyward: boot not done within '
         f'{int(boot.boot_deadline)}s (no driver heartbeat or no head); ending this machine"; {END_MACHINE}; }} ) &',
         *_lifetime_backstop(boot),
@@ -336,6 +340,8 @@ def render(boot: NodeBoot) -> str:
             _export("SKYWARD_GCS_PORT", boot.gcs_port),
             _export("SKYWARD_HEAD_WAIT", int(boot.head_wait_timeout)),
         ]
+    if boot.print_host_key:  # again after the installs, whose output may have pushed the first out of the console's tail
+        lines += sshd.print_host_key_lines()
     lines += [
         "echo 'skyward: starting ray'",
         # A non-interactive shell starts `&` jobs with SIGINT ignored, and Ray's workers would inherit

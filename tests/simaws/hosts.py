@@ -39,6 +39,7 @@ import base64
 import contextlib
 import email
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -49,7 +50,7 @@ import yaml
 
 from tests.images.cloud_images import AWS
 from tests.simaws.server import VPC_CIDR
-from tests.simhost import NODE_PACKAGES, SHUTDOWN_NAMES, SYSTEM_PATH, UV_CACHE, SimulatedHosts, node_package_cache
+from tests.simhost import NETNS_ETC, NODE_PACKAGES, SHUTDOWN_NAMES, SYSTEM_PATH, UV_CACHE, SimulatedHosts, node_package_cache
 from tests.simnet import SimHost
 from tests.simnet.network import IP
 
@@ -189,18 +190,48 @@ class HostSimulator(SimulatedHosts):
         self.mark_booted(instance_id, waited)
         host = self.add_host(instance_id, "h", private_ip=instance["PrivateIpAddress"],
                              public_ip=instance.get("PublicIpAddress"), allowed_tcp=self._allowed_tcp(instance))
-        host_key = (cloud_config.get("ssh_keys") or {}).get("ed25519_private")
-        if host_key and instance.get("KeyName"):
-            key_path = host.directory / "host_key"
+        key_path = self._host_keys(instance_id, host, cloud_config)
+        if key_path is not None and instance.get("KeyName"):
             if self.tamper_host_keys:  # someone else's machine answers on this address
+                key_path = host.directory / "someone_elses_host_key"
                 subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key_path)], check=True)
-            else:
-                key_path.write_text(host_key)
-            key_path.chmod(0o600)
             host.start_sshd(key_path, self.sim.imported_public_key(instance["KeyName"]))
         start_metadata_service(host, instance)
         env = {"PATH": self.path, "LANG": CLOUD_INIT_LANG, **self.machine_env(instance_id)}  # bare: the image's PATH
         self.run_machine(instance_id, host, script, instance["PrivateIpAddress"], env)
+
+    def _host_keys(self, instance_id: str, host: SimHost, cloud_config: Mapping[str, Any]) -> Path | None:
+        """cloud-init's `cc_ssh` at first boot: the image's host keys deleted (`ssh_deletekeys`,
+        default true), then the user data's `ssh_keys` installed, else fresh keys of
+        `ssh_genkeytypes` (default rsa, ecdsa, ed25519; ed25519 is the one made here), in the
+        machine's own /etc/ssh. Returns the ed25519 private key's path on the driver's side (for
+        the simulated sshd), None when the machine has none."""
+        given = (cloud_config.get("ssh_keys") or {}).get("ed25519_private")
+        key_path = host.directory / "host_key"
+        if given:
+            key_path.write_text(given)
+        elif "ed25519" in cloud_config.get("ssh_genkeytypes", ["rsa", "ecdsa", "ed25519"]):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{instance_id}",
+                            "-f", str(key_path)], check=True)
+        else:
+            return None
+        key_path.chmod(0o600)
+        public = subprocess.run(["ssh-keygen", "-y", "-f", str(key_path)], capture_output=True, text=True,
+                                check=True).stdout.strip() + f" root@{instance_id}\n"
+        # the machine's /etc/ssh: in its own root when bare, else the directory `ip netns exec` binds over /etc/ssh
+        etc_ssh = self.rootfs(instance_id).written("/etc/ssh") if self.bare else NETNS_ETC / host.namespace / "ssh"
+        etc_ssh.mkdir(parents=True, exist_ok=True)
+        (etc_ssh / "ssh_host_ed25519_key").write_text(key_path.read_text())
+        (etc_ssh / "ssh_host_ed25519_key").chmod(0o600)
+        (etc_ssh / "ssh_host_ed25519_key.pub").write_text(public)
+        return key_path
+
+    def end(self, machine_id: Any) -> None:
+        super().end(machine_id)
+        with self.lock:
+            host = self.sim_hosts.get(machine_id)
+        if host is not None:
+            shutil.rmtree(NETNS_ETC / host.namespace, ignore_errors=True)
 
 
 def metadata_facts(instance: dict[str, Any]) -> dict[str, str]:

@@ -28,13 +28,10 @@ from __future__ import annotations
 import random
 import shutil
 import time
-from pathlib import Path
 from typing import Any
 
 from tests.images.cloud_images import RUNPOD
-from tests.simhost import SimulatedHosts, nft
-
-NETNS_ETC = Path("/etc/netns")
+from tests.simhost import NETNS_ETC, SimulatedHosts, nft
 
 
 class PodHosts(SimulatedHosts):
@@ -57,10 +54,6 @@ class PodHosts(SimulatedHosts):
 
     def detach(self) -> None:
         self.sim.hosts = None
-
-    def release(self) -> None:
-        for name in self._netns_dirs():
-            shutil.rmtree(NETNS_ETC / name, ignore_errors=True)
 
     # -- the fake's calls ---------------------------------------------------------------------------
     def boot(self, pod: Any) -> None:
@@ -145,11 +138,6 @@ class PodHosts(SimulatedHosts):
                     handle.write("\n".join(lines) + "\n")
             except FileNotFoundError:  # that pod is ending right now
                 pass
-
-    def _netns_dirs(self) -> list[str]:
-        if not NETNS_ETC.is_dir() or not self.network.prefix:
-            return []
-        return [p.name for p in NETNS_ETC.iterdir() if p.name.startswith(self.network.prefix + "-")]
 
 
 _ISOLATED = """table inet runpod_isolated {
