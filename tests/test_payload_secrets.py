@@ -4,8 +4,8 @@ one-time ticket bound to the worker's own address. On AWS no SSH host private ke
 the head makes its own at boot and the driver pins what the head prints on the console.
 
 Per cloud, the payload as the simulated API recorded it (moto's userData, the RunPod fake's create
-call and pod env, the Vast fake's create body) holds neither the token nor an env value
-(`sky.Container` keeps its token in the containers' env: Docker's API is root already); the head's secret service answers a ticket once, and only from the
+call and pod env, the Vast fake's create body, `docker inspect` of a Container node) holds neither
+the token nor an env value; the head's secret service answers a ticket once, and only from the
 address it was registered for. The pools themselves boot in test_*_pool, test_conformance and
 test_leaks.
 """
@@ -127,6 +127,26 @@ def test_vast_create_bodies_hold_no_token_and_no_image_env(tmp_path, monkeypatch
         provider.terminate_nodes(provider.non_terminated_nodes({}))
     finally:
         server.stop()
+
+
+@pytest.mark.xdist_group("docker")
+def test_container_env_labels_and_command_hold_no_token_and_no_image_env(tmp_path):
+    from tests.conformance.harness_container import SETTINGS, container_engine
+
+    with container_engine() as client:
+        config = sky.Container(key_dir=str(tmp_path), **SETTINGS)
+        name = cluster_name()
+        provider = provisioning.load_node_provider(config, cluster_params(nodes=2, env=IMAGE_ENV), name)
+        try:
+            [head] = create(provider, name, index=0)
+            [worker] = create(provider, name, NODE_KIND_WORKER)
+            for box in (head, worker):
+                kept = client.api.inspect_container(box)["Config"]
+                _holds_no_secret(json.dumps(kept.get("Env")), json.dumps(kept.get("Labels")),
+                                 json.dumps(kept.get("Cmd")), json.dumps(kept.get("Entrypoint")))
+        finally:
+            provider.terminate_nodes(provider.non_terminated_nodes({}))
+            provider.cleanup_cluster_resources()
 
 
 # -- the head's secret service -------------------------------------------------------------------------

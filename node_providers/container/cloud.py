@@ -7,7 +7,8 @@ A container pool is a cloud in miniature, driven the way a cloud is:
   head's SSH port on 127.0.0.1 (`gateway`). Nodes reach each other by address on that network.
 - **The same boot.** A node's command is the payload a RunPod pod runs: on the head, the sshd
   prelude with the driver-generated host key and the cluster's login key (`skyward_ray.node.sshd`),
-  then the generic boot script. The cluster's token travels in the container's environment.
+  then the generic boot script. No secret is in a container's command, env or labels: the head gets the
+  token over the driver's pinned SSH session, a worker from the head for a one-time ticket, as on a cloud.
 - **Machines end themselves.** Each container runs under Docker's init as PID 1 and is removed
   when its script ends (`auto_remove`): the script's shutdown command signals PID 1, as a cloud
   machine powers itself off. The head's watchdog ends the head when the driver's heartbeat
@@ -179,7 +180,7 @@ class ContainerCloud(RemoteCloud):
         simulated = self.config.simulate_accelerators and params.accelerator and params.accelerator_count
         return BootEnvironment(
             instance_id_shell=self.instance_id_shell, node_ip_shell=self.node_ip_shell,
-            shutdown_command=self.shutdown_command, token_in_environment=True,
+            shutdown_command=self.shutdown_command, secrets_after_boot=True,
             num_cpus=self.cpus_per_node(),
             num_gpus=None if self.config.gpus is not None or simulated else 0.0,
             object_store_memory=self.config.object_store_memory)
@@ -203,7 +204,7 @@ class ContainerCloud(RemoteCloud):
         with engine.engine_errors("start a node container", name):
             attrs = launch_request.launch(engine.engine_address(self.config.docker_host), launch_request.Launch(
                 image=self.prepared["image"], entrypoint=["bash", "-c", payload], name=name,
-                labels={**tags, KIND_LABEL: "node"}, environment={"RAY_AUTH_TOKEN": self.params.auth_token},
+                labels={**tags, KIND_LABEL: "node"},
                 network=pool_network(self.cluster_name), aliases=[HEAD_ALIAS] if request.role == "head" else [],
                 nano_cpus=int(self.cpus_per_node() * 1e9), mem_limit=self.memory_per_node(),
                 shm_size=self.config.object_store_memory + 64 * 1024**2, gpus=gpus))
