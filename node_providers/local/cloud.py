@@ -231,10 +231,11 @@ class LocalCloud(Cloud):
         Ray cluster at once, rather than when the head's health checks notice."""
         self._end(instance_ids, grace=1.0)
 
-    def power_off(self, instance_ids: list[str]) -> None:
-        """End machines at once (SIGKILL, as a cloud's terminate gives an instance no time to wind
-        down): for a whole pool's end, when no node stays behind to notice how the others left."""
+    def end_pool(self, instance_ids: list[str]) -> bool:
+        """The whole pool at once (SIGKILL, as a cloud's terminate gives an instance no time to wind
+        down), not workers then head each with a grace: no node stays behind to drain or to notice."""
         self._end(instance_ids, grace=0.0)
+        return True
 
     def _end(self, instance_ids: list[str], grace: float) -> None:
         if not self._removed():

@@ -252,6 +252,12 @@ class Cloud(ABC):
         """End these machines (terminate, never stop: a stopped machine keeps billing its disk).
         Unknown or already-ended ids are not an error."""
 
+    def end_pool(self, instance_ids: list[str]) -> bool:
+        """End the whole pool at once (no machine of it stays running), where the cloud can do so at
+        no cost to anyone; returns whether it did. Default: no (the provider ends the machines in
+        order, workers first). Local machines end together: no node stays behind to notice."""
+        return False
+
     @abstractmethod
     def set_tags(self, instance_id: str, tags: Mapping[str, str]) -> None:
         """Add or change tags on one machine."""

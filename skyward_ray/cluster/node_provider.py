@@ -144,7 +144,11 @@ class ScriptBootedNodeProvider(NodeProvider):
         (None until it is there)."""
         if self.cloud.head_prints_host_key:
             return self.cloud.printed_host_key(head)
-        return (Path(self.params.ssh_key_dir) / f"{HOST_KEY_NAME}.pub").read_text().strip()
+        return self._made_host_key(".pub").strip()
+
+    def _made_host_key(self, suffix: str = "") -> str:
+        """The head's host key made here (`_ssh_keys`): the private half, or with ".pub" the public line."""
+        return (Path(self.params.ssh_key_dir) / f"{HOST_KEY_NAME}{suffix}").read_text()
 
     def cleanup_cluster_resources(self) -> None:
         """End anything still running, then remove what `prepare` made, and the cluster's keys."""
@@ -248,8 +252,7 @@ class ScriptBootedNodeProvider(NodeProvider):
                 script = startup_script.render(boot)
                 host_key = host_public_key = None
                 if role == "head" and self.params.ssh_key_dir and not self.cloud.head_prints_host_key:
-                    host_key = (Path(self.params.ssh_key_dir) / HOST_KEY_NAME).read_text()
-                    host_public_key = (Path(self.params.ssh_key_dir) / f"{HOST_KEY_NAME}.pub").read_text().strip()
+                    host_key, host_public_key = self._made_host_key(), self._made_host_key(".pub").strip()
                 token = f"{self.cluster_name}-{index}-{tags.get(TAG_RAY_LAUNCH_REQUEST) or secrets.token_hex(4)}"
                 machine = self.cloud.launch(MachineRequest(
                     index=index, role=role, tags=node_tags, boot_script=script, node_config=dict(node_config),
@@ -361,17 +364,21 @@ class ScriptBootedNodeProvider(NodeProvider):
         self.terminate_nodes([node_id])
 
     def terminate_nodes(self, node_ids: list[str]) -> None:  # type: ignore[override]
-        """Workers first, the head last: a head ended first leaves its workers draining."""
+        """Workers first, the head last: a head ended first leaves its workers draining. When the
+        ids hold every machine still running, the whole pool ends (`Cloud.end_pool`)."""
         ids = sorted(set(node_ids))
         if not ids:
             return
-        kinds = {m.instance_id: m.tags.get(TAG_RAY_NODE_KIND) for m in self.machines(fresh=True)}
+        listed = self.machines(fresh=True)
+        kinds = {m.instance_id: m.tags.get(TAG_RAY_NODE_KIND) for m in listed}
         heads = [i for i in ids if kinds.get(i) == NODE_KIND_HEAD]
         workers = [i for i in ids if i not in heads]
-        if workers:
-            self.cloud.terminate(workers)
-        if heads:
-            self.cloud.terminate(heads)
+        running = {m.instance_id for m in listed if m.active}
+        if not (running and running <= set(ids) and self.cloud.end_pool(ids)):
+            if workers:
+                self.cloud.terminate(workers)
+            if heads:
+                self.cloud.terminate(heads)
         if self.ledger is not None:
             self.ledger.ended(ids)
         self._forget_listing()
