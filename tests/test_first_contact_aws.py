@@ -54,8 +54,7 @@ def test_the_simulated_ec2_refuses_user_data_over_16_kb_as_ec2_does(sim):
 
 
 def test_a_boot_payload_over_the_limit_is_refused_before_launch_and_a_real_head_fits_with_room():
-    request = MachineRequest(index=0, role="head", tags={}, boot_script="#" * USER_DATA_LIMIT,
-                             ssh_host_key="KEY", ssh_host_public_key="PUB")
+    request = MachineRequest(index=0, role="head", tags={}, boot_script="#" * USER_DATA_LIMIT)
     with pytest.raises(sky.SpecError, match="at most 16384 bytes of user data"):
         user_data(request)
     head = startup_script.render(startup_script.NodeBoot(

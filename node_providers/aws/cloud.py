@@ -242,16 +242,12 @@ def user_data(request: MachineRequest) -> str:
     """The boot script and a `bootcmd` that powers a rebooted instance off (MIME multi-part, as
     cloud-init reads it). cloud-init deletes the image's host keys (baked into the AMI, the same on
     every instance of it) and makes a fresh ed25519 one, which the head's script prints on the
-    console. A host key made elsewhere (`request.ssh_host_key`, none from skyward's own provider)
-    is installed with cloud-init `ssh_keys` instead."""
+    console (`head_prints_host_key`: no host key is ever made on the driver for AWS)."""
     from email.mime.multipart import MIMEMultipart
     from email.mime.text import MIMEText
 
     cloud_config: dict[str, Any] = {"bootcmd": [["sh", "-c", _REBOOT_GUARD]],
                                     "ssh_deletekeys": True, "ssh_genkeytypes": ["ed25519"]}
-    if request.ssh_host_key:
-        cloud_config.update({"ssh_genkeytypes": [], "ssh_keys": {
-            "ed25519_private": request.ssh_host_key, "ed25519_public": request.ssh_host_public_key}})
     config = "#cloud-config\n" + yaml.safe_dump(cloud_config)
     message = MIMEMultipart()
     message.attach(MIMEText(config, "cloud-config"))

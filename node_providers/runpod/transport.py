@@ -76,15 +76,15 @@ def graphql(key: str, query: str) -> dict[str, Any]:
     from runpod import error as sdk_error
 
     url = os.environ.get(GRAPHQL_URL_ENV) or DEFAULT_GRAPHQL
-    response = _send("POST", f"{url.rstrip('/')}/graphql", key, graphql_operation(query),
-                     data=json.dumps({"query": query}))
-    if response.status_code == 401:
-        raise sdk_error.AuthenticationError("Unauthorized request, please check your API key.")
-    body = _json(response)
-    if isinstance(body, dict) and body.get("errors"):
-        raise sdk_error.QueryError(str(body["errors"][0].get("message")), query)
-    if not response.ok or not isinstance(body, dict):
-        raise RestError(response.status_code, _message(body, response))
+    with api_log.timed_call("runpod", graphql_operation(query)):
+        response = _send("POST", f"{url.rstrip('/')}/graphql", key, data=json.dumps({"query": query}))
+        if response.status_code == 401:
+            raise sdk_error.AuthenticationError("Unauthorized request, please check your API key.")
+        body = _json(response)
+        if isinstance(body, dict) and body.get("errors"):
+            raise sdk_error.QueryError(str(body["errors"][0].get("message")), query)
+        if not response.ok or not isinstance(body, dict):
+            raise RestError(response.status_code, _message(body, response))
     return body.get("data") or {}
 
 
@@ -92,11 +92,11 @@ def rest(key: str, method: str, path: str, body: dict[str, Any] | None = None,
          params: dict[str, str] | None = None) -> Any:
     """One REST call (`path` under the REST base, e.g. "/pods"); returns the decoded body (None if empty)."""
     url = (os.environ.get(REST_URL_ENV) or DEFAULT_REST).rstrip("/") + path
-    response = _send(method, url, key, f"{method} {path}", data=None if body is None else json.dumps(body),
-                     params=params)
-    decoded = _json(response) if response.content else None
-    if not response.ok:
-        raise RestError(response.status_code, _message(decoded, response))
+    with api_log.timed_call("runpod", f"{method} {path}"):
+        response = _send(method, url, key, data=None if body is None else json.dumps(body), params=params)
+        decoded = _json(response) if response.content else None
+        if not response.ok:
+            raise RestError(response.status_code, _message(decoded, response))
     return decoded
 
 
@@ -110,28 +110,21 @@ def graphql_operation(query: str) -> str:
     return f"{match.group(1)} {match.group(2) or match.group(3)}" if match else "graphql"
 
 
-def _send(method: str, url: str, key: str, operation: str, **kwargs: Any) -> Any:
-    """One call, 429s waited out; its duration and status go to the first-contact log as `operation`."""
+def _send(method: str, url: str, key: str, **kwargs: Any) -> Any:
+    """One call, 429s waited out (within `RATE_LIMIT_BUDGET_S`)."""
     import requests
     load_sdk()
     from runpod.user_agent import USER_AGENT
 
     headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT, "Authorization": f"Bearer {key}"}
     api_log.register_secret(key)
-    waited, attempt, start = 0.0, 0, time.monotonic()
+    waited, attempt = 0.0, 0
     while True:
-        try:
-            response = requests.request(method, url, headers=headers, timeout=TIMEOUT_S, **kwargs)
-        except Exception as error:
-            api_log.record_call("runpod", operation, time.monotonic() - start, api_log.outcome_of(error))
-            raise
+        response = requests.request(method, url, headers=headers, timeout=TIMEOUT_S, **kwargs)
         if response.status_code != 429:
-            api_log.record_call("runpod", operation, time.monotonic() - start,
-                                "ok" if response.ok else f"HTTP {response.status_code}")
             return response
         pause = retry_after(response.headers.get("Retry-After"), attempt)
         if waited + pause > RATE_LIMIT_BUDGET_S:
-            api_log.record_call("runpod", operation, time.monotonic() - start, f"HTTP 429 after {waited:.0f}s of backoff")
             raise RateLimited(f"RunPod answered 429 (too many requests) for {waited:.0f}s of backoff")
         time.sleep(pause)
         waited += pause

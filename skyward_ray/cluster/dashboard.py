@@ -17,13 +17,12 @@ writes it to a 0600 file (`token_path`) that the sign-in hint names, removed whe
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from skyward_ray.cluster import pool_state
+from skyward_ray.cluster import pool_state, token_file
 from skyward_ray.cluster.ssh_tunnel import SSHTunnel
 
 WAIT_S = 60.0  # the dashboard starts after the GCS; its address appears in the GCS's KV
@@ -88,7 +87,5 @@ def write_token(path: Path, token: str) -> Path:
     """Write `token` to `path`, 0600, never through a link or over another file's contents."""
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(token + "\n")
+    token_file.write_new(path, token)
     return path

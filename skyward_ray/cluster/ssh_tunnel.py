@@ -196,8 +196,18 @@ class SSHTunnel:
     def command(self) -> list[str]:
         """The ssh command line, with the ports currently chosen."""
         # -N: no session. low_latency: a pty session whose only job is to make sshd set TCP_NODELAY
-        argv = [
-            self.ssh_binary, *(["-tt"] if self.low_latency else ["-N"]), "-F", "none",
+        argv = [self.ssh_binary, *(["-tt"] if self.low_latency else ["-N"]), *self._options()]
+        for path, (_, remote_host, remote_port) in zip(self._socket_paths(), self._requested):
+            argv += ["-L", f"{path}:{remote_host}:{remote_port}"]
+        argv.append(f"{self.user}@{self.host}")
+        if self.low_latency:
+            argv.append(_REMOTE_IDLE)
+        return argv
+
+    def _options(self) -> list[str]:
+        """Every option of this tunnel's connections: the port, the login key, the pinned host key."""
+        return [
+            "-F", "none",
             "-p", str(self.port),
             "-o", f"IdentityFile={config_path(self.identity_file)}",  # not -i: that one is not quoted
             "-o", "StrictHostKeyChecking=yes",
@@ -214,22 +224,14 @@ class SSHTunnel:
             "-o", "StreamLocalBindUnlink=yes",
             *self.extra_options,
         ]
-        for path, (_, remote_host, remote_port) in zip(self._socket_paths(), self._requested):
-            argv += ["-L", f"{path}:{remote_host}:{remote_port}"]
-        argv.append(f"{self.user}@{self.host}")
-        if self.low_latency:
-            argv.append(_REMOTE_IDLE)
-        return argv
 
     def stdio_command(self, remote_host: str, remote_port: int) -> list[str]:
         """`ssh -W remote_host:remote_port` with this tunnel's options (pinned host key, login key): a
         one-shot channel on ssh's own stdin/stdout, with no local port (`secret_delivery`)."""
         if not _NAME.fullmatch(remote_host):
             raise ValueError(f"SSH: {remote_host!r} is not a plain host name or IPv4 address")
-        argv = self.command()
-        login = argv.index(f"{self.user}@{self.host}")
-        options = argv[2:login - 2 * len(self._requested)]  # without -N/-tt, the -L forwards and a remote command
-        return [argv[0], "-W", f"{remote_host}:{int(remote_port)}", *options, argv[login]]
+        return [self.ssh_binary, "-W", f"{remote_host}:{int(remote_port)}", *self._options(),
+                f"{self.user}@{self.host}"]
 
     def start(self, timeout: float = 30.0) -> SSHTunnel:
         """Start ssh and wait until it is authenticated and listening; then start the supervisor.

@@ -43,12 +43,18 @@ def ensure(path: str | Path) -> str:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         path.parent.chmod(0o700)
         try:
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            write_new(path, secrets.token_hex(32))
         except FileExistsError:
-            return read(path)  # another process made it first: theirs is the cluster's
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(secrets.token_hex(32) + "\n")
+            pass  # another process made it first: theirs is the cluster's
     return read(path)
+
+
+def write_new(path: Path, token: str) -> None:
+    """Write `token` to a new file at `path`, 0600: never through a link, never over an existing file
+    (`FileExistsError`)."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(token + "\n")
 
 
 def read(path: str | Path) -> str:

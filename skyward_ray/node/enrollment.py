@@ -31,8 +31,8 @@ import threading
 import time
 
 PORT = 6390
-HEAD_GONE_S = 30.0  # a worker stops waiting for a head that answered once and then went silent this long
 """The service's TCP port: 127.0.0.1 (the driver, through SSH) and the head's private address (workers)."""
+HEAD_GONE_S = 30.0  # a worker stops waiting for a head that answered once and then went silent this long
 _MAX_LINE = 1 << 20
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 # Ray's auth settings, and the boot script's own shell variables (its exports are re-applied after)
