@@ -47,6 +47,7 @@ from skyward_ray.node.startup_script import node_requirements
 from tests.images.cloud_images import CloudImage, unpacked
 from tests.siminternet.host import SimInternet
 from tests.simnet import SimHost, SimNetwork
+from tests.simnet.cleanup import NETNS_ETC
 from tests.simnet.network import IP, SYSTEM_PATH
 from tests.simnet.rootfs_machine import RootfsMachine
 
@@ -55,7 +56,6 @@ NODE_PACKAGES = (f"ray[default]=={ray.__version__}", *node_requirements(), "tabu
 UV_CACHE = Path(os.environ.get("SKYWARD_SIM_UV_CACHE", Path.home() / ".cache" / "skyward-simaws-uv"))
 SHUTDOWN_NAMES = ("shutdown", "poweroff", "halt", "reboot")
 ENV = shutil.which("env", path=SYSTEM_PATH) or "/usr/bin/env"
-NETNS_ETC = Path("/etc/netns")  # `ip netns exec NS` binds /etc/netns/NS/<entry> over /etc/<entry>
 _warm_lock = threading.Lock()
 _warmed = False
 
@@ -193,12 +193,8 @@ class SimulatedHosts:
         """Hook: disconnect from the cloud's fake before the machines go."""
 
     def release(self) -> None:
-        """Remove what the cloud made outside the temp root: its machines' /etc/netns directories
-        (files `ip netns exec` binds over the machine's /etc: a pod's hosts, an instance's /etc/ssh)."""
-        if NETNS_ETC.is_dir() and self.network.prefix:
-            for entry in NETNS_ETC.iterdir():
-                if entry.name.startswith(self.network.prefix + "-"):
-                    shutil.rmtree(entry, ignore_errors=True)
+        """Hook: remove what the cloud made outside the temp root (its machines' /etc/netns files go
+        with the network: `tests.simnet.cleanup`)."""
 
     def running(self) -> list[str]:
         return [i for i in self.host.machines() if self.host.is_running(i)]
@@ -281,6 +277,7 @@ class SimulatedHosts:
             return
         self.host.terminate([str(machine_id)], keep_directory=True)
         host.stop(grace=1.0)  # sshd and anything else in its namespace
+        shutil.rmtree(NETNS_ETC / host.namespace, ignore_errors=True)  # its own /etc files (any left go with the network)
         if self.bare:  # its disk (~0.8 GB once Ray is installed) goes; its console log stays
             shutil.rmtree(self.host.state_dir / str(machine_id) / "fs", ignore_errors=True)
 

@@ -17,6 +17,7 @@ from skyward_ray.node import apt, uv_bootstrap
 from tests.images.cloud_images import VAST, unpacked
 from tests.images.rootfs import unavailable as rootfs_unavailable
 from tests.simhost import NODE_PACKAGES
+from tests.siminternet import cpython
 from tests.siminternet.host import SimInternet
 from tests.simnet import SimNetwork, check_available
 from tests.simnet.rootfs_machine import RootfsMachine
@@ -76,7 +77,7 @@ def test_the_products_boot_functions_install_uv_and_cpython_from_the_simulated_i
     """apt (curl, ca-certificates, unzip) from the Debian host, the pinned uv wheel (sha256-checked)
     from files.pythonhosted.org, and the driver's X.Y.Z from the python-build-standalone stand-in."""
     _, internet, _, _, _ = world
-    version = "%d.%d.%d" % sys.version_info[:3]
+    version = cpython.version()
     before = len(internet.requests())
     script = "\n".join([
         "set -eu",

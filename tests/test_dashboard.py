@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import skyward_ray as sky
+from tests.simnet.probes import tcp_connects
 
 
 @sky.function
@@ -73,7 +74,9 @@ def test_a_simulated_aws_pool_with_dashboard_answers_through_the_tunnel(tmp_path
         config = sky.AWS(region="us-east-1", key_dir=str(tmp_path), ssh_cidr=hosts.ssh_cidr, **SIM_SETTINGS)
         with sky.Compute(provider=config, accelerator="T4", nodes=1, boot_timeout=180, dashboard=True) as pool:
             path = check_dashboard(pool, caplog.text)
-            assert pool.dashboard_url != f"http://{pool.nodes[0].ip}:8265", "reached through the tunnel only"
+            # reached through the tunnel only: the head's own addresses do not answer on the dashboard's port
+            head = hosts.sim_hosts[pool.nodes[0].instance_id]
+            assert not tcp_connects(head.public_ip, 8265) and not tcp_connects(pool.nodes[0].ip, 8265)
         assert not path.exists()
         assert hosts.wait_idle() == []
 

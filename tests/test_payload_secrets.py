@@ -30,6 +30,7 @@ from node_providers.runpod.cloud import ENV_TAGS
 from skyward_ray.cluster import provisioning
 from skyward_ray.node import enrollment
 from tests.provider_helpers import TOKEN, cluster_name, cluster_params, create
+from tests.simnet.probes import tcp_connects
 
 SECRET_VALUE = "hf_" + "s3cr3t" * 6
 IMAGE_ENV = {"HF_TOKEN": SECRET_VALUE}
@@ -178,17 +179,16 @@ def test_a_ticket_is_answered_once_and_only_from_its_workers_address(tmp_path):
     if address is None:
         pytest.skip("this machine has no address but loopback")
     port, secrets_file = _free_port(), tmp_path / "secrets"
-    service = subprocess.Popen([sys.executable, "-I", enrollment.__file__, "serve", address, str(port),
-                                str(secrets_file)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = tmp_path / "service.log"
+    with open(log, "wb") as output:  # a file, not a pipe nobody reads: its output shows when it fails
+        service = subprocess.Popen([sys.executable, "-I", enrollment.__file__, "serve", address, str(port),
+                                    str(secrets_file)], stdout=output, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection((address, port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and service.poll() is None, "the service never listened"
-                time.sleep(0.05)
+        while not tcp_connects(address, port):
+            assert time.monotonic() < deadline and service.poll() is None, \
+                f"the service never listened: {log.read_text(errors='replace')[-2000:]}"
+            time.sleep(0.05)
         ticket, other = "t" * 43, "u" * 43
         # before the driver delivered: nothing is answered
         assert "retry" in _ask_from(address, address, port, {"ticket": ticket})

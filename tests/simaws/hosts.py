@@ -39,7 +39,6 @@ import base64
 import contextlib
 import email
 import json
-import shutil
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -200,16 +199,28 @@ class HostSimulator(SimulatedHosts):
         env = {"PATH": self.path, "LANG": CLOUD_INIT_LANG, **self.machine_env(instance_id)}  # bare: the image's PATH
         self.run_machine(instance_id, host, script, instance["PrivateIpAddress"], env)
 
+    def _image_host_key(self) -> Path:
+        """The host key baked into the image when it was built: every instance of it has this one
+        until cloud-init deletes it (`ssh_deletekeys`)."""
+        path = self.root / "image_host_key"
+        with self.lock:
+            if not path.exists():
+                subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "image-build",
+                                "-f", str(path)], check=True)
+        return path
+
     def _host_keys(self, instance_id: str, host: SimHost, cloud_config: Mapping[str, Any]) -> Path | None:
         """cloud-init's `cc_ssh` at first boot: the image's host keys deleted (`ssh_deletekeys`,
-        default true), then the user data's `ssh_keys` installed, else fresh keys of
-        `ssh_genkeytypes` (default rsa, ecdsa, ed25519; ed25519 is the one made here), in the
-        machine's own /etc/ssh. Returns the ed25519 private key's path on the driver's side (for
+        default true; false keeps the image's own), then the user data's `ssh_keys` installed, else
+        fresh keys of `ssh_genkeytypes` (default rsa, ecdsa, ed25519; ed25519 is the one made
+        here), in the machine's own /etc/ssh. Returns the ed25519 private key's path on the driver's side (for
         the simulated sshd), None when the machine has none."""
         given = (cloud_config.get("ssh_keys") or {}).get("ed25519_private")
         key_path = host.directory / "host_key"
         if given:
             key_path.write_text(given)
+        elif not cloud_config.get("ssh_deletekeys", True):  # the image's own key, the same on every instance
+            key_path.write_text(self._image_host_key().read_text())
         elif "ed25519" in cloud_config.get("ssh_genkeytypes", ["rsa", "ecdsa", "ed25519"]):
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{instance_id}",
                             "-f", str(key_path)], check=True)
@@ -225,13 +236,6 @@ class HostSimulator(SimulatedHosts):
         (etc_ssh / "ssh_host_ed25519_key").chmod(0o600)
         (etc_ssh / "ssh_host_ed25519_key.pub").write_text(public)
         return key_path
-
-    def end(self, machine_id: Any) -> None:
-        super().end(machine_id)
-        with self.lock:
-            host = self.sim_hosts.get(machine_id)
-        if host is not None:
-            shutil.rmtree(NETNS_ETC / host.namespace, ignore_errors=True)
 
 
 def metadata_facts(instance: dict[str, Any]) -> dict[str, str]:

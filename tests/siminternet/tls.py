@@ -8,11 +8,10 @@ leaves the test cache; nothing outside the tests trusts it.
 from __future__ import annotations
 
 import datetime
-import fcntl
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.images.rootfs import CACHE
+from tests.images.rootfs import CACHE, built_once
 from tests.siminternet import NAMES
 
 TLS_DIR = CACHE / "siminternet-tls"
@@ -39,13 +38,7 @@ class TlsFiles:
 
 def tls_files() -> TlsFiles:
     """The CA and a server certificate for every name in `NAMES`, made once per machine."""
-    files = TlsFiles(TLS_DIR)
-    TLS_DIR.mkdir(parents=True, exist_ok=True)
-    with open(TLS_DIR / "lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not files.server_key.is_file():
-            _make(files)
-    return files
+    return TlsFiles(built_once(TLS_DIR, lambda partial: _make(TlsFiles(partial))))
 
 
 def _make(files: TlsFiles) -> None:

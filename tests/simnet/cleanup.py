@@ -16,6 +16,14 @@ from pathlib import Path
 from tests.simnet.processes import end_pids, netns_inode, processes_in_netns, start_time
 from tests.simnet.system import IP, SimNetError, run_command
 
+# `ip netns exec NS` binds /etc/netns/NS/<entry> over /etc/<entry>: a simulated machine's own /etc
+# files (a pod's hosts, an instance's /etc/ssh with its host private key) live there, on this machine.
+NETNS_ETC = Path("/etc/netns")
+
+
+def _prefixed_etc(prefix: str) -> list[Path]:
+    return sorted(NETNS_ETC.glob(f"{prefix}-*")) if NETNS_ETC.is_dir() else []
+
 
 def _prefixed_namespaces(prefix: str) -> list[str]:
     done = run_command([IP, "netns", "list"], check=False)
@@ -50,6 +58,8 @@ def cleanup_prefix(prefix: str, inodes: set[int] | None = None) -> None:
         end_pids(lambda: processes_in_netns(inodes), grace=1.0)
     for ns in namespaces:
         run_command([IP, "netns", "delete", ns], check=False)
+    for etc in _prefixed_etc(prefix):
+        shutil.rmtree(etc, ignore_errors=True)
     for link in _prefixed_links(prefix):
         run_command([IP, "link", "delete", link], check=False)
     problems = leftovers_of(prefix, inodes, None)
@@ -97,6 +107,7 @@ def leftovers_of(prefix: str, inodes: set[int], directory: Path | None) -> list[
     (`inodes`), and with `directory`, processes running from it and the directory itself."""
     found = [f"namespace {n}" for n in _prefixed_namespaces(prefix)]
     found += [f"link {n}" for n in _prefixed_links(prefix)]
+    found += [f"directory {e}" for e in _prefixed_etc(prefix)]
     found += [f"process {p} in a {prefix} namespace" for p in processes_in_netns(set(inodes))]
     if directory is not None:
         marker = str(directory) + "/"

@@ -26,7 +26,6 @@ When the fake says a pod ended (terminated, stopped, interrupted), its processes
 from __future__ import annotations
 
 import random
-import shutil
 import time
 from typing import Any
 
@@ -70,7 +69,6 @@ class PodHosts(SimulatedHosts):
             self.errors.append(f"end {pod_id}: {type(error).__name__}: {error}")
         if host is None:
             return
-        shutil.rmtree(NETNS_ETC / host.namespace, ignore_errors=True)
         try:
             self._write_hosts_files()
         except Exception as error:  # the fake's bookkeeping must never fail the API call that ended the pod
