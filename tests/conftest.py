@@ -72,6 +72,22 @@ def pool_processes(except_open: bool = False) -> list:
     return found
 
 
+@pytest.fixture
+def package_index_unreachable(monkeypatch) -> str:
+    """pip on the driver sees only an index where nothing listens (every other source of packages off):
+    the Image cannot be checked before provisioning. Returns the index's URL."""
+    import socket
+
+    with socket.socket() as probe:  # a port where nothing listens: the connection is refused
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}/simple"
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_INDEX_URL", url)
+    for name in ("PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX"):
+        monkeypatch.delenv(name, raising=False)
+    return url
+
+
 @pytest.fixture(autouse=True)
 def no_leftover_processes():
     import ray

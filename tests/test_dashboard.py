@@ -74,9 +74,10 @@ def test_a_simulated_aws_pool_with_dashboard_answers_through_the_tunnel(tmp_path
         config = sky.AWS(region="us-east-1", key_dir=str(tmp_path), ssh_cidr=hosts.ssh_cidr, **SIM_SETTINGS)
         with sky.Compute(provider=config, accelerator="T4", nodes=1, boot_timeout=180, dashboard=True) as pool:
             path = check_dashboard(pool, caplog.text)
-            # reached through the tunnel only: the head's own addresses do not answer on the dashboard's port
+            # reached through the tunnel only: from the driver, the head's public address answers on SSH
+            # and not on the dashboard's port (its private one is not routed from here at all)
             head = hosts.sim_hosts[pool.nodes[0].instance_id]
-            assert not tcp_connects(head.public_ip, 8265) and not tcp_connects(pool.nodes[0].ip, 8265)
+            assert tcp_connects(head.public_ip, 22) and not tcp_connects(head.public_ip, 8265)
         assert not path.exists()
         assert hosts.wait_idle() == []
 

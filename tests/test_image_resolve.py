@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import time
 import warnings
 
@@ -83,14 +82,7 @@ def test_an_empty_image_runs_no_resolve():
     assert not cache_dir().exists()
 
 
-def test_an_index_out_of_reach_is_a_warning_not_a_refusal(monkeypatch):
-    with socket.socket() as probe:  # a port where nothing listens: the connection is refused
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
-    monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{port}/simple")
-    for name in ("PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX"):
-        monkeypatch.delenv(name, raising=False)
+def test_an_index_out_of_reach_is_a_warning_not_a_refusal(package_index_unreachable):
     with pytest.warns(UserWarning, match="could not be checked before provisioning"):
         check_requirements([MISSING], NodePlatform.linux())
     assert not cache_dir().exists(), "an unchecked set is not remembered as resolved"

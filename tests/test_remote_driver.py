@@ -201,13 +201,10 @@ def test_a_tampered_host_key_is_refused_and_leaves_nothing(region):
     nothing_left(region)
 
 
-def test_a_node_that_cannot_install_its_image_ends_itself_and_the_error_shows_its_log(region, monkeypatch):
+def test_a_node_that_cannot_install_its_image_ends_itself_and_the_error_shows_its_log(region,
+                                                                                      package_index_unreachable):
     # The driver's package index out of reach: the Image cannot be checked here (a warning), so the
     # node is the one that finds the package missing (tests/test_image_resolve.py: the driver's check).
-    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
-    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
-    for name in ("PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS"):
-        monkeypatch.delenv(name, raising=False)
     with pytest.raises(sky.ProvisioningError, match="stopped while booting") as caught, \
             pytest.warns(UserWarning, match="could not be checked"):
         with sky.Compute(provider=aws(region), accelerator="T4", nodes=1, boot_timeout=120,
