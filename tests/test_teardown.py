@@ -76,6 +76,45 @@ def test_sigterm_or_sighup_to_the_driver_tears_down(sig):
         proc.wait()
 
 
+SIGNALLED_TEARDOWN = """
+import atexit, os, signal, subprocess, skyward_ray as sky
+signal.signal(signal.SIGTERM, lambda signum, frame: None)  # the user's own, put back once the pool is gone
+
+sender = None
+
+@atexit.register
+def stop_sending():  # at exit, before Python puts the OS default back
+    if sender is not None:
+        sender.kill()
+        sender.wait()
+
+@sky.function
+def square(x): return x * x
+with sky.Compute(nodes=1) as pool:
+    assert square(2) >> pool == 4
+    print("CLUSTER", pool.name, flush=True)
+    # another process (as a user's `kill` would be; it needs no GIL): SIGTERMs back to back from here on
+    # (until this process's exit stops it, or it has ended: the sender's parent is not this one any more)
+    sender = subprocess.Popen(["bash", "-c", f"while read -r _ _ _ ppid _ < /proc/$$/stat && [ $ppid = {os.getpid()} ]; "
+                               f"do kill -TERM {os.getpid()}; done"], stdout=subprocess.DEVNULL)
+"""
+
+
+def test_sigterms_all_through_the_teardown_are_held_then_obeyed():
+    # They land all through the teardown, Ray's shutdown included (where Ray's core worker once
+    # left the OS default, which killed the process mid-teardown): all are held until the machines
+    # are gone, then obeyed as one exit.
+    proc = run_python(SIGNALLED_TEARDOWN)
+    try:
+        name = wait_for_line(proc, "CLUSTER ")
+        output = proc.communicate(timeout=120)[0]
+        assert proc.returncode == 128 + signal.SIGTERM, output
+        assert processes_of(name) == []
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_interpreter_exit_without_with_tears_down():
     code = """
 import skyward_ray as sky

@@ -40,6 +40,13 @@ _POOL_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RA
 # `PoolLostError` in the user's code, which ends the pool; on a loaded machine that can take longer
 # than 60 s, so Ray's own exit must come well after it.
 DRIVER_GCS_PATIENCE_S = 300
+# A direct driver's core worker puts in absl's failure-signal handler for SIGTERM (among others) at
+# `ray.init` and takes it out early in `ray.shutdown`, leaving the OS default (kill) behind while the
+# rest of the shutdown runs (about a second, longer under load). A second SIGTERM in that window
+# killed the process mid-teardown instead of being held. Ray reads its switch for that handler,
+# RAY_DISABLE_FAILURE_SIGNAL_HANDLER, once, at import, into this constant: so it is set there, and
+# only while a pool's driver is connected. What is lost: absl's C++ stack dump on a driver crash.
+_FAILURE_HANDLER_SWITCH = "RAY_DISABLE_FAILURE_SIGNAL_HANDLER"
 CLIENT_SERVER_PORT = 10001  # Ray Client's server on the head (Ray's default), reached through the tunnel
 CLIENT_CONNECT_ATTEMPTS = 3  # Ray 2.60's per-client server sometimes fails its first start; a retry connects
 CLIENT_CONNECT_PATIENCE_S = 120.0  # Ray Client gives up after ~35 s; a loaded head's client server may start later
@@ -71,6 +78,7 @@ class DriverConnection:
         self._runtime_env = runtime_env
         self._interval = heartbeat_interval
         self._saved_env: dict[str, str | None] = {}
+        self._saved_failure_switch: bool | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._gcs: Any = None
@@ -131,6 +139,7 @@ class DriverConnection:
             route_raylet_messages()
             if self._node_ip:
                 kwargs["_node_ip_address"] = self._node_ip  # this machine's raylet is the head's own
+            self._keep_signal_handlers()
         try:
             self._init(kwargs)
         except BaseException:
@@ -217,7 +226,20 @@ class DriverConnection:
             self.tunnel.stop()
         self._restore_env()
 
+    def _keep_signal_handlers(self) -> None:
+        """No absl failure-signal handler in this process's core worker (see `_FAILURE_HANDLER_SWITCH`)."""
+        from ray._private import ray_constants
+
+        if self._saved_failure_switch is None:
+            self._saved_failure_switch = getattr(ray_constants, _FAILURE_HANDLER_SWITCH)
+        setattr(ray_constants, _FAILURE_HANDLER_SWITCH, True)
+
     def _restore_env(self) -> None:
+        if self._saved_failure_switch is not None:
+            from ray._private import ray_constants
+
+            setattr(ray_constants, _FAILURE_HANDLER_SWITCH, self._saved_failure_switch)
+            self._saved_failure_switch = None
         for name, value in self._saved_env.items():
             if value is None:
                 os.environ.pop(name, None)

@@ -43,10 +43,10 @@ def as_exit(signum: int) -> BaseException:
 
 
 def reassert_signal_handlers() -> None:
-    """Install Python's handlers again at the OS level. Ray's core worker puts its own SIGTERM
-    handler in at `ray.init` and, at `ray.shutdown`, puts back what it found then (the default,
-    which kills): Python still reports its own handler, but a SIGTERM would end the process
-    mid-teardown."""
+    """Install Python's handlers again at the OS level, after `ray.shutdown`. Python reports its own
+    handler whatever the OS has: should Ray's core worker have put back what it found at `ray.init`
+    (the default, which kills; see `driver._FAILURE_HANDLER_SWITCH` for how a direct driver avoids
+    that), a SIGTERM would end the process mid-teardown."""
     if threading.current_thread() is not threading.main_thread():
         return
     for sig in HANDLED_SIGNALS:
