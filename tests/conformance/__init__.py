@@ -62,8 +62,8 @@ class Harness:
     """Nodes of the pool-level test: 1 for a cloud whose machines share no private network (its
     offers serve one-node pools only, and losing that node loses the pool)."""
     explain: Callable[[str], str] | None = None
-    """What the cloud says about one machine left where none should be (its state, its log's end),
-    for a failure message to show why it is still there."""
+    """What the stand-in knows of one machine (its state, its log's end, kept after the cloud forgets
+    the machine): why a machine is left where none should be, or why one ended during a launch."""
 
 
 def open_harness(name: str) -> AbstractContextManager[Harness]:

@@ -73,6 +73,7 @@ def harness() -> Iterator[Harness]:
                 interrupt=sim.terminate,
                 fail_capacity=fail_capacity,
                 foreign_machine=foreign_machine,
+                explain=lambda machine: f"{machine}, as its machine printed it:\n{hosts.log(machine)}",
                 compute_settings={"boot_timeout": 120},
             )
         finally:
