@@ -60,7 +60,7 @@ def test_a_boot_payload_over_the_limit_is_refused_before_launch_and_a_real_head_
     head = startup_script.render(startup_script.NodeBoot(
         role="head", cluster_name="sky-abcdef-123456", auth_token="ab" * 32, lifetime=3600, market_type="spot",
         instance_id_shell=AWSCloud.instance_id_shell, node_ip_shell=AWSCloud.node_ip_shell,
-        shutdown_command=AWSCloud.shutdown_command, pip=["numpy==2.1.0"], apt=["ffmpeg"], print_host_key=True,
+        shutdown_command=AWSCloud.shutdown_command, pip=["numpy==2.1.0"], apt=["ffmpeg"], print_host_key=AWSCloud.head_host_key_file,
         labels={"skyward/provider": "aws", "skyward/offer": "p5.48xlarge.spot.us-east-1a", "skyward/node-index": "0"}))
     size = len(user_data(MachineRequest(index=0, role="head", tags={}, boot_script=head)).encode())
     assert size < USER_DATA_LIMIT * 0.8, f"a head's user data is {size} bytes: near EC2's 16 KB"

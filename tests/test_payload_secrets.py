@@ -1,7 +1,8 @@
 """No secret in a launch payload the cloud keeps (issue 21): the pool's token and `Image.env` values
 arrive after boot, the head's over the driver's pinned SSH session, a worker's from the head for a
-one-time ticket bound to the worker's own address. On AWS no SSH host private key is there either:
-the head makes its own at boot and the driver pins what the head prints on the console.
+one-time ticket bound to the worker's own address. On AWS, Vast.ai and Container no SSH host private
+key is there either: the head makes its own at boot and the driver pins what the head prints on the
+log the cloud shows (RunPod has no log API: its head's host key still comes in the payload).
 
 Per cloud, the payload as the simulated API recorded it (moto's userData, the RunPod fake's create
 call and pod env, the Vast fake's create body, `docker inspect` of a Container node) holds neither
@@ -42,9 +43,14 @@ def _holds_no_secret(*texts: str) -> None:
         assert SECRET_VALUE not in text, "an Image.env value is in a payload the cloud keeps"
 
 
+# An OpenSSH private key as a payload may carry it: as text, or base64-encoded (the sshd snippet's
+# `echo ... | base64 -d`; the key's first line starts the encoding, so its prefix is always this).
+PRIVATE_KEY_BASE64 = base64.b64encode(b"-----BEGIN OPENSSH PRIVATE KEY").decode()
+
+
 def _holds_no_private_key(*texts: str) -> None:
     for text in texts:
-        assert "PRIVATE KEY" not in text and "ed25519_private" not in text, \
+        assert "PRIVATE KEY" not in text and "ed25519_private" not in text and PRIVATE_KEY_BASE64 not in text, \
             "an SSH private key (the head's host key) is in a payload the cloud keeps"
 
 
@@ -125,6 +131,9 @@ def test_vast_create_bodies_hold_no_token_and_no_image_env(tmp_path, monkeypatch
         bodies = server.payloads()
         assert len(bodies) >= 2  # an ask rented by the head is replaced by the next
         _holds_no_secret(*(json.dumps(body) for body in bodies), *(decode_onstart(body) for body in bodies))
+        # the head makes its own host key and prints it on the log the driver reads back
+        _holds_no_private_key(*(json.dumps(body) for body in bodies), *(decode_onstart(body) for body in bodies))
+        assert any("ssh-keygen" in decode_onstart(body) for body in bodies)
         provider.terminate_nodes(provider.non_terminated_nodes({}))
     finally:
         server.stop()
@@ -143,8 +152,9 @@ def test_container_env_labels_and_command_hold_no_token_and_no_image_env(tmp_pat
             [worker] = create(provider, name, NODE_KIND_WORKER)
             for box in (head, worker):
                 kept = client.api.inspect_container(box)["Config"]
-                _holds_no_secret(json.dumps(kept.get("Env")), json.dumps(kept.get("Labels")),
-                                 json.dumps(kept.get("Cmd")), json.dumps(kept.get("Entrypoint")))
+                kept_texts = [json.dumps(kept.get(field)) for field in ("Env", "Labels", "Cmd", "Entrypoint")]
+                _holds_no_secret(*kept_texts)
+                _holds_no_private_key(*kept_texts)  # the head makes its own host key; Docker's log shows it
         finally:
             provider.terminate_nodes(provider.non_terminated_nodes({}))
             provider.cleanup_cluster_resources()

@@ -24,7 +24,6 @@ from node_providers.aws.admin import instance_machine, list_clusters
 from node_providers.aws.config import AWS
 from node_providers.aws.session import aws_errors, check_credentials, retry_config, session_for
 from skyward_ray import names
-from skyward_ray.cluster import ssh_keys
 from skyward_ray.cluster.contract import ClusterListing, Machine, MachineRequest, NotFoundError, SSHEndpoint
 from skyward_ray.cluster.remote_cloud import RemoteCloud
 from skyward_ray.errors import ProvisioningError, SpecError
@@ -227,15 +226,6 @@ class AWSCloud(RemoteCloud):
         """The instance's console output (cloud-init prints the boot script's output there)."""
         with aws_errors("read the console output", instance_id):
             return self.ec2.get_console_output(InstanceId=instance_id, Latest=True).get("Output") or ""
-
-    def printed_host_key(self, instance_id: str) -> str | None:
-        """The head's ed25519 host key from its console output (`Latest`: Nitro instances, which every
-        GPU type is, show it within seconds). Two different keys there: refused, nothing pinned."""
-        keys = ssh_keys.printed_host_keys(self.read_log(instance_id, 0))
-        if len(keys) > 1:
-            raise ProvisioningError(f"AWS: the console of {instance_id} shows {len(keys)} different SSH host keys; "
-                                    "something else printed one there, so none is trusted. The pool is ended")
-        return next(iter(keys), None)
 
 
 def user_data(request: MachineRequest) -> str:

@@ -12,9 +12,9 @@ join them back (bash, base64 and gzip are in every Debian/Ubuntu image, `ubuntu:
 The joined script is, in order: what must work before anything can fail (curl, installed with apt
 where the image has none, because `ubuntu:22.04` has neither curl nor python3 and the instance
 can only end itself over HTTPS; then a trap that destroys the instance on any exit), the head's
-sshd (its pinned host key, the cluster's login key), and the rendered boot script, which sets its
-own trap. The variables hold the same secrets `onstart` held before (the cluster token, the head's
-host key): both are the instance's own fields, listed to the account's key only.
+sshd (the cluster's login key, and a host key it makes and prints for the driver to pin), and the
+rendered boot script, which sets its own trap. No secret is in them: the pool's token and env come
+after boot over the pinned SSH session, and no private key travels.
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ def payload_script(request: MachineRequest, ssh_port: int, ssh_user: str, ssh_pu
     lines = ["#!/bin/bash", "# skyward_ray node: curl and self-destroy first, the head's sshd, then the boot script",
              *state_dir_lines(), *curl_lines(),
              f"skyward_destroy() {{ {destroy}\n}}", "trap skyward_destroy EXIT"]
-    if request.ssh_host_key:
-        lines += sshd_lines(ssh_port, ssh_user, request.ssh_host_key, ssh_public_key)
+    if request.role == "head":  # it makes its own host key and prints it (`VastAICloud.head_prints_host_key`)
+        lines += sshd_lines(ssh_port, ssh_user, None, ssh_public_key)
         lines += ['sleep 1; kill -0 $! 2>/dev/null || { echo "skyward: sshd did not start; ending this instance"; '
                   "exit 1; }"]
     lines += ["cat > \"$S/boot.sh\" <<'SKYWARD_BOOT_SCRIPT'", request.boot_script.rstrip("\n"),

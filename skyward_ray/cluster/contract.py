@@ -202,6 +202,8 @@ class Cloud(ABC):
     #: head printed (`printed_host_key`): then no host private key travels in a launch payload,
     #: where the cloud keeps it for anyone who can read payloads (AWS user data).
     head_prints_host_key: ClassVar[bool] = False
+    #: where such a head keeps the public half of that key (cloud-init's place by default)
+    head_host_key_file: ClassVar[str] = "/etc/ssh/ssh_host_ed25519_key.pub"
 
     def __init__(self, cluster_name: str, config: ProviderConfig, params: ClusterParams,
                  prepared: Mapping[str, Any]) -> None:

@@ -356,7 +356,7 @@ class ScriptBootedNodeProvider(NodeProvider):
             lifetime=params.max_lifetime if role == "head" else None,
             gcs_reconnect_timeout=env.gcs_reconnect_timeout,
             shutdown_command=env.shutdown_command,
-            print_host_key=role == "head" and self.cloud.head_prints_host_key,
+            print_host_key=self.cloud.head_host_key_file if role == "head" and self.cloud.head_prints_host_key else None,
         )
 
     # -- terminate -----------------------------------------------------------------------------

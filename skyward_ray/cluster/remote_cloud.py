@@ -22,8 +22,14 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import ClassVar
 
+from skyward_ray.cluster import ssh_keys
 from skyward_ray.cluster.contract import BootEnvironment, Cloud, NotFoundError, Role
+from skyward_ray.errors import ProvisioningError
 from skyward_ray.planning.providers import RemoteMachineConfig
+
+# How much of a head's log is read for the host key it printed: the second print, before Ray
+# starts, is within the last few hundred lines; the first within the first few.
+HOST_KEY_LOG_LINES = 5000
 
 
 class RemoteCloud(Cloud):
@@ -82,6 +88,16 @@ class RemoteCloud(Cloud):
         """The machine's boot log as the cloud gives it (at least its last `lines` lines); None
         where the cloud's API has no log."""
         return None
+
+    def printed_host_key(self, instance_id: str) -> str | None:
+        """The ed25519 host key the head printed on its log (`head_prints_host_key`), as the cloud
+        shows it: None until it is there. Two different keys there: refused, nothing pinned."""
+        keys = ssh_keys.printed_host_keys(self.read_log(instance_id, HOST_KEY_LOG_LINES) or "")
+        if len(keys) > 1:
+            raise ProvisioningError(
+                f"{type(self.config).__name__}: the {self.log_name} of {instance_id} shows {len(keys)} different SSH host "
+                "keys; something else printed one there, so none is trusted. The pool is ended")
+        return next(iter(keys), None)
 
     def log_tail(self, instance_id: str, lines: int = 30) -> str:
         """The last lines of the boot log, for error messages: a courtesy, so it never raises."""

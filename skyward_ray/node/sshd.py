@@ -1,12 +1,20 @@
-"""The head's own sshd inside a container (RunPod pods, Vast.ai instances), as one shell snippet.
+"""The head's own sshd inside a container (RunPod pods, Vast.ai instances, `sky.Container`), as one
+shell snippet.
 
 A container cloud gives no cloud-init to install a host key, so the head's payload starts its own
-sshd before the boot script: the host key the driver generated (so the driver pins it and never
-trusts a key on first use), the cluster's login key (its private half never left the driver),
-public-key logins of one user only, and TCP forwarding for the driver's tunnel. sshd is installed
-with apt where the image lacks it (`skyward_ray.node.apt`: waiting for a first boot's dpkg lock).
-Everything lives under `$S/ssh` (`$S` is skyward's own directory in the container, `STATE_DIR`);
-the host key travels base64-encoded, so no quoting can break it.
+sshd before the boot script, with the cluster's login key (its private half never left the driver),
+public-key logins of one user only, and TCP forwarding for the driver's tunnel. Its host key is
+never trusted on first use, and is one of two:
+
+- made on the head itself and printed on its log between cloud-init's markers, where the cloud
+  shows the driver that log (Vast.ai's log API, Docker's): the driver pins what the log shows, and
+  no private key travels anywhere (`OWN_HOST_KEY`);
+- otherwise (RunPod: no log API) the one the driver generated, delivered in the payload
+  base64-encoded, so no quoting can break it.
+
+sshd is installed with apt where the image lacks it (`skyward_ray.node.apt`: waiting for a first
+boot's dpkg lock). Everything lives under `$S/ssh` (`$S` is skyward's own directory in the
+container, `STATE_DIR`).
 """
 
 from __future__ import annotations
@@ -25,6 +33,9 @@ STATE_DIR = "${HOME:-/root}/.skyward"  # a runner may leave HOME unset (cloud-in
 SYSTEM_HOST_KEY = "/etc/ssh/ssh_host_ed25519_key.pub"
 HOST_KEYS_BEGIN = "-----BEGIN SSH HOST KEY KEYS-----"
 HOST_KEYS_END = "-----END SSH HOST KEY KEYS-----"
+# The host key a container head makes for its own sshd (`sshd_lines` without a key): the public half
+# is what it prints.
+OWN_HOST_KEY = f"{STATE_DIR}/ssh/host_ed25519_key.pub"
 
 _SSHD_CONFIG = (
     "ListenAddress 0.0.0.0", "HostKey $S/ssh/host_ed25519_key", "AuthorizedKeysFile $S/ssh/authorized_keys",
@@ -40,18 +51,27 @@ def state_dir_lines() -> list[str]:
     return [f'S="{STATE_DIR}"', 'mkdir -p "$S" && chmod 700 "$S"']
 
 
-def sshd_lines(port: int, user: str, host_key: str, authorized_key: str) -> list[str]:
-    """Start sshd on `port` with this host key, letting `user` in with `authorized_key` only.
+def sshd_lines(port: int, user: str, host_key: str | None, authorized_key: str) -> list[str]:
+    """Start sshd on `port`, letting `user` in with `authorized_key` only: with `host_key` (the
+    private key the driver made), or without, making its own and printing it (`OWN_HOST_KEY`).
     Expects `$S` (see `state_dir_lines`); sshd runs in the background, logging to `$S/sshd.log`.
     `user` goes bare into an unquoted heredoc, so only a plain name passes (`RemoteMachineConfig`
     checks it for the user first; this is the last line before a shell)."""
     if not re.fullmatch(names.LOGIN_USER, user):
         raise ValueError(f"sshd: {user[:40]!r} is not a plain POSIX user name")
-    key = base64.b64encode(host_key.strip().encode() + b"\n").decode()
+    if host_key is None:
+        install_key = [  # ssh-keygen comes with sshd (openssh-server depends on openssh-client)
+            'rm -f "$S/ssh/host_ed25519_key" "$S/ssh/host_ed25519_key.pub"',
+            'ssh-keygen -q -t ed25519 -N "" -C skyward-head -f "$S/ssh/host_ed25519_key" || '
+            '{ echo "skyward: could not make an SSH host key; ending this machine"; exit 1; }',
+            *print_host_key_lines(OWN_HOST_KEY),
+        ]
+    else:
+        key = base64.b64encode(host_key.strip().encode() + b"\n").decode()
+        install_key = [f'echo {key} | base64 -d > "$S/ssh/host_ed25519_key" && chmod 600 "$S/ssh/host_ed25519_key"']
     return [
         "# skyward_ray: the head's sshd for the driver's tunnel (pinned host key, the cluster's login key)",
         'mkdir -p "$S/ssh" && chmod 700 "$S/ssh"',
-        f'echo {key} | base64 -d > "$S/ssh/host_ed25519_key" && chmod 600 "$S/ssh/host_ed25519_key"',
         f'echo {shlex.quote(authorized_key.strip())} > "$S/ssh/authorized_keys"',
         'chmod 600 "$S/ssh/authorized_keys"',
         'cat > "$S/ssh/sshd_config" <<SSHD',
@@ -66,6 +86,7 @@ def sshd_lines(port: int, user: str, host_key: str, authorized_key: str) -> list
         "  " + apt.install_command(["openssh-server"]) + ' >> "$S/apt.log" 2>&1',
         "  SSHD_BIN=/usr/sbin/sshd",
         "fi",
+        *install_key,
         '"$SSHD_BIN" -D -e -f "$S/ssh/sshd_config" >> "$S/sshd.log" 2>&1 &',
     ]
 
@@ -73,10 +94,11 @@ def sshd_lines(port: int, user: str, host_key: str, authorized_key: str) -> list
 def print_host_key_lines(path: str = SYSTEM_HOST_KEY) -> list[str]:
     """Print the machine's own SSH host public key on its console, between cloud-init's markers.
 
-    Where a cloud lets the driver read a machine's console back (AWS GetConsoleOutput), the head's
-    host key is made on the head (cloud-init, at first boot) and never travels anywhere: the driver
+    Where a cloud lets the driver read a machine's console back (AWS GetConsoleOutput, Vast.ai's log
+    API, Docker's logs), the head's host key is made on the head (cloud-init at first boot, or
+    `sshd_lines`) and never travels anywhere: the driver
     pins what the console shows (`skyward_ray.cluster.ssh_keys.printed_host_keys`). cloud-init's
     own `keys-to-console` runs only after the user script ends, which a node's script never does
     while the node lives, so the script prints the key itself."""
-    return [f'if [ -r {path} ]; then echo "{HOST_KEYS_BEGIN}"; cat {path}; echo "{HOST_KEYS_END}"; '
+    return [f'if [ -r "{path}" ]; then echo "{HOST_KEYS_BEGIN}"; cat "{path}"; echo "{HOST_KEYS_END}"; '
             f'else echo "skyward: this machine has no SSH host key at {path}"; fi']

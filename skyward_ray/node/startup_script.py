@@ -127,9 +127,10 @@ class NodeBoot(BaseModel):
     secrets_after_boot: bool = False  # no secret in the script: the head's come from the driver, a worker's for its ticket
     enrollment_ticket: str = Field(default="", repr=False, description="a worker's one-time ticket")
     enrollment_port: int = enrollment.PORT
-    print_host_key: bool = Field(
-        default=False, description="head only: print the machine's own SSH host public key on its console (at the "
-                                   "start and again before Ray starts), for a driver that reads the console back")
+    print_host_key: str | None = Field(
+        default=None, description="head only: the machine's own SSH host public key file, printed on its console "
+                                  "(at the start and again before Ray starts) for a driver that reads the console "
+                                  "back; None: nothing printed")
 
 
 # skyward_ray's own dependencies besides Ray: a task imports skyward_ray on the node (its code
@@ -300,7 +301,7 @@ def render(boot: NodeBoot) -> str:
         "  exit 0",
         "fi",
         'mkdir -p "$SKYWARD_MARKS" && : > "$SKYWARD_MARKS/skyward-booted"',
-        *(sshd.print_host_key_lines() if boot.print_host_key else []),
+        *(sshd.print_host_key_lines(boot.print_host_key) if boot.print_host_key else []),
         f'( sleep {int(boot.boot_deadline)}; [ -e "$SKYWARD_BOOT_DONE" ] || {{ echo "skyward: boot not done within '
         f'{int(boot.boot_deadline)}s (no driver heartbeat or no head); ending this machine"; {END_MACHINE}; }} ) &',
         *_lifetime_backstop(boot),
@@ -341,7 +342,7 @@ def render(boot: NodeBoot) -> str:
             _export("SKYWARD_HEAD_WAIT", int(boot.head_wait_timeout)),
         ]
     if boot.print_host_key:  # again after the installs, whose output may have pushed the first out of the console's tail
-        lines += sshd.print_host_key_lines()
+        lines += sshd.print_host_key_lines(boot.print_host_key)
     lines += [
         "echo 'skyward: starting ray'",
         # A non-interactive shell starts `&` jobs with SIGINT ignored, and Ray's workers would inherit
