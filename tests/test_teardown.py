@@ -95,8 +95,12 @@ with sky.Compute(nodes=1) as pool:
     print("CLUSTER", pool.name, flush=True)
     # another process (as a user's `kill` would be; it needs no GIL): SIGTERMs back to back from here on
     # (until this process's exit stops it, or it has ended: the sender's parent is not this one any more)
-    sender = subprocess.Popen(["bash", "-c", f"while read -r _ _ _ ppid _ < /proc/$$/stat && [ $ppid = {os.getpid()} ]; "
-                               f"do kill -TERM {os.getpid()}; done"], stdout=subprocess.DEVNULL)
+    # It starts once told to: a SIGTERM inside Popen would leave it running with no name to stop it by.
+    sender = subprocess.Popen(["bash", "-c", f"read -r _; while read -r _ _ _ ppid _ < /proc/$$/stat && "
+                               f"[ $ppid = {os.getpid()} ]; do kill -TERM {os.getpid()}; done"],
+                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    sender.stdin.write(b"go\\n")
+    sender.stdin.flush()
 """
 
 
