@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
@@ -29,6 +30,17 @@ LOST = object()  # an answer never sent: the client sees the connection drop bef
 
 class Text(str):
     """A plain-text answer (not JSON)."""
+
+
+class EventStream:
+    """A Server-Sent Events answer that, like a live log stream, does not end when its events are
+    sent: `events` (each a complete event, blank line included), then a keep-alive comment every
+    `keep_alive_s` while the client stays, for at most `hold_s` (the connection is then closed)."""
+
+    def __init__(self, events: list[str], hold_s: float = 30.0, keep_alive_s: float = 5.0) -> None:
+        self.events = events
+        self.hold_s = hold_s
+        self.keep_alive_s = keep_alive_s
 
 
 class ScriptedFault(Protocol):
@@ -180,6 +192,9 @@ def _handler_for(sim: ApiSimulator) -> type[BaseHTTPRequestHandler]:
             if answer is LOST:
                 self.close_connection = True  # no status line: the client sees the connection drop
                 return
+            if isinstance(answer, EventStream):
+                self._stream(status, answer)
+                return
             plain = isinstance(answer, Text)
             data = answer.encode() if plain else json.dumps(answer).encode()
             self.send_response(status)
@@ -187,6 +202,25 @@ def _handler_for(sim: ApiSimulator) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
+
+        def _stream(self, status: int, answer: EventStream) -> None:
+            """Headers, the events at once, then keep-alives until the client leaves or `hold_s`;
+            no length: the stream ends when the connection closes (HTTP/1.0)."""
+            self.close_connection = True
+            self.send_response(status)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.end_headers()
+            try:
+                self.wfile.write("".join(answer.events).encode())
+                self.wfile.flush()
+                deadline = time.monotonic() + answer.hold_s
+                while time.monotonic() < deadline:
+                    time.sleep(min(answer.keep_alive_s, max(0.0, deadline - time.monotonic())))
+                    self.wfile.write(b": keep-alive\n\n")
+                    self.wfile.flush()
+            except OSError:
+                pass  # the client has what it wanted and left
 
         do_GET = do_POST = do_PUT = do_DELETE = _serve
 

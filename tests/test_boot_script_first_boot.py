@@ -222,6 +222,6 @@ def test_a_locked_package_list_is_waited_for_and_other_failures_are_not(tmp_path
 
 
 def test_the_heads_sshd_is_installed_through_the_same_apt_command():
-    text = "\n".join(sshd.sshd_lines(22, "root", "KEY", "ssh-ed25519 AAAA"))
+    text = "\n".join(sshd.sshd_lines(22, "root", "ssh-ed25519 AAAA"))
     assert "DPkg::Lock::Timeout=300" in text and "dpkg-query" in text and "openssh-server" in text
     assert subprocess.run([BASH, "-n", "-c", text]).returncode == 0

@@ -1,8 +1,8 @@
 """No secret in a launch payload the cloud keeps (issue 21): the pool's token and `Image.env` values
 arrive after boot, the head's over the driver's pinned SSH session, a worker's from the head for a
-one-time ticket bound to the worker's own address. On AWS, Vast.ai and Container no SSH host private
-key is there either: the head makes its own at boot and the driver pins what the head prints on the
-log the cloud shows (RunPod has no log API: its head's host key still comes in the payload).
+one-time ticket bound to the worker's own address. No SSH host private key is there either: the head
+makes its own at boot and the driver pins what the head prints on the log the cloud shows (AWS's
+console output, RunPod's and Vast.ai's log APIs, Docker's container log).
 
 Per cloud, the payload as the simulated API recorded it (moto's userData, the RunPod fake's create
 call and pod env, the Vast fake's create body, `docker inspect` of a Container node) holds neither
@@ -105,6 +105,9 @@ def test_runpod_create_calls_and_pod_env_hold_no_token_and_no_image_env(tmp_path
             payloads = [docker_payload(call.query) for call in calls]
             _holds_no_secret(*(call.query for call in calls), *payloads,
                              *(json.dumps(pod.env) for pod in sim.live_pods()))
+            # the head makes its own host key and prints it on the pod's log (RunPod's v2 log stream)
+            _holds_no_private_key(*(call.query for call in calls), *payloads)
+            assert "ssh-keygen" in payloads[0]
             assert all(set(pod.env) <= {ENV_TAGS} for pod in sim.live_pods())
             assert "redeem" in payloads[1] and "serve" in payloads[0]
         finally:

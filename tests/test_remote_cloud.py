@@ -5,8 +5,7 @@ helper (TTL cache, live-else-snapshot, market pairs whose implausible spot price
 
 from __future__ import annotations
 
-import base64
-import re
+import subprocess
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +16,7 @@ from skyward_ray import names
 from skyward_ray.cluster.contract import ClusterParams, Machine, MachineRequest, NotFoundError
 from skyward_ray.cluster.machine_tags import MachineName, MachineNaming, TagCodec
 from skyward_ray.cluster.remote_cloud import RemoteCloud
+from skyward_ray.cluster.ssh_keys import printed_host_keys
 from skyward_ray.node.sshd import sshd_lines, state_dir_lines
 from skyward_ray.planning import offer_source
 from skyward_ray.planning.offers import Offer
@@ -135,13 +135,24 @@ def test_the_boot_environment_comes_from_the_class_snippets_and_the_config():
     assert sky.AWS(ssh_user="ec2-user").ssh_user == "ec2-user"
 
 
-def test_the_sshd_snippet_installs_the_pinned_key_and_lets_one_user_in_by_key():
-    text = "\n".join(state_dir_lines() + sshd_lines(2222, "root", "-----BEGIN KEY-----\nabc\n", "ssh-ed25519 AAA c"))
-    key = re.search(r'echo (\S+) \| base64 -d > "\$S/ssh/host_ed25519_key"', text).group(1)
-    assert base64.b64decode(key).decode() == "-----BEGIN KEY-----\nabc\n"
+def test_the_sshd_snippet_makes_its_own_host_key_prints_it_and_lets_one_user_in_by_key(tmp_path):
+    text = "\n".join(state_dir_lines() + sshd_lines(2222, "root", "ssh-ed25519 AAA c"))
     for line in ("Port 2222", "AllowUsers root", "PasswordAuthentication no", "AuthenticationMethods publickey"):
         assert line in text.splitlines()
     assert "echo 'ssh-ed25519 AAA c' > \"$S/ssh/authorized_keys\"" in text
+    # Run it with HOME here and a stand-in sshd binary (it records how it was started): the real
+    # ssh-keygen makes the key, and what the snippet prints is exactly that key, as the driver parses it.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sshd").write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/sshd-args\n')
+    (bin_dir / "sshd").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    done = subprocess.run(["bash", "-c", text + "\nwait"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    made = (tmp_path / ".skyward/ssh/host_ed25519_key.pub").read_text().split()
+    assert printed_host_keys(done.stdout) == {f"{made[0]} {made[1]}"} and made[0] == "ssh-ed25519"
+    assert (tmp_path / ".skyward/ssh/host_ed25519_key").stat().st_mode & 0o077 == 0  # ssh-keygen's 0600
+    assert f"-f {tmp_path}/.skyward/ssh/sshd_config" in (tmp_path / "sshd-args").read_text()
 
 
 # -- offer sources -----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import re
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ from node_providers.runpod import RunPodNodeProvider
 from node_providers.runpod.cloud import ENV_TAGS, SHUTDOWN_COMMAND
 from skyward_ray import names
 from skyward_ray.cluster import provisioning
-from skyward_ray.cluster.node_provider import HOST_KEY_NAME
+from skyward_ray.cluster.contract import NotFoundError
 from skyward_ray.planning.accelerators import parse_accelerator
 from tests.conftest import REPO
 from tests.provider_helpers import cluster_name, cluster_params, create
@@ -77,7 +78,7 @@ def docker_payload(query: str) -> str:
 
 
 def installed_host_key(payload: str) -> str:
-    """The host key the payload installs for sshd (base64 in the payload), decoded."""
+    """The host key the payload installs for sshd (base64 in the payload), decoded ("" when none)."""
     found = re.search(r'echo (\S+) \| base64 -d > "\$S/ssh/host_ed25519_key"', payload)
     return base64.b64decode(found.group(1)).decode() if found else ""
 
@@ -167,16 +168,40 @@ def test_a_pod_launch_sends_its_boot_in_the_container_command_and_no_credential(
     assert 'ports: "22/tcp"' in call.query and "supportPublicIp: true" in call.query
     payload = docker_payload(call.query)
     assert "skyward_ray node bootstrap" in payload
-    host_key = (Path(provider.params.ssh_key_dir) / HOST_KEY_NAME).read_text().strip()
-    assert installed_host_key(payload).strip() == host_key, "the head presents the driver-generated host key"
-    assert payload.index("host_ed25519_key") < payload.index("/usr/sbin/sshd") < payload.index(
-        "skyward_ray node bootstrap")
+    # the head makes its own host key and prints it on the pod's log: no key is made on the driver or sent
+    assert sorted(p.name for p in Path(provider.params.ssh_key_dir).iterdir()) == ["id_ed25519", "id_ed25519.pub"]
+    assert installed_host_key(payload) == "" and "PRIVATE KEY" not in payload
+    assert payload.index("/usr/sbin/sshd") < payload.index("ssh-keygen") < payload.index(
+        "BEGIN SSH HOST KEY KEYS") < payload.index("skyward_ray node bootstrap")
     assert provider.params.ssh_public_key.split()[1] in payload, "the driver's cluster key is authorised"
     pod = next(p for p in sim.live_pods() if p.id == head)
     assert set(pod.env) == {ENV_TAGS}
     for text in (call.query, payload, *pod.env.values()):
         assert USER_KEY not in text, "the user's API key travelled to a pod"
         assert "RUNPOD_API_KEY=" not in text
+    provider.cleanup_cluster_resources()
+
+
+def test_a_pods_log_comes_from_the_v2_stream_which_stays_open(sim, tmp_path):
+    from node_providers.runpod.transport import LOG_IDLE_S
+
+    provider, name = provider_for(tmp_path)
+    [head] = create(provider, name)
+    printed = "skyward: installing\n-----BEGIN SSH HOST KEY KEYS-----\nssh-ed25519 AAAAC3Nza skyward-head\nlast line"
+    sim.hosts = types.SimpleNamespace(log=lambda pod_id, lines: "\n".join(printed.splitlines()[-lines:]))
+    try:
+        started = time.monotonic()
+        assert provider.cloud.read_log(head, 100) == printed  # the whole backfill, in order
+        took = time.monotonic() - started
+        assert provider.cloud.read_log(head, 2) == "ssh-ed25519 AAAAC3Nza skyward-head\nlast line"  # `tail`
+        with pytest.raises(NotFoundError, match="pod not found"):
+            provider.cloud.read_log("nosuchpod", 10)
+    finally:
+        sim.hosts = None
+    # the fake holds the stream open 30 s, as RunPod keeps it open for new lines: read until it is quiet
+    assert LOG_IDLE_S <= took < LOG_IDLE_S + 5, took
+    assert [c.operation for c in sim.calls()[-3:]] == [f"GET /v2/pods/{head}/logs"] * 2 + ["GET /v2/pods/nosuchpod/logs"]
+    provider.terminate_nodes([head])
     provider.cleanup_cluster_resources()
 
 

@@ -222,8 +222,8 @@ def test_an_ssh_user_that_is_not_a_plain_name_is_refused_naming_the_field(user):
     with pytest.raises(sky.SpecError, match=r"VastAI\.ssh_user="):
         sky.VastAI(ssh_user=user)
     with pytest.raises(ValueError, match="plain POSIX user name"):
-        sshd.sshd_lines(22, user, "KEY", "ssh-ed25519 AAA")
-    assert "AllowUsers ubuntu" in sshd.sshd_lines(22, "ubuntu", "KEY", "ssh-ed25519 AAA")
+        sshd.sshd_lines(22, user, "ssh-ed25519 AAA")
+    assert "AllowUsers ubuntu" in sshd.sshd_lines(22, "ubuntu", "ssh-ed25519 AAA")
 
 
 @pytest.mark.parametrize("key", ["SKYWARD_INSTANCE_ID", "SKYWARD_ANYTHING", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN",

@@ -64,7 +64,6 @@ class AWSCloud(RemoteCloud):
     # cloud-init makes the head's host keys at first boot and the boot script prints the public one on
     # the serial console, which GetConsoleOutput returns: no host private key in the user data
     # (readable with ec2:DescribeInstanceAttribute), and nothing trusted on first use.
-    head_prints_host_key = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -232,7 +231,7 @@ def user_data(request: MachineRequest) -> str:
     """The boot script and a `bootcmd` that powers a rebooted instance off (MIME multi-part, as
     cloud-init reads it). cloud-init deletes the image's host keys (baked into the AMI, the same on
     every instance of it) and makes a fresh ed25519 one, which the head's script prints on the
-    console (`head_prints_host_key`: no host key is ever made on the driver for AWS)."""
+    console (`Cloud.printed_host_key`: no host key is ever made on the driver)."""
     from email.mime.multipart import MIMEMultipart
     from email.mime.text import MIMEText
 

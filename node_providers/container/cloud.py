@@ -82,7 +82,6 @@ class ContainerCloud(RemoteCloud):
     shutdown_command = "kill -TERM 1"  # Docker's init (PID 1) passes it on; the container ends and is removed
     log_name = "container log"
     # The head makes its sshd's host key and prints it; the driver reads it back from Docker's logs.
-    head_prints_host_key = True
     head_host_key_file = OWN_HOST_KEY
     listing_is_consistent = True  # the engine lists a container as soon as it is created
 
@@ -198,7 +197,7 @@ class ContainerCloud(RemoteCloud):
         tags = {**request.tags, names.CLUSTER: self.cluster_name}
         lines = state_dir_lines()
         if request.role == "head" and self.params.ssh_public_key:
-            lines += sshd_lines(22, SSH_USER, None, self.params.ssh_public_key)
+            lines += sshd_lines(22, SSH_USER, self.params.ssh_public_key)
         payload = "\n".join([*lines, request.boot_script])
         gpus = None
         if self.config.gpus is not None and not self.config.simulate_accelerators:

@@ -118,6 +118,11 @@ def graphql(key: str, query: str) -> dict[str, Any]:
     return transport.graphql(key, query)
 
 
+def pod_log(key: str, pod_id: str, lines: int) -> str:
+    """The pod's container log, its last `lines` lines (RunPod's v2 log stream, `transport.pod_log`)."""
+    return "\n".join(transport.pod_log(key, pod_id, lines))
+
+
 def rest(key: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
     """One REST pod API call with this key; returns the decoded body."""
     return transport.rest(key, method, path, body)

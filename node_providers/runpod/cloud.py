@@ -3,9 +3,10 @@
 A pod is a container. Its command (RunPod's `dockerArgs`) is the node's whole boot: a short
 `bash -c` that decodes the base64 payload (the SDK pastes arguments into its GraphQL text
 unescaped, so nothing with quotes or newlines may travel there) and runs it. The payload starts,
-on the head only, with a prelude that installs the driver-generated SSH host key and the
-cluster's login key and starts sshd, before the generic boot script starts Ray: the driver pins
-that host key and reaches the head through `ssh -L` to the public port RunPod maps to port 22.
+on the head only, with a prelude that installs the cluster's login key, makes a fresh SSH host key
+and prints its public half on the pod's log, and starts sshd, before the generic boot script starts
+Ray: the driver reads that key back through RunPod's v2 log stream (`GET /v2/pods/{id}/logs`), pins
+it, and reaches the head through `ssh -L` to the public port RunPod maps to port 22.
 
 Pods have no tags. A pod's identity is its name, `skyward-<cluster>-<role>-<index>`, and its
 tags travel encoded in one env variable (`names.ENV_MACHINE_TAGS`), both written by
@@ -42,7 +43,7 @@ from typing import Any
 
 from node_providers.runpod import global_network as network
 from node_providers.runpod import transport
-from node_providers.runpod.api import graphql, require_key, rest, runpod_errors, safe
+from node_providers.runpod.api import graphql, pod_log, require_key, rest, runpod_errors, safe
 from node_providers.runpod.config import RunPod
 from skyward_ray import names
 from skyward_ray.cluster.contract import ClusterListing, ClusterParams, Machine, MachineRequest, MachineState, SSHEndpoint
@@ -50,7 +51,7 @@ from skyward_ray.cluster.machine_tags import MachineName, MachineNaming, TagCode
 from skyward_ray.cluster.remote_cloud import LaterTags, RemoteCloud
 from skyward_ray.errors import CapacityError, ProvisioningError, SpecError
 from skyward_ray.node import self_destroy
-from skyward_ray.node.sshd import sshd_lines, state_dir_lines
+from skyward_ray.node.sshd import OWN_HOST_KEY, sshd_lines, state_dir_lines
 
 INTERNAL_DOMAIN = network.INTERNAL_DOMAIN
 BOOT_FILE = "$HOME/.skyward-boot.sh"
@@ -100,7 +101,10 @@ class RunPodCloud(RemoteCloud):
                      "hostname -I | awk '{print $1}'; } | head -n 1)")
     shutdown_command = SHUTDOWN_COMMAND
     describe_ttl = 2.0
-    no_log = "(RunPod's API gives no container log; see the pod's Logs tab in the RunPod console)"
+    log_name = "pod log"
+    # The head makes its sshd's host key and prints it; the driver reads it back from the pod's log
+    # (RunPod's v2 log stream).
+    head_host_key_file = OWN_HOST_KEY
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -262,6 +266,11 @@ class RunPodCloud(RemoteCloud):
         with runpod_errors("terminate a pod", instance_id):
             graphql(self.key, generate_pod_terminate_mutation(safe(instance_id, "a pod id")))
 
+    def read_log(self, instance_id: str, lines: int) -> str:
+        """The pod's container log: the command's output, the sshd snippet's and the boot script's lines."""
+        with runpod_errors("read the pod's log", instance_id):
+            return pod_log(self.key, instance_id, lines)
+
     def set_tags(self, instance_id: str, tags: Mapping[str, str]) -> None:
         """Kept in this process: RunPod cannot change a running pod's env or name without restarting it."""
         LATER_TAGS.set(instance_id, tags)
@@ -298,8 +307,8 @@ def start_command(request: MachineRequest, ssh_user: str, public_key: str | None
     """The pod's command as argv: decode the base64 payload (the head's sshd, then the boot script) to a
     file and run it."""
     lines = state_dir_lines()
-    if request.ssh_host_key and public_key:
-        lines += sshd_lines(22, ssh_user, request.ssh_host_key, public_key)
+    if request.role == "head" and public_key:  # it makes its own host key and prints it
+        lines += sshd_lines(22, ssh_user, public_key)
     payload = "\n".join([*lines, request.boot_script])
     encoded = base64.b64encode(payload.encode()).decode()
     return ["bash", "-c", f"echo {encoded} | base64 -d > {BOOT_FILE} && exec bash {BOOT_FILE}"]

@@ -15,8 +15,9 @@ whose body has no `errors` comes back as a success with no `data`, and a pod lis
   `APIError`).
 
 Addresses: GraphQL at `RUNPOD_API_BASE_URL` (the SDK's variable) + `/graphql`; REST at
-`RUNPOD_API_URL` (runpodctl's, `internal/configenv`), default `https://rest.runpod.io/v1`. Both read on
-every call. Requests carry `Authorization: Bearer <key>` and the SDK's User-Agent.
+`RUNPOD_API_URL` (runpodctl's, `internal/configenv`), default `https://rest.runpod.io/v1`; a pod's log
+at the v2 API on the GraphQL host (`GET /v2/pods/{id}/logs`, `pod_log`). All read on every call.
+Requests carry `Authorization: Bearer <key>` and the SDK's User-Agent.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ TIMEOUT_S = 30.0
 FIRST_WAIT_S = 1.0
 MAX_WAIT_S = 16.0
 RATE_LIMIT_BUDGET_S = 90.0
+LOG_TAIL_MAX = 5000  # the most lines `getPodLogs` backfills (its `tail` parameter: 0..5000)
+LOG_IDLE_S = 2.0  # the stream quiet for this long: the backfill is in
+LOG_READ_CAP_S = 20.0  # a stream that keeps sending lines is read this long at most
 
 
 class RateLimited(Exception):
@@ -100,6 +104,65 @@ def rest(key: str, method: str, path: str, body: dict[str, Any] | None = None,
     return decoded
 
 
+def pod_log(key: str, pod_id: str, tail: int) -> list[str]:
+    """The pod's container log, its last `tail` lines (RunPod sends at most `LOG_TAIL_MAX`).
+
+    RunPod's v2 API streams it as Server-Sent Events (api-reference-v2/openapi.json `getPodLogs`:
+    `GET /v2/pods/{id}/logs?source=container&tail=N`, each event's `data` a JSON `{ts, source, line}`)
+    and keeps the stream open for new lines, so there is no end to wait for: reading stops once the
+    stream was quiet for `LOG_IDLE_S` (the backfill is in), or after `LOG_READ_CAP_S`. A 404 is
+    `RestError` like any REST call's."""
+    import requests
+
+    url = f"{(os.environ.get(GRAPHQL_URL_ENV) or DEFAULT_GRAPHQL).rstrip('/')}/v2/pods/{pod_id}/logs"
+    params = {"source": "container", "tail": str(max(0, min(tail, LOG_TAIL_MAX)))}
+    lines: list[str] = []
+    with api_log.timed_call("runpod", "GET /v2/pods/{id}/logs"):
+        response = _send("GET", url, key, params=params, stream=True, timeout=(TIMEOUT_S, LOG_IDLE_S),
+                         extra_headers={"Accept": "text/event-stream", "Accept-Encoding": "identity"})
+        try:
+            if not response.ok:
+                raise RestError(response.status_code, _message(_json(response), response))
+            raw = response.raw
+            # one read of what has arrived (urllib3 >= 2.2), not a wait for a full buffer of a stream that never ends
+            read = getattr(raw, "read1", None) or (lambda size: raw.read(1))
+            pending, started = b"", time.monotonic()
+            while time.monotonic() - started < LOG_READ_CAP_S:
+                try:
+                    chunk = read(65536)
+                except (requests.exceptions.RequestException, OSError, _urllib3_errors()):
+                    break  # quiet for LOG_IDLE_S: the backfill is in
+                if not chunk:
+                    break  # the stream ended
+                *complete, pending = (pending + chunk).split(b"\n")
+                for event_line in complete:
+                    line = _event_line(event_line)
+                    if line is not None:
+                        lines.append(line)
+        finally:
+            response.close()
+    return lines
+
+
+def _urllib3_errors() -> type[BaseException]:
+    import urllib3
+
+    return urllib3.exceptions.HTTPError
+
+
+def _event_line(raw: bytes) -> str | None:
+    """The log line of one SSE `data:` field (None for an `id:`, a comment, a blank line, other JSON)."""
+    text = raw.decode(errors="replace").rstrip("\r")
+    if not text.startswith("data:"):
+        return None
+    try:
+        event = json.loads(text[5:].strip())
+    except ValueError:
+        return None
+    line = event.get("line") if isinstance(event, dict) else None
+    return line if isinstance(line, str) else None
+
+
 _OPERATION = re.compile(r"^\s*(query|mutation)\b\s*(\w*)[^{]*\{\s*(\w+)")
 
 
@@ -110,19 +173,22 @@ def graphql_operation(query: str) -> str:
     return f"{match.group(1)} {match.group(2) or match.group(3)}" if match else "graphql"
 
 
-def _send(method: str, url: str, key: str, **kwargs: Any) -> Any:
+def _send(method: str, url: str, key: str, timeout: Any = TIMEOUT_S, extra_headers: dict[str, str] | None = None,
+          **kwargs: Any) -> Any:
     """One call, 429s waited out (within `RATE_LIMIT_BUDGET_S`)."""
     import requests
     load_sdk()
     from runpod.user_agent import USER_AGENT
 
-    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT, "Authorization": f"Bearer {key}"}
+    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT, "Authorization": f"Bearer {key}",
+               **(extra_headers or {})}
     api_log.register_secret(key)
     waited, attempt = 0.0, 0
     while True:
-        response = requests.request(method, url, headers=headers, timeout=TIMEOUT_S, **kwargs)
+        response = requests.request(method, url, headers=headers, timeout=timeout, **kwargs)
         if response.status_code != 429:
             return response
+        response.close()
         pause = retry_after(response.headers.get("Retry-After"), attempt)
         if waited + pause > RATE_LIMIT_BUDGET_S:
             raise RateLimited(f"RunPod answered 429 (too many requests) for {waited:.0f}s of backoff")

@@ -96,7 +96,6 @@ class VastAICloud(RemoteCloud):
     node_ip_shell = "$(hostname -I | awk '{print $1}')"
     log_name = "instance's log"
     # The head makes its sshd's host key and prints it; the driver reads it back from the log API.
-    head_prints_host_key = True
     head_host_key_file = OWN_HOST_KEY
 
     @property

@@ -68,8 +68,8 @@ def payload_script(request: MachineRequest, ssh_port: int, ssh_user: str, ssh_pu
     lines = ["#!/bin/bash", "# skyward_ray node: curl and self-destroy first, the head's sshd, then the boot script",
              *state_dir_lines(), *curl_lines(),
              f"skyward_destroy() {{ {destroy}\n}}", "trap skyward_destroy EXIT"]
-    if request.role == "head":  # it makes its own host key and prints it (`VastAICloud.head_prints_host_key`)
-        lines += sshd_lines(ssh_port, ssh_user, None, ssh_public_key)
+    if request.role == "head":  # it makes its own host key and prints it (`Cloud.printed_host_key`)
+        lines += sshd_lines(ssh_port, ssh_user, ssh_public_key)
         lines += ['sleep 1; kill -0 $! 2>/dev/null || { echo "skyward: sshd did not start; ending this instance"; '
                   "exit 1; }"]
     lines += ["cat > \"$S/boot.sh\" <<'SKYWARD_BOOT_SCRIPT'", request.boot_script.rstrip("\n"),

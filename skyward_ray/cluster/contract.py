@@ -96,11 +96,6 @@ class MachineRequest:
     tags: Mapping[str, str]
     boot_script: str
     node_config: Mapping[str, Any] = field(default_factory=dict)
-    ssh_host_key: str | None = field(default=None, repr=False)
-    """The head's SSH host key (private, OpenSSH format), generated on the driver for this cluster:
-    the cloud installs it before sshd starts (cloud-init `ssh_keys` on AWS), so the driver pins it
-    and never trusts a key on first use. None for workers and for clouds driven directly."""
-    ssh_host_public_key: str | None = None
     client_token: str | None = None
     """An idempotency token, one per node and per launch attempt: a cloud that has them (EC2
     `ClientToken`) passes it, so a create retried after a lost response starts no second machine."""
@@ -198,11 +193,9 @@ class Cloud(ABC):
     #: whether a machine listed as terminated may still hold something `terminate` ends (a local
     #: machine's stray processes and its directory): `skyward-ray down`/`gc` then end it again.
     terminated_may_linger: ClassVar[bool] = False
-    #: whether the head makes its own SSH host key at boot and the cloud shows the driver what the
-    #: head printed (`printed_host_key`): then no host private key travels in a launch payload,
-    #: where the cloud keeps it for anyone who can read payloads (AWS user data).
-    head_prints_host_key: ClassVar[bool] = False
-    #: where such a head keeps the public half of that key (cloud-init's place by default)
+    #: where the head of a cloud driven through SSH keeps the public half of the SSH host key it made
+    #: at boot, which it prints on its log for the driver to read back (`printed_host_key`) and pin:
+    #: no host private key travels in a launch payload (cloud-init's place by default)
     head_host_key_file: ClassVar[str] = "/etc/ssh/ssh_host_ed25519_key.pub"
 
     def __init__(self, cluster_name: str, config: ProviderConfig, params: ClusterParams,
@@ -271,7 +264,7 @@ class Cloud(ABC):
 
     def printed_host_key(self, instance_id: str) -> str | None:
         """The SSH host public key (`type base64`) the machine printed on its console at boot, once
-        the cloud shows it (None until then); only clouds with `head_prints_host_key` have it."""
+        the cloud shows it (None until then); every cloud driven through SSH has it."""
         raise NotImplementedError(f"{type(self).__name__} cannot show a machine's console")
 
     def log_tail(self, instance_id: str, lines: int = 30) -> str:

@@ -50,8 +50,6 @@ from skyward_ray.cluster.contract import Cloud, ClusterParams, Machine, MachineR
 from skyward_ray.errors import ProvisioningError
 from skyward_ray.node import startup_script
 
-HOST_KEY_NAME = "ssh_host_ed25519_key"
-
 # How long a cloud's listing may miss a machine its create just returned (eventual consistency):
 # within it, a machine not listed is pending, not gone.
 LISTING_LAG = 60.0
@@ -114,8 +112,7 @@ class ScriptBootedNodeProvider(NodeProvider):
                      for t in cluster_config.get("available_node_types", {}).values()]
             updates["instance_type"] = next((t for t in types if t), None)
         if not config.direct_driver and not params.ssh_key_dir:
-            updates.update(cls._ssh_keys(cluster_config["cluster_name"], config.key_dir,
-                                         host_key=not cls.cloud_class.head_prints_host_key))
+            updates.update(cls._ssh_keys(cluster_config["cluster_name"], config.key_dir))
         params = params.model_copy(update=updates)
         provider["cluster"] = params.model_dump()
         if not provider.get("prepared"):
@@ -123,15 +120,12 @@ class ScriptBootedNodeProvider(NodeProvider):
         return cluster_config
 
     @staticmethod
-    def _ssh_keys(cluster_name: str, root: str | None, host_key: bool = True) -> dict[str, str]:
-        """This cluster's SSH keys, made here on the driver: the client key (its public half is
-        imported into the cloud, its private half never leaves this machine) and, unless the head
-        makes its own (`Cloud.head_prints_host_key`), the head's host key (delivered in the head's
-        boot payload, so the driver pins it)."""
+    def _ssh_keys(cluster_name: str, root: str | None) -> dict[str, str]:
+        """This cluster's login key, made here on the driver (its public half is imported into the
+        cloud, its private half never leaves this machine). The head's host key is made on the head
+        (`head_host_key`)."""
         directory = ssh_keys.cluster_key_dir(cluster_name, Path(root) if root else None)
         client = ssh_keys.generate_keypair(directory, "id_ed25519", comment=f"skyward-{cluster_name}")
-        if host_key:
-            ssh_keys.generate_keypair(directory, HOST_KEY_NAME, comment=f"skyward-{cluster_name}-host")
         return {"ssh_key_dir": str(directory), "ssh_public_key": client.public_line}
 
     def ssh_identity(self) -> Path:
@@ -139,16 +133,9 @@ class ScriptBootedNodeProvider(NodeProvider):
         return Path(self.params.ssh_key_dir) / "id_ed25519"
 
     def head_host_key(self, head: str) -> str | None:
-        """The head's SSH host public key line to pin: the one made here and sent in its payload,
-        or, where the head makes its own, the one it printed on the console the cloud shows
-        (None until it is there)."""
-        if self.cloud.head_prints_host_key:
-            return self.cloud.printed_host_key(head)
-        return self._made_host_key(".pub").strip()
-
-    def _made_host_key(self, suffix: str = "") -> str:
-        """The head's host key made here (`_ssh_keys`): the private half, or with ".pub" the public line."""
-        return (Path(self.params.ssh_key_dir) / f"{HOST_KEY_NAME}{suffix}").read_text()
+        """The head's SSH host public key line to pin: the one the head made at boot and printed on
+        the log the cloud shows (None until it is there)."""
+        return self.cloud.printed_host_key(head)
 
     def cleanup_cluster_resources(self) -> None:
         """End anything still running, then remove what `prepare` made, and the cluster's keys."""
@@ -250,13 +237,10 @@ class ScriptBootedNodeProvider(NodeProvider):
                 node_tags.update({k: v for k, v in self.params.pool_tags.items() if k not in node_tags})
                 boot = self._boot(role, index, node_tags, labels, resources, head_ip)
                 script = startup_script.render(boot)
-                host_key = host_public_key = None
-                if role == "head" and self.params.ssh_key_dir and not self.cloud.head_prints_host_key:
-                    host_key, host_public_key = self._made_host_key(), self._made_host_key(".pub").strip()
                 token = f"{self.cluster_name}-{index}-{tags.get(TAG_RAY_LAUNCH_REQUEST) or secrets.token_hex(4)}"
                 machine = self.cloud.launch(MachineRequest(
                     index=index, role=role, tags=node_tags, boot_script=script, node_config=dict(node_config),
-                    ssh_host_key=host_key, ssh_host_public_key=host_public_key, client_token=token))
+                    client_token=token))
             finally:
                 with self._lock:
                     self._reserved_indexes.discard(index)
@@ -356,7 +340,8 @@ class ScriptBootedNodeProvider(NodeProvider):
             lifetime=params.max_lifetime if role == "head" else None,
             gcs_reconnect_timeout=env.gcs_reconnect_timeout,
             shutdown_command=env.shutdown_command,
-            print_host_key=self.cloud.head_host_key_file if role == "head" and self.cloud.head_prints_host_key else None,
+            # a head reached through SSH prints the host key it made, for the driver to pin
+            print_host_key=self.cloud.head_host_key_file if role == "head" and self.params.ssh_key_dir else None,
         )
 
     # -- terminate -----------------------------------------------------------------------------

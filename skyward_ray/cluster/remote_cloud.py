@@ -90,7 +90,7 @@ class RemoteCloud(Cloud):
         return None
 
     def printed_host_key(self, instance_id: str) -> str | None:
-        """The ed25519 host key the head printed on its log (`head_prints_host_key`), as the cloud
+        """The ed25519 host key the head printed on its log (`Cloud.head_host_key_file`), as the cloud
         shows it: None until it is there. Two different keys there: refused, nothing pinned."""
         keys = ssh_keys.printed_host_keys(self.read_log(instance_id, HOST_KEY_LOG_LINES) or "")
         if len(keys) > 1:

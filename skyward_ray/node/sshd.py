@@ -4,13 +4,9 @@ shell snippet.
 A container cloud gives no cloud-init to install a host key, so the head's payload starts its own
 sshd before the boot script, with the cluster's login key (its private half never left the driver),
 public-key logins of one user only, and TCP forwarding for the driver's tunnel. Its host key is
-never trusted on first use, and is one of two:
-
-- made on the head itself and printed on its log between cloud-init's markers, where the cloud
-  shows the driver that log (Vast.ai's log API, Docker's): the driver pins what the log shows, and
-  no private key travels anywhere (`OWN_HOST_KEY`);
-- otherwise (RunPod: no log API) the one the driver generated, delivered in the payload
-  base64-encoded, so no quoting can break it.
+made on the head itself and printed on its log between cloud-init's markers; the cloud shows the
+driver that log (RunPod's and Vast.ai's log APIs, Docker's), the driver pins what the log shows
+before its first connection, and no private key travels anywhere (`OWN_HOST_KEY`).
 
 sshd is installed with apt where the image lacks it (`skyward_ray.node.apt`: waiting for a first
 boot's dpkg lock). Everything lives under `$S/ssh` (`$S` is skyward's own directory in the
@@ -19,7 +15,6 @@ container, `STATE_DIR`).
 
 from __future__ import annotations
 
-import base64
 import re
 import shlex
 
@@ -51,24 +46,14 @@ def state_dir_lines() -> list[str]:
     return [f'S="{STATE_DIR}"', 'mkdir -p "$S" && chmod 700 "$S"']
 
 
-def sshd_lines(port: int, user: str, host_key: str | None, authorized_key: str) -> list[str]:
-    """Start sshd on `port`, letting `user` in with `authorized_key` only: with `host_key` (the
-    private key the driver made), or without, making its own and printing it (`OWN_HOST_KEY`).
+def sshd_lines(port: int, user: str, authorized_key: str) -> list[str]:
+    """Start sshd on `port` with a host key made here and printed (`OWN_HOST_KEY`), letting `user`
+    in with `authorized_key` only.
     Expects `$S` (see `state_dir_lines`); sshd runs in the background, logging to `$S/sshd.log`.
     `user` goes bare into an unquoted heredoc, so only a plain name passes (`RemoteMachineConfig`
     checks it for the user first; this is the last line before a shell)."""
     if not re.fullmatch(names.LOGIN_USER, user):
         raise ValueError(f"sshd: {user[:40]!r} is not a plain POSIX user name")
-    if host_key is None:
-        install_key = [  # ssh-keygen comes with sshd (openssh-server depends on openssh-client)
-            'rm -f "$S/ssh/host_ed25519_key" "$S/ssh/host_ed25519_key.pub"',
-            'ssh-keygen -q -t ed25519 -N "" -C skyward-head -f "$S/ssh/host_ed25519_key" || '
-            '{ echo "skyward: could not make an SSH host key; ending this machine"; exit 1; }',
-            *print_host_key_lines(OWN_HOST_KEY),
-        ]
-    else:
-        key = base64.b64encode(host_key.strip().encode() + b"\n").decode()
-        install_key = [f'echo {key} | base64 -d > "$S/ssh/host_ed25519_key" && chmod 600 "$S/ssh/host_ed25519_key"']
     return [
         "# skyward_ray: the head's sshd for the driver's tunnel (pinned host key, the cluster's login key)",
         'mkdir -p "$S/ssh" && chmod 700 "$S/ssh"',
@@ -86,7 +71,14 @@ def sshd_lines(port: int, user: str, host_key: str | None, authorized_key: str) 
         "  " + apt.install_command(["openssh-server"]) + ' >> "$S/apt.log" 2>&1',
         "  SSHD_BIN=/usr/sbin/sshd",
         "fi",
-        *install_key,
+        # its own key, made once (a restarted container keeps it, as sshd's would), then printed;
+        # ssh-keygen comes with sshd (openssh-server depends on openssh-client)
+        'if [ ! -s "$S/ssh/host_ed25519_key.pub" ]; then',
+        '  rm -f "$S/ssh/host_ed25519_key"',
+        '  ssh-keygen -q -t ed25519 -N "" -C skyward-head -f "$S/ssh/host_ed25519_key" < /dev/null || '
+        '{ echo "skyward: could not make an SSH host key; ending this machine"; exit 1; }',
+        "fi",
+        *print_host_key_lines(OWN_HOST_KEY),
         '"$SSHD_BIN" -D -e -f "$S/ssh/sshd_config" >> "$S/sshd.log" 2>&1 &',
     ]
 

@@ -1,5 +1,6 @@
 """A fake RunPod API: the GraphQL subset the runpod SDK (1.11) and skyward_ray send, on graphql-core,
-and the REST pod API (`tests.simrunpod.rest`, under `/v1`).
+the REST pod API (`tests.simrunpod.rest`, under `/v1`) and the v2 API's pod log stream
+(`GET /v2/pods/{id}/logs`, Server-Sent Events that stay open, `handle_v2`).
 
 Only the network peer is fake: the code under test uses the real SDK, which reaches this server
 through `RUNPOD_API_BASE_URL` (read on every call). Like RunPod's:
@@ -43,7 +44,7 @@ from typing import Any
 
 from graphql import GraphQLError, graphql_sync, parse, validate
 
-from tests.simapi import ApiSimulator
+from tests.simapi import ApiSimulator, EventStream
 from tests.simrunpod import rest
 from tests.simrunpod.model import DEFAULT_DATA_CENTERS, GpuPrice, Pod, new_pod_id, snapshot_gpu_prices
 from tests.simrunpod.schema import SCHEMA
@@ -114,7 +115,45 @@ class SimRunPod(ApiSimulator):
                 headers: Any) -> tuple[int, Any]:
         if path.startswith("/v1/"):
             return self.handle_rest(method, path, dict(query), headers.get("Authorization", ""), body)
+        if path.startswith("/v2/"):
+            return self.handle_v2(method, path, dict(query), headers.get("Authorization", ""))
         return self.handle(path, headers.get("Authorization", ""), body)
+
+    def handle_v2(self, method: str, path: str, query: dict[str, str], authorization: str) -> tuple[int, Any]:
+        """The v2 API's pod log stream, `GET /v2/pods/{id}/logs` (api-reference-v2/openapi.json
+        `getPodLogs`): Server-Sent Events, each `id: <ts>/<n>` and `data: {"ts", "source", "line"}`,
+        the last `tail` lines (default 100, at most 5,000; anything else is a 400) of the pod's
+        container output, then the stream stays open. Errors are problem+json bodies."""
+        started = time.monotonic()
+        caller = self._caller(_bearer(authorization))
+        parts = path.strip("/").split("/")
+        status: int
+        answer: Any
+        if caller is None:
+            status, answer = 401, {"title": "Unauthorized", "status": 401, "detail": "invalid API key"}
+        elif self._over_rate(caller):
+            status, answer = 429, RATE_LIMITED
+        elif method != "GET" or len(parts) != 4 or parts[:2] != ["v2", "pods"] or parts[3] != "logs":
+            status, answer = 404, {"title": "Not Found", "status": 404, "detail": f"no route {method} {path}"}
+        elif query.get("source", "container") not in ("container", "system") or not (
+                query.get("tail", "100").isdigit() and 0 <= int(query.get("tail", "100")) <= 5000):
+            status, answer = 400, {"title": "Bad Request", "status": 400,
+                                   "detail": "source must be container or system; tail 0..5000"}
+        else:
+            pod = self.pods.get(parts[2])
+            if pod is None or caller not in ("user", f"pod:{pod.id}"):
+                status, answer = 404, {"title": "Not Found", "status": 404, "detail": "pod not found"}
+            else:
+                status, answer = 200, EventStream(self._log_events(pod.id, int(query.get("tail", "100"))))
+        self.record(Call(f"{method} {path}", "", caller or "bad-key", status, time.monotonic() - started))
+        return status, answer
+
+    def _log_events(self, pod_id: str, tail: int) -> list[str]:
+        """The pod's container output (what its command printed), as log events."""
+        text = self.hosts.log(pod_id, tail) if self.hosts is not None and tail else ""
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        return [f"id: {now}/{n:012d}\ndata: {json.dumps({'ts': now, 'source': 'container', 'line': line})}\n\n"
+                for n, line in enumerate(text.splitlines() if text.strip() != "(no log)" else [], 1)]
 
     def handle_rest(self, method: str, path: str, query: dict[str, str], authorization: str,
                     body: bytes) -> tuple[int, Any]:
