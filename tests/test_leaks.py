@@ -280,7 +280,13 @@ def case_head_lost(h: Harness) -> None:
         wait_for_line(proc, "READY")
         h.interrupt(head)
         started = time.monotonic()
-        output = proc.communicate(timeout=120)[0]
+        try:
+            output = proc.communicate(timeout=120)[0]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output = proc.communicate()[0]
+            why = f"\n--- {h.explain(head)}" if h.explain else ""
+            raise AssertionError(f"the driver did not end within 120 s of losing its head; its output:\n{output}{why}")
         assert proc.returncode == 3 and "POOLLOST PoolLostError" in output, output
         _record("head lost (PoolLostError)", h, _wait_clean(h, started, 60))
     assert _everything(h) == {}

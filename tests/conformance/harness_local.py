@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,7 +53,18 @@ def harness() -> Iterator[Harness]:
         return [path.read_text() for path in pool_state.runtime_root().glob("*/**/startup.sh")]
 
     def interrupt(instance_id: str) -> None:
-        end_processes(processes_with_marker(instance_id), grace=0.5)
+        # a host failure: every process of the machine at once, also one it was starting meanwhile
+        # (a raylet forks workers all the time; one forked after a single listing would outlive it)
+        deadline = time.monotonic() + 30
+        while (left := processes_with_marker(instance_id)) and time.monotonic() < deadline:
+            end_processes(left, grace=0)
+
+    def explain(instance_id: str) -> str:
+        described = []
+        for proc in processes_with_marker(instance_id):
+            with contextlib.suppress(psutil.Error):
+                described.append(f"{proc.pid} {proc.status()} {' '.join(proc.cmdline())[:100]}")
+        return f"{instance_id}: processes left: {described or 'none'}"
 
     def foreign_machine() -> str:
         # another tool's process group on this machine, marked the way skyward marks its machines
@@ -74,6 +86,7 @@ def harness() -> Iterator[Harness]:
             interrupt=interrupt,
             fail_capacity=None,  # one machine, one offer: nothing to fall back to
             foreign_machine=foreign_machine,
+            explain=explain,
         )
     finally:
         for proc in foreign:
