@@ -27,6 +27,7 @@ from skyward_ray import names
 from skyward_ray.cluster.contract import ClusterListing, Machine, MachineRequest, NotFoundError, SSHEndpoint
 from skyward_ray.cluster.remote_cloud import RemoteCloud
 from skyward_ray.errors import ProvisioningError, SpecError
+from skyward_ray.node.sshd import SYSTEM_HOST_KEY
 
 # IMDSv2 (token first): the only way an EC2 instance learns its own id and private address.
 _IMDS = "http://169.254.169.254/latest"
@@ -64,6 +65,7 @@ class AWSCloud(RemoteCloud):
     # cloud-init makes the head's host keys at first boot and the boot script prints the public one on
     # the serial console, which GetConsoleOutput returns: no host private key in the user data
     # (readable with ec2:DescribeInstanceAttribute), and nothing trusted on first use.
+    head_host_key_file = SYSTEM_HOST_KEY
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

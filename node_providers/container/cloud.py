@@ -48,7 +48,7 @@ from skyward_ray.cluster.contract import (
 )
 from skyward_ray.cluster.remote_cloud import LaterTags, RemoteCloud
 from skyward_ray.errors import AuthError, ProviderUnavailableError, ProvisioningError, SpecError
-from skyward_ray.node.sshd import OWN_HOST_KEY, sshd_lines, state_dir_lines
+from skyward_ray.node.sshd import sshd_lines, state_dir_lines
 
 KIND_LABEL = "skyward.kind"  # "node", "gateway" or "network": what a labelled Docker object is to the pool
 HEAD_ALIAS = "head"  # the head's name on the pool's network (the gateway relays to it)
@@ -81,8 +81,6 @@ class ContainerCloud(RemoteCloud):
     node_ip_shell = "$(hostname -I | awk '{print $1}')"  # its one address, on the pool's network
     shutdown_command = "kill -TERM 1"  # Docker's init (PID 1) passes it on; the container ends and is removed
     log_name = "container log"
-    # The head makes its sshd's host key and prints it; the driver reads it back from Docker's logs.
-    head_host_key_file = OWN_HOST_KEY
     listing_is_consistent = True  # the engine lists a container as soon as it is created
 
     @property

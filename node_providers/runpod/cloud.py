@@ -51,7 +51,7 @@ from skyward_ray.cluster.machine_tags import MachineName, MachineNaming, TagCode
 from skyward_ray.cluster.remote_cloud import LaterTags, RemoteCloud
 from skyward_ray.errors import CapacityError, ProvisioningError, SpecError
 from skyward_ray.node import self_destroy
-from skyward_ray.node.sshd import OWN_HOST_KEY, sshd_lines, state_dir_lines
+from skyward_ray.node.sshd import sshd_lines, state_dir_lines
 
 INTERNAL_DOMAIN = network.INTERNAL_DOMAIN
 BOOT_FILE = "$HOME/.skyward-boot.sh"
@@ -102,9 +102,6 @@ class RunPodCloud(RemoteCloud):
     shutdown_command = SHUTDOWN_COMMAND
     describe_ttl = 2.0
     log_name = "pod log"
-    # The head makes its sshd's host key and prints it; the driver reads it back from the pod's log
-    # (RunPod's v2 log stream).
-    head_host_key_file = OWN_HOST_KEY
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

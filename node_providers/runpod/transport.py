@@ -113,6 +113,7 @@ def pod_log(key: str, pod_id: str, tail: int) -> list[str]:
     stream was quiet for `LOG_IDLE_S` (the backfill is in), or after `LOG_READ_CAP_S`. A 404 is
     `RestError` like any REST call's."""
     import requests
+    import urllib3
 
     url = f"{(os.environ.get(GRAPHQL_URL_ENV) or DEFAULT_GRAPHQL).rstrip('/')}/v2/pods/{pod_id}/logs"
     params = {"source": "container", "tail": str(max(0, min(tail, LOG_TAIL_MAX)))}
@@ -124,13 +125,14 @@ def pod_log(key: str, pod_id: str, tail: int) -> list[str]:
             if not response.ok:
                 raise RestError(response.status_code, _message(_json(response), response))
             raw = response.raw
-            # one read of what has arrived (urllib3 >= 2.2), not a wait for a full buffer of a stream that never ends
+            # one read of what has arrived (urllib3 2's `read1`; a byte at a time on an older urllib3), not a
+            # wait for a full buffer of a stream that never ends
             read = getattr(raw, "read1", None) or (lambda size: raw.read(1))
             pending, started = b"", time.monotonic()
             while time.monotonic() - started < LOG_READ_CAP_S:
                 try:
                     chunk = read(65536)
-                except (requests.exceptions.RequestException, OSError, _urllib3_errors()):
+                except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError):
                     break  # quiet for LOG_IDLE_S: the backfill is in
                 if not chunk:
                     break  # the stream ended
@@ -142,12 +144,6 @@ def pod_log(key: str, pod_id: str, tail: int) -> list[str]:
         finally:
             response.close()
     return lines
-
-
-def _urllib3_errors() -> type[BaseException]:
-    import urllib3
-
-    return urllib3.exceptions.HTTPError
 
 
 def _event_line(raw: bytes) -> str | None:

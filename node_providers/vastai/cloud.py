@@ -40,7 +40,6 @@ from skyward_ray.cluster.machine_tags import MachineName, MachineNaming, TagCode
 from skyward_ray.cluster.remote_cloud import RemoteCloud
 from skyward_ray.errors import CapacityError, ProvisioningError, SpecError
 from skyward_ray.node import self_destroy
-from skyward_ray.node.sshd import OWN_HOST_KEY
 
 NAMING = MachineNaming(first=":", between="/")
 LABEL_LIMIT = 256  # characters a label holds (https://docs.vast.ai/api-reference/instances/manage-instance)
@@ -95,8 +94,6 @@ class VastAICloud(RemoteCloud):
     instance_id_shell = "${CONTAINER_ID}"
     node_ip_shell = "$(hostname -I | awk '{print $1}')"
     log_name = "instance's log"
-    # The head makes its sshd's host key and prints it; the driver reads it back from the log API.
-    head_host_key_file = OWN_HOST_KEY
 
     @property
     def api(self) -> Any:

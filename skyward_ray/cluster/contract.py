@@ -195,8 +195,8 @@ class Cloud(ABC):
     terminated_may_linger: ClassVar[bool] = False
     #: where the head of a cloud driven through SSH keeps the public half of the SSH host key it made
     #: at boot, which it prints on its log for the driver to read back (`printed_host_key`) and pin:
-    #: no host private key travels in a launch payload (cloud-init's place by default)
-    head_host_key_file: ClassVar[str] = "/etc/ssh/ssh_host_ed25519_key.pub"
+    #: no host private key travels in a launch payload. None: the driver reaches no sshd (local)
+    head_host_key_file: ClassVar[str | None] = None
 
     def __init__(self, cluster_name: str, config: ProviderConfig, params: ClusterParams,
                  prepared: Mapping[str, Any]) -> None:

@@ -341,7 +341,7 @@ class ScriptBootedNodeProvider(NodeProvider):
             gcs_reconnect_timeout=env.gcs_reconnect_timeout,
             shutdown_command=env.shutdown_command,
             # a head reached through SSH prints the host key it made, for the driver to pin
-            print_host_key=self.cloud.head_host_key_file if role == "head" and self.params.ssh_key_dir else None,
+            print_host_key=self.cloud.head_host_key_file if role == "head" else None,
         )
 
     # -- terminate -----------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import ClassVar
 from skyward_ray.cluster import ssh_keys
 from skyward_ray.cluster.contract import BootEnvironment, Cloud, NotFoundError, Role
 from skyward_ray.errors import ProvisioningError
+from skyward_ray.node.sshd import OWN_HOST_KEY
 from skyward_ray.planning.providers import RemoteMachineConfig
 
 # How much of a head's log is read for the host key it printed: the second print, before Ray
@@ -48,6 +49,9 @@ class RemoteCloud(Cloud):
     log_name: ClassVar[str] = "log"
     #: said instead of a log where the cloud's API gives none
     no_log: ClassVar[str] = "(this provider keeps no node log)"
+    #: the head's host key: its own sshd's (`skyward_ray.node.sshd`, a container cloud's head), made and
+    #: printed at boot; a cloud whose boot runner makes the machine's keys names that one
+    head_host_key_file: ClassVar[str | None] = OWN_HOST_KEY
 
     # -- machines -------------------------------------------------------------------------------
     def shutdown_shell(self) -> str:
