@@ -192,6 +192,35 @@ def test_round_trip_latency_through_the_tunnel(net: SimNetwork) -> None:
     assert ssh_clients(net) == []
 
 
+def _raised(error: BaseException, cause: BaseException) -> BaseException:
+    """`error` as Python leaves it after `raise error from cause`."""
+    try:
+        try:
+            raise cause
+        except BaseException as caught:
+            raise error from caught
+    except BaseException as final:  # noqa: BLE001 - the chain is the point
+        return final
+
+
+def test_a_connection_dropped_while_connecting_is_told_from_an_error_of_the_call() -> None:
+    """Ray Client reports a channel that went away mid-connect (CI: while uploading the runtime env's
+    packages) as Ray's runtime-env error raised from a ConnectionError: the driver connects afresh.
+    A package Ray refuses keeps Ray's own error: connecting again would not change it."""
+    from ray.exceptions import RuntimeEnvSetupError
+
+    shutting_down = _raised(RuntimeError("Failed to store package in the GCS."),
+                            ConnectionError("Client is shutting down."))
+    dropped = _raised(RuntimeEnvSetupError("Failed to upload module /repo/node_providers to the Ray cluster"),
+                      shutting_down)
+    assert driver_module.connection_dropped(dropped)
+    assert driver_module.connection_dropped(ConnectionError("ray client connection timeout"))
+    too_large = _raised(RuntimeEnvSetupError("Failed to upload module /repo/data to the Ray cluster"),
+                        ValueError("Package size (600.00MiB) exceeds the maximum size of 512.00MiB."))
+    assert not driver_module.connection_dropped(too_large)
+    assert not driver_module.connection_dropped(RuntimeEnvSetupError("pip install failed"))
+
+
 # ---------------------------------------------------------------------------------------- a changed host key
 
 

@@ -60,6 +60,20 @@ CLIENT_CONNECT_ATTEMPTS = 3  # Ray 2.60's per-client server sometimes fails its 
 CLIENT_CONNECT_PATIENCE_S = 120.0  # Ray Client gives up after ~35 s; a loaded head's client server may start later
 
 
+def connection_dropped(error: BaseException) -> bool:
+    """Whether `error` (or what it was raised from) is Ray Client's connection going away (Ray Client
+    says so with a ConnectionError), as opposed to an error of the call itself (a runtime env Ray
+    refuses, a package too large, a token refused)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConnectionError):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def _reset_ray_auth_cache() -> None:
     from ray._raylet import AuthenticationTokenLoader, Config
 
@@ -189,9 +203,18 @@ class DriverConnection:
             try:
                 ray.init(**kwargs)
                 return
-            except ConnectionError as error:
-                if not self.through_client:
+            except Exception as error:  # noqa: BLE001 - what is retried is sorted out below; the rest is raised
+                if not self.through_client or not connection_dropped(error):
                     raise
+                if not isinstance(error, ConnectionError):
+                    # The channel dropped mid-connect (uploading the runtime env's packages, say) and did
+                    # not come back within Ray Client's grace: a fresh connection, within the bound.
+                    if attempt >= CLIENT_CONNECT_ATTEMPTS or time.monotonic() - started >= CLIENT_CONNECT_PATIENCE_S:
+                        raise ProvisioningError(
+                            f"Ray Client's connection to the head through the SSH tunnel ({self.address}) dropped "
+                            f"while it connected, {attempt} times: {error}{self._tunnel_report()}") from error
+                    time.sleep(1.0)
+                    continue
                 if "connection timeout" in str(error):
                     # The launcher saw the head alive in its GCS: a client server that does not answer
                     # yet is starting (slow on a loaded head), so wait for it within a bound.
@@ -201,12 +224,19 @@ class DriverConnection:
                     raise ProvisioningError(
                         f"Ray Client could not connect to the head through the SSH tunnel ({self.address}): {error}. "
                         "The cluster's auth token may have been rejected, or the head's client server is down."
-                    ) from None
+                        f"{self._tunnel_report()}") from None
                 if attempt >= CLIENT_CONNECT_ATTEMPTS:
                     raise ProvisioningError(
                         f"Ray Client could not connect to the head through the SSH tunnel ({self.address}) after "
-                        f"{attempt} attempts: {error}") from None
+                        f"{attempt} attempts: {error}{self._tunnel_report()}") from None
                 time.sleep(1.0)  # "Starting Ray client server failed": the head's per-client server crashed at start
+
+    def _tunnel_report(self) -> str:
+        """What the tunnel's ssh said lately (restarts, a dead peer), for an error about the connection."""
+        if self.tunnel is None:
+            return ""
+        return (f"\nThe SSH tunnel restarted ssh {self.tunnel.restarts} time(s); ssh said:\n"
+                f"{self.tunnel.stderr_tail() or '(nothing)'}")
 
     def beat(self) -> None:
         """Tell the head's watchdog this driver is alive (a new value each time; no value makes it stand down)."""
