@@ -166,8 +166,12 @@ def _ending(proc: subprocess.Popen) -> Iterator[subprocess.Popen]:
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        if proc.poll() is None:  # the case failed midway: the driver's own teardown ends its pool, so
+            proc.terminate()     # the cases after this one still start on a clean cloud
+            try:
+                proc.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                proc.kill()
         proc.wait(timeout=30)
 
 

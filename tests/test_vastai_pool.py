@@ -106,14 +106,18 @@ def nap(seconds: float) -> float:
 
 
 def test_an_interrupted_instance_fails_the_call_and_is_still_destroyed_at_teardown(vast):
+    """The instance is still listed (stopped, its disk billed), so the pool tells a lost head from the
+    listing and the head's silence, not from Ray Client giving up on its channel 30 s later."""
     sim, hosts, _ = vast
-    with pytest.raises(Exception) as caught:  # noqa: PT011 - what the user sees is the driver's own error
+    with pytest.raises(sky.PoolLostError) as caught:
         with sky.Compute(provider=provider(vast), accelerator="T4", nodes=1, allocation="spot",
                          boot_timeout=180) as pool:
             [instance] = sim.live()
             sim.interrupt(instance.id)  # outbid: the container stops, Vast keeps the instance (and its disk)
+            interrupted = time.monotonic()
             nap(30) @ pool
-    assert not isinstance(caught.value, AssertionError), caught.value
+    print(f"\nan outbid head raised PoolLostError {time.monotonic() - interrupted:.1f}s after the interruption")
+    assert str(instance.id) in str(caught.value), caught.value
     assert sim.live() == [] and instance.id in sim.destroyed
     deletes = [(c.key_kind, c.status) for c in sim.calls
                if c.method == "DELETE" and c.path == f"/api/v0/instances/{instance.id}/"]

@@ -101,11 +101,15 @@ class ContainerCloud(RemoteCloud):
         except ProviderUnavailableError as error:
             raise AuthError(str(error)) from None
         with engine.engine_errors("list the pools' containers"):
-            labelled = [*client.containers.list(all=True, filters={"label": names.CLUSTER}),
-                        *client.networks.list(filters={"label": names.CLUSTER})]
+            # The engine's own listing (one call): docker-py's `containers.list` inspects each
+            # container it lists, and fails with NotFound on one being created or removed meanwhile.
+            boxes = client.api.containers(all=True, filters={"label": names.CLUSTER})
+            networks = client.networks.list(filters={"label": names.CLUSTER})
         found: dict[str, list[str]] = {}
-        for item in labelled:
-            found.setdefault(item.attrs.get("Config", item.attrs).get("Labels", {})[names.CLUSTER], []).append(item.name)
+        for box in boxes:
+            found.setdefault(box["Labels"][names.CLUSTER], []).append(box["Names"][0].lstrip("/"))
+        for network in networks:
+            found.setdefault(network.attrs.get("Labels", {})[names.CLUSTER], []).append(network.name)
         return [ClusterListing(name=name, machines=cls(name, config, ClusterParams(), {}).describe(),
                                region="container", resources=sorted(resources))
                 for name, resources in sorted(found.items())]
@@ -159,11 +163,11 @@ class ContainerCloud(RemoteCloud):
         client = self.engine
         # the gateway, and any container of the pool the engine kept after it stopped (a daemon
         # restart keeps even auto-removed containers, exited)
-        with engine.engine_errors("list the pool's containers", self.cluster_name):
-            leftovers = client.containers.list(all=True, filters={"label": f"{names.CLUSTER}={self.cluster_name}"})
+        with engine.engine_errors("list the pool's containers", self.cluster_name):  # one call, no inspect (above)
+            leftovers = client.api.containers(all=True, filters={"label": f"{names.CLUSTER}={self.cluster_name}"})
         for box in leftovers:
             with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
-                box.remove(force=True)
+                client.api.remove_container(box["Id"], force=True)
         for name in (pool_network(self.cluster_name), edge_network(self.cluster_name)):
             for attempt in range(20):  # a container being removed may still hold its endpoint
                 try:

@@ -105,6 +105,7 @@ class DriverConnection:
         self._thread: threading.Thread | None = None
         self._gcs: Any = None
         self._beats = 0
+        self.head_answered_at: float | None = None
         self.connected = False
 
     @property
@@ -245,6 +246,12 @@ class DriverConnection:
             HEARTBEAT_KEY.encode(), str(self._beats).encode(), True,
             HEARTBEAT_NAMESPACE.encode(), timeout=5,
         )
+        self.head_answered_at = time.monotonic()
+
+    def head_silent_for(self) -> float:
+        """Seconds since the head's GCS last took a heartbeat (inf before the first): how a listing
+        that shows the head stopped is told from a cloud's passing hiccup while Ray still answers."""
+        return float("inf") if self.head_answered_at is None else time.monotonic() - self.head_answered_at
 
     def _beat_forever(self) -> None:
         while not self._stop.wait(self._interval):

@@ -22,11 +22,16 @@ from skyward_ray.planning.nodes import NodeInfo
 
 
 # A lost worker is replaced at most this many times in a row; a failed try waits BACKOFF_S × 2^(n-1)
-# (at most BACKOFF_MAX_S) before the next. The head is declared lost after HEAD_MISSES listings.
+# (at most BACKOFF_MAX_S) before the next. The head is declared lost after HEAD_MISSES listings
+# without it, or HEAD_MISSES listings that show it stopped (a Vast.ai spot instance outbid, an EC2
+# instance stopping: the machine is still listed, and billed, but its Ray is gone) while the head has
+# not answered the driver's heartbeat for HEAD_SILENT_S (a cloud's passing status alone never ends a
+# pool whose Ray answers).
 MAX_ATTEMPTS = 4
 BACKOFF_S = 5.0
 BACKOFF_MAX_S = 120.0
 HEAD_MISSES = 2
+HEAD_SILENT_S = 6.0
 
 
 class NodeReplacer:
@@ -83,7 +88,7 @@ class NodeReplacer:
             try:
                 live = set(self.cluster.provider.non_terminated_nodes({}))  # one provider call per round
                 head = self.cluster.nodes[0]
-                head_misses = 0 if head.instance_id in live else head_misses + 1
+                head_misses = head_misses + 1 if self._head_down(head.instance_id, live) else 0
                 if head_misses >= HEAD_MISSES:
                     console.print(f"[red]the head node ({head.instance_id}) is gone; the pool cannot recover[/]")
                     if self.on_head_lost is not None and not self._stop.is_set():
@@ -101,6 +106,15 @@ class NodeReplacer:
                 if time.monotonic() < self._next_try.get(node.index, 0.0):
                     continue
                 self._replace(node)
+
+    def _head_down(self, head_id: str, live: set[str]) -> bool:
+        """Not listed, or listed as stopped (`is_terminated` reads the listing just fetched) while its
+        Ray is silent too."""
+        if head_id not in live:
+            return True
+        driver = self.cluster.driver
+        return (self.cluster.provider.is_terminated(head_id) and driver is not None
+                and driver.head_silent_for() > HEAD_SILENT_S)
 
     def _replace(self, node: NodeInfo) -> None:
         console.print(f"[yellow]node {node.index} ({node.instance_id}) is gone; replacing it[/]")

@@ -49,9 +49,9 @@ def engine_objects(client: Any) -> dict[str, list[str]]:
     """Every container (by short id) and every network but Docker's own on the engine, skyward's or
     not. The tests that use the engine run one at a time (their xdist group is "docker"), so what
     is here is theirs."""
-    containers = client.containers.list(all=True)
+    containers = client.api.containers(all=True)  # one call: `containers.list` inspects each, racing removals
     networks = [n.name for n in client.networks.list() if n.name not in ("bridge", "host", "none")]
-    return {"containers": sorted(c.id[:12] for c in containers), "networks": sorted(networks)}
+    return {"containers": sorted(c["Id"][:12] for c in containers), "networks": sorted(networks)}
 
 
 @contextlib.contextmanager
@@ -64,7 +64,7 @@ def harness() -> Iterator[Harness]:
             return ClusterParams(auth_token="t" * 64, nodes=nodes, offer="container", **kw)
 
         def boot_payloads() -> list[str]:
-            boxes = client.containers.list(all=True, filters={"label": "skyward.kind=node"})
+            boxes = client.containers.list(all=True, filters={"label": "skyward.kind=node"}, ignore_removed=True)
             return ["\n".join([*(box.attrs["Config"].get("Entrypoint") or []), *(box.attrs["Config"].get("Env") or [])])
                     for box in boxes]
 
