@@ -36,13 +36,13 @@ def engine():
 
 # -- refusals, before any container starts (first: the module's pool below makes this process a driver) --
 def _nothing_new(engine, before: set[str]) -> None:
-    now = {c.name for c in engine.containers.list(all=True, filters={"label": names.CLUSTER})}
+    now = {c.name for c in engine.containers.list(ignore_removed=True, all=True, filters={"label": names.CLUSTER})}
     now |= {n.name for n in engine.networks.list(filters={"label": names.CLUSTER})}
     assert now - before == set(), f"a refused pool left {now - before}"
 
 
 def _labelled(engine) -> set[str]:
-    return {c.name for c in engine.containers.list(all=True, filters={"label": names.CLUSTER})} | \
+    return {c.name for c in engine.containers.list(ignore_removed=True, all=True, filters={"label": names.CLUSTER})} | \
         {n.name for n in engine.networks.list(filters={"label": names.CLUSTER})}
 
 
@@ -59,7 +59,7 @@ def test_the_main_demo_runs_unchanged_apart_from_the_provider_line(engine):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "square(7) >> pool        = 49" in done.stdout and "sum of 100 squares       = 328350" in done.stdout
     assert "plain @ray.remote ran on" in done.stdout and "pool gone" in done.stdout
-    assert engine.containers.list(all=True, filters={"label": names.CLUSTER}) == []
+    assert engine.containers.list(ignore_removed=True, all=True, filters={"label": names.CLUSTER}) == []
 
 
 def test_no_docker_daemon_is_refused_naming_the_fix(tmp_path):
@@ -129,7 +129,7 @@ def test_a_driver_killed_mid_launch_leaves_no_container_that_never_started(engin
     try:
         deadline = time.monotonic() + 60
         states = set()
-        while listed := engine.containers.list(all=True, filters={"name": name}):
+        while listed := engine.containers.list(ignore_removed=True, all=True, filters={"name": name}):
             states.add(listed[0].status)
             assert time.monotonic() < deadline, \
                 f"the container is still there ({states}) after its driver died: {driver.stdout}{driver.stderr}"
@@ -137,7 +137,7 @@ def test_a_driver_killed_mid_launch_leaves_no_container_that_never_started(engin
         # the launch ran beside the driver (in its own process), so the driver's death never interrupted it
         assert driver.returncode == 0 and "LAUNCHED" in driver.stdout, driver.stderr
     finally:
-        for box in engine.containers.list(all=True, filters={"name": name}):
+        for box in engine.containers.list(ignore_removed=True, all=True, filters={"name": name}):
             box.remove(force=True)
 
 
@@ -148,7 +148,7 @@ def pool(engine, tmp_path_factory):
     with sky.Compute(provider=config, nodes=3, image=sky.Image(pip=["tabulate==0.9.0"]), boot_timeout=300) as opened:
         yield opened
         name = opened.name
-    left = engine.containers.list(all=True, filters={"label": f"{names.CLUSTER}={name}"})
+    left = engine.containers.list(ignore_removed=True, all=True, filters={"label": f"{names.CLUSTER}={name}"})
     networks = engine.networks.list(filters={"label": f"{names.CLUSTER}={name}"})
     assert left == [] and networks == [], f"the pool left {[c.name for c in left]} {[n.name for n in networks]}"
 
@@ -156,7 +156,7 @@ def pool(engine, tmp_path_factory):
 def test_every_operator_runs_on_three_containers(pool, engine):
     answers = where() @ pool
     assert [a["node"] for a in answers] == [0, 1, 2]
-    boxes = engine.containers.list(filters={"label": [f"{names.CLUSTER}={pool.name}", "skyward.kind=node"]})
+    boxes = engine.containers.list(ignore_removed=True, filters={"label": [f"{names.CLUSTER}={pool.name}", "skyward.kind=node"]})
     assert sorted(a["instance_id"] for a in answers) == sorted(b.id[:12] for b in boxes)
     assert all(a["host"] == a["instance_id"] for a in answers), "each node is its own container"
     assert not any(a["drivers_python"] for a in answers), "a node must not see the driver's interpreter"
@@ -188,7 +188,7 @@ def test_from_the_host_only_the_heads_ssh_port_answers(pool, engine):
     door is the gateway, on an edge network of its own, where nothing but the relayed SSH port is
     open. (A TCP connect is no test here: this sandbox's default gateway accepts connections to any
     private address.)"""
-    boxes = engine.containers.list(filters={"label": f"{names.CLUSTER}={pool.name}"})
+    boxes = engine.containers.list(ignore_removed=True, filters={"label": f"{names.CLUSTER}={pool.name}"})
     gateway = next(b for b in boxes if b.labels.get("skyward.kind") == "gateway")
     published = gateway.attrs["NetworkSettings"]["Ports"]["2222/tcp"]
     assert [p["HostIp"] for p in published] == ["127.0.0.1"], "published on the loopback only"
@@ -217,5 +217,5 @@ def test_an_unmodified_ray_script_runs_on_a_pool_from_skyward_ray_up(engine):
         assert seen["sum"] == 285 and len(seen["nodes"]) == 2
     finally:
         cli("down", name, check=False)
-    assert engine.containers.list(all=True, filters={"label": f"{names.CLUSTER}={name}"}) == []
+    assert engine.containers.list(ignore_removed=True, all=True, filters={"label": f"{names.CLUSTER}={name}"}) == []
     assert engine.networks.list(filters={"label": f"{names.CLUSTER}={name}"}) == []

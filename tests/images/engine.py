@@ -91,7 +91,7 @@ def _remove_leftovers(address: str) -> None:
     import docker
 
     client = docker.DockerClient(base_url=address, timeout=60)
-    for box in client.containers.list(all=True):
+    for box in client.containers.list(all=True, ignore_removed=True):
         with contextlib.suppress(docker.errors.APIError):
             box.remove(force=True)
     client.networks.prune()

@@ -26,6 +26,7 @@ When the fake says a pod ended (terminated, stopped, interrupted), its processes
 from __future__ import annotations
 
 import random
+import threading
 import time
 from typing import Any
 
@@ -47,6 +48,9 @@ class PodHosts(SimulatedHosts):
         super().__init__(sim, boot_delay=boot_delay, bare=bare)
         self.global_pods: dict[str, str] = {}  # pod id → private address, for pods on the global network
         self.ports: set[int] = set()
+        # One rewrite of the hosts files at a time, from listing to last write: two pods booting at
+        # once must not let the one that listed first write last (its list lacks the other pod).
+        self._hosts_files_lock = threading.Lock()
 
     def attach(self) -> None:
         self.sim.hosts = self
@@ -120,6 +124,10 @@ class PodHosts(SimulatedHosts):
 
     def _write_hosts_files(self) -> None:
         """Every global-network pod resolves every other's `<pod id>.runpod.internal` (rewritten in place)."""
+        with self._hosts_files_lock:
+            self._write_hosts_files_now()
+
+    def _write_hosts_files_now(self) -> None:
         with self.lock:
             lines = ["127.0.0.1 localhost"] + [f"{ip} {pod_id}.runpod.internal"
                                                for pod_id, ip in sorted(self.global_pods.items())]
