@@ -125,25 +125,22 @@ class PodHosts(SimulatedHosts):
     def _write_hosts_files(self) -> None:
         """Every global-network pod resolves every other's `<pod id>.runpod.internal` (rewritten in place)."""
         with self._hosts_files_lock:
-            self._write_hosts_files_now()
-
-    def _write_hosts_files_now(self) -> None:
-        with self.lock:
-            lines = ["127.0.0.1 localhost"] + [f"{ip} {pod_id}.runpod.internal"
-                                               for pod_id, ip in sorted(self.global_pods.items())]
-            namespaces = [self.sim_hosts[p].namespace for p in self.global_pods if p in self.sim_hosts]
-            pods = [p for p in self.global_pods if p in self.sim_hosts]
-        paths = [NETNS_ETC / namespace / "hosts" for namespace in namespaces]
-        if self.bare:  # a bare machine's own /etc/hosts (its layer), beside the simulated internet's names
-            assert self.internet is not None
-            lines[1:1] = self.internet.hosts_lines()
-            paths = [self.rootfs(p).written("/etc/hosts") for p in pods]
-        for path in paths:
-            try:
-                with open(path, "w") as handle:  # same inode: a bind mount already made sees the change
-                    handle.write("\n".join(lines) + "\n")
-            except FileNotFoundError:  # that pod is ending right now
-                pass
+            with self.lock:
+                lines = ["127.0.0.1 localhost"] + [f"{ip} {pod_id}.runpod.internal"
+                                                   for pod_id, ip in sorted(self.global_pods.items())]
+                namespaces = [self.sim_hosts[p].namespace for p in self.global_pods if p in self.sim_hosts]
+                pods = [p for p in self.global_pods if p in self.sim_hosts]
+            paths = [NETNS_ETC / namespace / "hosts" for namespace in namespaces]
+            if self.bare:  # a bare machine's own /etc/hosts (its layer), beside the simulated internet's names
+                assert self.internet is not None
+                lines[1:1] = self.internet.hosts_lines()
+                paths = [self.rootfs(p).written("/etc/hosts") for p in pods]
+            for path in paths:
+                try:
+                    with open(path, "w") as handle:  # same inode: a bind mount already made sees the change
+                        handle.write("\n".join(lines) + "\n")
+                except FileNotFoundError:  # that pod is ending right now
+                    pass
 
 
 _ISOLATED = """table inet runpod_isolated {
