@@ -12,8 +12,9 @@ base is what a machine then is, the same for all of them:
   image's system Python) and `uv` (an image with uv installed); the node makes its own Python
   environment with the driver's exact versions from a package cache that is warmed once
   (`node_package_cache`) and read offline, since a namespace reaches no index;
-- or, for a cloud with an `image`, when asked (`bare=True`, or SKYWARD_SIM_BARE_VAST=1 /
-  SKYWARD_SIM_BARE_AWS=1 / SKYWARD_SIM_BARE_RUNPOD=1 for every machine of that cloud), a *bare* machine: its own root
+- or, for a cloud with an `image` (all three), by default, a *bare* machine (`bare=False`, or
+  SKYWARD_SIM_BARE_VAST=0 / SKYWARD_SIM_BARE_AWS=0 / SKYWARD_SIM_BARE_RUNPOD=0 for every machine of
+  that cloud, gives the process-only machine above, a quicker stand-in for debugging): its own root
   filesystem from the cloud's image, PID, mount and UTS namespaces (`tests.simnet.rootfs_machine`),
   the image's PATH and ENV lines, and a simulated internet on the network (`tests.siminternet`)
   from which the boot downloads what it installs: nothing of the driver's disk is reachable;
@@ -109,8 +110,8 @@ class SimulatedHosts:
     unset: ClassVar[tuple[str, ...]] = (names.ENV_INSTANCE_ID, names.ENV_NODE_IP)
     # The cloud's image: with one, a machine can be bare (`bare`): its own root filesystem from the
     # image (`tests.simnet.rootfs_machine`), its software from the simulated internet (`tests.siminternet`).
-    # Off unless `bare=True` or the cloud's switch (`bare_switch`, e.g. SKYWARD_SIM_BARE_VAST=1) is set:
-    # under the whole suite's load on 2 cores a bare boot passed the tests' 180 s boot timeouts in CI.
+    # On unless `bare=False` or the cloud's switch (`bare_switch`, e.g. SKYWARD_SIM_BARE_VAST) is "0": what
+    # the tests prove then holds on a machine that has only its cloud's image and what it downloads.
     image: ClassVar[CloudImage | None] = None
     bare_switch: ClassVar[str] = ""
     machine_files: ClassVar[Mapping[str, str]] = {}  # a bare machine's shims: path in the machine → script
@@ -119,7 +120,7 @@ class SimulatedHosts:
                  private_net: str | None = None, bare: bool | None = None) -> None:
         self.sim = sim
         if bare is None:
-            bare = self.image is not None and bool(self.bare_switch) and os.environ.get(self.bare_switch) == "1"
+            bare = self.image is not None and bool(self.bare_switch) and os.environ.get(self.bare_switch, "1") != "0"
         self.bare = bare
         self.internet: SimInternet | None = None
         self.image_root: Path | None = None
@@ -206,7 +207,20 @@ class SimulatedHosts:
         while left and time.monotonic() < deadline:
             time.sleep(0.2)
             left = [i for i in self.running() if i not in keep]
+        if left:  # why the simulator may not have ended them
+            print(f"{type(self).__name__}: {left} still run; {self.diagnosis()}", file=sys.stderr)
         return left
+
+    def diagnosis(self) -> str:
+        """The simulator's last errors and where its watch thread is now (a machine the cloud ended
+        that still runs means the watch did not get to it)."""
+        import traceback
+
+        frames = sys._current_frames()
+        stacks = [f"{t.name}:\n" + "".join(traceback.format_stack(frames[t.ident])[-6:])
+                  for t in self.threads if t.is_alive() and t.ident in frames and t.name == self.thread_name]
+        dead = [t.name for t in self.threads if not t.is_alive() and t.name == self.thread_name]
+        return f"errors: {self.errors[-5:]}; watch threads ended: {dead}; now at: {''.join(stacks) or 'none'}"
 
     def log(self, machine_id: Hashable, lines: int = 40) -> str:
         return self.host.log_tail(str(machine_id), lines)
@@ -278,8 +292,15 @@ class SimulatedHosts:
         self.host.terminate([str(machine_id)], keep_directory=True)
         host.stop(grace=1.0)  # sshd and anything else in its namespace
         shutil.rmtree(NETNS_ETC / host.namespace, ignore_errors=True)  # its own /etc files (any left go with the network)
-        if self.bare:  # its disk (~0.8 GB once Ray is installed) goes; its console log stays
-            shutil.rmtree(self.host.state_dir / str(machine_id) / "fs", ignore_errors=True)
+        if self.bare:  # its disk (~0.8 GB once Ray is installed) goes, in the background; its console log stays
+            disk = self.host.state_dir / str(machine_id) / "fs"
+            self._spawn(lambda: shutil.rmtree(disk, ignore_errors=True), f"disk-{machine_id}")
+
+    def _end_recorded(self, machine_id: Hashable) -> None:
+        try:
+            self.end(machine_id)
+        except Exception as error:
+            self.errors.append(f"end {machine_id}: {type(error).__name__}: {error}")
 
     def boot_later(self, machine_id: Hashable, boot: Callable[[float], None]) -> None:
         """The fake placed a machine: `boot(placed)` runs in the background after `boot_delay`
@@ -336,4 +357,8 @@ class SimulatedHosts:
                 self.boot_listed(record, now - first)
         for machine_id in list(self.booted):
             if machine_id not in self.ended and (machine_id not in live or not self.is_running(live[machine_id])):
-                self.end(machine_id)
+                with self.lock:
+                    self.ended.add(machine_id)
+                # each in its own thread: ending one machine (its processes, its namespace) takes seconds
+                # on a loaded box, and the machines a teardown ends together end together, as on the cloud
+                self._spawn(lambda m=machine_id: self._end_recorded(m), f"end-{machine_id}")

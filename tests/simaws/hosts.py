@@ -22,14 +22,18 @@ each new running instance it makes a host on the simulated network (`tests.simne
   (/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin), `LANG` the image's locale
   (C.UTF-8 here), and **no `HOME`**. Nothing of the driver's environment.
 
-Stand-ins, until machines have their own root filesystem (issue 20, item 1): the image's
-contents are the driver's (PATH also holds the shims below, the base Python interpreter as the
-image's python3, and `uv`), the node builds its Python environment offline from a package cache
-warmed once (`node_package_cache`), and `TMPDIR` / `SKYWARD_MACHINE_DIR` / `SKYWARD_ENV_DIR` give it a
-/tmp, a /var/lib and an /opt of its own. `shutdown`, `poweroff` and `halt` are shims that ask the
-simulator to end *this instance* (found by the network namespace they run in; terminate or stop,
-per its InstanceInitiatedShutdownBehavior); the real `shutdown` never runs here. When EC2 says an
-instance is shutting down or terminated, its processes (its metadata service too) and namespace
+The machine is bare by default (`tests.simhost`): its own root filesystem from the DLAMI-like
+image (`tests.images.cloud_images.AWS`: python3 without pip, curl, no uv), the image's PATH, and
+what the boot installs downloaded from the simulated internet; `shutdown`, `poweroff` and `halt`
+are shims in its /usr/local/sbin that tell the simulated hypervisor the guest powered off (a file
+in the machine's layer; EC2 then terminates or stops it, per its InstanceInitiatedShutdownBehavior);
+the real `shutdown` never runs here. Its sshd and metadata service are this machine's OpenSSH and
+`imds.py`, run in its network namespace (stand-ins for the image's own). With
+SKYWARD_SIM_BARE_AWS=0 (quicker, for debugging) the image's contents are the driver's instead (PATH
+holds the shims, the base interpreter as python3, and `uv`; the node installs offline from a
+package cache warmed once, `node_package_cache`; `TMPDIR` / `SKYWARD_MACHINE_DIR` /
+`SKYWARD_ENV_DIR` give it a /tmp, /var/lib and /opt of its own). When EC2 says an instance is
+shutting down or terminated, its processes (its metadata service too) and namespace
 are ended.
 """
 

@@ -16,8 +16,11 @@ For each placed pod (after `boot_delay`), on the simulated network (`tests.simne
   `RUNPOD_GPU_COUNT`, `RUNPOD_DC_ID`, plus the pod's own env; no `SKYWARD_*` id or address (the
   node learns its id from `RUNPOD_POD_ID`, its address from DNS or its interfaces).
   `RUNPOD_API_BASE_URL` points at the fake (what DNS for api.runpod.io would be; a stand-in until
-  the machines have a simulated internet, issue 20 item 3). The node builds its own Python from the offline uv
-  cache of `tests.simhost.node_package_cache` (an image with uv installed).
+  the simulated internet serves RunPod's API too). The pod is bare by default (`tests.simhost`): its
+  own root filesystem from the RunPod-base-like image (`tests.images.cloud_images.RUNPOD`: bash, curl,
+  python3 with pip, openssh-server), what the boot installs downloaded from the simulated internet.
+  With SKYWARD_SIM_BARE_RUNPOD=0 (quicker, for debugging) it is the driver's userland instead, building
+  its Python from the offline uv cache of `tests.simhost.node_package_cache`.
 
 sshd is whatever the pod's command starts: nothing here installs a key or starts a server for it.
 When the fake says a pod ended (terminated, stopped, interrupted), its processes and namespace go.

@@ -17,11 +17,12 @@ the simulated network (`tests.simnet`; what a machine is, `tests.simhost`):
   variables, with root's HOME and nothing of the driver's environment (no `SKYWARD_*` id or
   address: the node learns its id from `CONTAINER_ID`, its address from its own interfaces). In
   the entrypoint (`args`) launch mode onstart does not run; the image's command would, and there
-  is no image here, so such an instance runs nothing. With SKYWARD_SIM_BARE_VAST=1 (or
-  `VastHosts(bare=True)`) the machine is bare (`tests.simhost`): its own root filesystem from the `ubuntu:22.04`-like image (`tests.images.cloud_images.VAST`: no
+  is no image here, so such an instance runs nothing. The machine is bare (`tests.simhost`): its
+  own root filesystem from the `ubuntu:22.04`-like image (`tests.images.cloud_images.VAST`: no
   python3, no curl), PATH and ENV as the image sets them, and everything the boot installs (apt
-  packages, uv, CPython, Ray) downloaded from the simulated internet (`tests.siminternet`).
-  Otherwise it is the process-only machine (the driver's userland, an offline package cache);
+  packages, uv, CPython, Ray) downloaded from the simulated internet (`tests.siminternet`). With
+  SKYWARD_SIM_BARE_VAST=0 (or `VastHosts(bare=False)`) it is the process-only machine instead (the
+  driver's userland, an offline package cache: quicker, for debugging);
 - `shutdown`, `poweroff`, `halt`, `reboot` refuse: a container cannot power its host off (and the
   real ones must never run here). A Vast instance ends itself through the API.
 
