@@ -130,7 +130,13 @@ def wait_for_line(proc: subprocess.Popen, prefix: str, timeout: float = 180) -> 
         seen.append(line)
         if line.startswith(prefix):
             return line[len(prefix):].strip()
-    proc.kill()
+    if proc.poll() is None:  # still running: SIGTERM runs its teardown, whose output says where it was
+        proc.terminate()
+        try:
+            seen.append(proc.communicate(timeout=60)[0] or "")
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            seen.append(proc.communicate(timeout=30)[0] or "")
     raise AssertionError(f"no line starting with {prefix!r}; child output:\n{''.join(seen)}")
 
 

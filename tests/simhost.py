@@ -28,6 +28,7 @@ itself when its API places or ends a machine.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import os
 import shutil
@@ -47,6 +48,7 @@ from skyward_ray import names
 from skyward_ray.node.startup_script import node_requirements
 from tests.images.cloud_images import CloudImage, unpacked
 from tests.siminternet.host import SimInternet
+from tests.siminternet.tls import tls_files
 from tests.simnet import SimHost, SimNetwork
 from tests.simnet.cleanup import NETNS_ETC
 from tests.simnet.network import IP, SYSTEM_PATH
@@ -158,9 +160,12 @@ class SimulatedHosts:
         if self.bare:
             assert self.image is not None, f"{type(self).__name__} has no image to boot bare machines from"
             self.network.open()
-            self.internet = SimInternet(self.network, NODE_PACKAGES).start()
-            assert self.internet.tls is not None
-            self.image_root = unpacked(self.image, self.internet.tls.ca_cert)
+            # the image and the internet's content are built once per machine (minutes on a fresh
+            # one, both mostly downloads): at once
+            with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="image") as pool:
+                image_root = pool.submit(unpacked, self.image, tls_files().ca_cert)
+                self.internet = SimInternet(self.network, NODE_PACKAGES).start()
+                self.image_root = image_root.result()
         else:
             self.uv_cache = node_package_cache()
             self.network.open()

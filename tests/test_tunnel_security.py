@@ -113,7 +113,7 @@ def test_a_key_dir_with_a_space_and_a_percent_pins_its_host_key(net: SimNetwork)
 
 
 @needs_simnet
-def test_the_tunnels_port_is_never_free_while_ssh_restarts(net: SimNetwork) -> None:
+def test_the_tunnels_port_is_never_free_while_ssh_restarts(net: SimNetwork, caplog) -> None:
     a, keys = _host(net)
     with tunnel_to(a, keys, 7000, backoff=(1.5, 3.0)).start(timeout=20) as tunnel:
         port, first = tunnel.local_port(0), tunnel.pid
@@ -135,6 +135,7 @@ def test_the_tunnels_port_is_never_free_while_ssh_restarts(net: SimNetwork) -> N
                 during.start()
             time.sleep(0.02)
         assert tunnel.restarts == 1 and tunnel.alive, f"not restarted; ssh said:\n{tunnel.stderr_tail()}"
+        assert "restarting it (restart 1)" in caplog.text, "a restart is told (a connection through the tunnel broke)"
         assert attempts > 30, "the window between the kill and the restart was not probed"
         assert during.ident is not None, "no client connected while ssh was down"
         assert tunnel.local_port(0) == port and tunnel.pid != first

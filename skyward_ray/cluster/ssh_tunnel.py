@@ -48,7 +48,7 @@ from pathlib import Path
 
 from skyward_ray.cluster.ssh_paths import config_path, is_socket, private_socket_dir
 from skyward_ray.cluster.tunnel_relay import TcpToUnixRelay
-from skyward_ray.console import console
+from skyward_ray.console import console, log
 from skyward_ray.errors import ProvisioningError
 
 __all__ = ["Forward", "HostKeyMismatchError", "SSHTunnel", "TunnelError"]
@@ -436,6 +436,11 @@ class SSHTunnel:
                         console.print(f"[red]the SSH tunnel's failure handler failed: {failure!r}[/]")
                 return
             ran_for = time.monotonic() - self._started_at
+            # a warning, not only a count: a connection through the tunnel broke (Ray Client's channel
+            # reconnects or gives up), and what ssh said is the first thing to read about why
+            tail = " | ".join(self.stderr_tail(3).splitlines())
+            log.warning("the SSH tunnel to %s@%s:%s exited after %.0f s; restarting it (restart %d)%s", self.user,
+                        self.host, self.port, ran_for, self._restarts + 1, f". ssh said: {tail}" if tail else "")
             failures = 0 if ran_for >= self.healthy_after else failures + 1
             delay = min(self.backoff[0] * (2 ** max(failures - 1, 0)), self.backoff[1])
             if self._stopping.wait(delay):

@@ -18,6 +18,7 @@ version downloads wheels again but not the .debs.
 
 from __future__ import annotations
 
+import concurrent.futures
 import email.utils
 import gzip
 import hashlib
@@ -147,7 +148,9 @@ def _python(www: Path) -> None:
 
 def site_tree(packages: Sequence[str]) -> Path:
     """The whole served tree (`www`), assembled from the cached parts (hard links: cheap)."""
-    parts = (wheels(packages), uv_wheel(), debs())
+    # three downloads (PyPI, PyPI, Debian), each cached under its own lock: on a fresh machine at once
+    with concurrent.futures.ThreadPoolExecutor(max_workers=3, thread_name_prefix="siminternet-parts") as pool:
+        parts = tuple(f.result() for f in [pool.submit(wheels, packages), pool.submit(uv_wheel), pool.submit(debs)])
 
     def build(out: Path) -> None:
         www = out / "www"
