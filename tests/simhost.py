@@ -38,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -223,8 +224,6 @@ class SimulatedHosts:
     def diagnosis(self) -> str:
         """The simulator's last errors and where its watch thread is now (a machine the cloud ended
         that still runs means the watch did not get to it)."""
-        import traceback
-
         frames = sys._current_frames()
         stacks = [f"{t.name}:\n" + "".join(traceback.format_stack(frames[t.ident])[-6:])
                   for t in self.threads if t.is_alive() and t.ident in frames and t.name == self.thread_name]

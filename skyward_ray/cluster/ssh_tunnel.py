@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -436,12 +437,14 @@ class SSHTunnel:
                         console.print(f"[red]the SSH tunnel's failure handler failed: {failure!r}[/]")
                 return
             ran_for = time.monotonic() - self._started_at
-            # a warning, not only a count: a connection through the tunnel broke (Ray Client's channel
-            # reconnects or gives up), and what ssh said is the first thing to read about why
-            tail = " | ".join(self.stderr_tail(3).splitlines())
-            log.warning("the SSH tunnel to %s@%s:%s exited after %.0f s; restarting it (restart %d)%s", self.user,
-                        self.host, self.port, ran_for, self._restarts + 1, f". ssh said: {tail}" if tail else "")
             failures = 0 if ran_for >= self.healthy_after else failures + 1
+            # a warning for the first exit of a streak (a connection through the tunnel broke: Ray Client's
+            # channel reconnects or gives up; what ssh said is the first thing to read about why), the
+            # quick re-exits after it (a peer that refuses) only in the debug log
+            tail = " | ".join(self.stderr_tail(3).splitlines())
+            log.log(logging.WARNING if failures <= 1 else logging.DEBUG,
+                    "the SSH tunnel to %s@%s:%s exited after %.0f s; restarting it (restart %d)%s", self.user,
+                    self.host, self.port, ran_for, self._restarts + 1, f". ssh said: {tail}" if tail else "")
             delay = min(self.backoff[0] * (2 ** max(failures - 1, 0)), self.backoff[1])
             if self._stopping.wait(delay):
                 return
