@@ -199,3 +199,26 @@ def _raises(call) -> BaseException | None:
     except BaseException as error:  # noqa: BLE001 - the test inspects it
         return error
     return None
+
+
+def test_ending_a_machine_leaves_another_hosts_machine_of_the_same_id_running(tmp_path):
+    """Two hosts (two simulated accounts, two test workers) may both have a machine "7001": ending
+    one host's ends its own processes only, those that left the group (a daemon) included."""
+    from node_providers.local.process_host import ProcessHost
+
+    script = "sleep 300 &\nsetsid sleep 301 &\nwait\n"  # a child in the group, and one that left it
+    ours, theirs = ProcessHost(tmp_path / "ours"), ProcessHost(tmp_path / "theirs")
+    try:
+        for host in (ours, theirs):
+            host.boot("7001", script, "127.0.0.1")
+        time.sleep(0.5)
+        before = len(processes_with_marker("7001"))
+        assert before >= 6
+        ours.terminate(["7001"])
+        assert not ours.is_running("7001")
+        assert theirs.is_running("7001"), "ending our 7001 ended the other host's 7001"
+        assert len(processes_with_marker("7001")) == before // 2
+    finally:
+        ours.terminate(["7001"])
+        theirs.terminate(["7001"])
+    assert processes_with_marker("7001") == []

@@ -6,8 +6,11 @@ This is the "machine" behind the local provider, and the same runner lets the si
 - a `bash` process running the startup script in its own session/process group (`setsid`), so a
   terminal's SIGINT/SIGHUP never reaches it and the whole group can be signalled at once;
 - an environment marker `SKYWARD_INSTANCE_ID=<id>` inherited by everything it starts (raylet,
-  Ray workers, agents), so even a process that left the group is still found and ended;
-- a directory of its own (HOME, Ray temp dir, log), removed when the machine ends.
+  Ray workers, agents), so even a process that left the group is still found;
+- a directory of its own (HOME and `SKYWARD_MACHINE_DIR`, Ray temp dir, log), removed when the
+  machine ends. Ending a machine ends the processes whose machine directory is its own: an
+  instance id alone is not unique on this host (every simulated Vast.ai account numbers its
+  instances from the same first id, and tests run several accounts at once), a directory is.
 
 Machine records live in a JSON file guarded by an `fcntl` lock, so several `ProcessHost` objects
 (one per provider instance, in several threads or processes) see the same machines.
@@ -57,6 +60,15 @@ def machine_identity(proc: psutil.Process, variable: str = INSTANCE_MARKER) -> s
     if value is None and env.get("HOME"):
         value = os.path.basename(env["HOME"].rstrip("/"))
     return value
+
+
+def machine_directory(proc: psutil.Process) -> str | None:
+    """The machine directory a process belongs to: its `SKYWARD_MACHINE_DIR`, or else its HOME (Ray
+    starts some helpers with an environment of its own making, which keeps HOME); unique on this
+    host, where an instance id need not be."""
+    env = proc.environ()
+    directory = env.get(names.ENV_MACHINE_DIR) or env.get("HOME")
+    return os.path.normpath(directory) if directory else None
 
 
 def _identified_processes(variable: str = INSTANCE_MARKER) -> Iterator[tuple[psutil.Process, str | None]]:
@@ -187,7 +199,7 @@ class ProcessHost:
             **(env or {}),
             INSTANCE_MARKER: instance_id,
             "SKYWARD_NODE_IP": ip,
-            "SKYWARD_MACHINE_DIR": str(directory),
+            names.ENV_MACHINE_DIR: str(directory),
         }
         with open(_private_file(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "ab") as log:
             proc = subprocess.Popen(
@@ -254,20 +266,24 @@ class ProcessHost:
 
     def _processes_of(self, targets: list[Machine]) -> list[psutil.Process]:
         """One pass over the process table: each live machine's process group, and every process
-        that identifies as one of the machines (`machine_identity`).
+        whose machine directory is one of theirs (`machine_directory`).
 
-        The group is used only while its leader is the machine's own root (same pid and start
-        time): pids wrap around (32768 here), and a dead machine's group id may by now belong to
-        someone else, such as the test runner itself.
+        Not the instance id alone: another host's machine may carry the same one (two simulated
+        Vast.ai accounts in two test workers both number from 7001; ending one account's 7001 used
+        to end the other's head mid-boot). The group is used only while its leader is the
+        machine's own root (same pid and start time): pids wrap around (32768 here), and a dead
+        machine's group id may by now belong to someone else, such as the test runner itself.
         """
         groups = {m.pid for m in targets if self.root_alive(m)}
-        markers = {m.instance_id for m in targets}
+        directories = {os.path.normpath(m.directory) for m in targets}
         found = []
-        for proc, identity in _identified_processes():
+        for proc in psutil.process_iter(["pid"]):
             try:
-                if identity in markers or os.getpgid(proc.pid) in groups:
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    continue
+                if machine_directory(proc) in directories or os.getpgid(proc.pid) in groups:
                     found.append(proc)
-            except (ProcessLookupError, PermissionError):
+            except (psutil.Error, OSError):
                 continue
         return found
 
