@@ -12,10 +12,9 @@ base is what a machine then is, the same for all of them:
   image's system Python) and `uv` (an image with uv installed); the node makes its own Python
   environment with the driver's exact versions from a package cache that is warmed once
   (`node_package_cache`) and read offline, since a namespace reaches no index;
-- or, for a cloud with an `image`, a *bare* machine: by default on AWS and RunPod (`bare=False`, or
-  SKYWARD_SIM_BARE_AWS=0 / SKYWARD_SIM_BARE_RUNPOD=0, gives the process-only machine above, a quicker
-  stand-in for debugging), on Vast.ai when asked (`bare=True` or SKYWARD_SIM_BARE_VAST=1; see
-  `tests.simvast.hosts` for why not by default yet): its own root
+- or, for a cloud with an `image`, a *bare* machine, the default on AWS, RunPod and Vast.ai
+  (`bare=False`, or SKYWARD_SIM_BARE_AWS=0 / _RUNPOD=0 / _VAST=0, gives the process-only machine
+  above, a quicker stand-in for debugging): its own root
   filesystem from the cloud's image, PID, mount and UTS namespaces (`tests.simnet.rootfs_machine`),
   the image's PATH and ENV lines, and a simulated internet on the network (`tests.siminternet`)
   from which the boot downloads what it installs: nothing of the driver's disk is reachable;
@@ -114,12 +113,11 @@ class SimulatedHosts:
     unset: ClassVar[tuple[str, ...]] = (names.ENV_INSTANCE_ID, names.ENV_NODE_IP)
     # The cloud's image: with one, a machine can be bare (`bare`): its own root filesystem from the
     # image (`tests.simnet.rootfs_machine`), its software from the simulated internet (`tests.siminternet`).
-    # On (where `bare_by_default`) unless `bare=False` or the cloud's switch (`bare_switch`, e.g.
+    # On unless `bare=False` or the cloud's switch (`bare_switch`, e.g.
     # SKYWARD_SIM_BARE_AWS) is "0": what the tests prove then holds on a machine that has only its
     # cloud's image and what it downloads.
     image: ClassVar[CloudImage | None] = None
     bare_switch: ClassVar[str] = ""
-    bare_by_default: ClassVar[bool] = True  # what an unset `bare_switch` means
     machine_files: ClassVar[Mapping[str, str]] = {}  # a bare machine's shims: path in the machine → script
 
     def __init__(self, sim: Any, boot_delay: float = 0.0, poll_interval: float | None = None,
@@ -127,7 +125,7 @@ class SimulatedHosts:
         self.sim = sim
         if bare is None:
             bare = self.image is not None and bool(self.bare_switch) and os.environ.get(
-                self.bare_switch, "1" if self.bare_by_default else "0") != "0"
+                self.bare_switch, "1") != "0"
         self.bare = bare
         self.internet: SimInternet | None = None
         self.image_root: Path | None = None

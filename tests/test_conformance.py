@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,6 +38,14 @@ def harness(request) -> Iterator[Harness]:
 def identity() -> dict:
     info = sky.instance_info()
     return {"node": info.node, "instance_id": info.instance_id, "provider": info.provider}
+
+
+@sky.function
+def machine_view(paths: list[str]) -> dict:
+    """Which of the driver's `paths` this node can see, and whether its image has a system python3."""
+    import os
+    system_python = [p for p in ("/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3") if os.path.exists(p)]
+    return {"visible": [p for p in paths if os.path.exists(p)], "system_python3": system_python}
 
 
 def _tags(name: str, kind: str) -> dict[str, str]:
@@ -167,10 +177,14 @@ def test_status_lists_skywards_clusters_and_gc_ends_only_those_whose_driver_is_g
 
 
 # -- a whole pool --------------------------------------------------------------------------------------
-def test_a_pool_falls_back_on_capacity_survives_or_reports_an_interruption_and_leaves_nothing(harness):
+def test_a_pool_falls_back_on_capacity_survives_or_reports_an_interruption_and_leaves_nothing(harness, tmp_path):
     """Two nodes where the cloud can network them (a lost worker is replaced), else one (losing
-    it loses the pool, with `sky.PoolLostError`); either way nothing is left afterwards."""
+    it loses the pool, with `sky.PoolLostError`); either way nothing is left afterwards. On a cloud
+    whose machines are bare, no node sees a file the driver wrote, its interpreter or its checkout."""
     h = harness
+    driver_file = tmp_path / "written-by-the-driver.txt"
+    driver_file.write_text("the driver's own")
+    driver_paths = [str(driver_file), sys.executable, str(Path(__file__).resolve())]
     nodes = h.pool_nodes
     before = h.billable()
     first = sky.plan(provider=h.config, accelerator=h.accelerator, nodes=nodes).offers[0]
@@ -184,6 +198,11 @@ def test_a_pool_falls_back_on_capacity_survives_or_reports_an_interruption_and_l
             assert [a["node"] for a in answers] == list(range(nodes))
             assert [a["instance_id"] for a in answers] == [n.instance_id for n in pool.nodes]
             assert {a["provider"] for a in answers} == {h.name}
+            if h.bare_machines:
+                views = machine_view(driver_paths) @ pool
+                assert [v["visible"] for v in views] == [[]] * nodes, views
+                if not h.image_has_python:  # the boot installed the node's Python; the image still has none
+                    assert [v["system_python3"] for v in views] == [[]] * nodes, views
             if h.interrupt is not None and nodes >= 2:
                 lost = pool.nodes[1].instance_id
                 h.interrupt(lost)

@@ -61,6 +61,11 @@ class Harness:
     pool_nodes: int = 2
     """Nodes of the pool-level test: 1 for a cloud whose machines share no private network (its
     offers serve one-node pools only, and losing that node loses the pool)."""
+    bare_machines: bool = False
+    """Each machine has its own root filesystem from the cloud's image (`tests.simhost`, bare): none
+    of the driver's files, its interpreter or its virtualenv is visible on a node."""
+    image_has_python: bool = True
+    """The cloud's image has a system `python3` (Vast.ai's `ubuntu:22.04` has none: the boot installs one)."""
     explain: Callable[[str], str] | None = None
     """What the stand-in knows of one machine (its state, its log's end, kept after the cloud forgets
     the machine): why a machine is left where none should be, or why one ended during a launch."""

@@ -74,6 +74,7 @@ def harness() -> Iterator[Harness]:
                 fail_capacity=fail_capacity,
                 foreign_machine=foreign_machine,
                 explain=lambda machine: f"{machine}, as its machine printed it:\n{hosts.log(machine)}",
+                bare_machines=hosts.bare,
                 compute_settings={"boot_timeout": 120},
             )
         finally:

@@ -89,6 +89,8 @@ def harness() -> Iterator[Harness]:
                 fail_capacity=fail_capacity,
                 foreign_machine=foreign_machine,
                 explain=lambda machine: f"{machine}, as its machine printed it:\n{hosts.log(machine)}",
+                bare_machines=hosts.bare,
+                image_has_python=not hosts.bare,
                 compute_settings={"boot_timeout": 180},
                 pool_nodes=1,  # Vast.ai hosts share no private network: every offer is one node only
             )

@@ -17,14 +17,12 @@ the simulated network (`tests.simnet`; what a machine is, `tests.simhost`):
   variables, with root's HOME and nothing of the driver's environment (no `SKYWARD_*` id or
   address: the node learns its id from `CONTAINER_ID`, its address from its own interfaces). In
   the entrypoint (`args`) launch mode onstart does not run; the image's command would, and there
-  is no image here, so such an instance runs nothing. With SKYWARD_SIM_BARE_VAST=1 (or
-  `VastHosts(bare=True)`) the machine is bare (`tests.simhost`): its own root filesystem from the
-  `ubuntu:22.04`-like image (`tests.images.cloud_images.VAST`: no python3, no curl), PATH and ENV as
-  the image sets them, and everything the boot installs (apt packages, uv, CPython, Ray) downloaded
-  from the simulated internet (`tests.siminternet`). Otherwise it is the process-only machine (the
-  driver's userland, an offline package cache). Not bare by default yet: in three of four runs of
-  the whole suite on 2 cores, a bare Vast head under that load dropped the driver's tunnel during
-  launch (its sshd gone 47-57 s after the tunnel opened; cause not yet found);
+  is no image here, so such an instance runs nothing. The machine is bare (`tests.simhost`;
+  SKYWARD_SIM_BARE_VAST=0 or `VastHosts(bare=False)` gives the quicker process-only machine): its
+  own root filesystem from the `ubuntu:22.04`-like image (`tests.images.cloud_images.VAST`: no
+  python3, no curl), PATH and ENV as the image sets them, and everything the boot installs (apt
+  packages, uv, CPython, Ray) downloaded from the simulated internet (`tests.siminternet`). Otherwise it is the process-only machine (the
+  driver's userland, an offline package cache);
 - `shutdown`, `poweroff`, `halt`, `reboot` refuse: a container cannot power its host off (and the
   real ones must never run here). A Vast instance ends itself through the API.
 
@@ -57,7 +55,6 @@ class VastHosts(SimulatedHosts):
     thread_name = "simvast-hosts"
     image = VAST
     bare_switch = "SKYWARD_SIM_BARE_VAST"
-    bare_by_default = False  # see the module's docstring
 
     def __init__(self, sim: SimVast, poll_interval: float = 0.15, bare: bool | None = None) -> None:
         super().__init__(sim, poll_interval=poll_interval, bare=bare)
