@@ -118,8 +118,18 @@ def test_nodes_run_their_own_python_with_the_drivers_exact_versions_and_the_imag
     assert importlib.util.find_spec("tabulate") is None, "only the nodes got it"
 
 
+def opened_channel(pool, timeout: float = 60):
+    """The pool's call channel, once it opened (in the background, after the pool did)."""
+    deadline = time.monotonic() + timeout
+    while pool.dispatcher.channel is None:
+        assert time.monotonic() < deadline, "a pool reached through a tunnel gets the call channel"
+        time.sleep(0.1)
+    return pool.dispatcher.channel
+
+
 def test_the_driver_holds_no_connection_to_a_private_address(region, pool):
     sim = region[0]
+    opened_channel(pool)
     square(3) >> pool
     machines = {ip for i in sim.instances(cluster=pool.name)
                 for ip in (i.get("PrivateIpAddress"), i.get("PublicIpAddress")) if ip}
@@ -128,13 +138,15 @@ def test_the_driver_holds_no_connection_to_a_private_address(region, pool):
     assert "127.0.0.1" in remote, "the driver talks to the pool through the tunnel's local ends"
     assert not machines & set(remote), (machines & set(remote), remote)  # never straight to a machine
     assert not [ip for ip in remote if ipaddress.ip_address(ip) in ipaddress.ip_network(VPC_CIDR)], remote
+    # two SSH connections, both to the head: the tunnel (Ray Client, the GCS) and the call channel (`>>`)
     ssh = [p for p in psutil.Process().children(recursive=True) if p.name() == "ssh"]
-    assert len(ssh) == 1
+    assert len(ssh) == 2
     head = pool.nodes[0]
     [described] = [i for i in sim.live_instances(cluster=pool.name) if i["InstanceId"] == head.instance_id]
-    peers = {c.raddr.ip.removeprefix("::ffff:") for c in ssh[0].net_connections(kind="inet") if c.raddr}
-    assert described["PublicIpAddress"] in peers, "ssh reaches the head's public address"
-    assert peers <= {described["PublicIpAddress"], "127.0.0.1"}, peers  # and the tunnel's local users, nothing else
+    for process in ssh:
+        peers = {c.raddr.ip.removeprefix("::ffff:") for c in process.net_connections(kind="inet") if c.raddr}
+        assert described["PublicIpAddress"] in peers, "ssh reaches the head's public address"
+        assert peers <= {described["PublicIpAddress"], "127.0.0.1"}, peers  # and the tunnel's local users, nothing else
 
 
 def test_the_heads_ray_ports_are_out_of_reach_from_the_drivers_side(region, pool):
@@ -163,6 +175,50 @@ def test_killing_the_tunnel_mid_gather_recovers(pool):
     assert results and [x for x, _ in results[0]] == [0, 1, 2, 3], "Ray Client reconnected within its grace period"
     assert tunnel.restarts == restarts_before + 1 and tunnel.local_port(1) == port_before
     assert square(9) >> pool == 81
+
+
+def test_a_call_goes_over_the_heads_call_channel_and_survives_its_ssh_connection_dropping(pool):
+    channel = opened_channel(pool)
+    assert channel.usable
+    channel_ssh = channel._proc
+    results: list = []
+    worker = threading.Thread(target=lambda: results.append(nap(5, 3.0) >> pool))
+    worker.start()
+    gcs, deadline = pool._cluster.driver.gcs_client(), time.monotonic() + 60
+    while not gcs.internal_kv_keys(b"nap:", MARKS_NAMESPACE):  # the call runs on a node: cut the channel under it
+        assert time.monotonic() < deadline, "the call did not start"
+        time.sleep(0.05)
+    os.kill(channel_ssh.pid, 9)
+    worker.join(timeout=120)
+    assert not worker.is_alive()
+    assert results and results[0][0] == 5, "the channel reconnected and got the outcome it missed"
+    assert channel._proc is not channel_ssh and channel.usable
+    with pytest.raises(ZeroDivisionError) as raised:
+        divide(1, 0) >> pool
+    assert "Raised on the remote node" in "".join(raised.value.__notes__)
+    with pytest.raises(sky.FunctionTimeoutError):
+        late(30.0) >> pool
+    assert square(12) >> pool == 144
+
+
+@sky.function
+def nap(x: int, seconds: float) -> tuple[int, int]:
+    from ray.experimental import internal_kv
+
+    internal_kv._internal_kv_put(f"nap:{os.getpid()}", b"1", namespace=MARKS_NAMESPACE.decode())
+    time.sleep(seconds)
+    return x, sky.instance_info().node
+
+
+@sky.function
+def divide(a: int, b: int) -> float:
+    return a / b
+
+
+@sky.function(timeout=2)
+def late(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
 
 
 def test_cost_counts_every_machine_from_its_launch_at_the_offers_price(pool):

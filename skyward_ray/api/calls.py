@@ -39,9 +39,14 @@ def original_exception(error: BaseException) -> BaseException:
     if isinstance(error, RayTaskError):
         cause = error.cause
         if isinstance(cause, BaseException) and not isinstance(cause, RayTaskError):
-            cause.add_note(f"Raised on the remote node; its traceback:\n{remote_traceback(str(error))}")
-            return cause
+            return with_remote_traceback(cause, str(error))
     return error
+
+
+def with_remote_traceback(cause: BaseException, text: str) -> BaseException:
+    """`cause` (the user's exception) with the remote traceback `text` (Ray's) as a note."""
+    cause.add_note(f"Raised on the remote node; its traceback:\n{remote_traceback(text)}")
+    return cause
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")

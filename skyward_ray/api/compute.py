@@ -24,6 +24,7 @@ from typing import Any
 import ray
 
 from skyward_ray.api import detached
+from skyward_ray.api.channel_client import CallChannel
 from skyward_ray.api.head_loss import HeadLoss
 from skyward_ray.api.operations import PoolOperations
 from skyward_ray.api.plan_walk import launch_from_plan
@@ -173,6 +174,8 @@ class Compute(PoolOperations):
             self._close(error)
             raise
         self.dispatcher.watch.set_loss_check(self._head.check_now)
+        if self._keeper is None:
+            self._open_call_channel()
         if self.request.dashboard and self._keeper is None:
             self._open_dashboard()
         self._state = "open"
@@ -190,6 +193,21 @@ class Compute(PoolOperations):
         if error is not None:
             error.add_note(f"the pool's first-contact log (every cloud call and the nodes' boot logs): {log.path}")
             console.print(f"[red]the pool's first-contact log: {log.path}[/]")
+
+    def _open_call_channel(self) -> None:
+        """Where this process reaches the pool through an SSH tunnel (Ray Client), `>>` goes over the
+        head's call channel (`channel_client`: one round trip a call) once it is open. It opens in the
+        background (starting the head's actor takes a second or more): until then, and if it does
+        not open (logged), calls go through Ray Client, as they would anyway."""
+        cluster = self._cluster
+        assert cluster is not None
+        driver = cluster.driver
+        if driver is None or driver.tunnel is None or not driver.through_client:
+            return
+        tunnel = driver.tunnel
+        self.dispatcher.open_channel(lambda: CallChannel.open(
+            lambda port: tunnel.stdio_command("127.0.0.1", port), cluster.provider.params.auth_token,
+            cluster.nodes[0].ray_node_id))
 
     def _open_dashboard(self) -> None:
         """Reach the head's dashboard from here and say where it is (never the token: its file)."""

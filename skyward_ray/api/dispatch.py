@@ -3,7 +3,9 @@
 Ray does the work: scheduling, retries on node loss (`max_retries`), object transfer. This module
 adds only what makes a remote call feel local (what an outcome means is `calls.Calls`):
 
-- `>>` waits on `ray.get` directly (the fastest path for the common case);
+- `>>` on a pool reached through an SSH tunnel goes over the head's call channel
+  (`channel_client`: one round trip, where Ray Client costs two or more); elsewhere it waits on
+  `ray.get` directly (the fastest path for the common case);
 - a group (`a & b`, `sky.gather`, `pool.map`), `@`, `pool.as_completed` and `pool.sweep` wait
   through ONE iterator, `Completions`: it owns deadlines (`timeout=` raises
   `FunctionTimeoutError`), cancel and forced cancel, interrupts (the pool lost, a signal, within
@@ -20,8 +22,10 @@ top-level modules it ships by reference (how `@sky.function` code is pickled).
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import ray
@@ -34,15 +38,18 @@ from skyward_ray.api.calls import (
     cancel,
     original_exception,
     timeout_error,
+    with_remote_traceback,
 )
+from skyward_ray.api.channel_client import CallChannel
 from skyward_ray.api.function import PendingFunction
 from skyward_ray.api.future import PoolFuture
 from skyward_ray.api.progress import Progress
 from skyward_ray.api.watch import WAIT_SLICE_S, PoolWatch
 from skyward_ray.console import console
-from skyward_ray.errors import NodeLostError, PoolLostError
+from skyward_ray.errors import FunctionTimeoutError, NodeLostError, PoolLostError
 from skyward_ray.planning.nodes import NodeInfo
 
+_log = logging.getLogger(__name__)
 POLL_S = 0.05  # how long one `ray.wait` of a group lasts: failures are seen this soon, interrupts too
 
 __all__ = ["FORCE_CANCEL_AFTER_S", "POLL_S", "WAIT_SLICE_S", "Completion", "Completions", "Dispatcher",
@@ -160,6 +167,30 @@ class Dispatcher:
         self.watch = PoolWatch()
         # top-level modules the pool's job ships by reference (`staging.StagedCode.shipped`)
         self.shipped: frozenset[str] = frozenset()
+        # a pool reached through an SSH tunnel: `>>` goes over the head's call channel (one round trip)
+        self.channel: CallChannel | None = None
+        self._opening: threading.Thread | None = None
+        self._closing = threading.Event()
+
+    def open_channel(self, open_: Callable[[], CallChannel]) -> None:
+        """Open the call channel in the background (`open_()`); calls use it once it is open. One
+        that does not open is logged, and calls keep going through Ray Client."""
+        self._closing.clear()
+
+        def opening() -> None:
+            try:
+                channel = open_()
+            except Exception as error:  # noqa: BLE001 - calls still work, through Ray Client
+                _log.warning("the head's call channel did not open (%s: %s); calls go through Ray Client",
+                             type(error).__name__, error)
+                return
+            if self._closing.is_set():
+                channel.close()
+            else:
+                self.channel = channel
+
+        self._opening = threading.Thread(target=opening, name="skyward-call-channel-open", daemon=True)
+        self._opening.start()
 
     def send(self, pending: PendingFunction[Any], options: dict[str, Any]) -> ray.ObjectRef:
         """Submit one call as a Ray task with `options`."""
@@ -175,7 +206,11 @@ class Dispatcher:
         return Calls(self.watch, refs, pendings)
 
     def run(self, pending: PendingFunction[Any], options: dict[str, Any]) -> Any:
-        """One call, waited for: `ray.get` directly, in slices (the fastest path for the common case)."""
+        """One call, waited for: over the call channel where the pool has one, else `ray.get`
+        directly, in slices (the fastest path for the common case)."""
+        channel = self.channel
+        if channel is not None and channel.usable and not _holds_ray_handles(pending):
+            return self._run_on_channel(channel, pending, options)
         ref = self.send(pending, options)
         watch = self.watch
         timeout = pending.function.options.timeout
@@ -199,6 +234,36 @@ class Dispatcher:
         except BaseException:  # interrupted (Ctrl-C, SIGTERM): the task is not wanted any more
             cancel([ref])
             raise
+
+    def _run_on_channel(self, channel: CallChannel, pending: PendingFunction[Any], options: dict[str, Any]) -> Any:
+        """`run` over the head's call channel: the same waits in slices, timeout, cancel and errors."""
+        from ray import cloudpickle
+
+        key, function_bytes = pending.function.channel_function(self.shipped)
+        call_id, slot = channel.call(key, function_bytes, cloudpickle.dumps((pending.args, pending.kwargs, options)))
+        watch = self.watch
+        timeout = pending.function.options.timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while not slot.wait(WAIT_SLICE_S if deadline is None else
+                                min(WAIT_SLICE_S, max(0.0, deadline - time.monotonic()))):
+                watch.check_interrupt()
+                if deadline is not None and time.monotonic() >= deadline:
+                    channel.cancel(call_id, force=True)
+                    raise timeout_error(pending)
+        except (PoolLostError, FunctionTimeoutError):
+            raise
+        except BaseException:  # interrupted (Ctrl-C, SIGTERM): the task is not wanted any more
+            channel.cancel(call_id)
+            raise
+        kind, outcome = slot.outcome()
+        if kind == "value":
+            return outcome
+        if kind == "task_error":
+            cause, text = outcome
+            raise with_remote_traceback(cause, text) from None
+        watch.raise_if_lost(outcome)  # the channel gone for good: the pool's loss, if it is lost
+        raise outcome
 
     def run_many(self, pendings: list[PendingFunction[Any]], options: Sequence[dict[str, Any]]) -> list[Any]:
         """A group waited for here; a wait longer than a moment shows a live line on a terminal."""
@@ -237,7 +302,23 @@ class Dispatcher:
 
     def before_disconnect(self) -> None:
         """Before this process leaves the pool's Ray cluster (see `watch.Deadlines.drop_all`)."""
+        self._closing.set()
+        opening, self._opening = self._opening, None
+        if opening is not None:
+            opening.join(timeout=60)  # it uses this process's Ray connection: done before that ends
+        channel, self.channel = self.channel, None
+        if channel is not None:
+            channel.close()
         self.watch.before_disconnect()
+
+
+def _holds_ray_handles(pending: PendingFunction[Any]) -> bool:
+    """Whether a call's arguments hold Ray object refs or actor handles of this process's Ray
+    connection: those mean something only to Ray Client, so such a call goes through it."""
+    from ray.actor import ActorHandle
+
+    return any(isinstance(value, (ray.ObjectRef, ActorHandle)) or type(value).__module__.startswith("ray.util.client")
+               for value in (*pending.args, *pending.kwargs.values()))
 
 
 def _group_label(pendings: list[PendingFunction[Any]]) -> str:

@@ -18,6 +18,7 @@ import concurrent.futures
 import functools
 import inspect
 import sys
+import uuid
 from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, runtime_checkable
 
@@ -73,6 +74,8 @@ class RemoteFunction(Generic[P, R]):
         self.fn = fn
         self.options = options
         self._ray_function: Any = None
+        self._channel_key: str | None = None
+        self._channel_bytes: bytes | None = None
         self._signature = _signature_of(fn)  # once per function: binding is then a few µs per call
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
 
@@ -101,6 +104,21 @@ class RemoteFunction(Generic[P, R]):
             _ship_by_value(self.fn, shipped)
             self._ray_function = ray.remote(**self.options.ray_options())(attempts.guarded(self.fn))
         return self._ray_function
+
+    def channel_function(self, shipped: frozenset[str] = frozenset()) -> tuple[str, Callable[[], bytes]]:
+        """This function as the call channel sends it (`channel_client`): a key unique to it, and
+        its pickled task function and Ray options (made when first asked, once)."""
+        if self._channel_key is None:
+            self._channel_key = uuid.uuid4().hex
+
+        def pickled() -> bytes:
+            if self._channel_bytes is None:
+                from ray import cloudpickle
+
+                _ship_by_value(self.fn, shipped)
+                self._channel_bytes = cloudpickle.dumps((attempts.guarded(self.fn), self.options.ray_options()))
+            return self._channel_bytes
+        return self._channel_key, pickled
 
     def uses_default_accelerators(self) -> bool:
         resources = self.options.resources

@@ -1,0 +1,237 @@
+"""The driver's end of the call channel: one call, one message up and its outcome one message down.
+
+Through Ray Client a call costs two round trips or more (`channel_wire`). A pool this process
+reaches through an SSH tunnel therefore starts the head's `channel_head.CallServer` (an actor of the
+pool, pinned to the head) and talks to it over `ssh -W 127.0.0.1:<port>`, the pool's own pinned SSH
+session (host key and login key), so the channel is exactly as private as the tunnel.
+
+A dropped SSH connection is not a lost call: the channel reconnects (for up to `RECONNECT_S`),
+names its session, and the head sends the outcomes the driver has not acknowledged; the calls it
+never received are sent again (the head says which, `resume`). Calls wait on `CallSlot`s, so the
+caller's own wait (`dispatch.Dispatcher.run`) keeps its slices for interrupts and timeouts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import secrets
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from skyward_ray.api import channel_wire as wire
+
+RECONNECT_S = 60.0  # how long a dropped connection is retried before the calls on it fail
+HELLO_TIMEOUT_S = 30.0
+
+
+class ChannelError(ConnectionError):
+    """The call channel is gone (the head, or the SSH connection for longer than `RECONNECT_S`)."""
+
+
+class CallSlot:
+    """One call's outcome, once the head sent it: `wait(timeout)`, then `outcome()`."""
+
+    __slots__ = ("frame", "_event", "_kind", "_payload")
+
+    def __init__(self, frame: bytes) -> None:
+        self.frame = frame  # kept until done: sent again if the head never got it
+        self._event = threading.Event()
+        self._kind = ""
+        self._payload: Any = None
+
+    def resolve(self, kind: str, payload: Any) -> None:
+        self._kind, self._payload = kind, payload
+        self.frame = b""
+        self._event.set()
+
+    def wait(self, timeout: float) -> bool:
+        return self._event.wait(timeout)
+
+    def outcome(self) -> tuple[str, Any]:
+        """("value", value) | ("task_error", (exception, remote traceback text)) | ("error", exception)."""
+        from ray import cloudpickle
+
+        if self._kind == "closed":
+            return "error", self._payload
+        return self._kind, cloudpickle.loads(self._payload)
+
+
+class CallChannel:
+    """A session with the head's call server over a sequence of `ssh -W` connections."""
+
+    def __init__(self, command: Callable[[], list[str]], token: str, actor: Any = None) -> None:
+        self._command = command
+        self._token = token
+        self._actor = actor  # the head's server: kept referenced while the channel lives
+        self._session = secrets.token_hex(16)
+        self._ids = itertools.count(1)
+        self._slots: dict[int, CallSlot] = {}
+        self._known: set[str] = set()  # function keys the head has been sent
+        self._lock = threading.Lock()  # the slots, the known functions and writes to ssh
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._closing = False
+        self._broken: BaseException | None = None
+
+    @classmethod
+    def open(cls, command_for_port: Callable[[int], list[str]], token: str, head_node_id: str,
+             timeout: float = HELLO_TIMEOUT_S) -> CallChannel:
+        """Start the head's server (through the pool's Ray connection), then connect to it."""
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from skyward_ray.api.channel_head import CallServer
+
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        actor = ray.remote(num_cpus=0, max_restarts=0)(CallServer).options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(head_node_id, soft=False)).remote(digest)
+        port = int(ray.get(actor.start.remote(), timeout=timeout))
+        channel = cls(lambda: command_for_port(port), token, actor)
+        channel._connect(timeout)
+        return channel
+
+    # -- calls ---------------------------------------------------------------------------------------
+    def call(self, function_key: str, function_bytes: Callable[[], bytes], payload: bytes) -> tuple[int, CallSlot]:
+        """Send one call; its slot resolves when the head sends its outcome. `function_bytes` is asked
+        only the first time this channel sends that function."""
+        with self._lock:
+            if self._broken is not None:
+                raise ChannelError(str(self._broken))
+            call_id = next(self._ids)
+            first = function_key not in self._known
+            frame = wire.encode(("call", call_id, function_key, function_bytes() if first else None, payload))
+            self._known.add(function_key)
+            slot = self._slots[call_id] = CallSlot(frame)
+            self._write(frame)
+        return call_id, slot
+
+    def cancel(self, call_id: int, force: bool = False) -> None:
+        with self._lock, contextlib.suppress(OSError):
+            if call_id in self._slots:
+                self._write(wire.encode(("cancel", call_id, force)))
+
+    def close(self) -> None:
+        """End the connection; calls still waiting fail with `ChannelError`."""
+        with self._lock:
+            self._closing = True
+            proc, self._proc = self._proc, None
+        if proc is not None:
+            self._end(proc)
+        self._fail_all(ChannelError("the pool's call channel was closed"))
+        self._actor = None
+
+    @property
+    def usable(self) -> bool:
+        return not self._closing and self._broken is None
+
+    # -- the connection ------------------------------------------------------------------------------
+    def _write(self, frame: bytes) -> None:
+        """Under the lock. A write to a connection that just dropped is lost: the reconnect's resume
+        finds the call unreceived and sends it again."""
+        proc = self._proc
+        if proc is None or proc.stdin is None:
+            return
+        try:
+            proc.stdin.write(frame)
+            proc.stdin.flush()
+        except (OSError, ValueError):
+            pass
+
+    def _connect(self, timeout: float) -> None:
+        """One `ssh -W` connection, its hello answered, its reader started; raises `ChannelError`."""
+        stderr = tempfile.TemporaryFile()
+        proc = subprocess.Popen(self._command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
+                                bufsize=0, start_new_session=True)
+        assert proc.stdin is not None and proc.stdout is not None
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            proc.stdin.write(wire.encode_hello({"token": self._token, "session": self._session}))
+            proc.stdin.flush()
+            answer = wire.read_hello(proc.stdout)
+        except (OSError, ValueError, wire.ChannelClosed):
+            answer = {"ok": False, "detail": _said(stderr) or "no answer"}
+        finally:
+            timer.cancel()
+        if not answer.get("ok"):
+            self._end(proc)
+            raise ChannelError(f"the head's call server refused the channel ({answer.get('detail')})")
+        with self._lock:
+            if self._closing:
+                self._end(proc)
+                raise ChannelError("the pool's call channel was closed")
+            self._proc = proc
+            waiting = sorted(self._slots)
+            self._write(wire.encode(("resume", waiting)))
+        threading.Thread(target=self._read, args=(proc,), name="skyward-call-channel", daemon=True).start()
+
+    def _read(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        try:
+            while True:
+                message = wire.read_frame(proc.stdout)
+                if message[0] == "done":
+                    _, call_id, kind, payload = message
+                    with self._lock:
+                        slot = self._slots.pop(call_id, None)
+                        self._write(wire.encode(("ack", [call_id])))
+                    if slot is not None:
+                        slot.resolve(kind, payload)
+                elif message[0] == "unreceived":  # lost with a dropped connection: sent again, in order
+                    with self._lock:
+                        for call_id in message[1]:
+                            slot = self._slots.get(call_id)
+                            if slot is not None and slot.frame:
+                                self._write(slot.frame)
+        except (wire.ChannelClosed, OSError, ValueError, EOFError):
+            pass
+        with self._lock:
+            if self._proc is not proc or self._closing:
+                return
+            self._proc = None
+        self._end(proc)
+        self._reconnect()
+
+    def _reconnect(self) -> None:
+        """Until `RECONNECT_S` pass: a new connection to the same session; then every waiting call fails."""
+        deadline = time.monotonic() + RECONNECT_S
+        error: BaseException = ChannelError("the call channel's SSH connection dropped")
+        while time.monotonic() < deadline and not self._closing:
+            try:
+                self._connect(min(HELLO_TIMEOUT_S, max(1.0, deadline - time.monotonic())))
+                return
+            except ChannelError as failed:
+                error = failed
+                time.sleep(1.0)
+        with self._lock:
+            self._broken = ChannelError(f"the pool's call channel could not reconnect in {RECONNECT_S:g}s: {error}")
+        self._fail_all(self._broken)
+
+    def _fail_all(self, error: BaseException) -> None:
+        with self._lock:
+            slots, self._slots = list(self._slots.values()), {}
+        for slot in slots:
+            slot.resolve("closed", error)
+
+    @staticmethod
+    def _end(proc: subprocess.Popen[bytes]) -> None:
+        with contextlib.suppress(OSError):
+            proc.kill()
+        with contextlib.suppress(Exception):
+            proc.wait(timeout=5)
+        for stream in (proc.stdin, proc.stdout):
+            with contextlib.suppress(Exception):
+                if stream is not None:
+                    stream.close()
+
+
+def _said(stderr: Any) -> str:
+    with contextlib.suppress(Exception):
+        stderr.seek(0)
+        return stderr.read().decode(errors="replace").strip().splitlines()[-1]
+    return ""
