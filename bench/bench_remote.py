@@ -5,9 +5,10 @@
 One 2-node pool on the simulated region (each machine in its own network namespace; the driver
 reaches only the head's port 22). In one run it measures:
 
-- the `>>` round trip of a trivial call through our pool (Ray Client over the tunnel), against
-  plain Ray Client on the same pool and connection (`ray.get(f.remote())`), and against a caller
-  inside the cluster (a task calling `ray.get(f.remote())` on a node: no network in between);
+- the `>>` round trip of a trivial call through our pool (the head's call channel over the pinned
+  SSH session), against plain Ray Client on the same pool and connection (`ray.get(f.remote())`),
+  and against a caller inside the cluster (a task calling `ray.get(f.remote())` on a node: no
+  network in between);
 - where the entry time goes (the launcher's own timeline);
 - what a node's own Python environment costs: uv making a venv with the driver's Python and Ray,
   cold (empty cache: every wheel downloaded, as a fresh cloud machine does) and warm (from a cache).
@@ -16,7 +17,8 @@ With `--rtt MS` (this kernel has no netem) the driver's SSH connection to the he
 delaying relay (`bench/delay_proxy.py` as OpenSSH's ProxyCommand, through an `ssh` wrapper first on
 PATH), and the same pool is measured at +0 and +MS of round trip, in one run: `>>`, gather and
 `pool.map` of 500, a 50 MB argument up and result down, each against plain Ray Client on the same
-connection (the ratio is ours / plain).
+connection (the ratio is ours / plain); then `>>` at +MS in round trips beyond a caller inside the
+cluster, and the gather and map against the same fan-out of 500 from inside the cluster (the bound).
 
 Starts its own simulated region and ends everything it starts.
 """
@@ -60,6 +62,24 @@ def in_cluster_round_trip(calls: int) -> float:
         ray.get(f.remote())
         times.append(time.perf_counter() - t)
     return statistics.median(times) * 1000
+
+
+@sky.function
+def in_cluster_fan_out(fan: int) -> float:
+    """The best of 3 of `fan` tiny tasks spread over the pool and gathered by a caller inside the
+    cluster (a task on a node): the bound for a gather or map of `fan` sent from afar."""
+    import time
+
+    import ray
+
+    f = ray.remote(num_cpus=0)(lambda: 1).options(scheduling_strategy="SPREAD")
+    ray.get([f.remote() for _ in range(fan)])
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        ray.get([f.remote() for _ in range(fan)])
+        best = min(best, time.perf_counter() - t)
+    return best
 
 
 @sky.function
@@ -144,9 +164,10 @@ def at_rtt(pool, calls: int, fan: int, megabytes: int) -> list[tuple[str, float,
     return rows
 
 
-def rtt_table(pool, rtt_file: Path, rtt_ms: float, calls: int, inside_ms: float) -> None:
+def rtt_table(pool, rtt_file: Path, rtt_ms: float, calls: int, inside_ms: float, fan_bound_s: float) -> None:
     """Measure the same pool at +0 and +rtt_ms, and print both with ratios to plain Ray Client; then
-    what a `>>` costs at +rtt_ms in round trips beyond a caller inside the cluster (`inside_ms`)."""
+    what a `>>` costs at +rtt_ms in round trips beyond a caller inside the cluster (`inside_ms`), and
+    a gather and a map of 500 against the same fan-out from inside the cluster (`fan_bound_s`)."""
     tables = {}
     for added in (0.0, rtt_ms):
         rtt_file.write_text(f"{added:g}")
@@ -160,6 +181,10 @@ def rtt_table(pool, rtt_file: Path, rtt_ms: float, calls: int, inside_ms: float)
     print(f"`>>` at +{rtt_ms:g} ms: ours {ours:.1f} ms = in-cluster {inside_ms:.1f} ms + "
           f"{(ours - inside_ms) / rtt_ms:.2f} RTT (target <= 1.3); plain Ray Client {plain:.1f} ms = in-cluster + "
           f"{(plain - inside_ms) / rtt_ms:.2f} RTT")
+    for row in (1, 2):
+        label, ours, plain = tables[rtt_ms][row]
+        print(f"{label.split(' (')[0]} at +{rtt_ms:g} ms: ours {ours:.3f} s = {ours / fan_bound_s:.2f}x the fan-out "
+              f"from inside the cluster ({fan_bound_s:.3f} s; target <= 1.2); plain Ray Client {plain / fan_bound_s:.2f}x")
 
 
 def main() -> None:
@@ -188,7 +213,7 @@ def run(args: argparse.Namespace, rtt_file: Path) -> None:
             timings = pool.timings
             inside = in_cluster_round_trip(args.calls) >> pool
             if args.rtt is not None:
-                rtt_table(pool, rtt_file, args.rtt, args.calls, inside)
+                rtt_table(pool, rtt_file, args.rtt, args.calls, inside, in_cluster_fan_out(500) >> pool)
                 rtt_file.write_text("0")
                 time.sleep(0.5)
             ours = median_ms(lambda: noop() >> pool, args.calls)

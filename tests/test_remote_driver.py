@@ -201,6 +201,33 @@ def test_a_call_goes_over_the_heads_call_channel_and_survives_its_ssh_connection
     assert square(12) >> pool == 144
 
 
+def test_groups_futures_and_at_go_over_the_call_channel_and_keep_their_promises(pool):
+    channel = opened_channel(pool)
+    first_id = next(channel._ids)
+    assert sky.gather(*[square(i) for i in range(50)]) >> pool == [i * i for i in range(50)]
+    assert (square(2) & square(3)) >> pool == (4, 9)
+    assert (square(5) > pool).result(timeout=60) == 25
+    assert pool.map(square, range(6)) == [0, 1, 4, 9, 16, 25]
+    assert [r["node"] for r in environment() @ pool] == [0, 1]
+    started = time.monotonic()
+    with pytest.raises(ZeroDivisionError):  # the first failure is what the caller gets; the rest is cancelled
+        sky.gather(divide(1, 0), nap(1, 60.0)) >> pool
+    with pytest.raises(sky.FunctionTimeoutError):
+        sky.gather(square(1), late(30.0)) >> pool
+    assert time.monotonic() - started < 30, "neither group waited for its slow call"
+    trials = sorted(pool.as_completed(reciprocal, [1, 0, 4], return_exceptions=True), key=lambda t: t.index)
+    assert [t.value for t in trials if t.ok] == [1.0, 0.25] and isinstance(trials[1].error, ZeroDivisionError)
+    future = nap(2, 60.0) > pool
+    assert future.cancel() and future.cancelled()
+    assert next(channel._ids) - first_id >= 50 + 2 + 1 + 6 + 2 + 2 + 2 + 3 + 1, "every call went over the channel"
+    assert square(11) >> pool == 121
+
+
+@sky.function
+def reciprocal(x: float) -> float:
+    return 1 / x
+
+
 @sky.function
 def nap(x: int, seconds: float) -> tuple[int, int]:
     from ray.experimental import internal_kv

@@ -22,6 +22,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayError, RayTaskError, TaskCancelledError
 
+from skyward_ray.api.channel_client import ChannelRef, ChannelTaskError
 from skyward_ray.api.function import PendingFunction
 from skyward_ray.api.watch import PoolWatch
 from skyward_ray.errors import FunctionTimeoutError
@@ -79,11 +80,17 @@ def timeout_error(pending: PendingFunction[Any]) -> FunctionTimeoutError:
     )
 
 
-def cancel(refs: Sequence[ray.ObjectRef], force: bool = False) -> None:
-    """Cancel Ray tasks; finished ones and a pool going away are no error."""
-    if not ray.is_initialized():
+def cancel(refs: Sequence[ray.ObjectRef | ChannelRef], force: bool = False) -> None:
+    """Cancel Ray tasks (sent through Ray, or over the call channel); finished ones and a pool going
+    away are no error."""
+    channel_refs = [ref for ref in refs if isinstance(ref, ChannelRef)]
+    for ref in channel_refs:
+        ref.cancel(force)
+    if len(channel_refs) == len(refs) or not ray.is_initialized():
         return  # the pool is gone (and Ray would start a fresh local cluster to serve the call)
     for ref in refs:
+        if isinstance(ref, ChannelRef):
+            continue
         try:
             ray.cancel(ref, force=force)
         except Exception:  # already finished, or the pool is going away
@@ -99,7 +106,8 @@ def is_failure(value: Any) -> bool:
 
 
 class Calls:
-    """Calls sent together: their Ray refs (in argument order), what they were, and the pool's watch."""
+    """Calls sent together: their refs (in argument order: Ray's, or the call channel's
+    `ChannelRef`s, never both), what they were, and the pool's watch."""
 
     __slots__ = ("watch", "refs", "pendings", "lost")
 
@@ -114,6 +122,8 @@ class Calls:
         """What the caller gets for call `index` ending in `error` (a Ray error, or a transport one)."""
         if isinstance(error, RayTaskError):
             return original_exception(error)
+        if isinstance(error, ChannelTaskError):
+            return with_remote_traceback(error.cause, error.text) if error.text else error.cause
         if isinstance(error, RayError) and not isinstance(error, TaskCancelledError) and self.lost is not None:
             return self.lost(index, error)
         return error

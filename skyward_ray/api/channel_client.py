@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ray.exceptions import RayError
+
 from skyward_ray.api import channel_wire as wire
 
 RECONNECT_S = 60.0  # how long a dropped connection is retried before the calls on it fail
@@ -35,20 +37,36 @@ class ChannelError(ConnectionError):
 
 
 class CallSlot:
-    """One call's outcome, once the head sent it: `wait(timeout)`, then `outcome()`."""
+    """One call's outcome, once the head sent it: `wait(timeout)` or `add_done_callback`, then `outcome()`."""
 
-    __slots__ = ("frame", "_event", "_kind", "_payload")
+    __slots__ = ("frame", "_event", "_kind", "_payload", "_callbacks", "_guard")
 
     def __init__(self, frame: bytes) -> None:
         self.frame = frame  # kept until done: sent again if the head never got it
         self._event = threading.Event()
         self._kind = ""
         self._payload: Any = None
+        self._callbacks: list[Callable[[CallSlot], None]] = []
+        self._guard = threading.Lock()
 
     def resolve(self, kind: str, payload: Any) -> None:
-        self._kind, self._payload = kind, payload
-        self.frame = b""
-        self._event.set()
+        with self._guard:
+            if self._event.is_set():
+                return
+            self._kind, self._payload = kind, payload
+            self.frame = b""
+            self._event.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback(self)
+
+    def add_done_callback(self, callback: Callable[[CallSlot], None]) -> None:
+        """`callback(slot)` once the outcome is in (now, if it is already), in the channel's reader thread."""
+        with self._guard:
+            if not self._event.is_set():
+                self._callbacks.append(callback)
+                return
+        callback(self)
 
     def wait(self, timeout: float) -> bool:
         return self._event.wait(timeout)
@@ -62,12 +80,53 @@ class CallSlot:
         return self._kind, cloudpickle.loads(self._payload)
 
 
+class ChannelTaskError(RayError):
+    """A call over the channel that failed with its own exception (`cause`, raised on a node, with
+    Ray's remote traceback `text`), or that could not run at all (`text` empty): what a
+    `RayTaskError` is through Ray Client (`calls.Calls.translate` gives the caller `cause`)."""
+
+    def __init__(self, cause: BaseException, text: str = "") -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.text = text
+
+
+class ChannelRef:
+    """One call sent over the channel, as the waits use a Ray object ref (`calls.Calls.refs`): a
+    completion callback given the value or the error as Ray gives them, and cancel."""
+
+    __slots__ = ("channel", "call_id", "slot")
+
+    def __init__(self, channel: CallChannel, call_id: int, slot: CallSlot) -> None:
+        self.channel, self.call_id, self.slot = channel, call_id, slot
+
+    def value_or_error(self) -> Any:
+        """The call's value, or the error it ended with (a Ray error, `ChannelTaskError`, `ChannelError`)."""
+        kind, payload = self.slot.outcome()
+        if kind == "value":
+            return payload
+        if kind == "task_error":
+            return ChannelTaskError(*payload)
+        if isinstance(payload, (RayError, ConnectionError)):
+            return payload
+        return ChannelTaskError(payload)
+
+    def _on_completed(self, callback: Callable[[Any], None]) -> None:
+        """As `ray.ObjectRef._on_completed` (what `future.PoolFuture` resolves from)."""
+        self.slot.add_done_callback(lambda _: callback(self.value_or_error()))
+
+    def cancel(self, force: bool = False) -> None:
+        self.channel.cancel(self.call_id, force)
+
+
 class CallChannel:
     """A session with the head's call server over a sequence of `ssh -W` connections."""
 
-    def __init__(self, command: Callable[[], list[str]], token: str, actor: Any = None) -> None:
+    def __init__(self, command: Callable[[], list[str]], token: str, actor: Any = None,
+                 on_drop: Callable[[], None] | None = None) -> None:
         self._command = command
         self._token = token
+        self._on_drop = on_drop  # told (in a thread of its own) when a connection drops: is the head gone?
         self._actor = actor  # the head's server: kept referenced while the channel lives
         self._session = secrets.token_hex(16)
         self._ids = itertools.count(1)
@@ -80,7 +139,7 @@ class CallChannel:
 
     @classmethod
     def open(cls, command_for_port: Callable[[int], list[str]], token: str, head_node_id: str,
-             timeout: float = HELLO_TIMEOUT_S) -> CallChannel:
+             timeout: float = HELLO_TIMEOUT_S, on_drop: Callable[[], None] | None = None) -> CallChannel:
         """Start the head's server (through the pool's Ray connection), then connect to it."""
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -91,7 +150,7 @@ class CallChannel:
         actor = ray.remote(num_cpus=0, max_restarts=0)(CallServer).options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(head_node_id, soft=False)).remote(digest)
         port = int(ray.get(actor.start.remote(), timeout=timeout))
-        channel = cls(lambda: command_for_port(port), token, actor)
+        channel = cls(lambda: command_for_port(port), token, actor, on_drop)
         channel._connect(timeout)
         return channel
 
@@ -109,6 +168,28 @@ class CallChannel:
             slot = self._slots[call_id] = CallSlot(frame)
             self._write(frame)
         return call_id, slot
+
+    def refs(self, calls: list[tuple[str, Callable[[], bytes], bytes]]) -> list[ChannelRef]:
+        """`call_many`, as refs the group waits use."""
+        return [ChannelRef(self, call_id, slot) for call_id, slot in self.call_many(calls)]
+
+    def call_many(self, calls: list[tuple[str, Callable[[], bytes], bytes]]) -> list[tuple[int, CallSlot]]:
+        """Send calls (function key, its bytes when first asked, payload) in one frame: a group costs
+        one message up however many calls it holds."""
+        with self._lock:
+            if self._broken is not None:
+                raise ChannelError(str(self._broken))
+            entries, sent = [], []
+            for function_key, function_bytes, payload in calls:
+                call_id = next(self._ids)
+                first = function_key not in self._known
+                self._known.add(function_key)
+                entry = (call_id, function_key, function_bytes() if first else None, payload)
+                entries.append(entry)
+                slot = self._slots[call_id] = CallSlot(wire.encode(("call", *entry)))
+                sent.append((call_id, slot))
+            self._write(wire.encode(("calls", entries)))
+        return sent
 
     def cancel(self, call_id: int, force: bool = False) -> None:
         with self._lock, contextlib.suppress(OSError):
@@ -195,6 +276,8 @@ class CallChannel:
                 return
             self._proc = None
         self._end(proc)
+        if self._on_drop is not None:
+            threading.Thread(target=self._on_drop, name="skyward-call-channel-drop", daemon=True).start()
         self._reconnect()
 
     def _reconnect(self) -> None:

@@ -118,9 +118,10 @@ class CallServer:
             while True:
                 message = await wire.read_frame_async(reader)
                 kind = message[0]
-                if kind == "call":
-                    session.running.setdefault(message[1], None)  # received: a resume must not call it unreceived
-                    asyncio.get_running_loop().create_task(self._run(session, *message[1:]))
+                if kind in ("call", "calls"):
+                    for call in ([message[1:]] if kind == "call" else message[1]):
+                        session.running.setdefault(call[0], None)  # received: a resume must not call it unreceived
+                        asyncio.get_running_loop().create_task(self._run(session, *call))
                 elif kind == "resume":  # the driver's waiting calls after a reconnect: which never arrived?
                     lost = [i for i in message[1] if i not in session.running and i not in session.unacked]
                     if lost:

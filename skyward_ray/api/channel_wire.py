@@ -10,13 +10,17 @@ the first frame each way, which is JSON (nothing is unpickled before the token i
 
     driver -> head: {"token": ..., "session": ...}      the pool's token, a session id
     head -> driver: {"ok": bool, "detail": str}
-    driver -> head: ("call", call_id, function_key, function_bytes | None, args_bytes, options)
+    driver -> head: ("call", call_id, function_key, function_bytes | None, payload)
+                    ("calls", [(call_id, function_key, function_bytes | None, payload), ...])
                     ("cancel", call_id, force)
+                    ("resume", [call_id, ...])            after a reconnect: the calls still waited for
                     ("ack", [call_id, ...])              outcomes received: the head forgets them
     head -> driver: ("done", call_id, kind, payload)     kind: "value" | "task_error" | "error"
+                    ("unreceived", [call_id, ...])        of a resume's calls, those that never arrived
 
-The envelope is plain `pickle` of bytes, strings, numbers and option dicts; the user's function,
-arguments and results travel inside it as cloudpickle bytes, made and read by the two ends.
+The envelope is plain `pickle` of bytes, strings and numbers; the user's function (with its Ray
+options), a call's payload (its arguments and the call's Ray options) and its result travel inside
+it as cloudpickle bytes, made and read by the two ends.
 Both ends are this package, the same version (the pool ships it to its nodes).
 """
 

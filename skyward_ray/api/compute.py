@@ -205,9 +205,9 @@ class Compute(PoolOperations):
         if driver is None or driver.tunnel is None or not driver.through_client:
             return
         tunnel = driver.tunnel
-        self.dispatcher.open_channel(lambda: CallChannel.open(
+        self.dispatcher.open_channel(lambda on_drop: CallChannel.open(
             lambda port: tunnel.stdio_command("127.0.0.1", port), cluster.provider.params.auth_token,
-            cluster.nodes[0].ray_node_id))
+            cluster.nodes[0].ray_node_id, on_drop=on_drop))
 
     def _open_dashboard(self) -> None:
         """Reach the head's dashboard from here and say where it is (never the token: its file)."""

@@ -3,16 +3,17 @@
 Ray does the work: scheduling, retries on node loss (`max_retries`), object transfer. This module
 adds only what makes a remote call feel local (what an outcome means is `calls.Calls`):
 
-- `>>` on a pool reached through an SSH tunnel goes over the head's call channel
-  (`channel_client`: one round trip, where Ray Client costs two or more); elsewhere it waits on
-  `ray.get` directly (the fastest path for the common case);
+- on a pool reached through an SSH tunnel every call goes over the head's call channel
+  (`channel_client`: one round trip, where Ray Client costs two or more; a group in one message),
+  its outcomes pushed back as they come; elsewhere through Ray, where `>>` waits on `ray.get`
+  directly (the fastest path for the common case);
 - a group (`a & b`, `sky.gather`, `pool.map`), `@`, `pool.as_completed` and `pool.sweep` wait
   through ONE iterator, `Completions`: it owns deadlines (`timeout=` raises
   `FunctionTimeoutError`), cancel and forced cancel, interrupts (the pool lost, a signal, within
   one slice) and the pool-loss check, so they all behave alike. For a group, the first failure
   (an error, a timeout, a lost worker) cancels the rest and is what the caller gets;
-- `>` returns a `future.PoolFuture` over the same `Calls`, resolved by Ray's own completion
-  callbacks (no thread per call), whose `cancel()` cancels the Ray tasks;
+- `>` returns a `future.PoolFuture` over the same `Calls`, resolved by completion callbacks
+  (Ray's, or the channel's: no thread per call), whose `cancel()` cancels the Ray tasks;
 - `@` runs once on each node, pinned to it; a node lost during the call raises `NodeLostError`
   naming it (a pinned call cannot move elsewhere), and the other nodes' calls are cancelled.
 
@@ -23,6 +24,7 @@ top-level modules it ships by reference (how `@sky.function` code is pickled).
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -36,11 +38,12 @@ from skyward_ray.api.calls import (
     FORCE_CANCEL_AFTER_S,
     Calls,
     cancel,
+    is_failure,
     original_exception,
     timeout_error,
     with_remote_traceback,
 )
-from skyward_ray.api.channel_client import CallChannel
+from skyward_ray.api.channel_client import CallChannel, CallSlot, ChannelError, ChannelRef
 from skyward_ray.api.function import PendingFunction
 from skyward_ray.api.future import PoolFuture
 from skyward_ray.api.progress import Progress
@@ -85,6 +88,12 @@ class Completions:
         self._poll = poll
         self._remaining = list(calls.refs)
         self._index = {ref: i for i, ref in enumerate(calls.refs)}
+        # calls over the call channel: their outcomes come pushed, in completion order (no polling)
+        self._finished: queue.SimpleQueue[int] | None = None
+        if calls.refs and isinstance(calls.refs[0], ChannelRef):
+            finished = self._finished = queue.SimpleQueue()
+            for index, ref in enumerate(calls.refs):
+                ref.slot.add_done_callback(lambda _, i=index: finished.put(i))
 
     def __enter__(self) -> "Completions":
         return self
@@ -103,14 +112,8 @@ class Completions:
         done = failed = 0
         while self._remaining:
             watch.check_interrupt()
-            try:
-                ready, self._remaining = ray.wait(self._remaining, num_returns=len(self._remaining),
-                                                  timeout=self._poll, fetch_local=False)
-            except Exception as error:
-                watch.raise_if_lost(error)
-                raise
-            if ready:
-                batch = self._collect(ready)
+            batch = self._next_batch(deadlines)
+            if batch:
                 failures = sum(1 for c in batch if c.error is not None)
                 done, failed = done + len(batch) - failures, failed + failures
                 if progress is not None:
@@ -128,6 +131,44 @@ class Completions:
                     cancel([ref], force=True)
                     self._remaining.remove(ref)
                     yield self._outcome(Completion(index, None, calls.timeout_error(index)))
+
+    def _next_batch(self, deadlines: dict[int, float]) -> list[Completion]:
+        """What finished within one slice: Ray's (`ray.wait`, then one `ray.get`), or the channel's
+        (pushed: the wait ends at the first outcome, the next deadline, or a whole slice)."""
+        if self._finished is None:
+            try:
+                ready, self._remaining = ray.wait(self._remaining, num_returns=len(self._remaining),
+                                                  timeout=self._poll, fetch_local=False)
+            except Exception as error:
+                self.calls.watch.raise_if_lost(error)
+                raise
+            return self._collect(ready) if ready else []
+        wait = WAIT_SLICE_S if not deadlines else max(0.0, min(WAIT_SLICE_S, min(deadlines.values()) - time.monotonic()))
+        try:
+            indexes = [self._finished.get(timeout=wait)]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                indexes.append(self._finished.get_nowait())
+            except queue.Empty:
+                break
+        waiting = set(map(id, self._remaining))
+        batch = []
+        for index in indexes:
+            ref = self.calls.refs[index]
+            if id(ref) not in waiting:
+                continue  # timed out already
+            value = ref.value_or_error()
+            if not is_failure(value):
+                batch.append(Completion(index, value, None))
+                continue
+            if isinstance(value, ConnectionError):  # the channel gone for good: the pool's loss, if it is lost
+                self.calls.watch.raise_if_lost(value)
+            batch.append(Completion(index, None, self.calls.translate(index, value)))
+        done = {id(self.calls.refs[c.index]) for c in batch}
+        self._remaining = [ref for ref in self._remaining if id(ref) not in done]
+        return batch
 
     def _collect(self, ready: list[ray.ObjectRef]) -> list[Completion]:
         """The values of finished calls: one `ray.get` for the batch; one by one only when it failed."""
@@ -172,14 +213,14 @@ class Dispatcher:
         self._opening: threading.Thread | None = None
         self._closing = threading.Event()
 
-    def open_channel(self, open_: Callable[[], CallChannel]) -> None:
-        """Open the call channel in the background (`open_()`); calls use it once it is open. One
-        that does not open is logged, and calls keep going through Ray Client."""
+    def open_channel(self, open_: Callable[[Callable[[], None]], CallChannel]) -> None:
+        """Open the call channel in the background (`open_(on_drop)`); calls use it once it is open.
+        One that does not open is logged, and calls keep going through Ray Client."""
         self._closing.clear()
 
         def opening() -> None:
             try:
-                channel = open_()
+                channel = open_(self._channel_dropped)
             except Exception as error:  # noqa: BLE001 - calls still work, through Ray Client
                 _log.warning("the head's call channel did not open (%s: %s); calls go through Ray Client",
                              type(error).__name__, error)
@@ -199,10 +240,24 @@ class Dispatcher:
             remote = remote.options(**options)
         return remote.remote(*pending.args, **pending.kwargs)
 
+    def send_all(self, pendings: Sequence[PendingFunction[Any]], options: Sequence[dict[str, Any]]) -> list[Any]:
+        """Submit calls: over the call channel in one message where the pool has one (`ChannelRef`s),
+        else through Ray one by one (object refs)."""
+        channel = self.channel
+        if channel is not None and channel.usable and not any(map(_holds_ray_handles, pendings)):
+            from ray import cloudpickle
+
+            try:
+                return channel.refs([(*p.function.channel_function(self.shipped),
+                                      cloudpickle.dumps((p.args, p.kwargs, o))) for p, o in zip(pendings, options)])
+            except ChannelError:
+                pass  # gone for good since `usable` was asked: through Ray
+        return [self.send(p, o) for p, o in zip(pendings, options)]
+
     def send_group(self, pendings: list[PendingFunction[Any]], options: Sequence[dict[str, Any]]) -> Calls:
         """Submit calls meant to run in parallel over the pool: spread, rather than pack the first node."""
-        refs = [self.send(p, o if "scheduling_strategy" in o else {**o, "scheduling_strategy": "SPREAD"})
-                for p, o in zip(pendings, options)]
+        refs = self.send_all(pendings, [o if "scheduling_strategy" in o else {**o, "scheduling_strategy": "SPREAD"}
+                                        for o in options])
         return Calls(self.watch, refs, pendings)
 
     def run(self, pending: PendingFunction[Any], options: dict[str, Any]) -> Any:
@@ -210,7 +265,15 @@ class Dispatcher:
         directly, in slices (the fastest path for the common case)."""
         channel = self.channel
         if channel is not None and channel.usable and not _holds_ray_handles(pending):
-            return self._run_on_channel(channel, pending, options)
+            from ray import cloudpickle
+
+            key, function_bytes = pending.function.channel_function(self.shipped)
+            try:
+                sent = channel.call(key, function_bytes, cloudpickle.dumps((pending.args, pending.kwargs, options)))
+            except ChannelError:
+                pass  # gone for good since `usable` was asked: through Ray
+            else:
+                return self._wait_on_channel(channel, *sent, pending)
         ref = self.send(pending, options)
         watch = self.watch
         timeout = pending.function.options.timeout
@@ -235,12 +298,8 @@ class Dispatcher:
             cancel([ref])
             raise
 
-    def _run_on_channel(self, channel: CallChannel, pending: PendingFunction[Any], options: dict[str, Any]) -> Any:
+    def _wait_on_channel(self, channel: CallChannel, call_id: int, slot: CallSlot, pending: PendingFunction[Any]) -> Any:
         """`run` over the head's call channel: the same waits in slices, timeout, cancel and errors."""
-        from ray import cloudpickle
-
-        key, function_bytes = pending.function.channel_function(self.shipped)
-        call_id, slot = channel.call(key, function_bytes, cloudpickle.dumps((pending.args, pending.kwargs, options)))
         watch = self.watch
         timeout = pending.function.options.timeout
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -275,9 +334,10 @@ class Dispatcher:
 
     def run_on_nodes(self, pending: PendingFunction[Any], options: dict[str, Any], nodes: list[NodeInfo]) -> list[Any]:
         """Once on each node, pinned to it (hard affinity, no retry elsewhere); results in node order."""
-        refs = [self.send(pending, {**options, "max_retries": 0, "scheduling_strategy":
-                                    NodeAffinitySchedulingStrategy(node.ray_node_id, soft=False)})
-                for node in nodes]
+        refs = self.send_all([pending] * len(nodes), [
+            {**options, "max_retries": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(node.ray_node_id,
+                                                                                                 soft=False)}
+            for node in nodes])
 
         def lost(index: int, error: BaseException) -> BaseException:
             node = nodes[index]
@@ -293,12 +353,20 @@ class Dispatcher:
 
     def submit(self, pending: PendingFunction[Any], options: dict[str, Any]) -> PoolFuture:
         """One call started now, as a future."""
-        return PoolFuture(Calls(self.watch, [self.send(pending, options)], [pending]), None)
+        return PoolFuture(Calls(self.watch, self.send_all([pending], [options]), [pending]), None)
 
     def submit_many(self, pendings: list[PendingFunction[Any]], options: Sequence[dict[str, Any]],
                     as_tuple: bool) -> PoolFuture:
         """A group started now, as one future of its values in argument order."""
         return PoolFuture(self.send_group(pendings, options), tuple if as_tuple else list)
+
+    def _channel_dropped(self) -> None:
+        """The channel's connection dropped: ask at once whether the pool's head is gone (as a wait
+        does after Ray Client's connection fails), so every wait raises the loss within a slice."""
+        try:
+            self.watch.raise_if_lost(ConnectionError("the pool's call channel dropped"))
+        except BaseException:  # noqa: BLE001 - lost: the loss check interrupted every wait on the pool
+            pass
 
     def before_disconnect(self) -> None:
         """Before this process leaves the pool's Ray cluster (see `watch.Deadlines.drop_all`)."""
