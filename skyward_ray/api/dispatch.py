@@ -208,7 +208,7 @@ class Dispatcher:
         self.watch = PoolWatch()
         # top-level modules the pool's job ships by reference (`staging.StagedCode.shipped`)
         self.shipped: frozenset[str] = frozenset()
-        # a pool reached through an SSH tunnel: `>>` goes over the head's call channel (one round trip)
+        # a pool reached through an SSH tunnel: its calls go over the head's call channel (one round trip)
         self.channel: CallChannel | None = None
         self._opening: threading.Thread | None = None
         self._closing = threading.Event()
