@@ -111,8 +111,9 @@ class ChannelRef:
             return payload
         return ChannelTaskError(payload)
 
-    def _on_completed(self, callback: Callable[[Any], None]) -> None:
-        """As `ray.ObjectRef._on_completed` (what `future.PoolFuture` resolves from)."""
+    def on_completed(self, callback: Callable[[Any], None]) -> None:
+        """`callback(value or error)` once the call ended, as Ray's `ObjectRef._on_completed` does
+        (what `future.PoolFuture` resolves from)."""
         self.slot.add_done_callback(lambda _: callback(self.value_or_error()))
 
     def cancel(self, force: bool = False) -> None:

@@ -8,6 +8,7 @@ translation of errors, timeouts and cancel), so a future fails as a waited group
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import Any
 import ray
 
 from skyward_ray.api.calls import Calls, cancel, is_failure
+from skyward_ray.api.channel_client import ChannelRef
 
 
 class PoolFuture(concurrent.futures.Future):  # type: ignore[type-arg]
@@ -39,8 +41,11 @@ class PoolFuture(concurrent.futures.Future):  # type: ignore[type-arg]
         for index, deadline in calls.deadlines(started).items():
             calls.watch.deadlines.add(deadline, lambda i=index: self._expired(i))
         for index, ref in enumerate(calls.refs):
-            # Ray's own completion hook (what ObjectRef.future() is built on), without a Future per call
-            ref._on_completed(lambda outcome, i=index: self._one_done(i, outcome))
+            done = functools.partial(self._one_done, index)
+            if isinstance(ref, ChannelRef):
+                ref.on_completed(done)  # the call channel's outcome, pushed by the head
+            else:  # Ray's own completion hook (what ObjectRef.future() is built on), without a Future per call
+                ref._on_completed(done)
 
     def _settle(self) -> bool:
         """True for the one caller that may set the outcome."""
