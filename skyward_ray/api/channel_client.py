@@ -183,9 +183,9 @@ class CallChannel:
             entries, sent = [], []
             for function_key, function_bytes, payload in calls:
                 call_id = next(self._ids)
-                first = function_key not in self._known
-                self._known.add(function_key)
-                entry = (call_id, function_key, function_bytes() if first else None, payload)
+                pickled = function_bytes() if function_key not in self._known else None
+                self._known.add(function_key)  # after pickling: a function that fails to pickle was never sent
+                entry = (call_id, function_key, pickled, payload)
                 entries.append(entry)
                 slot = self._slots[call_id] = CallSlot(wire.encode(("call", *entry)))
                 sent.append((call_id, slot))
