@@ -180,15 +180,17 @@ class CallChannel:
         with self._lock:
             if self._broken is not None:
                 raise ChannelError(str(self._broken))
-            entries, sent = [], []
-            for function_key, function_bytes, payload in calls:
-                call_id = next(self._ids)
-                pickled = function_bytes() if function_key not in self._known else None
-                self._known.add(function_key)  # after pickling: a function that fails to pickle was never sent
-                entry = (call_id, function_key, pickled, payload)
-                entries.append(entry)
-                slot = self._slots[call_id] = CallSlot(wire.encode(("call", *entry)))
-                sent.append((call_id, slot))
+            entries, first_sent = [], set()
+            for function_key, function_bytes, payload in calls:  # all pickled before anything is registered
+                first = function_key not in self._known and function_key not in first_sent
+                entries.append((next(self._ids), function_key, function_bytes() if first else None, payload))
+                if first:
+                    first_sent.add(function_key)
+            self._known |= first_sent
+            sent = []
+            for entry in entries:
+                slot = self._slots[entry[0]] = CallSlot(wire.encode(("call", *entry)))
+                sent.append((entry[0], slot))
             self._write(wire.encode(("calls", entries)))
         return sent
 
