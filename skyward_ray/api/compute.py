@@ -195,8 +195,8 @@ class Compute(PoolOperations):
             console.print(f"[red]the pool's first-contact log: {log.path}[/]")
 
     def _open_call_channel(self) -> None:
-        """Where this process reaches the pool through an SSH tunnel (Ray Client), `>>` goes over the
-        head's call channel (`channel_client`: one round trip a call) once it is open. It opens in the
+        """Where this process reaches the pool through an SSH tunnel (Ray Client), the pool's calls go
+        over the head's call channel (`channel_client`: one round trip a call) once it is open. It opens in the
         background (starting the head's actor takes a second or more): until then, and if it does
         not open (logged), calls go through Ray Client, as they would anyway."""
         cluster = self._cluster
