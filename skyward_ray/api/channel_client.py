@@ -157,18 +157,8 @@ class CallChannel:
 
     # -- calls ---------------------------------------------------------------------------------------
     def call(self, function_key: str, function_bytes: Callable[[], bytes], payload: bytes) -> tuple[int, CallSlot]:
-        """Send one call; its slot resolves when the head sends its outcome. `function_bytes` is asked
-        only the first time this channel sends that function."""
-        with self._lock:
-            if self._broken is not None:
-                raise ChannelError(str(self._broken))
-            call_id = next(self._ids)
-            first = function_key not in self._known
-            frame = wire.encode(("call", call_id, function_key, function_bytes() if first else None, payload))
-            self._known.add(function_key)
-            slot = self._slots[call_id] = CallSlot(frame)
-            self._write(frame)
-        return call_id, slot
+        """Send one call (`call_many` of one); its slot resolves when the head sends its outcome."""
+        return self.call_many([(function_key, function_bytes, payload)])[0]
 
     def refs(self, calls: list[tuple[str, Callable[[], bytes], bytes]]) -> list[ChannelRef]:
         """`call_many`, as refs the group waits use."""

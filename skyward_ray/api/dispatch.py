@@ -240,16 +240,20 @@ class Dispatcher:
             remote = remote.options(**options)
         return remote.remote(*pending.args, **pending.kwargs)
 
+    def _channel_call(self, pending: PendingFunction[Any], options: dict[str, Any]) -> tuple[str, Callable[[], bytes], bytes]:
+        """One call as the channel sends it: its function's key and bytes, and its pickled arguments and options."""
+        from ray import cloudpickle
+
+        key, function_bytes = pending.function.channel_function(self.shipped)
+        return key, function_bytes, cloudpickle.dumps((pending.args, pending.kwargs, options))
+
     def send_all(self, pendings: Sequence[PendingFunction[Any]], options: Sequence[dict[str, Any]]) -> list[Any]:
         """Submit calls: over the call channel in one message where the pool has one (`ChannelRef`s),
         else through Ray one by one (object refs)."""
         channel = self.channel
         if channel is not None and channel.usable and not any(map(_holds_ray_handles, pendings)):
-            from ray import cloudpickle
-
             try:
-                return channel.refs([(*p.function.channel_function(self.shipped),
-                                      cloudpickle.dumps((p.args, p.kwargs, o))) for p, o in zip(pendings, options)])
+                return channel.refs([self._channel_call(p, o) for p, o in zip(pendings, options)])
             except ChannelError:
                 pass  # gone for good since `usable` was asked: through Ray
         return [self.send(p, o) for p, o in zip(pendings, options)]
@@ -265,11 +269,8 @@ class Dispatcher:
         directly, in slices (the fastest path for the common case)."""
         channel = self.channel
         if channel is not None and channel.usable and not _holds_ray_handles(pending):
-            from ray import cloudpickle
-
-            key, function_bytes = pending.function.channel_function(self.shipped)
             try:
-                sent = channel.call(key, function_bytes, cloudpickle.dumps((pending.args, pending.kwargs, options)))
+                sent = channel.call(*self._channel_call(pending, options))
             except ChannelError:
                 pass  # gone for good since `usable` was asked: through Ray
             else:
