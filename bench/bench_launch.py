@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_launch.py [--nodes 1 8 64 256] [--aws-scale 1.0]
 
 Nothing boots Ray here: the launcher's provisioning (`provisioning.provision`: the head, then every
-worker at once) and its teardown (`teardown.teardown`: workers first, then the head, until two
+worker at once, in one call where the cloud has one: EC2 RunInstances for N identical workers) and its teardown (`teardown.teardown`: workers first, then the head, until two
 empty listings) run against two clouds whose machines never start anything:
 
 - the in-memory cloud of the tests (`tests.fakecloud`): the launcher's own overhead, no network;

@@ -20,6 +20,10 @@ CLUSTER = "skyward/cluster"
 OWNER = "skyward/owner"  # host/pid/start time of the process keeping the pool alive (`cluster.pool_state`)
 STARTED = "skyward/started"  # when the pool was launched (epoch seconds)
 PRICE = "skyward/price"  # USD per hour per node of the offer bought
+# On machines started together by one launch call (EC2 RunInstances for many identical workers): the
+# batch's first node index; a machine's own index is this plus its position in the batch (the cloud's
+# launch index), which its cloud module turns back into `NODE_INDEX` when it lists the machine.
+FIRST_INDEX = "skyward/first-index"
 LAUNCH_TOKEN = "skyward/launch-token"  # one per node and launch attempt: finds a machine whose create answer was lost
 NETWORK = "skyward/network"  # "global" on a RunPod pod made with global networking
 

@@ -1,7 +1,8 @@
 """Real Ray pools on simulated AWS: moto for the API, the host simulator boots each instance's user data.
 
-One 2-node spot pool is shared by the first tests (in file order; the last of them interrupts a
-spot worker mid-gather, then the pool is closed and the account checked for leftovers). A second,
+One 3-node spot pool (its two workers launched by one RunInstances) is shared by the first tests
+(in file order; the last of them interrupts a spot worker mid-gather, then the pool is closed and
+the account checked for leftovers). A second,
 on-demand pool proves the plan walk across a capacity error. The driver process carries
 recognisable fake AWS credentials; no instance's user data may contain them.
 """
@@ -66,7 +67,7 @@ def provider(region) -> sky.AWS:
 @pytest.fixture(scope="module")
 def spot_pool(region):
     sim, hosts, keys = region
-    pool = sky.Compute(provider=provider(region), accelerator=sky.accelerators.T4(), nodes=2,
+    pool = sky.Compute(provider=provider(region), accelerator=sky.accelerators.T4(), nodes=3,
                        allocation="spot-if-available", boot_timeout=120)
     pool.__enter__()
     try:
@@ -89,14 +90,15 @@ def no_leftover_machines(region):
         pytest.fail(f"simulated machines left running: {left}")
 
 
-def test_two_spot_nodes_run_tasks_on_both_instances(region, spot_pool):
+def test_three_spot_nodes_run_tasks_on_every_instance_each_with_its_own_index(region, spot_pool):
     sim, _, _ = region
     assert spot_pool.offer.market == "spot" and spot_pool.offer.provider == "aws"
     answers = where() @ spot_pool
     ec2_ids = {i["InstanceId"] for i in sim.instances(("running",), cluster=spot_pool.name)}
-    assert [a["node"] for a in answers] == [0, 1]
-    assert {a["instance_id"] for a in answers} == ec2_ids and len(ec2_ids) == 2
-    assert [a["spot"] for a in answers] == [False, True], "the head is on-demand by default; workers are spot"
+    # the two workers came from one RunInstances (one boot script): each worked its index out at boot
+    assert [a["node"] for a in answers] == [0, 1, 2]
+    assert {a["instance_id"] for a in answers} == ec2_ids and len(ec2_ids) == 3
+    assert [a["spot"] for a in answers] == [False, True, True], "the head is on-demand by default; workers are spot"
     assert all(a["provider"] == "aws" for a in answers)
     assert {a["ip"] for a in answers} == {n.ip for n in spot_pool.nodes}
     results = sky.gather(*[slow_square(x, 0.1) for x in range(6)]) >> spot_pool
@@ -111,21 +113,31 @@ def test_the_nodes_shutdown_is_the_simulators_shim(region, spot_pool):
         assert answer["path"].index(shim_dir) < answer["path"].index("/usr/sbin")
 
 
+def _node_index(instance: dict) -> str:
+    """An instance's node index as EC2 shows it: its own tag, or its batch's first index plus its launch index."""
+    tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
+    if "skyward/node-index" in tags:
+        return tags["skyward/node-index"]
+    return str(int(tags["skyward/first-index"]) + instance["AmiLaunchIndex"])
+
+
 def test_spot_requests_carry_spot_market_options_and_imdsv2_and_the_head_is_on_demand(region, spot_pool):
     sim, _, _ = region
     calls = [c for c in sim.calls("RunInstances") if spot_pool.name in c.params.values()]
-    assert len(calls) == 2
-    head_call, worker_call = sorted(calls, key=lambda c: tag(c.params, "skyward/node-index"))
+    assert len(calls) == 2, "the head, then both workers in one call"
+    [head_call] = [c for c in calls if tag(c.params, "skyward/node-index") == "0"]
+    [worker_call] = [c for c in calls if tag(c.params, "skyward/first-index") == "1"]
+    assert (head_call.params["MinCount"], head_call.params["MaxCount"]) == ("1", "1")
+    assert (worker_call.params["MinCount"], worker_call.params["MaxCount"]) == ("2", "2"), "all or none"
     assert not any(k.startswith("InstanceMarketOptions") for k in head_call.params), "an on-demand head"
     assert worker_call.params["InstanceMarketOptions.MarketType"] == "spot"
     for call in calls:
         assert call.params["MetadataOptions.HttpTokens"] == "required"
         assert call.params["InstanceInitiatedShutdownBehavior"] == "terminate"
-        assert call.params["ClientToken"].startswith(spot_pool.name + "-"), "one idempotency token per node"
+        assert call.params["ClientToken"].startswith(spot_pool.name + "-"), "one idempotency token per call"
     assert calls[0].params["ClientToken"] != calls[1].params["ClientToken"]
-    lifecycles = {next(t["Value"] for t in i["Tags"] if t["Key"] == "skyward/node-index"): i.get("InstanceLifecycle")
-                  for i in sim.instances(cluster=spot_pool.name)}
-    assert lifecycles == {"0": None, "1": "spot"}
+    lifecycles = {_node_index(i): i.get("InstanceLifecycle") for i in sim.instances(cluster=spot_pool.name)}
+    assert lifecycles == {"0": None, "1": "spot", "2": "spot"}
 
 
 def test_security_group_allows_only_itself_and_ssh_from_the_driver(region, spot_pool):
@@ -177,7 +189,7 @@ def test_leaving_the_pool_leaves_no_instance_security_group_or_key_pair(region, 
     name = spot_pool.name
     spot_pool.close()
     # the interrupted worker (earlier in this module) is billed until it was lost; its replacement since
-    assert spot_pool.cost_summary.startswith("3 machines, ") and spot_pool.cost > 0
+    assert spot_pool.cost_summary.startswith("4 machines, ") and spot_pool.cost > 0
     assert sim.live_instances(cluster=name) == []
     assert sim.security_groups(cluster=name) == [] and sim.key_pairs() == []
     assert hosts.wait_idle() == []

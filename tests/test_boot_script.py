@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from skyward_ray import names
+from skyward_ray.errors import SpecError
 from skyward_ray.node import startup_script
 
 # Answers the boot script's interpreter calls: the version check passes; `ray start` (head or
@@ -23,7 +25,8 @@ STUB_PYTHON = """#!/bin/bash
 case "$*" in
   *"ray.__version__"*) exit 0 ;;
   *"skyward watchdog"*) exec sleep "$STUB_WATCHDOG_S" ;;
-  *"ray.scripts.scripts"*|*"ray_cli"*) exec sleep "$STUB_RAY_S" ;;
+  *"ray.scripts.scripts"*|*"ray_cli"*) echo "index=${SKYWARD_NODE_INDEX:-} $*" > "$SKYWARD_MACHINE_DIR/ray-start"
+    exec sleep "$STUB_RAY_S" ;;
 esac
 exit 0
 """
@@ -41,7 +44,8 @@ def boot(tmp_path: Path, role: str = "head", **overrides) -> str:
 
 
 def run_machine(tmp_path: Path, script: str, ray_s: float = 60, watchdog_s: float = 60,
-                timeout: float = 20, path_first: Path | None = None) -> tuple[float, str]:
+                timeout: float = 20, path_first: Path | None = None,
+                extra_env: dict[str, str] | None = None) -> tuple[float, str]:
     """Run the script as a machine (its own process group); returns (seconds until it ended, its log).
     `path_first`: a directory of stand-in commands searched before the system's."""
     machine = tmp_path / "machine"
@@ -50,7 +54,7 @@ def run_machine(tmp_path: Path, script: str, ray_s: float = 60, watchdog_s: floa
     path = os.environ["PATH"] if path_first is None else f"{path_first}:{os.environ['PATH']}"
     env = {"PATH": path, "HOME": str(machine), "SKYWARD_MACHINE_DIR": str(machine),
            "SKYWARD_INSTANCE_ID": "i-boottest", "SKYWARD_NODE_IP": "127.0.0.1",
-           "STUB_RAY_S": str(ray_s), "STUB_WATCHDOG_S": str(watchdog_s)}
+           "STUB_RAY_S": str(ray_s), "STUB_WATCHDOG_S": str(watchdog_s), **(extra_env or {})}
     started = time.monotonic()
     proc = subprocess.Popen(["bash", str(tmp_path / "startup.sh")], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -123,3 +127,31 @@ def test_every_aws_user_data_carries_a_reboot_guard(role):
     assert "shutdown -h now" in guard[-1] and "skyward-first-boot" in guard[-1]
     # no host key travels: cloud-init replaces the image's (shared by every instance of the AMI) with a fresh one
     assert "ssh_keys" not in config and config["ssh_deletekeys"] is True and config["ssh_genkeytypes"] == ["ed25519"]
+
+
+def _batch_worker(tmp_path: Path) -> str:
+    """A worker's script as `launch_many` renders it for every machine of a batch starting at node 5."""
+    (tmp_path / "machine").mkdir(exist_ok=True)
+    (tmp_path / "machine" / "skyward-boot-done").touch()  # the head answered (the stub starts no Ray)
+    return boot(tmp_path, role="worker", first_index=5, launch_index_shell="${STUB_LAUNCH_INDEX}",
+                shell_labels={names.NODE_INDEX: f"${names.ENV_NODE_INDEX}"})
+
+
+def test_a_worker_of_a_batch_takes_the_first_index_plus_its_launch_index(tmp_path):
+    took, log = run_machine(tmp_path, _batch_worker(tmp_path), ray_s=0.5, extra_env={"STUB_LAUNCH_INDEX": "2"})
+    started = (tmp_path / "machine" / "ray-start").read_text()
+    assert started.startswith("index=7 "), started  # what `sky.instance_info().node` reads on the node
+    assert f"{names.NODE_INDEX}=7" in started, "Ray's node label holds the same index"
+
+
+def test_a_worker_of_a_batch_that_cannot_read_its_launch_index_powers_off_before_ray(tmp_path):
+    took, log = run_machine(tmp_path, _batch_worker(tmp_path), extra_env={"STUB_LAUNCH_INDEX": ""})
+    assert powered_off(tmp_path) == 1 and "no launch index from the cloud" in log and took < 5
+    assert "starting ray" not in log and not (tmp_path / "machine" / "ray-start").exists()
+
+
+def test_a_batch_needs_both_its_first_index_and_the_launch_index_and_only_workers_have_one(tmp_path):
+    with pytest.raises(SpecError, match="first_index"):
+        boot(tmp_path, role="worker", first_index=1)
+    with pytest.raises(SpecError, match="first_index"):
+        boot(tmp_path, role="head", first_index=1, launch_index_shell="0")

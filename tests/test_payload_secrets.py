@@ -221,6 +221,17 @@ def test_a_ticket_is_answered_once_and_only_from_its_workers_address(tmp_path):
         assert first == {"token": TOKEN, "env": IMAGE_ENV}
         second = _ask_from(address, address, port, {"ticket": ticket})
         assert "refused" in second and "token" not in second
+        # a batch's workers share one ticket (one payload): registered with each address as the cloud
+        # lists it, answered once from each, and to nobody else
+        batch = "b" * 43
+        enrollment.ask("127.0.0.1", port, {"tickets": {enrollment.ticket_id(batch): [address]}})
+        assert _ask_from(address, address, port, {"ticket": batch}) == {"token": TOKEN, "env": IMAGE_ENV}
+        assert "refused" in _ask_from(address, address, port, {"ticket": batch})
+        assert "refused" in _ask_from("127.0.0.1", address, port, {"ticket": batch}), "not registered yet"
+        enrollment.ask("127.0.0.1", port, {"tickets": {enrollment.ticket_id(batch): ["127.0.0.1"]}})
+        assert _ask_from("127.0.0.1", address, port, {"ticket": batch}) == {"token": TOKEN, "env": IMAGE_ENV}
+        assert "refused" in _ask_from("127.0.0.1", address, port, {"ticket": batch})
+        assert "refused" in _ask_from(address, address, port, {"ticket": batch})
     finally:
         service.kill()
         service.wait(timeout=10)
@@ -285,3 +296,19 @@ def test_the_driver_registers_each_workers_ticket_with_the_address_the_cloud_lis
     while len(sent) < 3 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert sent[-1] == {"tickets": {enrollment.ticket_id(slow): ["10.0.0.13"]}}
+
+
+def test_a_batchs_shared_ticket_is_registered_with_every_workers_address():
+    from skyward_ray.cluster.contract import Machine
+    from skyward_ray.cluster.secret_delivery import Courier, new_ticket
+
+    listed = {"w1": Machine("w1", "running", private_ip="10.0.0.21"),
+              "w2": Machine("w2", "running", private_ip="10.0.0.22")}
+    sent: list[dict] = []
+    courier = Courier(lambda: list(listed.values()))
+    shared = new_ticket()
+    courier.worker_launched("w1", shared)  # both came from one launch call, with one boot script
+    courier.worker_launched("w2", shared)
+    courier.deliver(sent.append, TOKEN, IMAGE_ENV)
+    assert sent == [{"token": TOKEN, "env": IMAGE_ENV,
+                     "tickets": {enrollment.ticket_id(shared): ["10.0.0.21", "10.0.0.22"]}}]

@@ -4,6 +4,7 @@ instance reads as the contract's `Machine` (`instance_machine`, shared with `clo
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from node_providers.aws import network
@@ -23,13 +24,19 @@ _STATES: dict[str, MachineState] = {
 
 
 def instance_machine(instance: dict[str, Any]) -> Machine:
-    """One EC2 instance (as DescribeInstances / RunInstances give it) as the contract's `Machine`."""
+    """One EC2 instance (as DescribeInstances / RunInstances give it) as the contract's `Machine`.
+    A worker of a batch (one RunInstances for many) carries the batch's first node index as a tag;
+    its own is that plus the instance's `AmiLaunchIndex`, as the instance itself worked it out at boot."""
+    tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+    if names.NODE_INDEX not in tags and names.FIRST_INDEX in tags and instance.get("AmiLaunchIndex") is not None:
+        with contextlib.suppress(ValueError):
+            tags[names.NODE_INDEX] = str(int(tags[names.FIRST_INDEX]) + int(instance["AmiLaunchIndex"]))
     return Machine(
         instance_id=instance["InstanceId"],
         state=_STATES.get(instance["State"]["Name"], "terminated"),
         private_ip=instance.get("PrivateIpAddress"),
         public_ip=instance.get("PublicIpAddress"),
-        tags={t["Key"]: t["Value"] for t in instance.get("Tags", [])},
+        tags=tags,
     )
 
 

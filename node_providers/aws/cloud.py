@@ -60,6 +60,8 @@ class AWSCloud(RemoteCloud):
     config: AWS
     instance_id_shell = _imds("instance-id")
     node_ip_shell = _imds("local-ipv4")
+    # workers launch in batches (`launch_many`): an instance's place in its batch, 0 for the first
+    launch_index_shell = _imds("ami-launch-index")
     shutdown_command = "shutdown -h now"  # with InstanceInitiatedShutdownBehavior=terminate: ends it
     log_name = "console output"
     # cloud-init makes the head's host keys at first boot and the boot script prints the public one on
@@ -133,24 +135,36 @@ class AWSCloud(RemoteCloud):
     # -- machines -------------------------------------------------------------------------------
     def launch(self, request: MachineRequest) -> Machine:
         """One `run_instances` call (MinCount=MaxCount=1), booting from the request's user data."""
+        [machine] = self._run_instances(request, 1)
+        return machine
+
+    def launch_many(self, request: MachineRequest, count: int) -> list[Machine]:
+        """One `run_instances` call for `count` identical workers (MinCount=MaxCount=count: all or none,
+        so a short zone refuses the whole batch with InsufficientInstanceCapacity and the next offer
+        is tried). EC2's RunInstances request bucket refills at 2 a second, its instance bucket at
+        1000; one call per node would take a 256-node pool two minutes of throttling."""
+        return self._run_instances(request, count)
+
+    def _run_instances(self, request: MachineRequest, count: int) -> list[Machine]:
         params, prepared, node_config = self.params, self.prepared, request.node_config
         instance_type = node_config.get("InstanceType") or params.instance_type
         market = (node_config.get("InstanceMarketOptions") or {}).get("MarketType") or (
             params.head_market if request.role == "head" and params.head_market else params.market)
         tags = {**request.tags, names.CLUSTER: self.cluster_name}
-        tags.setdefault("Name", f"{self.cluster_name}-{request.index}")
+        tags.setdefault("Name", f"{self.cluster_name}-{request.index}" if count == 1 else
+                        f"{self.cluster_name}-{request.index}-to-{request.index + count - 1}")
         image = self._launch_image(instance_type, node_config.get("ImageId"))
         run: dict[str, Any] = {
             "ImageId": image.image_id,
             "InstanceType": instance_type,
-            "MinCount": 1,
-            "MaxCount": 1,
+            "MinCount": count,
+            "MaxCount": count,
             "SubnetId": node_config.get("SubnetId") or prepared["subnet_id"],
             "SecurityGroupIds": [prepared["security_group_id"]],
             "KeyName": prepared["key_name"],
             "UserData": user_data(request),
             "InstanceInitiatedShutdownBehavior": "terminate",
-            # One token per node and launch attempt: a retry after a lost response finds the same instance.
+            # One token per launch call and attempt: a retry after a lost response finds the same instances.
             **({"ClientToken": request.client_token} if request.client_token else {}),
             # IMDSv2 at hop limit 1: the node itself reads its metadata; a container on it (one hop more) cannot
             # read the user data (the boot payload) or the instance's role credentials.
@@ -168,9 +182,9 @@ class AWSCloud(RemoteCloud):
             run["BlockDeviceMappings"] = [{"DeviceName": image.root_device, "Ebs": {
                 "VolumeSize": self.config.disk_gb, "VolumeType": "gp3", "DeleteOnTermination": True}}]
         where = f"{instance_type} {market} in {prepared.get('zone') or self.region}"
-        with aws_errors("launch an instance", where):
-            [instance] = self.ec2.run_instances(**run)["Instances"]
-        return instance_machine(instance)
+        with aws_errors("launch an instance" if count == 1 else f"launch {count} instances", where):
+            instances = self.ec2.run_instances(**run)["Instances"]
+        return sorted((instance_machine(i) for i in instances), key=lambda m: int(m.tags.get(names.NODE_INDEX, 0)))
 
     def _image(self, instance_type: str, ami: str | None) -> network.BootImage:
         """The image `instance_type` boots (`network.boot_image`), looked up once per type and image."""

@@ -163,6 +163,11 @@ class BootEnvironment(BaseModel):
                                                          "already there; None: the node makes its own (uv)")
     temp_dir_shell: str | None = Field(default=None, description="Ray's temp dir (short: unix sockets live there)")
     extra_ray_args: list[str] = Field(default_factory=list)
+    launch_index_shell: str | None = Field(
+        default=None, description="shell expression giving the machine's position (0, 1, ...) among the machines "
+                                  "one launch call started, on a cloud that starts many identical machines in one "
+                                  "call (`Cloud.launch_many`: EC2 RunInstances, the instance's ami-launch-index); "
+                                  "None: one machine per call")
     dashboard_port: int = Field(default=8265, description="where the head's dashboard listens on 127.0.0.1 when "
                                                           "the pool has one; clouds whose nodes share a host pick a "
                                                           "free port")
@@ -237,6 +242,14 @@ class Cloud(ABC):
     def launch(self, request: MachineRequest) -> Machine:
         """Start one machine running `request.boot_script`, tagged with `request.tags`. Returns at
         once (the machine boots by itself). Raises without leaving a machine behind."""
+
+    def launch_many(self, request: MachineRequest, count: int) -> list[Machine]:
+        """Start `count` identical workers in one call, where the cloud's API has one (its boot
+        environment names a `launch_index_shell`): one request, one payload, one rate-limit token,
+        instead of `count`. `request.index` is the first node's index; each machine's is that plus its
+        launch index, which the machine reads at boot and the cloud's listing gives back as the
+        `NODE_INDEX` tag. All or nothing: raises without leaving a machine behind."""
+        raise NotImplementedError(f"{type(self).__name__} starts one machine per call")
 
     @abstractmethod
     def describe(self) -> list[Machine]:

@@ -223,41 +223,84 @@ class ScriptBootedNodeProvider(NodeProvider):
         self, node_config: dict[str, Any], tags: dict[str, str], count: int,
         resources: dict[str, float], labels: dict[str, str],
     ) -> dict[str, Any]:
-        """Start `count` machines, each with its own index and boot script. Returns {id: info}."""
+        """Start `count` machines, each with its own index. Returns {id: info}.
+
+        Workers with no index asked for, on a cloud that starts many identical machines in one call,
+        go in one batch (`Cloud.launch_many`): one request and one rate-limit token for all of them,
+        which is what keeps a 256-node launch within EC2's RunInstances limit of 2 requests a second.
+        Otherwise one launch each, each with its own boot script."""
         role: Role = "head" if tags.get(TAG_RAY_NODE_KIND) == NODE_KIND_HEAD else "worker"
         head_ip = None if role == "head" else self._find_head_ip()
+        if count > 1 and role == "worker" and names.NODE_INDEX not in labels and self.launches_in_batches:
+            return self._create_batch(node_config, tags, count, resources, labels, head_ip or "")
         created: dict[str, Any] = {}
         for _ in range(count):
             index = self._reserve_index(role, labels)
             try:
-                node_tags = {**tags, TAG_RAY_CLUSTER_NAME: self.cluster_name, names.CLUSTER: self.cluster_name,
-                             names.NODE_INDEX: str(index)}
-                if self.params.offer:
-                    node_tags[names.OFFER] = self.params.offer
-                node_tags.update({k: v for k, v in self.params.pool_tags.items() if k not in node_tags})
+                node_tags = self._node_tags(tags, {names.NODE_INDEX: str(index)})
                 boot = self._boot(role, index, node_tags, labels, resources, head_ip)
-                script = startup_script.render(boot)
-                token = f"{self.cluster_name}-{index}-{tags.get(TAG_RAY_LAUNCH_REQUEST) or secrets.token_hex(4)}"
                 machine = self.cloud.launch(MachineRequest(
-                    index=index, role=role, tags=node_tags, boot_script=script, node_config=dict(node_config),
-                    client_token=token))
+                    index=index, role=role, tags=node_tags, boot_script=startup_script.render(boot),
+                    node_config=dict(node_config), client_token=self._client_token(index, tags)))
             finally:
                 with self._lock:
                     self._reserved_indexes.discard(index)
-            self._launched_at[machine.instance_id] = time.monotonic()
-            if boot.secrets_after_boot:
-                if role == "head":
-                    self.courier.head_waits = True
-                else:
-                    self.courier.worker_launched(machine.instance_id, boot.enrollment_ticket)
-            self._forget_listing()
-            if self.ledger is not None:
-                self.ledger.launched([machine.instance_id])
-            if machine.private_ip:
-                self._private_ips[machine.instance_id] = machine.private_ip
+            self._launched(machine, role, boot)
             created[machine.instance_id] = {"instance_id": machine.instance_id, "ip": machine.private_ip,
                                             "index": index}
         return created
+
+    @property
+    def launches_in_batches(self) -> bool:
+        """Whether this cloud starts many identical workers in one call (`Cloud.launch_many`)."""
+        return self.cloud.boot_environment("worker", 1).launch_index_shell is not None
+
+    def _create_batch(self, node_config: dict[str, Any], tags: dict[str, str], count: int,
+                      resources: dict[str, float], labels: dict[str, str], head_ip: str) -> dict[str, Any]:
+        """`count` workers in one launch: consecutive indexes from the lowest free run, one boot script
+        (each machine adds its launch index to the first index), one enrollment ticket for the batch
+        (the head answers it once per worker address the driver registers, `secret_delivery`)."""
+        first = self._reserve_run(count)
+        try:
+            node_tags = self._node_tags(tags, {names.FIRST_INDEX: str(first)})
+            boot = self._boot("worker", first, node_tags, labels, resources, head_ip, batch=True)
+            machines = self.cloud.launch_many(MachineRequest(
+                index=first, role="worker", tags=node_tags, boot_script=startup_script.render(boot),
+                node_config=dict(node_config), client_token=self._client_token(first, tags)), count)
+        finally:
+            with self._lock:
+                self._reserved_indexes.difference_update(range(first, first + count))
+        created: dict[str, Any] = {}
+        for machine in machines:
+            self._launched(machine, "worker", boot)
+            created[machine.instance_id] = {"instance_id": machine.instance_id, "ip": machine.private_ip,
+                                            "index": int(machine.tags.get(names.NODE_INDEX, first))}
+        return created
+
+    def _node_tags(self, tags: dict[str, str], index_tags: dict[str, str]) -> dict[str, str]:
+        node_tags = {**tags, TAG_RAY_CLUSTER_NAME: self.cluster_name, names.CLUSTER: self.cluster_name, **index_tags}
+        if self.params.offer:
+            node_tags[names.OFFER] = self.params.offer
+        node_tags.update({k: v for k, v in self.params.pool_tags.items() if k not in node_tags})
+        return node_tags
+
+    def _client_token(self, index: int, tags: dict[str, str]) -> str:
+        """One idempotency token per launch call (a node, or a batch by its first index) and attempt."""
+        return f"{self.cluster_name}-{index}-{tags.get(TAG_RAY_LAUNCH_REQUEST) or secrets.token_hex(4)}"
+
+    def _launched(self, machine: Machine, role: Role, boot: startup_script.NodeBoot) -> None:
+        """What this provider records of a machine its cloud just started."""
+        self._launched_at[machine.instance_id] = time.monotonic()
+        if boot.secrets_after_boot:
+            if role == "head":
+                self.courier.head_waits = True
+            else:
+                self.courier.worker_launched(machine.instance_id, boot.enrollment_ticket)
+        self._forget_listing()
+        if self.ledger is not None:
+            self.ledger.launched([machine.instance_id])
+        if machine.private_ip:
+            self._private_ips[machine.instance_id] = machine.private_ip
 
     def _find_head_ip(self) -> str:
         if self._head_ip:
@@ -283,8 +326,19 @@ class ScriptBootedNodeProvider(NodeProvider):
             self._reserved_indexes.add(index)
             return index
 
+    def _reserve_run(self, count: int) -> int:
+        """The first of the lowest `count` consecutive worker indexes not in use (a batch's)."""
+        with self._lock:
+            used = {int(m.tags.get(names.NODE_INDEX, -1)) for m in self.machines(fresh=True) if m.active}
+            used |= self._reserved_indexes | {0}
+            first = next(i for i in itertools.count(1) if not used & set(range(i, i + count)))
+            self._reserved_indexes.update(range(first, first + count))
+            return first
+
     def _boot(self, role: Role, index: int, tags: dict[str, str], labels: dict[str, str],
-              resources: dict[str, float], head_ip: str | None) -> startup_script.NodeBoot:
+              resources: dict[str, float], head_ip: str | None, batch: bool = False) -> startup_script.NodeBoot:
+        """One node's boot; `batch`: every worker of a batch (`index` is the first's, and each machine
+        works out its own at boot, so the index is in no literal of the script)."""
         params, config = self.params, self.cloud.config
         env = self.cloud.boot_environment(role, index)
         num_gpus, custom = env.num_gpus, dict(env.resources)
@@ -292,8 +346,9 @@ class ScriptBootedNodeProvider(NodeProvider):
             num_gpus = float(params.accelerator_count)
             custom.setdefault(f"accelerator_type:{params.accelerator}", 1.0)
         custom.update({k: v for k, v in resources.items() if k not in _BUILTIN_RESOURCES})
-        node_labels = {**{k: v for k, v in labels.items() if k != names.NODE_INDEX},
-                       names.NODE_INDEX: str(index), names.PROVIDER: config.name}
+        node_labels = {**{k: v for k, v in labels.items() if k != names.NODE_INDEX}, names.PROVIDER: config.name}
+        if not batch:
+            node_labels[names.NODE_INDEX] = str(index)
         if params.accelerator:
             node_labels.setdefault(names.ACCELERATOR, params.accelerator)
         if params.offer:
@@ -312,13 +367,17 @@ class ScriptBootedNodeProvider(NodeProvider):
             python=env.python,
             pip=list(params.pip),
             apt=list(params.apt),
-            env={**({} if later else params.env), names.ENV_NODE_INDEX: str(index), names.ENV_PROVIDER: config.name,
+            env={**({} if later else params.env), **({} if batch else {names.ENV_NODE_INDEX: str(index)}),
+                 names.ENV_PROVIDER: config.name,
                  names.ENV_ACCELERATOR: params.accelerator or "",
                  names.ENV_ACCELERATOR_COUNT: str(params.accelerator_count or 0),
                  names.ENV_SPOT: "1" if spot else "0"},
             node_type_name=tags.get(TAG_RAY_USER_NODE_TYPE, names.HEAD_TYPE if role == "head" else names.WORKER_TYPE),
             labels=node_labels,
-            shell_labels={names.INSTANCE_ID: f"${names.ENV_INSTANCE_ID}"},
+            shell_labels={names.INSTANCE_ID: f"${names.ENV_INSTANCE_ID}",
+                          **({names.NODE_INDEX: f"${names.ENV_NODE_INDEX}"} if batch else {})},
+            first_index=index if batch else None,
+            launch_index_shell=env.launch_index_shell if batch else None,
             num_cpus=resources.get("CPU", env.num_cpus),
             num_gpus=resources.get("GPU", num_gpus),
             memory=int(resources["memory"]) if "memory" in resources else env.memory,

@@ -57,22 +57,24 @@ def _tags(cluster_name: str, kind: str, index: int, launch_request: str) -> dict
     }
 
 
-def _create(cluster: Cluster, kind: str, index: int, launch_request: str) -> str:
-    """One machine; its id goes to `cluster.instance_ids` the moment the cloud returns it."""
+def _create(cluster: Cluster, kind: str, index: int, launch_request: str, count: int = 1) -> list[str]:
+    """One machine (node `index`), or `count` workers in one batch from the lowest free indexes; their
+    ids go to `cluster.instance_ids` the moment the cloud returns them, in index order."""
     with cluster.lock:
         cluster.creating += 1
     known = False  # did this create end with a known outcome (an id, or the cloud's typed refusal)?
     try:
         created = cluster.provider.create_node_with_resources_and_labels(
-            {}, _tags(cluster.name, kind, index, launch_request), 1, {}, {names.NODE_INDEX: str(index)}
-        )
-        if not created:
-            raise ProvisioningError(f"the provider created no node for node {index} of {cluster.name}")
-        instance_id = next(iter(created))
+            {}, _tags(cluster.name, kind, index, launch_request), count, {},
+            {names.NODE_INDEX: str(index)} if count == 1 else {})
+        if len(created) != count:
+            raise ProvisioningError(f"the provider created {len(created)} nodes of the {count} asked for, from node "
+                                    f"{index} of {cluster.name}")
+        instance_ids = sorted(created, key=lambda i: int(created[i].get("index", index)))
         with cluster.lock:
-            cluster.instance_ids.append(instance_id)
+            cluster.instance_ids.extend(instance_ids)
         known = True
-        return instance_id
+        return instance_ids
     except (CapacityError, AuthError, QuotaError, SpecError):
         known = True  # the cloud refused: nothing was started
         raise
@@ -85,13 +87,15 @@ def _create(cluster: Cluster, kind: str, index: int, launch_request: str) -> str
 
 def create_worker(cluster: Cluster, index: int) -> str:
     """One more worker for a running cluster (a replacement keeps the lost node's index)."""
-    return _create(cluster, NODE_KIND_WORKER, index, secrets.token_hex(4))
+    [instance_id] = _create(cluster, NODE_KIND_WORKER, index, secrets.token_hex(4))
+    return instance_id
 
 
 def provision(cluster: Cluster, nodes: int) -> None:
-    """Start the head (index 0), then workers 1..nodes-1 at once.
+    """Start the head (index 0), then workers 1..nodes-1 at once: in one launch call where the cloud
+    starts many identical machines per call (`Cloud.launch_many`), else one call each, in parallel.
 
-    Every create runs in a worker thread and records its id in `cluster.instance_ids` as it
+    Every create runs in a worker thread and records its ids in `cluster.instance_ids` as it
     returns, so an interruption at any point leaves the caller a complete list to end. The first
     failure, or a signal (KeyboardInterrupt/SystemExit raised here, in the waiting thread), cancels
     every create not yet started; the ones in flight are waited for, so their ids are recorded too.
@@ -99,23 +103,26 @@ def provision(cluster: Cluster, nodes: int) -> None:
     launch_request = secrets.token_hex(4)
     stop = threading.Event()
 
-    def create(kind: str, index: int) -> str | None:
+    def create(kind: str, index: int, count: int = 1) -> list[str]:
         if stop.is_set():
-            return None
+            return []
         try:
-            return _create(cluster, kind, index, launch_request)
+            return _create(cluster, kind, index, launch_request, count)
         except BaseException:
             stop.set()
             raise
 
-    executor = concurrent.futures.ThreadPoolExecutor(max_workers=min(16, nodes), thread_name_prefix="skyward-create")
+    in_one_call = nodes > 2 and cluster.provider.launches_in_batches
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=1 if in_one_call else min(16, nodes),
+                                                     thread_name_prefix="skyward-create")
     try:
         executor.submit(create, NODE_KIND_HEAD, 0).result()
-        futures = [executor.submit(create, NODE_KIND_WORKER, i) for i in range(1, nodes)]
+        futures = ([executor.submit(create, NODE_KIND_WORKER, 1, nodes - 1)] if in_one_call else
+                   [executor.submit(create, NODE_KIND_WORKER, i) for i in range(1, nodes)])
         for future in concurrent.futures.as_completed(futures):
             future.result()  # the first failure is raised (the rest are cancelled below)
         with cluster.lock:  # all there: head first, then by index
-            by_index = [future.result() for future in futures]
+            by_index = [i for future in futures for i in future.result()]
             cluster.instance_ids[:] = cluster.instance_ids[:1] + by_index + [
                 i for i in cluster.instance_ids[1:] if i not in by_index]
     except BaseException:

@@ -45,6 +45,9 @@ class RemoteCloud(Cloud):
     node_ip_shell: ClassVar[str]
     #: the command that ends this machine (and its billing) when Ray exits
     shutdown_command: ClassVar[str]
+    #: shell expression giving the machine's place in a batch started by one call (`launch_many`);
+    #: None: the cloud's API starts one machine per call
+    launch_index_shell: ClassVar[str | None] = None
     #: what this cloud's boot log is called in messages ("console output", "log")
     log_name: ClassVar[str] = "log"
     #: said instead of a log where the cloud's API gives none
@@ -62,6 +65,7 @@ class RemoteCloud(Cloud):
     def boot_environment(self, role: Role, index: int) -> BootEnvironment:
         return BootEnvironment(instance_id_shell=self.instance_id_shell, node_ip_shell=self.node_ip_shell,
                                shutdown_command=self.shutdown_shell(), secrets_after_boot=True,
+                               launch_index_shell=self.launch_index_shell,
                                **self.config.node_resources())
 
     def terminate(self, instance_ids: list[str]) -> None:

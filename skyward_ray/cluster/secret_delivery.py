@@ -10,7 +10,8 @@ container's env) where other members of the account can read it. So where the cl
   script in a 0600 file;
 - a worker's payload holds a one-time ticket; the driver registers the ticket's hash with the
   address the cloud gave that worker (from the cloud's listing), and the head answers it once, and
-  only from that address. Workers launched later (replacements, the autoscaler's) are registered
+  only from that address. Workers started in one batch (`Cloud.launch_many`) share one payload, so
+  one ticket: it is registered with each of their addresses and answered once per address. Workers launched later (replacements, the autoscaler's) are registered
   as they are launched, over a fresh SSH session each time.
 """
 
@@ -130,8 +131,8 @@ class Courier:
         for instance_id, (key, since) in pending.items():
             machine = machines.get(instance_id)
             waited = time.monotonic() - since
-            if machine is not None and machine.private_ip:
-                tickets[key] = [machine.private_ip]
+            if machine is not None and machine.private_ip:  # a batch's workers share a ticket: every address
+                tickets.setdefault(key, []).append(machine.private_ip)
                 ids.append(instance_id)
             elif waited > REGISTER_PATIENCE or (machine is None and waited > UNLISTED_PATIENCE) or (
                     machine is not None and not machine.active):

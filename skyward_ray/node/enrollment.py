@@ -10,7 +10,8 @@ a container's env) and readable by other members of the account, so no secret ma
   (0600) and sources it before `ray start`.
 - A worker's payload holds only its one-time ticket. It redeems it at the head's private address
   (the service's other side): answered once, and only from the worker's own address. A ticket read
-  from a payload afterwards is worthless.
+  from a payload afterwards is worthless. Workers started in one batch share their payload, so their
+  ticket: it is registered with each of their addresses and answered once from each.
 
 The file runs on nodes with their own Python (`python -c`, stdlib only), so it imports nothing of
 skyward_ray; the driver imports it for the port and the ticket hash.
@@ -92,8 +93,8 @@ class Enrollment:
         self.lock = threading.Lock()
         self.token: str | None = None
         self.env: dict[str, str] = {}
-        self.tickets: dict[str, list[str]] = {}
-        self.used: set[str] = set()
+        self.tickets: dict[str, list[str]] = {}  # ticket hash -> the addresses (or names) it is answered from
+        self.redeemed: dict[str, set[str]] = {}  # ticket hash -> the addresses it was answered from already
 
     def deliver(self, message: dict) -> dict:
         """The driver's message: the token and env (taken once), and tickets to add."""
@@ -102,26 +103,27 @@ class Enrollment:
                 self.token, self.env = str(message["token"]), dict(message.get("env") or {})
                 write_private(self.secrets_path, env_file_text(self.token, self.env))
             for key, addresses in (message.get("tickets") or {}).items():
-                if key not in self.used:
-                    self.tickets[str(key)] = [str(a) for a in addresses]
+                known = self.tickets.setdefault(str(key), [])  # a batch's addresses come as they are listed
+                known.extend(str(a) for a in addresses if str(a) not in known)
         return {"ok": True}
 
     def redeem(self, ticket: str, peer: str) -> dict:
-        """A worker's ticket from `peer`: the token and env once; refused when used or from elsewhere."""
-        key = ticket_id(ticket)
+        """A worker's ticket from `peer`: the token and env once per address the ticket was given for;
+        refused from any other address, and from one it was answered to already."""
+        key, source = ticket_id(ticket), _peer(peer)
         with self.lock:
-            if key in self.used:
+            if source in self.redeemed.get(key, ()):
                 return {"refused": "this ticket was redeemed already"}
             if self.token is None or key not in self.tickets:
                 return {"retry": "not known yet"}
             allowed = list(self.tickets[key])
-        if _peer(peer) not in _addresses(allowed):
+        if source not in _addresses(allowed):
             return {"refused": "not from the address this ticket was given for"}
         with self.lock:
-            if key in self.used:
+            answered = self.redeemed.setdefault(key, set())
+            if source in answered:
                 return {"refused": "this ticket was redeemed already"}
-            self.used.add(key)
-            self.tickets.pop(key, None)
+            answered.add(source)
             return {"token": self.token, "env": self.env}
 
 

@@ -86,6 +86,11 @@ class NodeBoot(BaseModel):
     env: dict[str, str] = Field(default_factory=dict, description="exported before Ray starts; tasks inherit it")
     node_type_name: str = names.WORKER_TYPE
     labels: dict[str, str] = Field(default_factory=dict)
+    first_index: int | None = Field(
+        default=None, ge=1, description="a worker started in a batch (`Cloud.launch_many`): the batch's first node "
+                                        "index; the node's own is this plus `launch_index_shell`")
+    launch_index_shell: str | None = Field(
+        default=None, description="with `first_index`: shell expression giving the machine's position in its batch")
     shell_labels: dict[str, str] = Field(
         default_factory=dict,
         description="labels whose values are shell expressions evaluated on the node (e.g. the instance id, "
@@ -249,6 +254,10 @@ def validate(boot: NodeBoot) -> None:
     for field in ("gcs_port", "enrollment_port"):
         if not 0 < getattr(boot, field) < 65536:
             raise _refuse(field, getattr(boot, field), "a TCP port")
+    if (boot.first_index is None) != (boot.launch_index_shell is None) or (
+            boot.first_index is not None and boot.role != "worker"):
+        raise _refuse("first_index", boot.first_index, "a worker of a batch needs both first_index and "
+                                                       "launch_index_shell")
     if boot.head_ip is not None and not _is_address_or_hostname(boot.head_ip):
         raise _refuse("head_ip", boot.head_ip, "an IPv4 or IPv6 address, or a DNS host name "
                                                "(a private network's name, e.g. <pod id>.runpod.internal)")
@@ -307,6 +316,7 @@ def render(boot: NodeBoot) -> str:
         *_lifetime_backstop(boot),
         # The pool's environment first: what the script exports below (ids, addresses, Ray's auth) wins.
         *(_export(key, value) for key, value in sorted(boot.env.items())),
+        *_batch_index_lines(boot),
         f'export {names.ENV_INSTANCE_ID}="{boot.instance_id_shell}"',
         f'NODE_IP="{boot.node_ip_shell}"',
         f'export {names.ENV_NODE_IP}="$NODE_IP"',
@@ -374,6 +384,19 @@ def render(boot: NodeBoot) -> str:
         _shutdown(boot),  # the provider's own command, last: what a reader of the script looks for
     ]
     return "\n".join(lines) + "\n"
+
+
+def _batch_index_lines(boot: NodeBoot) -> list[str]:
+    """A worker of a batch learns its node index at boot: the batch's first plus its launch index.
+    A machine that cannot read its launch index ends itself (it would join with no index)."""
+    if boot.first_index is None:
+        return []
+    return [
+        f'SKYWARD_LAUNCH_INDEX="{boot.launch_index_shell}"',
+        'case "$SKYWARD_LAUNCH_INDEX" in ""|*[!0-9]*) echo "skyward: no launch index from the cloud '
+        '(\"$SKYWARD_LAUNCH_INDEX\"); ending this machine"; exit 1;; esac',
+        f'export {names.ENV_NODE_INDEX}="$(( {boot.first_index} + SKYWARD_LAUNCH_INDEX ))"',
+    ]
 
 
 def _base_environment_lines() -> list[str]:

@@ -248,7 +248,11 @@ def metadata_facts(instance: dict[str, Any]) -> dict[str, str]:
     facts = {"instance-id": instance["InstanceId"], "local-ipv4": instance["PrivateIpAddress"],
              "ami-id": instance.get("ImageId", ""), "instance-type": instance.get("InstanceType", ""),
              "placement/availability-zone": zone, "placement/region": zone[:-1] if zone else "",
-             "local-hostname": instance.get("PrivateDnsName", "")}
+             "local-hostname": instance.get("PrivateDnsName", ""),
+             # "If you started more than one instance at the same time, this value indicates the order in which
+             # the instance was launched. The value of the first instance launched is 0." (EC2 User Guide,
+             # "Instance metadata categories", ami-launch-index)
+             "ami-launch-index": str(instance.get("AmiLaunchIndex", 0))}
     if instance.get("PublicIpAddress"):
         facts["public-ipv4"] = instance["PublicIpAddress"]
     return facts
