@@ -86,7 +86,7 @@ class Completions:
         self._return_exceptions = return_exceptions
         self._progress = progress
         self._poll = poll
-        self._remaining = list(calls.refs)
+        self._remaining: dict[int, Any] = dict(enumerate(calls.refs))  # index -> ref, of calls not finished
         self._index = {ref: i for i, ref in enumerate(calls.refs)}
         # calls over the call channel: their outcomes come pushed, in completion order (no polling)
         self._finished: queue.SimpleQueue[int] | None = None
@@ -104,7 +104,7 @@ class Completions:
         # a failure, a timeout, an interrupted wait, or left early: the rest is not wanted any more
         # (unless the pool is lost: nothing left to cancel on)
         if self._remaining and not isinstance(exc, PoolLostError):
-            self.calls.stop(lambda: self._remaining)
+            self.calls.stop(lambda: list(self._remaining.values()))
 
     def __iter__(self) -> Iterator[Completion]:
         calls, watch, progress = self.calls, self.calls.watch, self._progress
@@ -127,9 +127,10 @@ class Completions:
                 now = time.monotonic()
                 for index in [i for i, deadline in deadlines.items() if deadline <= now]:
                     del deadlines[index]
-                    ref = calls.refs[index]
+                    ref = self._remaining.pop(index, None)
+                    if ref is None:
+                        continue  # finished meanwhile
                     cancel([ref], force=True)
-                    self._remaining.remove(ref)
                     yield self._outcome(Completion(index, None, calls.timeout_error(index)))
 
     def _next_batch(self, deadlines: dict[int, float]) -> list[Completion]:
@@ -137,11 +138,13 @@ class Completions:
         (pushed: the wait ends at the first outcome, the next deadline, or a whole slice)."""
         if self._finished is None:
             try:
-                ready, self._remaining = ray.wait(self._remaining, num_returns=len(self._remaining),
-                                                  timeout=self._poll, fetch_local=False)
+                ready, _ = ray.wait(list(self._remaining.values()), num_returns=len(self._remaining),
+                                    timeout=self._poll, fetch_local=False)
             except Exception as error:
                 self.calls.watch.raise_if_lost(error)
                 raise
+            for ref in ready:
+                del self._remaining[self._index[ref]]
             return self._collect(ready) if ready else []
         wait = WAIT_SLICE_S if not deadlines else max(0.0, min(WAIT_SLICE_S, min(deadlines.values()) - time.monotonic()))
         try:
@@ -153,11 +156,10 @@ class Completions:
                 indexes.append(self._finished.get_nowait())
             except queue.Empty:
                 break
-        waiting = set(map(id, self._remaining))
         batch = []
         for index in indexes:
-            ref = self.calls.refs[index]
-            if id(ref) not in waiting:
+            ref = self._remaining.pop(index, None)
+            if ref is None:
                 continue  # timed out already
             value = ref.value_or_error()
             if not is_failure(value):
@@ -166,8 +168,6 @@ class Completions:
             if isinstance(value, ConnectionError):  # the channel gone for good: the pool's loss, if it is lost
                 self.calls.watch.raise_if_lost(value)
             batch.append(Completion(index, None, self.calls.translate(index, value)))
-        done = {id(self.calls.refs[c.index]) for c in batch}
-        self._remaining = [ref for ref in self._remaining if id(ref) not in done]
         return batch
 
     def _collect(self, ready: list[ray.ObjectRef]) -> list[Completion]:
