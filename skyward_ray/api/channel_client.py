@@ -14,6 +14,7 @@ caller's own wait (`dispatch.Dispatcher.run`) keeps its slices for interrupts an
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import itertools
 import secrets
@@ -29,6 +30,8 @@ from ray.exceptions import RayError
 from skyward_ray.api import channel_wire as wire
 
 RECONNECT_S = 60.0  # how long a dropped connection is retried before the calls on it fail
+ACK_BATCH = 256  # outcomes acknowledged in one message at most (fewer when no more are waiting)
+PIPE_BYTES = 1 << 20  # Linux's default /proc/sys/fs/pipe-max-size: what any process may ask for
 HELLO_TIMEOUT_S = 30.0
 
 
@@ -39,10 +42,10 @@ class ChannelError(ConnectionError):
 class CallSlot:
     """One call's outcome, once the head sent it: `wait(timeout)` or `add_done_callback`, then `outcome()`."""
 
-    __slots__ = ("frame", "_event", "_kind", "_payload", "_callbacks", "_guard")
+    __slots__ = ("entry", "_event", "_kind", "_payload", "_callbacks", "_guard")
 
-    def __init__(self, frame: bytes) -> None:
-        self.frame = frame  # kept until done: sent again if the head never got it
+    def __init__(self, entry: tuple[Any, ...] | None) -> None:
+        self.entry = entry  # the call as sent, kept until done: sent again if the head never got it
         self._event = threading.Event()
         self._kind = ""
         self._payload: Any = None
@@ -54,7 +57,7 @@ class CallSlot:
             if self._event.is_set():
                 return
             self._kind, self._payload = kind, payload
-            self.frame = b""
+            self.entry = None
             self._event.set()
             callbacks, self._callbacks = self._callbacks, []
         for callback in callbacks:
@@ -179,7 +182,7 @@ class CallChannel:
             self._known |= first_sent
             sent = []
             for entry in entries:
-                slot = self._slots[entry[0]] = CallSlot(wire.encode(("call", *entry)))
+                slot = self._slots[entry[0]] = CallSlot(entry)
                 sent.append((entry[0], slot))
             self._write(wire.encode(("calls", entries)))
         return sent
@@ -222,6 +225,8 @@ class CallChannel:
         proc = subprocess.Popen(self._command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
                                 bufsize=0, start_new_session=True)
         assert proc.stdin is not None and proc.stdout is not None
+        for pipe in (proc.stdin, proc.stdout):
+            _widen(pipe.fileno())
         timer = threading.Timer(timeout, proc.kill)
         timer.start()
         try:
@@ -245,23 +250,30 @@ class CallChannel:
         threading.Thread(target=self._read, args=(proc,), name="skyward-call-channel", daemon=True).start()
 
     def _read(self, proc: subprocess.Popen[bytes]) -> None:
+        """The outcomes as they come; acknowledged in one message for all that arrived together (the
+        head keeps an outcome until then, to send it again after a reconnect)."""
         assert proc.stdout is not None
+        reader, acks = wire.FrameReader(proc.stdout.fileno()), []
         try:
             while True:
-                message = wire.read_frame(proc.stdout)
+                message = reader.read_frame()
                 if message[0] == "done":
                     _, call_id, kind, payload = message
                     with self._lock:
                         slot = self._slots.pop(call_id, None)
-                        self._write(wire.encode(("ack", [call_id])))
+                    acks.append(call_id)
                     if slot is not None:
                         slot.resolve(kind, payload)
                 elif message[0] == "unreceived":  # lost with a dropped connection: sent again, in order
                     with self._lock:
                         for call_id in message[1]:
                             slot = self._slots.get(call_id)
-                            if slot is not None and slot.frame:
-                                self._write(slot.frame)
+                            if slot is not None and slot.entry is not None:
+                                self._write(wire.encode(("call", *slot.entry)))
+                if acks and (len(acks) >= ACK_BATCH or not reader.pending()):
+                    with self._lock:
+                        self._write(wire.encode(("ack", acks)))
+                    acks = []
         except (wire.ChannelClosed, OSError, ValueError, EOFError):
             pass
         with self._lock:
@@ -304,6 +316,14 @@ class CallChannel:
             with contextlib.suppress(Exception):
                 if stream is not None:
                     stream.close()
+
+
+def _widen(fd: int) -> None:
+    """A 1 MiB pipe to and from ssh (Linux: 64 KiB by default). With a small pipe, ssh stops
+    reading its channel whenever this process is slow to drain it, the SSH window is not given back,
+    and at 40 ms of round trip a 50 MB result waited on each refill."""
+    with contextlib.suppress(AttributeError, OSError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
 
 
 def _said(stderr: Any) -> str:

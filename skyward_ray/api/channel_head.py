@@ -21,10 +21,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import threading
 import time
 from typing import Any
 
 import ray
+from ray.exceptions import RayError
 
 from skyward_ray.api import channel_wire as wire
 
@@ -56,18 +58,61 @@ def outcome_of(error: BaseException) -> tuple[str, bytes]:
         return "error", _pickled(RuntimeError(f"{type(error).__name__}: {error}"))
 
 
+def _pickled_value(value: Any) -> bytes:
+    """A call's value for the driver: plain pickle where it can (a few µs; cloudpickle's pickler
+    costs ~15 µs to make, per call), cloudpickle for what only it can (a class made on the driver)."""
+    import pickle
+
+    try:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # noqa: BLE001 - pickle refuses what it cannot import by name
+        return _pickled(value)
+
+
+def done_frame(call_id: int, kind: str, payload: bytes) -> tuple[bytes, bytes]:
+    """A call's outcome frame: its payload is the frame's trailer, written as it is (not copied)."""
+    return wire.encode_with_trailer(("done", call_id, kind), payload)
+
+
+SMALL = 64 * 1024  # parts below this are joined into one write; larger ones are written as they are
+
+
+def write_frames(writer: asyncio.StreamWriter, frames: list[tuple[bytes, bytes]]) -> None:
+    """Frames in as few writes as copying allows: small parts joined, a large payload on its own."""
+    small: list[bytes] = []
+    for part in (part for frame in frames for part in frame):
+        if len(part) < SMALL:
+            small.append(part)
+            continue
+        if small:
+            writer.write(b"".join(small))
+            small = []
+        writer.write(part)
+    if small:
+        writer.write(b"".join(small))
+
+
 class _Session:
     def __init__(self) -> None:
         self.writer: asyncio.StreamWriter | None = None
-        self.unacked: dict[int, bytes] = {}  # call id -> its encoded "done" frame, until acknowledged
-        self.running: dict[int, ray.ObjectRef | None] = {}  # None: received, its task not submitted yet
+        self.unacked: dict[int, tuple[bytes, bytes]] = {}  # call id -> its "done" frame's parts, until acknowledged
+        self.running: dict[int, ray.ObjectRef] = {}  # call id -> its task, until it ended
         self.idle_since: float | None = None
-        self.cancelled: dict[int, bool] = {}  # call id -> force, for a cancel that came before its task
+        self._outbox: list[tuple[bytes, bytes]] = []  # frames finished in this turn of the event loop
 
-    def send(self, call_id: int, frame: bytes) -> None:
+    def send(self, call_id: int, frame: tuple[bytes, bytes]) -> None:
+        """Queue an outcome; the outcomes of one turn of the event loop go out in one write (a group's
+        calls finish in bursts: one write, one SSH packet, one wake-up of the driver for many)."""
         self.unacked[call_id] = frame
         if self.writer is not None:
-            self.writer.write(frame)
+            if not self._outbox:
+                asyncio.get_running_loop().call_soon(self._flush)
+            self._outbox.append(frame)
+
+    def _flush(self) -> None:
+        frames, self._outbox = self._outbox, []
+        if self.writer is not None and frames:
+            write_frames(self.writer, frames)
 
 
 class CallServer:
@@ -79,9 +124,13 @@ class CallServer:
         self._functions: dict[str, Any] = {}
         self._sessions: dict[str, _Session] = {}
         self._server: asyncio.base_events.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._done: list[tuple[_Session, int, Any]] = []  # outcomes Ray reported, not yet sent
+        self._done_lock = threading.Lock()
 
     async def start(self) -> int:
         if self._server is None:
+            self._loop = asyncio.get_running_loop()
             self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
             asyncio.get_running_loop().create_task(self._reap_orphans())
         return int(self._server.sockets[0].getsockname()[1])
@@ -93,9 +142,8 @@ class CallServer:
             for key, session in list(self._sessions.items()):
                 if session.writer is None and session.idle_since is not None and now - session.idle_since > ORPHAN_S:
                     del self._sessions[key]
-                    for ref in session.running.values():
-                        if ref is not None:
-                            ray.cancel(ref, force=True)
+                    for ref in list(session.running.values()):
+                        ray.cancel(ref, force=True)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session: _Session | None = None
@@ -112,16 +160,14 @@ class CallServer:
                 session.writer.close()  # a reconnect replaces a connection the driver gave up on
             session.writer, session.idle_since = writer, None
             writer.write(wire.encode_hello({"ok": True, "detail": ""}))
-            for frame in list(session.unacked.values()):  # what the last connection may not have delivered
-                writer.write(frame)
+            write_frames(writer, list(session.unacked.values()))  # what the last connection may not have delivered
             await writer.drain()
             while True:
                 message = await wire.read_frame_async(reader)
                 kind = message[0]
                 if kind in ("call", "calls"):
                     for call in ([message[1:]] if kind == "call" else message[1]):
-                        session.running.setdefault(call[0], None)  # received: a resume must not call it unreceived
-                        asyncio.get_running_loop().create_task(self._run(session, *call))
+                        self._submit(session, *call)
                 elif kind == "resume":  # the driver's waiting calls after a reconnect: which never arrived?
                     lost = [i for i in message[1] if i not in session.running and i not in session.unacked]
                     if lost:
@@ -130,8 +176,6 @@ class CallServer:
                     ref = session.running.get(message[1])
                     if ref is not None:
                         ray.cancel(ref, force=bool(message[2]))
-                    elif message[1] in session.running:  # its task is not submitted yet: cancelled when it is
-                        session.cancelled[message[1]] = bool(message[2])
                 elif kind == "ack":
                     for call_id in message[1]:
                         session.unacked.pop(call_id, None)
@@ -143,8 +187,9 @@ class CallServer:
                 session.writer, session.idle_since = None, time.monotonic()
             writer.close()
 
-    async def _run(self, session: _Session, call_id: int, function_key: str, function_bytes: bytes | None,
-                   payload: bytes) -> None:
+    def _submit(self, session: _Session, call_id: int, function_key: str, function_bytes: bytes | None,
+                payload: bytes) -> None:
+        """Submit one call as its Ray task now, in the turn of the event loop that read its frame."""
         from ray import cloudpickle
 
         try:
@@ -157,26 +202,31 @@ class CallServer:
             args, kwargs, options = cloudpickle.loads(payload)
             ref = (remote.options(**options) if options else remote).remote(*args, **kwargs)
         except Exception as error:  # noqa: BLE001 - the caller gets it, as a call's failure
-            session.running.pop(call_id, None)
-            session.send(call_id, wire.encode(("done", call_id, *outcome_of(error))))
+            session.send(call_id, done_frame(call_id, *outcome_of(error)))
             return
         session.running[call_id] = ref
-        if call_id in session.cancelled:
-            ray.cancel(ref, force=session.cancelled.pop(call_id))
-        try:
-            value = await ref
-            try:
-                frame = wire.encode(("done", call_id, "value", _pickled(value)))
-            except Exception as error:  # noqa: BLE001 - a result that cannot travel
-                frame = wire.encode(("done", call_id, *outcome_of(error)))
-        except BaseException as error:  # noqa: BLE001 - a task's error, a cancel, a lost worker
-            frame = wire.encode(("done", call_id, *outcome_of(error)))
-        finally:
+        ref._on_completed(lambda result: self._completed(session, call_id, result))
+
+    def _completed(self, session: _Session, call_id: int, result: Any) -> None:
+        """Ray's completion callback (its own thread): handed to the event loop in batches. Why not
+        `await ref` per call: each awaited ref is an asyncio future woken through the loop's self-pipe,
+        and at hundreds of calls those wake-ups cost more than submitting the tasks."""
+        with self._done_lock:
+            first = not self._done
+            self._done.append((session, call_id, result))
+        if first and self._loop is not None:  # the loop is there: calls come only after `start`
+            self._loop.call_soon_threadsafe(self._send_completed)
+
+    def _send_completed(self) -> None:
+        with self._done_lock:
+            done, self._done = self._done, []
+        for session, call_id, result in done:
             session.running.pop(call_id, None)
-        session.send(call_id, frame)
-        writer = session.writer
-        if writer is not None:
-            try:
-                await writer.drain()
-            except ConnectionError:
-                pass  # the driver reconnects and gets it from `unacked`
+            if isinstance(result, RayError):  # how Ray's own `await ref` tells a failure from a value
+                frame = done_frame(call_id, *outcome_of(result))
+            else:
+                try:
+                    frame = done_frame(call_id, "value", _pickled_value(result))
+                except Exception as error:  # noqa: BLE001 - a result that cannot travel
+                    frame = done_frame(call_id, *outcome_of(error))
+            session.send(call_id, frame)

@@ -5,8 +5,10 @@ trips (the object id is a ticket the client server assigns, and `ray.get` asks f
 40 ms of latency doubles what a remote call costs. On the channel a call is one message up and its
 outcome one message down.
 
-A frame is a 4-byte big-endian length and a pickled tuple whose first item names the message, but
-the first frame each way, which is JSON (nothing is unpickled before the token is checked):
+A frame is two 4-byte big-endian lengths, a pickled tuple whose first item names the message (the
+envelope), and a trailer of raw bytes that is the message's last item (a call's outcome: its value
+travels once, never copied into the envelope). The first frame each way is JSON instead, a 4-byte
+length and the text (nothing is unpickled before the token is checked):
 
     driver -> head: {"token": ..., "session": ...}      the pool's token, a session id
     head -> driver: {"ok": bool, "detail": str}
@@ -28,11 +30,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import pickle
+import select
 import struct
 from typing import IO, Any
 
-HEADER = struct.Struct(">I")
+HEADER = struct.Struct(">I")  # a hello's: its length
+FRAME = struct.Struct(">II")  # a message's: its envelope's length, then its trailer's plus one (0: none)
 MAX_FRAME = 2**31 - 1  # one call's pickled arguments or result; past this Ray's own object store is the way
 
 
@@ -44,7 +49,16 @@ def encode(message: tuple[Any, ...]) -> bytes:
     body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     if len(body) > MAX_FRAME:
         raise ValueError(f"a call channel message of {len(body):,} bytes is over {MAX_FRAME:,}")
-    return HEADER.pack(len(body)) + body
+    return FRAME.pack(len(body), 0) + body
+
+
+def encode_with_trailer(message: tuple[Any, ...], trailer: bytes) -> tuple[bytes, bytes]:
+    """`message + (trailer,)` as two parts to write one after the other: the trailer (a pickled value,
+    maybe of hundreds of megabytes) is neither copied into the envelope nor joined to it."""
+    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    if len(trailer) >= MAX_FRAME:
+        raise ValueError(f"a call channel message of {len(trailer):,} bytes is over {MAX_FRAME:,}")
+    return FRAME.pack(len(body), len(trailer) + 1) + body, trailer
 
 
 def encode_hello(fields: dict[str, Any]) -> bytes:
@@ -72,11 +86,59 @@ async def read_hello_async(reader: asyncio.StreamReader) -> dict[str, Any]:
         raise ChannelClosed("the call channel's first frame is not a hello") from None
 
 
-def read_frame(stream: IO[bytes]) -> tuple[Any, ...]:
-    """One message from a blocking byte stream (the driver's end: ssh's stdout)."""
-    header = _read_exactly(stream, HEADER.size)
-    (size,) = HEADER.unpack(header)
-    return pickle.loads(_read_exactly(stream, size))
+class FrameReader:
+    """The driver's end: messages from a blocking file descriptor (ssh's stdout), read in chunks.
+
+    Why not one read per header and body: a group's outcomes arrive as hundreds of small frames,
+    and two system calls each (plus a wake-up of this thread) is what a gather of 500 waited on; a
+    large result read a pipe's worth at a time into fresh buffers is copied again and again. Here
+    small frames come out of one buffer filled `CHUNK` at a time, and a large one is read straight
+    into its own buffer. `pending()` says whether more is already there (to batch the acks)."""
+
+    CHUNK = 1 << 20
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buffer = bytearray()
+
+    def _fill(self) -> None:
+        chunk = os.read(self._fd, self.CHUNK)
+        if not chunk:
+            raise ChannelClosed("the call channel closed")
+        self._buffer += chunk
+
+    def read_frame(self) -> tuple[Any, ...]:
+        while len(self._buffer) < FRAME.size:
+            self._fill()
+        size, trailer = FRAME.unpack_from(self._buffer)
+        end = FRAME.size + size
+        while len(self._buffer) < end:
+            self._fill()
+        message = pickle.loads(bytes(self._buffer[FRAME.size:end]))
+        del self._buffer[:end]
+        return (*message, self._read_trailer(trailer - 1)) if trailer else message
+
+    def _read_trailer(self, size: int) -> bytearray:
+        """The trailer: what the buffer holds of it, the rest read straight into its own buffer."""
+        if len(self._buffer) >= size:
+            trailer = self._buffer[:size]
+            del self._buffer[:size]
+            return trailer
+        trailer = bytearray(size)
+        have = len(self._buffer)
+        trailer[:have] = self._buffer
+        self._buffer.clear()
+        with memoryview(trailer) as view:
+            while have < size:
+                read = os.readv(self._fd, [view[have:]])
+                if not read:
+                    raise ChannelClosed("the call channel closed")
+                have += read
+        return trailer
+
+    def pending(self) -> bool:
+        """Whether a next message is already here (buffered, or waiting in the pipe)."""
+        return bool(self._buffer) or bool(select.select([self._fd], [], [], 0)[0])
 
 
 def _read_exactly(stream: IO[bytes], size: int) -> bytes:
@@ -93,7 +155,8 @@ def _read_exactly(stream: IO[bytes], size: int) -> bytes:
 async def read_frame_async(reader: asyncio.StreamReader) -> tuple[Any, ...]:
     """One message from an asyncio stream (the head's end)."""
     try:
-        (size,) = HEADER.unpack(await reader.readexactly(HEADER.size))
-        return pickle.loads(await reader.readexactly(size))
+        size, trailer = FRAME.unpack(await reader.readexactly(FRAME.size))
+        message = pickle.loads(await reader.readexactly(size))
+        return (*message, await reader.readexactly(trailer - 1)) if trailer else message
     except asyncio.IncompleteReadError:
         raise ChannelClosed("the call channel closed") from None

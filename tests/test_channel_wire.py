@@ -1,0 +1,82 @@
+"""The call channel's frames (`skyward_ray.api.channel_wire`) through a real pipe and a real asyncio
+stream: what the driver reads is what the head wrote, whatever sizes the reads come in.
+
+No Ray here; the channel over a real pool (every operator, a dropped SSH connection) is in
+`test_remote_driver.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+
+import pytest
+
+from skyward_ray.api import channel_wire as wire
+
+
+def _write_slowly(fd: int, data: bytes, piece: int) -> threading.Thread:
+    """Write `data` to `fd` in pieces of `piece` bytes (as ssh hands a pipe what the network gave it)."""
+    def run() -> None:
+        for start in range(0, len(data), piece):
+            os.write(fd, data[start:start + piece])
+        os.close(fd)
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("piece", [1, 7, 65536, 1 << 22])
+def test_the_driver_reads_every_message_and_each_payload_whole_however_the_bytes_arrive(piece):
+    big = os.urandom(3 * 2**20 + 5)  # past the reader's chunk: read straight into a buffer of its own
+    frames = [wire.encode(("unreceived", [1, 2])), *wire.encode_with_trailer(("done", 7, "value"), b"v"),
+              *wire.encode_with_trailer(("done", 8, "value"), big),
+              *wire.encode_with_trailer(("done", 9, "error"), b""), wire.encode(("ack", [3]))]
+    if piece == 1:
+        frames = frames[:3] + frames[-3:]  # a byte at a time: leave the 3 MB payload to the other cases
+    read_end, write_end = os.pipe()
+    writer = _write_slowly(write_end, b"".join(frames), piece)
+    reader = wire.FrameReader(read_end)
+    try:
+        got = [reader.read_frame() for _ in range(5 if piece != 1 else 4)]
+        with pytest.raises(wire.ChannelClosed):
+            reader.read_frame()
+    finally:
+        writer.join(timeout=30)
+        os.close(read_end)
+    expected = [("unreceived", [1, 2]), ("done", 7, "value", b"v"), ("done", 8, "value", big),
+                ("done", 9, "error", b""), ("ack", [3])]
+    if piece == 1:
+        expected = expected[:2] + expected[3:]
+    assert [tuple(m) for m in got] == expected
+
+
+def test_pending_says_whether_a_next_message_is_already_there():
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, wire.encode(("ack", [1])) + wire.encode(("ack", [2])))
+        reader = wire.FrameReader(read_end)
+        assert reader.read_frame() == ("ack", [1])
+        assert reader.pending(), "the second frame came with the first read"
+        assert reader.read_frame() == ("ack", [2])
+        assert not reader.pending(), "nothing more was written"
+        os.write(write_end, wire.encode(("ack", [3])))
+        assert reader.pending(), "waiting in the pipe"
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_the_head_reads_frames_with_and_without_a_payload_from_its_stream():
+    async def run() -> list[tuple]:
+        stream = asyncio.StreamReader()
+        stream.feed_data(wire.encode(("calls", [(1, "k", None, b"p")])))
+        stream.feed_data(b"".join(wire.encode_with_trailer(("done", 4, "value"), b"x" * 100_000)))
+        stream.feed_eof()
+        got = [await wire.read_frame_async(stream), await wire.read_frame_async(stream)]
+        with pytest.raises(wire.ChannelClosed):
+            await wire.read_frame_async(stream)
+        return got
+
+    assert asyncio.run(run()) == [("calls", [(1, "k", None, b"p")]), ("done", 4, "value", b"x" * 100_000)]
