@@ -93,9 +93,16 @@ def record_path(task_id: str) -> str:
     """Where this node keeps the record of a running attempt of `task_id`: under its own Ray node
     id, since Ray gives every node the head's temp dir path and nodes that share a filesystem
     (a local pool's) would otherwise read each other's records."""
+    return os.path.join(_record_dir(), task_id)
+
+
+@functools.cache
+def _record_dir() -> str:
+    """This node's record directory: the same for every call a worker process runs (it is on every
+    call's path, so looked up once per process)."""
     import ray
 
-    return os.path.join(_session_dir(), RECORD_DIR, ray.get_runtime_context().get_node_id(), task_id)
+    return os.path.join(_session_dir(), RECORD_DIR, ray.get_runtime_context().get_node_id())
 
 
 def read_record(task_id: str) -> dict[str, Any] | None:
@@ -119,12 +126,21 @@ def _attempt() -> dict[str, Any]:
             "log_dir": os.path.join(_session_dir(), "logs")}
 
 
+@functools.cache
+def _attempt_text() -> str:
+    return json.dumps(_attempt())
+
+
 def _record(task_id: str) -> str:
     path = record_path(task_id)
     with contextlib.suppress(OSError):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w", encoding="utf-8") as handle:
-            json.dump(_attempt(), handle)
+        try:
+            handle = open(path, "w", encoding="utf-8")
+        except FileNotFoundError:  # the node's first call: its directory is made once
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            handle = open(path, "w", encoding="utf-8")
+        with handle:
+            handle.write(_attempt_text())
     return path
 
 
