@@ -187,15 +187,17 @@ def test_an_aws_elastic_pool_grows_to_max_and_shrinks_back_and_leaves_nothing(re
                      nodes=sky.Nodes(min=1, max=3, idle_timeout=IDLE_TIMEOUT)) as pool:
         name = pool.name
         head, workers = grow_and_shrink(pool, "aws", boot_timeout=90)
-        launched = [c for c in sim.calls("RunInstances", since=since) if name in c.params.values()]
-        # The head, then two workers started by the autoscaler. A simulated worker may also crash at boot
-        # and be replaced by the autoscaler: workers booting at once share the head's Ray temp dir on the
-        # simulator's one filesystem (Ray 2.60 node.py:762-771) and can race for a socket name.
-        assert len(launched) >= 3
+        calls = [c for c in sim.calls("RunInstances", since=since) if name in c.params.values() and c.status == 200]
+        launched = sum(int(c.params["MaxCount"]) for c in calls)
+        # The head, then two workers started by the autoscaler (in one RunInstances when it asks for both at
+        # once). A simulated worker may also crash at boot and be replaced by the autoscaler: workers booting
+        # at once share the head's Ray temp dir on the simulator's one filesystem (Ray 2.60 node.py:762-771)
+        # and can race for a socket name.
+        assert launched >= 3, [(c.params["MinCount"], c.params["MaxCount"]) for c in calls]
         wait_for(lambda: [i["InstanceId"] for i in sim.live_instances(cluster=name)] == [head], 60,
                  "the idle workers' instances terminating")
         ended = {i["InstanceId"] for i in sim.instances(cluster=name, states=("terminated",))}
-        assert set(workers) <= ended and len(ended) == len(launched) - 1
+        assert set(workers) <= ended and len(ended) == launched - 1
     assert sim.live_instances(cluster=name) == []
     assert sim.security_groups(cluster=name) == [] and sim.key_pairs() == []
     assert hosts.wait_idle() == []
