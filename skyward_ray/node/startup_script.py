@@ -4,8 +4,8 @@ Why a script and not SSH: a node that sets itself up needs no inbound port, no k
 side and no driver staying online during boot. The script
 
 1. installs the Image unless it is already satisfied (the driver's Ray and Python versions),
-2. starts `ray start --block` as head or worker, with the instance id, node type, labels, market
-   type and the cluster's auth token in the environment Ray reads them from,
+2. starts `ray start` as head or worker (then a small shell watching Ray's processes), with the instance
+   id, node type, labels, market type and the cluster's auth token in the environment Ray reads them from,
 3. on the head, starts a watchdog that stops Ray when the driver's heartbeat stops (teardown layer 3)
    or, for a detached pool, when the pool's max lifetime is reached (`lifetime`, with a backstop in
    the script itself should the watchdog be wedged),
@@ -41,26 +41,96 @@ from skyward_ray.node.uv_bootstrap import UV_VERSION
 
 WATCHDOG_SOURCE = boot_secrets.compact_source((Path(__file__).parent / "watchdog.py").read_text())
 
-# A worker imports Ray's CLI (about a second of CPU) while the head is still booting, then waits
-# for the head's port, then runs `ray start` exactly as the `ray` command would.
-_WORKER_RAY_START = """\
-import os, socket, sys, time
+# What a node's `ray start` process becomes once Ray's processes are up (`exec`, so it keeps the
+# pid the script and the head's watchdog know as RAY_PID): a shell watching the processes `ray start`
+# started (its arguments), in place of `ray start --block`'s Python parent, which stays resident
+# (~200 MB with Ray's CLI imported) on every node only to wait. Like --block: when one of them
+# exits the others are ended and it exits 1; SIGTERM ends them all (SIGKILL after 5 s). They are
+# its children, and bash reaps any child that exits, so a dead one is never mistaken for alive.
+_RAY_WATCH = """\
+stop() { kill -TERM "$@" 2>/dev/null; for _ in $(seq 50); do up=; for p; do kill -0 "$p" 2>/dev/null && up=1; done
+  [ -n "$up" ] || return 0; sleep 0.1; done; kill -KILL "$@" 2>/dev/null; }
+trap 'stop "$@"; exit 143' TERM INT HUP
+while :; do
+  for p; do kill -0 "$p" 2>/dev/null || { echo "ray watch: Ray's process $p exited; stopping the others"; stop "$@"; exit 1; }; done
+  sleep 1 & wait $!
+done
+"""
+
+# `ray start` (without --block), then `_RAY_WATCH` in its place. Until then a SIGTERM ends what
+# Ray started so far, as --block's handler would (Ray's processes outlive a `ray start` that ends).
+_RAY_START_AND_WATCH = f"""\
+def _started():
+    me, found = str(os.getpid()), []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            state, parent = open(f"/proc/{{pid}}/stat").read().rsplit(")", 1)[1].split()[:2]
+            if parent == me and state != "Z":  # a child already dead is not one to watch
+                found.append(pid)
+        except (OSError, ValueError):
+            pass
+    return found
+def _stop(*_):
+    for pid in _started():
+        try:
+            os.kill(int(pid), signal.SIGTERM)
+        except OSError:
+            pass
+    os._exit(143)
+signal.signal(signal.SIGTERM, _stop)
+sys.argv = ["ray", *sys.argv[1:]]
+try:
+    ray_cli.main()
+except SystemExit as done:
+    if done.code:
+        raise
+sys.stdout.flush(); sys.stderr.flush()
+os.execvp("bash", ["bash", "-c", {_RAY_WATCH!r}, "skyward-ray-watch", *_started()])
+"""
+
+# Ray's CLI module also loads its `serve`, `job` and state (`list`, `get`, ...) command groups, each
+# optional to it (a failed import leaves that group out, nothing else): `ray start` needs none of
+# them, and they are over half the CLI's import (about 0.6 s of CPU per node, where every node of a
+# local pool boots at once on the same cores). A None in sys.modules makes their import fail at once.
+_RAY_CLI_IMPORT = """\
+for optional in ("ray.serve.scripts", "ray.dashboard.modules.job.cli", "ray.util.state.state_cli"):
+    sys.modules[optional] = None
 import ray.scripts.scripts as ray_cli
+"""
+
+_HEAD_RAY_START = "import os, signal, sys\n" + _RAY_CLI_IMPORT + _RAY_START_AND_WATCH
+
+# A worker imports Ray's CLI (about a second of CPU) while the head is still booting, then waits
+# for the head's port, then for the GCS to list the head node alive, then runs `ray start` exactly
+# as the `ray` command would. Ray's worker start needs the head node listed too, but when it is not
+# yet, Ray retries only every 2 s (`get_all_node_info_until_retrieved`): a worker that reached the GCS
+# before the head's raylet registered joined up to 2 s late. Polling first joins it as soon as it can.
+_WORKER_RAY_START = "import os, signal, socket, sys, time\n" + _RAY_CLI_IMPORT + """\
+from ray._raylet import GcsClient
 host, port = os.environ["SKYWARD_HEAD_IP"], int(os.environ["SKYWARD_GCS_PORT"])
 deadline = time.monotonic() + float(os.environ["SKYWARD_HEAD_WAIT"])
+def _too_late():
+    if time.monotonic() > deadline:
+        print("skyward: head never answered", flush=True)
+        sys.exit(3)
+    time.sleep(0.1)
 while True:
     try:
         socket.create_connection((host, port), timeout=1).close()
         break
     except OSError:
-        if time.monotonic() > deadline:
-            print("skyward: head never answered", flush=True)
-            sys.exit(3)
-        time.sleep(0.1)
+        _too_late()
 open(os.environ["SKYWARD_BOOT_DONE"], "a").close()  # the head answers: the boot deadline is off
-sys.argv = ["ray", *sys.argv[1:]]
-sys.exit(ray_cli.main())
-"""
+client = None
+while True:
+    try:
+        client = client or GcsClient(address=f"{host}:{port}")
+        if any(node.is_head_node and node.state == 0 for node in client.get_all_node_info(timeout=1).values()):
+            break  # 0: ALIVE
+    except Exception:  # the GCS is still starting
+        pass
+    _too_late()
+""" + _RAY_START_AND_WATCH
 
 
 class NodeBoot(BaseModel):
@@ -149,11 +219,9 @@ def _export(name: str, value: object) -> str:
 
 
 def _ray_start_command(boot: NodeBoot) -> list[str]:
-    if boot.role == "head":
-        args = ['"$SKYWARD_PYTHON"', "-m", "ray.scripts.scripts"]
-    else:
-        args = ['"$SKYWARD_PYTHON"', "-c", shlex.quote(_WORKER_RAY_START)]
-    args += ["start", "--block", "--disable-usage-stats"]
+    source = _HEAD_RAY_START if boot.role == "head" else _WORKER_RAY_START
+    args = ['"$SKYWARD_PYTHON"', "-c", shlex.quote(source)]
+    args += ["start", "--disable-usage-stats"]
     args.append('--node-ip-address="$NODE_IP"')
     if boot.role == "head":
         args += ["--head", f"--port={boot.gcs_port}"]
