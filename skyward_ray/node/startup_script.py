@@ -98,7 +98,18 @@ for optional in ("ray.serve.scripts", "ray.dashboard.modules.job.cli", "ray.util
 import ray.scripts.scripts as ray_cli
 """
 
-_HEAD_RAY_START = "import os, signal, sys\n" + _RAY_CLI_IMPORT + _RAY_START_AND_WATCH
+# Set to "1" in a head's environment where no driver uses Ray Client (a local pool's drivers join its
+# GCS directly): Ray's CLI starts Ray Client's server on every head where grpc imports (no flag turns
+# it off; a port below 1024 is refused), a Python process of ~90 MB and ~0.6 s of CPU at boot. With
+# no port, Ray starts none, as `ray.init()` and Ray's own `Cluster` do: the CLI is told Ray Client is
+# not installed, the one test it makes before it picks its default port.
+NO_RAY_CLIENT_SERVER_ENV = "SKYWARD_NO_RAY_CLIENT_SERVER"
+_NO_RAY_CLIENT_SERVER = f"""\
+if os.environ.get({NO_RAY_CLIENT_SERVER_ENV!r}) == "1":
+    ray_cli.get_ray_client_dependency_error = lambda: ImportError("no Ray Client server on this head")
+"""
+
+_HEAD_RAY_START = "import os, signal, sys\n" + _RAY_CLI_IMPORT + _NO_RAY_CLIENT_SERVER + _RAY_START_AND_WATCH
 
 # A worker imports Ray's CLI (about a second of CPU) while the head is still booting, then waits
 # for the head's port, then for the GCS to list the head node alive, then runs `ray start` exactly
