@@ -44,7 +44,7 @@ from skyward_ray.cluster.contract import (
     Role,
 )
 from skyward_ray.errors import SpecError
-from skyward_ray.node.startup_script import NO_RAY_CLIENT_SERVER_ENV
+from skyward_ray.node.ray_start import NO_RAY_CLIENT_SERVER_ENV
 
 
 # A local head runs no autoscaler monitor (Ray's hidden `ray start --no-monitor`). Skyward runs no

@@ -22,11 +22,13 @@ secret at all: the token and the pool's env come after boot (`boot_secrets`, `en
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import re
 import shlex
 import sys
+import zlib
 from pathlib import Path
 
 import ray
@@ -40,108 +42,17 @@ from skyward_ray.node.uv_bootstrap import UV_VERSION
 
 
 WATCHDOG_SOURCE = boot_secrets.compact_source((Path(__file__).parent / "watchdog.py").read_text())
+# Packed like the secret service (zlib, base64): the node's `ray start` (below) took the room it had in
+# the 16 KB EC2 allows a head's user data.
+WATCHDOG_COMMAND = ('"$SKYWARD_PYTHON" -c "import base64, zlib; exec(zlib.decompress(base64.b64decode(\''
+                    + base64.b64encode(zlib.compress(WATCHDOG_SOURCE.encode(), 9)).decode() + '\')))"')
 
-# What a node's `ray start` process becomes once Ray's processes are up (`exec`, so it keeps the
-# pid the script and the head's watchdog know as RAY_PID): a shell watching the processes `ray start`
-# started (its arguments), in place of `ray start --block`'s Python parent, which stays resident
-# (~200 MB with Ray's CLI imported) on every node only to wait. Like --block: when one of them
-# exits the others are ended and it exits 1; SIGTERM ends them all (SIGKILL after 5 s). They are
-# its children, and bash reaps any child that exits, so a dead one is never mistaken for alive.
-_RAY_WATCH = """\
-stop() { kill -TERM "$@" 2>/dev/null; for _ in $(seq 50); do up=; for p; do kill -0 "$p" 2>/dev/null && up=1; done
-  [ -n "$up" ] || return 0; sleep 0.1; done; kill -KILL "$@" 2>/dev/null; }
-trap 'stop "$@"; exit 143' TERM INT HUP
-while :; do
-  for p; do kill -0 "$p" 2>/dev/null || { echo "ray watch: Ray's process $p exited; stopping the others"; stop "$@"; exit 1; }; done
-  sleep 1 & wait $!
-done
-"""
-
-# `ray start` (without --block), then `_RAY_WATCH` in its place. Until then a SIGTERM ends what
-# Ray started so far, as --block's handler would (Ray's processes outlive a `ray start` that ends).
-_RAY_START_AND_WATCH = f"""\
-def _started():
-    me, found = str(os.getpid()), []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            state, parent = open(f"/proc/{{pid}}/stat").read().rsplit(")", 1)[1].split()[:2]
-            if parent == me and state != "Z":  # a child already dead is not one to watch
-                found.append(pid)
-        except (OSError, ValueError):
-            pass
-    return found
-def _stop(*_):
-    for pid in _started():
-        try:
-            os.kill(int(pid), signal.SIGTERM)
-        except OSError:
-            pass
-    os._exit(143)
-signal.signal(signal.SIGTERM, _stop)
-sys.argv = ["ray", *sys.argv[1:]]
-try:
-    ray_cli.main()
-except SystemExit as done:
-    if done.code:
-        raise
-sys.stdout.flush(); sys.stderr.flush()
-os.execvp("bash", ["bash", "-c", {_RAY_WATCH!r}, "skyward-ray-watch", *_started()])
-"""
-
-# Ray's CLI module also loads its `serve`, `job` and state (`list`, `get`, ...) command groups, each
-# optional to it (a failed import leaves that group out, nothing else): `ray start` needs none of
-# them, and they are over half the CLI's import (about 0.6 s of CPU per node, where every node of a
-# local pool boots at once on the same cores). A None in sys.modules makes their import fail at once.
-_RAY_CLI_IMPORT = """\
-for optional in ("ray.serve.scripts", "ray.dashboard.modules.job.cli", "ray.util.state.state_cli"):
-    sys.modules[optional] = None
-import ray.scripts.scripts as ray_cli
-"""
-
-# Set to "1" in a head's environment where no driver uses Ray Client (a local pool's drivers join its
-# GCS directly): Ray's CLI starts Ray Client's server on every head where grpc imports (no flag turns
-# it off; a port below 1024 is refused), a Python process of ~90 MB and ~0.6 s of CPU at boot. With
-# no port, Ray starts none, as `ray.init()` and Ray's own `Cluster` do: the CLI is told Ray Client is
-# not installed, the one test it makes before it picks its default port.
-NO_RAY_CLIENT_SERVER_ENV = "SKYWARD_NO_RAY_CLIENT_SERVER"
-_NO_RAY_CLIENT_SERVER = f"""\
-if os.environ.get({NO_RAY_CLIENT_SERVER_ENV!r}) == "1":
-    ray_cli.get_ray_client_dependency_error = lambda: ImportError("no Ray Client server on this head")
-"""
-
-_HEAD_RAY_START = "import os, signal, sys\n" + _RAY_CLI_IMPORT + _NO_RAY_CLIENT_SERVER + _RAY_START_AND_WATCH
-
-# A worker imports Ray's CLI (about a second of CPU) while the head is still booting, then waits
-# for the head's port, then for the GCS to list the head node alive, then runs `ray start` exactly
-# as the `ray` command would. Ray's worker start needs the head node listed too, but when it is not
-# yet, Ray retries only every 2 s (`get_all_node_info_until_retrieved`): a worker that reached the GCS
-# before the head's raylet registered joined up to 2 s late. Polling first joins it as soon as it can.
-_WORKER_RAY_START = "import os, signal, socket, sys, time\n" + _RAY_CLI_IMPORT + """\
-from ray._raylet import GcsClient
-host, port = os.environ["SKYWARD_HEAD_IP"], int(os.environ["SKYWARD_GCS_PORT"])
-deadline = time.monotonic() + float(os.environ["SKYWARD_HEAD_WAIT"])
-def _too_late():
-    if time.monotonic() > deadline:
-        print("skyward: head never answered", flush=True)
-        sys.exit(3)
-    time.sleep(0.1)
-while True:
-    try:
-        socket.create_connection((host, port), timeout=1).close()
-        break
-    except OSError:
-        _too_late()
-open(os.environ["SKYWARD_BOOT_DONE"], "a").close()  # the head answers: the boot deadline is off
-client = None
-while True:
-    try:
-        client = client or GcsClient(address=f"{host}:{port}")
-        if any(node.is_head_node and node.state == 0 for node in client.get_all_node_info(timeout=1).values()):
-            break  # 0: ALIVE
-    except Exception:  # the GCS is still starting
-        pass
-    _too_late()
-""" + _RAY_START_AND_WATCH
+# The node's `ray start` (`ray_start.py`: no resident --block parent, a worker joins as soon as the
+# head is listed), compacted and zlib-packed like the secret service: EC2 takes 16 KB of user data.
+_RAY_START_PACKED = base64.b64encode(zlib.compress(
+    boot_secrets.compact_source((Path(__file__).parent / "ray_start.py").read_text()).encode(), 9)).decode()
+RAY_START_COMMAND = ['"$SKYWARD_PYTHON"', "-c",
+                     f"\"import base64, zlib; exec(zlib.decompress(base64.b64decode('{_RAY_START_PACKED}')))\""]
 
 
 class NodeBoot(BaseModel):
@@ -230,9 +141,7 @@ def _export(name: str, value: object) -> str:
 
 
 def _ray_start_command(boot: NodeBoot) -> list[str]:
-    source = _HEAD_RAY_START if boot.role == "head" else _WORKER_RAY_START
-    args = ['"$SKYWARD_PYTHON"', "-c", shlex.quote(source)]
-    args += ["start", "--disable-usage-stats"]
+    args = [*RAY_START_COMMAND, boot.role, "start", "--disable-usage-stats"]
     args.append('--node-ip-address="$NODE_IP"')
     if boot.role == "head":
         args += ["--head", f"--port={boot.gcs_port}"]
@@ -436,10 +345,7 @@ def render(boot: NodeBoot) -> str:
             f"SKYWARD_WATCH_NAMESPACE={HEARTBEAT_NAMESPACE} SKYWARD_WATCH_KEY={HEARTBEAT_KEY} "
             + (f"SKYWARD_WATCH_LIFETIME=$(( {int(boot.lifetime)} > SECONDS ? {int(boot.lifetime)} - SECONDS : 1 )) "
                if boot.lifetime is not None else "") +
-            "\"$SKYWARD_PYTHON\" -c \"$(cat <<'SKYWARD_WATCHDOG'",
-            WATCHDOG_SOURCE.rstrip("\n"),
-            "SKYWARD_WATCHDOG",
-            ')" &',
+            WATCHDOG_COMMAND + " &",
             "WATCHDOG_PID=$!",
         ]
     else:
