@@ -39,6 +39,25 @@ def _rss_mb(procs: list[psutil.Process]) -> float:
     return total / 1024**2
 
 
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _with_descendants(procs: list[psutil.Process]) -> list[psutil.Process]:
+    """`procs` and every process they started: Ray starts its agents with an environment of its own,
+    without the machine's marker, so a marker scan alone misses them (Ray's side counts all children)."""
+    found = {proc.pid: proc for proc in procs}
+    for proc in procs:
+        try:
+            found.update({child.pid: child for child in proc.children(recursive=True)})
+        except psutil.Error:
+            pass
+    return list(found.values())
+
+
 def phase_ours(nodes: int, calls: int, gather_n: int) -> dict:
     import ray
 
@@ -58,7 +77,7 @@ def phase_ours(nodes: int, calls: int, gather_n: int) -> dict:
     first = tiny(1) >> pool
     startup = time.perf_counter() - t0
     assert first == 1
-    rss = _rss_mb(processes_with_marker(pool.name + "-*") + [psutil.Process()])
+    rss = _rss_mb(_with_descendants(processes_with_marker(pool.name + "-*")) + [psutil.Process()])
 
     for _ in range(30):  # warm both paths: workers started, functions exported
         tiny(0) >> pool
@@ -80,9 +99,12 @@ def phase_ours(nodes: int, calls: int, gather_n: int) -> dict:
         gathers["raw_spread"].append(time.perf_counter() - a)
 
     timings = pool.timings
+    cluster_procs = _with_descendants(processes_with_marker(pool.name + "-*"))
     t1 = time.perf_counter()
     name = pool.name
     pool.close()
+    while any(_alive(proc) for proc in cluster_procs):  # every process of it, the agents included
+        time.sleep(0.01)
     exit_s = time.perf_counter() - t1
     assert processes_with_marker(name + "-*") == []
     return {

@@ -7,9 +7,11 @@ and ends the script's process group, as a powered-off machine ends everything on
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,12 +22,13 @@ from skyward_ray.errors import SpecError
 from skyward_ray.node import startup_script
 
 # Answers the boot script's interpreter calls: the version check passes; `ray start` (head or
-# worker) and the watchdog run for as long as the test says.
+# worker: its packed program's arguments) and the watchdog (the one started with SKYWARD_WATCH_*
+# in its environment; its program is packed too) run for as long as the test says.
 STUB_PYTHON = """#!/bin/bash
+[ -n "${SKYWARD_WATCH_RAY_PID:-}" ] && exec sleep "$STUB_WATCHDOG_S"
 case "$*" in
-  *"ray.__version__"*) exit 0 ;;
-  *"skyward watchdog"*) exec sleep "$STUB_WATCHDOG_S" ;;
-  *"ray.scripts.scripts"*|*"ray_cli"*) echo "index=${SKYWARD_NODE_INDEX:-} $*" > "$SKYWARD_MACHINE_DIR/ray-start"
+  *" head start --disable-usage-stats"*|*" worker start --disable-usage-stats"*)
+    echo "index=${SKYWARD_NODE_INDEX:-} $*" > "$SKYWARD_MACHINE_DIR/ray-start"
     exec sleep "$STUB_RAY_S" ;;
 esac
 exit 0
@@ -155,3 +158,59 @@ def test_a_batch_needs_both_its_first_index_and_the_launch_index_and_only_worker
         boot(tmp_path, role="worker", first_index=1)
     with pytest.raises(SpecError, match="first_index"):
         boot(tmp_path, role="head", first_index=1, launch_index_shell="0")
+
+
+# What a node's `ray start` becomes once Ray's processes are up (`ray_start.py`): this process starts
+# two stand-ins for Ray's processes, then execs into the watch over its children, as `ray start` does.
+WATCHED_NODE = """
+import os, subprocess, sys
+from skyward_ray.node import ray_start
+for _ in range(2):
+    subprocess.Popen(["sleep", "60"])
+watched = ray_start.started()
+print(" ".join(watched), flush=True)
+os.execvp("bash", ["bash", "-c", ray_start.WATCH, "skyward-ray-watch", *watched])
+"""
+
+
+def _watched_node() -> tuple[subprocess.Popen, list[int]]:
+    """The stand-in node, once it has become the watch (a bash), and its two stand-in Ray processes."""
+    node = subprocess.Popen([sys.executable, "-c", WATCHED_NODE], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    ray_processes = [int(pid) for pid in node.stdout.readline().split()]
+    deadline = time.monotonic() + 20
+    while Path(f"/proc/{node.pid}/comm").read_text().strip() != "bash" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # its traps are set as bash starts the script
+    return node, ray_processes
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_when_one_of_rays_processes_exits_the_watch_ends_the_others_and_exits_1():
+    node, ray_processes = _watched_node()
+    try:
+        assert len(ray_processes) == 2 and not any(_gone(pid) for pid in ray_processes)
+        os.kill(ray_processes[0], signal.SIGKILL)  # a Ray process dies: the watch reaps it, sees it gone
+        assert node.wait(timeout=20) == 1
+        assert all(_gone(pid) for pid in ray_processes)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(node.pid, signal.SIGKILL)
+
+
+def test_sigterm_to_the_watch_stops_every_ray_process_as_ray_start_block_did():
+    node, ray_processes = _watched_node()
+    try:
+        node.send_signal(signal.SIGTERM)
+        assert node.wait(timeout=20) == 143
+        assert all(_gone(pid) for pid in ray_processes)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(node.pid, signal.SIGKILL)

@@ -170,9 +170,10 @@ NO_KNOB = {
     "dashboard/dashboard.py": "the head's API server's Prometheus metrics (started even with "
                               "--include-dashboard=false; port DASHBOARD_METRIC_PORT, 44227, host not settable)",
 }
-# What must stay off every interface: the Ray Client server (Ray binds it to --node-ip-address), the
-# runtime-env agent (the same), and the head's autoscaler monitor, whose metrics server had no auth
-# and no host setting: local heads start with --no-monitor (skyward runs no autoscaler on a node).
+# What must stay off every interface: the runtime-env agent (Ray binds it to --node-ip-address), and
+# the head's autoscaler monitor, whose metrics server had no auth and no host setting: local heads
+# start with --no-monitor (skyward runs no autoscaler on a node). A local head runs no Ray Client
+# server either (its drivers join the GCS directly), so it listens nowhere.
 MONITORS = ("autoscaler/_private/monitor.py", "autoscaler/v2/monitor.py")
 _NAMED = ("ray::DashboardAgent", "ray::RuntimeEnvAgent", "dashboard/dashboard.py", "ray.util.client.server",
           "log_monitor.py", *MONITORS)
@@ -225,12 +226,18 @@ def test_a_local_pool_listens_on_its_own_addresses_except_where_ray_has_no_knob(
         assert _head_ip() >> pool  # a worker process runs: its listener is counted too
         nodes = {n.instance_id: n.ip for n in pool.nodes}
         listeners = _listeners(list(nodes))
+        running = set()
+        for process in _pool_processes(list(nodes)).values():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                running.add(_kind(process))
     report = "\n".join(f"{kind:24} {ip}:{port}" for kind, ip, port in sorted(listeners, key=str))
     everywhere = [kind for kind, ip, _ in listeners if ip.is_unspecified]
     assert not [k for k in everywhere if k not in NO_KNOB], f"listening on every interface:\n{report}"
     own = {ipaddress.ip_address(ip) for ip in nodes.values()} | {ipaddress.ip_address("127.0.0.1")}
     assert all(ip in own for _, ip, _ in listeners if not ip.is_unspecified), report
     kinds = {kind for kind, _, _ in listeners}
-    assert {"ray.util.client.server", "ray::RuntimeEnvAgent", "ray::DashboardAgent"} <= kinds, report
+    assert {"ray::RuntimeEnvAgent", "ray::DashboardAgent"} <= kinds, report
+    assert "raylet" in running and "ray.util.client.server" not in running, \
+        "a local head runs no Ray Client server (its drivers join the GCS directly)"
     assert not kinds & set(MONITORS), "a local head runs no autoscaler monitor (its metrics had no auth)"
     assert everywhere.count("ray::DashboardAgent") <= 2 and everywhere.count("dashboard/dashboard.py") <= 1, report

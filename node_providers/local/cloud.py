@@ -44,6 +44,7 @@ from skyward_ray.cluster.contract import (
     Role,
 )
 from skyward_ray.errors import SpecError
+from skyward_ray.node.ray_start import NO_RAY_CLIENT_SERVER_ENV
 
 
 # A local head runs no autoscaler monitor (Ray's hidden `ray start --no-monitor`). Skyward runs no
@@ -166,7 +167,7 @@ class LocalCloud(Cloud):
             token_in_environment=True,
             python=sys.executable,
             temp_dir_shell="${" + names.ENV_MACHINE_DIR + "}/r",
-            extra_ray_args=PORTS.colocated_port_args(role == "head", self.prepared["head_ip"]) + (
+            extra_ray_args=PORTS.colocated_port_args(self.prepared["head_ip"]) + (
                 NO_MONITOR if role == "head" else []),
             dashboard_port=PORTS.free_port("127.0.0.1"),  # nodes of other pools share 127.0.0.1
             gcs_reconnect_timeout=10,
@@ -191,9 +192,10 @@ class LocalCloud(Cloud):
         ip = self.prepared["head_ip"] if request.role == "head" else next(
             f"{block}.{n}" for n in itertools.count(2) if f"{block}.{n}" not in used)
         # The token reaches the node in its environment only (readable by this user alone), never in
-        # its script or on a command line; Ray's metrics exporter (an HTTP port) is off on local nodes.
+        # its script or on a command line; Ray's metrics exporter (an HTTP port) is off on local nodes,
+        # and so is Ray Client's server on the head: a local pool's drivers join its GCS directly.
         env = {**self._gpu_env(request.index), "RAY_AUTH_TOKEN": self.params.auth_token,
-               "RAY_enable_metrics_collection": "false"}
+               "RAY_enable_metrics_collection": "false", NO_RAY_CLIENT_SERVER_ENV: "1"}
         self.host.boot(instance_id, request.boot_script, ip, env=env, tags=dict(request.tags))
         return Machine(instance_id=instance_id, state="running", private_ip=ip, public_ip=ip, tags=dict(request.tags))
 

@@ -50,13 +50,13 @@ class PortAllocator:
                 return port
         raise RuntimeError(f"no free TCP port between {low} and {high} on {ip or 'this machine'}")
 
-    def colocated_port_args(self, is_head: bool, ip: str = "") -> list[str]:
+    def colocated_port_args(self, ip: str = "") -> list[str]:
         """`ray start` flags for a node sharing its host with other nodes.
 
-        Ray gives these ports fixed defaults (52365, 10001, ...), which collide when several
-        nodes run on one machine; each node gets free ones instead."""
+        Ray gives these ports fixed defaults (52365, ...), which collide when several nodes
+        run on one machine; each node gets free ones instead. (A local head runs no Ray Client
+        server, whose default is 10001: `LocalCloud` turns it off.)"""
         flags = ["--dashboard-agent-listen-port", "--metrics-export-port", "--runtime-env-agent-port"]
-        flags += ["--ray-client-server-port"] if is_head else []
         return [f"{flag}={self.free_port(ip)}" for flag in flags]
 
 

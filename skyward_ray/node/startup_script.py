@@ -4,8 +4,8 @@ Why a script and not SSH: a node that sets itself up needs no inbound port, no k
 side and no driver staying online during boot. The script
 
 1. installs the Image unless it is already satisfied (the driver's Ray and Python versions),
-2. starts `ray start --block` as head or worker, with the instance id, node type, labels, market
-   type and the cluster's auth token in the environment Ray reads them from,
+2. starts `ray start` as head or worker (then a small shell watching Ray's processes), with the instance
+   id, node type, labels, market type and the cluster's auth token in the environment Ray reads them from,
 3. on the head, starts a watchdog that stops Ray when the driver's heartbeat stops (teardown layer 3)
    or, for a detached pool, when the pool's max lifetime is reached (`lifetime`, with a backstop in
    the script itself should the watchdog be wedged),
@@ -22,11 +22,13 @@ secret at all: the token and the pool's env come after boot (`boot_secrets`, `en
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import re
 import shlex
 import sys
+import zlib
 from pathlib import Path
 
 import ray
@@ -40,27 +42,17 @@ from skyward_ray.node.uv_bootstrap import UV_VERSION
 
 
 WATCHDOG_SOURCE = boot_secrets.compact_source((Path(__file__).parent / "watchdog.py").read_text())
+# Packed like the secret service (zlib, base64): the node's `ray start` (below) took the room it had in
+# the 16 KB EC2 allows a head's user data.
+WATCHDOG_COMMAND = ('"$SKYWARD_PYTHON" -c "import base64, zlib; exec(zlib.decompress(base64.b64decode(\''
+                    + base64.b64encode(zlib.compress(WATCHDOG_SOURCE.encode(), 9)).decode() + '\')))"')
 
-# A worker imports Ray's CLI (about a second of CPU) while the head is still booting, then waits
-# for the head's port, then runs `ray start` exactly as the `ray` command would.
-_WORKER_RAY_START = """\
-import os, socket, sys, time
-import ray.scripts.scripts as ray_cli
-host, port = os.environ["SKYWARD_HEAD_IP"], int(os.environ["SKYWARD_GCS_PORT"])
-deadline = time.monotonic() + float(os.environ["SKYWARD_HEAD_WAIT"])
-while True:
-    try:
-        socket.create_connection((host, port), timeout=1).close()
-        break
-    except OSError:
-        if time.monotonic() > deadline:
-            print("skyward: head never answered", flush=True)
-            sys.exit(3)
-        time.sleep(0.1)
-open(os.environ["SKYWARD_BOOT_DONE"], "a").close()  # the head answers: the boot deadline is off
-sys.argv = ["ray", *sys.argv[1:]]
-sys.exit(ray_cli.main())
-"""
+# The node's `ray start` (`ray_start.py`: no resident --block parent, a worker joins as soon as the
+# head is listed), compacted and zlib-packed like the secret service: EC2 takes 16 KB of user data.
+_RAY_START_PACKED = base64.b64encode(zlib.compress(
+    boot_secrets.compact_source((Path(__file__).parent / "ray_start.py").read_text()).encode(), 9)).decode()
+RAY_START_COMMAND = ['"$SKYWARD_PYTHON"', "-c",
+                     f"\"import base64, zlib; exec(zlib.decompress(base64.b64decode('{_RAY_START_PACKED}')))\""]
 
 
 class NodeBoot(BaseModel):
@@ -154,11 +146,7 @@ def _export(name: str, value: object) -> str:
 
 
 def _ray_start_command(boot: NodeBoot) -> list[str]:
-    if boot.role == "head":
-        args = ['"$SKYWARD_PYTHON"', "-m", "ray.scripts.scripts"]
-    else:
-        args = ['"$SKYWARD_PYTHON"', "-c", shlex.quote(_WORKER_RAY_START)]
-    args += ["start", "--block", "--disable-usage-stats"]
+    args = [*RAY_START_COMMAND, boot.role, "start", "--disable-usage-stats"]
     args.append('--node-ip-address="$NODE_IP"')
     if boot.role == "head":
         args += ["--head", f"--port={boot.gcs_port}"]
@@ -367,10 +355,7 @@ def render(boot: NodeBoot) -> str:
             f"SKYWARD_WATCH_NAMESPACE={HEARTBEAT_NAMESPACE} SKYWARD_WATCH_KEY={HEARTBEAT_KEY} "
             + (f"SKYWARD_WATCH_LIFETIME=$(( {int(boot.lifetime)} > SECONDS ? {int(boot.lifetime)} - SECONDS : 1 )) "
                if boot.lifetime is not None else "") +
-            "\"$SKYWARD_PYTHON\" -c \"$(cat <<'SKYWARD_WATCHDOG'",
-            WATCHDOG_SOURCE.rstrip("\n"),
-            "SKYWARD_WATCHDOG",
-            ')" &',
+            WATCHDOG_COMMAND + " &",
             "WATCHDOG_PID=$!",
         ]
     else:

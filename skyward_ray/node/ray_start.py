@@ -1,0 +1,131 @@
+"""A node's `ray start`, run by its boot script as `python -c <this> head|worker start ARGS...`.
+
+Why not `ray start --block`: its Python parent (Ray's CLI imported, ~200 MB resident) stays on every
+node only to wait for Ray's processes. Here `ray start` runs without --block, and once Ray's
+processes are up this process becomes (exec, so it keeps the pid the boot script and the head's
+watchdog know as RAY_PID) `WATCH`, a bash loop over the processes `ray start` started. As with
+--block: when one of them exits the others are ended and it exits 1; SIGTERM ends them all (SIGKILL
+after 5 s). They are its children, and bash reaps any child that exits, so a dead one never passes
+for alive. Until the exec, a SIGTERM ends what Ray started so far (Ray's processes outlive a
+`ray start` that ends).
+
+A worker first waits for the head's port (the head answering calls the boot deadline off), then for
+the GCS to list the head node alive: Ray's worker start needs that too, but while it is not listed
+Ray retries only every 2 s, so a worker that reached the GCS before the head's raylet registered
+joined up to 2 s late. It imports Ray's CLI before waiting: that CPU is spent while the head boots.
+
+Ray's CLI module also loads its `serve`, `job` and state (`list`, `get`, ...) command groups, each
+optional to it (a failed import leaves that group out, nothing else): `ray start` needs none, and
+they are over half the CLI's import (~0.6 s of CPU per node, where every node of a local pool boots
+at once on the same cores). A None in sys.modules makes their import fail at once.
+
+With SKYWARD_NO_RAY_CLIENT_SERVER=1 (a local pool's head: its drivers join the GCS directly) the
+head runs no Ray Client server. Ray's CLI starts one on every head where grpc imports (no flag turns
+it off; a port below 1024 is refused), ~90 MB and ~0.6 s of CPU at boot; with no port Ray starts
+none, as `ray.init()` and Ray's own `Cluster` do. The CLI is told Ray Client is not installed, the
+one test it makes before it picks its default port.
+
+This file runs standalone on the node (packed into the boot script), so it imports nothing from
+skyward_ray.
+"""
+
+import os
+import signal
+import socket
+import sys
+import time
+
+NO_RAY_CLIENT_SERVER_ENV = "SKYWARD_NO_RAY_CLIENT_SERVER"
+WATCH = """\
+stop() { kill -TERM "$@" 2>/dev/null; for _ in $(seq 50); do up=; for p; do kill -0 "$p" 2>/dev/null && up=1; done
+  [ -n "$up" ] || return 0; sleep 0.1; done; kill -KILL "$@" 2>/dev/null; }
+trap 'stop "$@"; exit 143' TERM INT HUP
+while :; do
+  for p; do kill -0 "$p" 2>/dev/null || { echo "ray watch: Ray's process $p exited; stopping the others"; stop "$@"; exit 1; }; done
+  sleep 1 & wait $!
+done
+"""
+
+
+def started() -> list[str]:
+    """The live processes this one started (Ray's GCS, raylet, log monitor, ...): its children."""
+    me, found = str(os.getpid()), []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                state, parent = stat.read().rsplit(")", 1)[1].split()[:2]
+            if parent == me and state != "Z":  # a child already dead is not one to watch
+                found.append(pid)
+        except (OSError, ValueError):
+            pass
+    return found
+
+
+def _stop(*_: object) -> None:
+    for pid in started():
+        try:
+            os.kill(int(pid), signal.SIGTERM)
+        except OSError:
+            pass
+    os._exit(143)
+
+
+def _wait_for_head(ray: object) -> None:
+    from ray._raylet import GcsClient
+
+    host, port = os.environ["SKYWARD_HEAD_IP"], int(os.environ["SKYWARD_GCS_PORT"])
+    deadline = time.monotonic() + float(os.environ["SKYWARD_HEAD_WAIT"])
+
+    def pause() -> None:
+        if time.monotonic() > deadline:
+            print("skyward: head never answered", flush=True)
+            sys.exit(3)
+        time.sleep(0.1)
+
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            break
+        except OSError:
+            pause()
+    open(os.environ["SKYWARD_BOOT_DONE"], "a").close()  # the head answers: the boot deadline is off
+    client = None
+    while True:
+        try:
+            client = client or GcsClient(address=f"{host}:{port}")
+            if any(node.is_head_node and node.state == 0 for node in client.get_all_node_info(timeout=1).values()):
+                return  # 0: ALIVE
+        except ray.exceptions.AuthenticationError:
+            return  # a token the head refuses: `ray start` fails at once and says so in its own words
+        except Exception:  # the GCS is still starting
+            pass
+        pause()
+
+
+def main() -> None:
+    role = sys.argv[1]
+    for optional in ("ray.serve.scripts", "ray.dashboard.modules.job.cli", "ray.util.state.state_cli"):
+        sys.modules[optional] = None
+    import ray.scripts.scripts as ray_cli
+
+    if role == "worker":
+        _wait_for_head(ray_cli.ray)
+    elif os.environ.get(NO_RAY_CLIENT_SERVER_ENV) == "1":
+        ray_cli.get_ray_client_dependency_error = lambda: ImportError("no Ray Client server on this head")
+    signal.signal(signal.SIGTERM, _stop)
+    sys.argv = ["ray", *sys.argv[2:]]
+    try:
+        ray_cli.main()
+    except SystemExit as done:
+        if done.code:
+            raise
+    sys.stdout.flush()
+    sys.stderr.flush()
+    watched = started()
+    if not watched:  # nothing to watch would be a node that never ends
+        sys.exit("ray watch: `ray start` left no process running")
+    os.execvp("bash", ["bash", "-c", WATCH, "skyward-ray-watch", *watched])
+
+
+if __name__ == "__main__":
+    main()
