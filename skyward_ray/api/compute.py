@@ -226,8 +226,7 @@ class Compute(PoolOperations):
         console.print(self._dashboard.sign_in_hint())
 
     def _runtime_env(self, spec: Spec) -> dict[str, Any]:
-        return job_runtime_env(self.image, spec.provider.nodes_share_driver_python, self._code_modules,
-                               self.desired.desired)
+        return job_runtime_env(self.image, spec.provider.nodes_share_driver_python, self._code_modules)
 
     def _close(self, error: BaseException | None = None) -> None:
         """Tear down. The pool is closed only once teardown is done: a teardown that fails leaves it

@@ -238,7 +238,7 @@ class AttachedPool(PoolOperations):
         self._code = StagedCode.find(image)
         modules = self._code.stage()
         self.dispatcher.shipped = self._code.shipped
-        runtime_env = job_runtime_env(image, config.nodes_share_driver_python, modules, int(self._record.nodes))
+        runtime_env = job_runtime_env(image, config.nodes_share_driver_python, modules)
         connection = DriverConnection(state["gcs_address"], state["ray_address"], state["auth_token"], runtime_env,
                                       node_ip=state.get("node_ip"))
         try:

@@ -18,7 +18,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from skyward_ray import names
 from skyward_ray.api.user_code import OWN_PACKAGES, UserCode, collect
 from skyward_ray.planning.image import Image
 
@@ -68,13 +67,13 @@ class StagedCode:
             self._directory = None
 
 
-def job_runtime_env(image: Image, nodes_share_driver_python: bool, code_modules: list[str],
-                    total_nodes: int) -> dict[str, Any]:
+def job_runtime_env(image: Image, nodes_share_driver_python: bool, code_modules: list[str]) -> dict[str, Any]:
     """The Ray job's runtime_env for a driver of a pool (this process's own pool, or an attached one):
     the Image's environment, the user's staged modules, and where nodes do not share this interpreter,
-    this very copy of skyward_ray (tasks import it)."""
-    env_vars = {**image.env, names.ENV_TOTAL_NODES: str(total_nodes)}
-    runtime_env: dict[str, Any] = {"env_vars": env_vars}
+    this very copy of skyward_ray (tasks import it). Nothing it need not hold: a job whose runtime_env
+    sets anything cannot use the workers each node started ahead, so its first call waits ~0.6 s for
+    a fresh one (the pool's own facts, such as its size, come from each node's boot environment)."""
+    runtime_env: dict[str, Any] = {"env_vars": dict(image.env)} if image.env else {}
     if nodes_share_driver_python and image.pip:
         runtime_env["pip"] = list(image.pip)  # nodes share this interpreter: Ray's per-node virtualenv
     py_modules = list(code_modules)  # the user's own code, staged (already without excludes)

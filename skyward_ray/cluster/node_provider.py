@@ -252,8 +252,9 @@ class ScriptBootedNodeProvider(NodeProvider):
 
     @property
     def launches_in_batches(self) -> bool:
-        """Whether this cloud starts many identical workers in one call (`Cloud.launch_many`)."""
-        return self.cloud.boot_environment("worker", 1).launch_index_shell is not None
+        """Whether this cloud starts many identical workers in one call (it implements `Cloud.launch_many`;
+        asked of the class: a cloud's `boot_environment` may reserve ports)."""
+        return type(self.cloud).launch_many is not Cloud.launch_many
 
     def _create_batch(self, node_config: dict[str, Any], tags: dict[str, str], count: int,
                       resources: dict[str, float], labels: dict[str, str], head_ip: str) -> dict[str, Any]:
@@ -368,7 +369,7 @@ class ScriptBootedNodeProvider(NodeProvider):
             pip=list(params.pip),
             apt=list(params.apt),
             env={**({} if later else params.env), **({} if batch else {names.ENV_NODE_INDEX: str(index)}),
-                 names.ENV_PROVIDER: config.name,
+                 names.ENV_PROVIDER: config.name, names.ENV_TOTAL_NODES: str(params.nodes),
                  names.ENV_ACCELERATOR: params.accelerator or "",
                  names.ENV_ACCELERATOR_COUNT: str(params.accelerator_count or 0),
                  names.ENV_SPOT: "1" if spot else "0"},

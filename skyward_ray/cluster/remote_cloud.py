@@ -45,8 +45,8 @@ class RemoteCloud(Cloud):
     node_ip_shell: ClassVar[str]
     #: the command that ends this machine (and its billing) when Ray exits
     shutdown_command: ClassVar[str]
-    #: shell expression giving the machine's place in a batch started by one call (`launch_many`);
-    #: None: the cloud's API starts one machine per call
+    #: shell expression giving the machine's place in a batch started by one call: a cloud that
+    #: implements `launch_many` names it; None: the cloud's API starts one machine per call
     launch_index_shell: ClassVar[str | None] = None
     #: what this cloud's boot log is called in messages ("console output", "log")
     log_name: ClassVar[str] = "log"
