@@ -89,9 +89,11 @@ def test_a_local_pool_keeps_its_token_and_files_private():
             except psutil.Error:
                 continue
         assert any(_read(p.environ, {}).get("RAY_AUTH_TOKEN") == token for p in processes)
-        # Ray's metrics exporter (an unauthenticated HTTP port) is off: nothing listens on the port each node names
+        # Ray's metrics exporter (an unauthenticated HTTP port) is off: nothing listens on the port each node
+        # names (each raylet's --metrics_export_port; a node's `ray start`, which names it with dashes, is a
+        # shell watching Ray's processes once they are up)
         ports = {int(arg.split("=", 1)[1]) for p in processes for arg in _read(p.cmdline, [])
-                 if arg.startswith("--metrics-export-port=")}
+                 if arg.startswith(("--metrics-export-port=", "--metrics_export_port="))}
         assert ports
         listening = [c for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN and c.laddr.port in ports]
         assert listening == [], f"a metrics exporter listens: {listening}"
