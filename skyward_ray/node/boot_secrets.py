@@ -26,11 +26,15 @@ def compact_source(source: str) -> str:
     return ast.unparse(tree) + "\n"
 
 
-# The head's secret service and a worker's ticket redeemer (`enrollment.py`), compacted and zlib-packed.
-_ENROLLMENT_PACKED = base64.b64encode(zlib.compress(
-    compact_source((Path(__file__).parent / "enrollment.py").read_text()).encode(), 9)).decode()
-ENROLLMENT_COMMAND = ('"$SKYWARD_PYTHON" -c "import base64, zlib; '
-                      f"exec(zlib.decompress(base64.b64decode('{_ENROLLMENT_PACKED}')))\"")
+def packed_command(source: str) -> str:
+    """`"$SKYWARD_PYTHON" -c ...` running `source` (node-side Python: the secret service, the
+    watchdog, the node's `ray start`), compacted, zlib-packed and base64'd: EC2 takes 16 KB of user data."""
+    packed = base64.b64encode(zlib.compress(compact_source(source).encode(), 9)).decode()
+    return f'"$SKYWARD_PYTHON" -c "import base64, zlib; exec(zlib.decompress(base64.b64decode(\'{packed}\')))"'
+
+
+# The head's secret service and a worker's ticket redeemer (`enrollment.py`).
+ENROLLMENT_COMMAND = packed_command((Path(__file__).parent / "enrollment.py").read_text())
 
 
 def secret_lines(role: str, *, head_ip: str, ticket: str, port: int, boot_deadline: float, head_wait: float,

@@ -22,13 +22,11 @@ secret at all: the token and the pool's env come after boot (`boot_secrets`, `en
 
 from __future__ import annotations
 
-import base64
 import ipaddress
 import json
 import re
 import shlex
 import sys
-import zlib
 from pathlib import Path
 
 import ray
@@ -42,17 +40,10 @@ from skyward_ray.node.uv_bootstrap import UV_VERSION
 
 
 WATCHDOG_SOURCE = boot_secrets.compact_source((Path(__file__).parent / "watchdog.py").read_text())
-# Packed like the secret service (zlib, base64): the node's `ray start` (below) took the room it had in
-# the 16 KB EC2 allows a head's user data.
-WATCHDOG_COMMAND = ('"$SKYWARD_PYTHON" -c "import base64, zlib; exec(zlib.decompress(base64.b64decode(\''
-                    + base64.b64encode(zlib.compress(WATCHDOG_SOURCE.encode(), 9)).decode() + '\')))"')
-
+WATCHDOG_COMMAND = boot_secrets.packed_command(WATCHDOG_SOURCE)
 # The node's `ray start` (`ray_start.py`: no resident --block parent, a worker joins as soon as the
-# head is listed), compacted and zlib-packed like the secret service: EC2 takes 16 KB of user data.
-_RAY_START_PACKED = base64.b64encode(zlib.compress(
-    boot_secrets.compact_source((Path(__file__).parent / "ray_start.py").read_text()).encode(), 9)).decode()
-RAY_START_COMMAND = ['"$SKYWARD_PYTHON"', "-c",
-                     f"\"import base64, zlib; exec(zlib.decompress(base64.b64decode('{_RAY_START_PACKED}')))\""]
+# head is listed).
+RAY_START_COMMAND = boot_secrets.packed_command((Path(__file__).parent / "ray_start.py").read_text())
 
 
 class NodeBoot(BaseModel):
@@ -146,7 +137,7 @@ def _export(name: str, value: object) -> str:
 
 
 def _ray_start_command(boot: NodeBoot) -> list[str]:
-    args = [*RAY_START_COMMAND, boot.role, "start", "--disable-usage-stats"]
+    args = [RAY_START_COMMAND, boot.role, "start", "--disable-usage-stats"]
     args.append('--node-ip-address="$NODE_IP"')
     if boot.role == "head":
         args += ["--head", f"--port={boot.gcs_port}"]
