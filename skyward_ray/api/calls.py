@@ -83,14 +83,15 @@ def timeout_error(pending: PendingFunction[Any]) -> FunctionTimeoutError:
 def cancel(refs: Sequence[ray.ObjectRef | ChannelRef], force: bool = False) -> None:
     """Cancel Ray tasks (sent through Ray, or over the call channel); finished ones and a pool going
     away are no error."""
-    channel_refs = [ref for ref in refs if isinstance(ref, ChannelRef)]
-    for ref in channel_refs:
-        ref.cancel(force)
-    if len(channel_refs) == len(refs) or not ray.is_initialized():
-        return  # the pool is gone (and Ray would start a fresh local cluster to serve the call)
+    ray_refs = []
     for ref in refs:
         if isinstance(ref, ChannelRef):
-            continue
+            ref.cancel(force)
+        else:
+            ray_refs.append(ref)
+    if not ray_refs or not ray.is_initialized():
+        return  # the pool is gone (and Ray would start a fresh local cluster to serve the call)
+    for ref in ray_refs:
         try:
             ray.cancel(ref, force=force)
         except Exception:  # already finished, or the pool is going away

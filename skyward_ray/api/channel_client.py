@@ -159,17 +159,9 @@ class CallChannel:
         return channel
 
     # -- calls ---------------------------------------------------------------------------------------
-    def call(self, function_key: str, function_bytes: Callable[[], bytes], payload: bytes) -> tuple[int, CallSlot]:
-        """Send one call (`call_many` of one); its slot resolves when the head sends its outcome."""
-        return self.call_many([(function_key, function_bytes, payload)])[0]
-
-    def refs(self, calls: list[tuple[str, Callable[[], bytes], bytes]]) -> list[ChannelRef]:
-        """`call_many`, as refs the group waits use."""
-        return [ChannelRef(self, call_id, slot) for call_id, slot in self.call_many(calls)]
-
-    def call_many(self, calls: list[tuple[str, Callable[[], bytes], bytes]]) -> list[tuple[int, CallSlot]]:
+    def call_many(self, calls: list[tuple[str, Callable[[], bytes], bytes]]) -> list[ChannelRef]:
         """Send calls (function key, its bytes when first asked, payload) in one frame: a group costs
-        one message up however many calls it holds."""
+        one message up however many calls it holds. Each ref resolves when the head sends its outcome."""
         with self._lock:
             if self._broken is not None:
                 raise ChannelError(str(self._broken))
@@ -183,7 +175,7 @@ class CallChannel:
             sent = []
             for entry in entries:
                 slot = self._slots[entry[0]] = CallSlot(entry)
-                sent.append((entry[0], slot))
+                sent.append(ChannelRef(self, entry[0], slot))
             self._write(wire.encode(("calls", entries)))
         return sent
 
@@ -266,10 +258,10 @@ class CallChannel:
                         slot.resolve(kind, payload)
                 elif message[0] == "unreceived":  # lost with a dropped connection: sent again, in order
                     with self._lock:
-                        for call_id in message[1]:
-                            slot = self._slots.get(call_id)
-                            if slot is not None and slot.entry is not None:
-                                self._write(wire.encode(("call", *slot.entry)))
+                        slots = [self._slots.get(call_id) for call_id in message[1]]
+                        entries = [slot.entry for slot in slots if slot is not None and slot.entry is not None]
+                        if entries:
+                            self._write(wire.encode(("calls", entries)))
                 if acks and (len(acks) >= ACK_BATCH or not reader.pending()):
                     with self._lock:
                         self._write(wire.encode(("ack", acks)))
@@ -319,9 +311,8 @@ class CallChannel:
 
 
 def _widen(fd: int) -> None:
-    """A 1 MiB pipe to and from ssh (Linux: 64 KiB by default). With a small pipe, ssh stops
-    reading its channel whenever this process is slow to drain it, the SSH window is not given back,
-    and at 40 ms of round trip a 50 MB result waited on each refill."""
+    """A 1 MiB pipe to and from ssh (Linux: 64 KiB by default): room for ssh to keep writing what
+    arrives (and give the SSH window back) while this process's reader waits for the GIL."""
     with contextlib.suppress(AttributeError, OSError):
         fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
 

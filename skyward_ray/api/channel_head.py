@@ -165,8 +165,8 @@ class CallServer:
             while True:
                 message = await wire.read_frame_async(reader)
                 kind = message[0]
-                if kind in ("call", "calls"):
-                    for call in ([message[1:]] if kind == "call" else message[1]):
+                if kind == "calls":
+                    for call in message[1]:
                         self._submit(session, *call)
                 elif kind == "resume":  # the driver's waiting calls after a reconnect: which never arrived?
                     lost = [i for i in message[1] if i not in session.running and i not in session.unacked]

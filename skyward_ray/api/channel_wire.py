@@ -12,8 +12,7 @@ length and the text (nothing is unpickled before the token is checked):
 
     driver -> head: {"token": ..., "session": ...}      the pool's token, a session id
     head -> driver: {"ok": bool, "detail": str}
-    driver -> head: ("call", call_id, function_key, function_bytes | None, payload)
-                    ("calls", [(call_id, function_key, function_bytes | None, payload), ...])
+    driver -> head: ("calls", [(call_id, function_key, function_bytes | None, payload), ...])
                     ("cancel", call_id, force)
                     ("resume", [call_id, ...])            after a reconnect: the calls still waited for
                     ("ack", [call_id, ...])              outcomes received: the head forgets them
@@ -21,8 +20,9 @@ length and the text (nothing is unpickled before the token is checked):
                     ("unreceived", [call_id, ...])        of a resume's calls, those that never arrived
 
 The envelope is plain `pickle` of bytes, strings and numbers; the user's function (with its Ray
-options), a call's payload (its arguments and the call's Ray options) and its result travel inside
-it as cloudpickle bytes, made and read by the two ends.
+options) and a call's payload (its arguments and the call's Ray options) travel inside it as
+cloudpickle bytes, and an outcome's payload (a value: plain pickle where it can, else cloudpickle;
+an error) as the frame's trailer, made and read by the two ends.
 Both ends are this package, the same version (the pool ships it to its nodes).
 """
 

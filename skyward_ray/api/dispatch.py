@@ -41,9 +41,8 @@ from skyward_ray.api.calls import (
     is_failure,
     original_exception,
     timeout_error,
-    with_remote_traceback,
 )
-from skyward_ray.api.channel_client import CallChannel, CallSlot, ChannelError, ChannelRef
+from skyward_ray.api.channel_client import CallChannel, ChannelError, ChannelRef
 from skyward_ray.api.function import PendingFunction
 from skyward_ray.api.future import PoolFuture
 from skyward_ray.api.progress import Progress
@@ -159,15 +158,8 @@ class Completions:
         batch = []
         for index in indexes:
             ref = self._remaining.pop(index, None)
-            if ref is None:
-                continue  # timed out already
-            value = ref.value_or_error()
-            if not is_failure(value):
-                batch.append(Completion(index, value, None))
-                continue
-            if isinstance(value, ConnectionError):  # the channel gone for good: the pool's loss, if it is lost
-                self.calls.watch.raise_if_lost(value)
-            batch.append(Completion(index, None, self.calls.translate(index, value)))
+            if ref is not None:  # else timed out already
+                batch.append(_channel_completion(self.calls, index, ref))
         return batch
 
     def _collect(self, ready: list[ray.ObjectRef]) -> list[Completion]:
@@ -253,7 +245,7 @@ class Dispatcher:
         channel = self.channel
         if channel is not None and channel.usable and not any(map(_holds_ray_handles, pendings)):
             try:
-                return channel.refs([self._channel_call(p, o) for p, o in zip(pendings, options)])
+                return channel.call_many([self._channel_call(p, o) for p, o in zip(pendings, options)])
             except ChannelError:
                 pass  # gone for good since `usable` was asked: through Ray
         return [self.send(p, o) for p, o in zip(pendings, options)]
@@ -270,11 +262,11 @@ class Dispatcher:
         channel = self.channel
         if channel is not None and channel.usable and not _holds_ray_handles(pending):
             try:
-                sent = channel.call(*self._channel_call(pending, options))
+                [sent] = channel.call_many([self._channel_call(pending, options)])
             except ChannelError:
                 pass  # gone for good since `usable` was asked: through Ray
             else:
-                return self._wait_on_channel(channel, *sent, pending)
+                return self._wait_on_channel(sent, pending)
         ref = self.send(pending, options)
         watch = self.watch
         timeout = pending.function.options.timeout
@@ -299,31 +291,27 @@ class Dispatcher:
             cancel([ref])
             raise
 
-    def _wait_on_channel(self, channel: CallChannel, call_id: int, slot: CallSlot, pending: PendingFunction[Any]) -> Any:
+    def _wait_on_channel(self, ref: ChannelRef, pending: PendingFunction[Any]) -> Any:
         """`run` over the head's call channel: the same waits in slices, timeout, cancel and errors."""
         watch = self.watch
         timeout = pending.function.options.timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            while not slot.wait(WAIT_SLICE_S if deadline is None else
-                                min(WAIT_SLICE_S, max(0.0, deadline - time.monotonic()))):
+            while not ref.slot.wait(WAIT_SLICE_S if deadline is None else
+                                    min(WAIT_SLICE_S, max(0.0, deadline - time.monotonic()))):
                 watch.check_interrupt()
                 if deadline is not None and time.monotonic() >= deadline:
-                    channel.cancel(call_id, force=True)
+                    ref.cancel(force=True)
                     raise timeout_error(pending)
         except (PoolLostError, FunctionTimeoutError):
             raise
         except BaseException:  # interrupted (Ctrl-C, SIGTERM): the task is not wanted any more
-            channel.cancel(call_id)
+            ref.cancel()
             raise
-        kind, outcome = slot.outcome()
-        if kind == "value":
-            return outcome
-        if kind == "task_error":
-            cause, text = outcome
-            raise with_remote_traceback(cause, text) from None
-        watch.raise_if_lost(outcome)  # the channel gone for good: the pool's loss, if it is lost
-        raise outcome
+        _, value, error = _channel_completion(Calls(watch, [ref], [pending]), 0, ref)
+        if error is not None:
+            raise error from None
+        return value
 
     def run_many(self, pendings: list[PendingFunction[Any]], options: Sequence[dict[str, Any]]) -> list[Any]:
         """A group waited for here; a wait longer than a moment shows a live line on a terminal."""
@@ -379,6 +367,18 @@ class Dispatcher:
         if channel is not None:
             channel.close()
         self.watch.before_disconnect()
+
+
+def _channel_completion(calls: Calls, index: int, ref: ChannelRef) -> Completion:
+    """Call `index`'s outcome over the channel as its caller gets it (the group waits and `>>` alike):
+    its value, or its error translated as a Ray one would be; a channel gone for good is the pool's
+    loss when the pool is lost (raised)."""
+    value = ref.value_or_error()
+    if not is_failure(value):
+        return Completion(index, value, None)
+    if isinstance(value, ConnectionError):
+        calls.watch.raise_if_lost(value)
+    return Completion(index, None, calls.translate(index, value))
 
 
 def _holds_ray_handles(pending: PendingFunction[Any]) -> bool:
