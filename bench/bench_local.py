@@ -6,7 +6,9 @@
 2. `gather` of --gather tiny calls vs the same number of raw Ray tasks on the same pool.
 3. `with sky.Compute(nodes=N)` entry to first result vs `ray.cluster_utils.Cluster` with the same
    N nodes (same CPUs and object store per node) + `ray.init` + first result; and exit times.
-4. Resident memory (sum of RSS) of both clusters at rest after the first result.
+4. Resident memory (sum of RSS) of both clusters at rest: `SETTLE_S` after the first result, on both
+   sides (a node's `ray start` may still be finishing as the first result comes back; it is gone
+   within a quarter of a second).
 
 Each cluster is measured in its own subprocess so neither inherits the other's Ray state.
 Targets (ratios to Ray's own, measured side by side): round trip ≤ 1.10, gather ≤ 1.2, entry →
@@ -27,6 +29,7 @@ import time
 import psutil
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SETTLE_S = 1.0
 
 
 def _rss_mb(procs: list[psutil.Process]) -> float:
@@ -77,6 +80,7 @@ def phase_ours(nodes: int, calls: int, gather_n: int) -> dict:
     first = tiny(1) >> pool
     startup = time.perf_counter() - t0
     assert first == 1
+    time.sleep(SETTLE_S)
     rss = _rss_mb(_with_descendants(processes_with_marker(pool.name + "-*")) + [psutil.Process()])
 
     for _ in range(30):  # warm both paths: workers started, functions exported
@@ -138,6 +142,7 @@ def phase_ray_cluster(nodes: int) -> dict:
     first = ray.get(raw_tiny.remote(1))
     startup = time.perf_counter() - t0
     assert first == 1
+    time.sleep(SETTLE_S)
     me = psutil.Process()
     rss = _rss_mb([me] + me.children(recursive=True))
     t1 = time.perf_counter()
