@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from node_providers.local.process_host import end_processes, machine_identity, processes_with_marker
@@ -65,7 +66,10 @@ def pool_processes(except_open: bool = False) -> list:
     for proc in processes_with_marker("sky-*"):
         if not _home(proc).startswith(RUN_TEMP_DIR + "/"):
             continue
-        marker = machine_identity(proc) or ""
+        try:
+            marker = machine_identity(proc) or ""
+        except psutil.Error:  # ended since it was listed
+            continue
         if except_open and any(marker.startswith(name + "-") for name in open_names):
             continue
         found.append(proc)

@@ -18,6 +18,7 @@ import pytest
 import skyward_ray as sky
 from tests.conftest import MARKS_NAMESPACE, wait_started
 from tests.simaws import SIM_SETTINGS, Fault, aws_environment, simulated_aws
+from tests.simaws.hosts import cloud_init_text
 
 REGION = "us-east-1"
 SECRETS = {"AWS_ACCESS_KEY_ID": "AKIASKYWARDFAKE00042", "AWS_SECRET_ACCESS_KEY": "skywardFakeSecretDoNotLeak0123456789abcd",
@@ -158,7 +159,7 @@ def test_no_credential_appears_in_any_user_data(region, spot_pool):
     for instance in instances:
         value = sim.client().describe_instance_attribute(
             InstanceId=instance["InstanceId"], Attribute="userData")["UserData"]["Value"]
-        text = base64.b64decode(value).decode()
+        text = cloud_init_text(base64.b64decode(value))
         assert "skyward_ray node bootstrap" in text
         for secret in SECRETS.values():
             assert secret not in text, f"{instance['InstanceId']}'s user data carries a credential"

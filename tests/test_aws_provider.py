@@ -27,7 +27,7 @@ from skyward_ray.cluster import provisioning
 from skyward_ray.planning.accelerators import parse_accelerator
 from tests.provider_helpers import cluster_name, cluster_params, create
 from tests.simaws import SIM_SETTINGS, Fault, aws_environment, simulated_aws
-from tests.simaws.hosts import split_user_data
+from tests.simaws.hosts import cloud_init_text, split_user_data
 
 REGION = "us-east-1"
 NO_CREDENTIALS_ENV = {"AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": os.devnull,
@@ -179,11 +179,11 @@ def test_run_instances_sends_market_imdsv2_shutdown_and_tags_and_state_lives_in_
         script = sim.client().describe_instance_attribute(InstanceId=worker, Attribute="userData")["UserData"]["Value"]
         import base64
 
-        text = base64.b64decode(script).decode()
+        text = cloud_init_text(base64.b64decode(script))
         assert "shutdown -h now" in text and "X-aws-ec2-metadata-token" in text
         assert "${SKYWARD_INSTANCE_ID:-" not in text  # the id and address come from IMDSv2 only
         head_data = sim.client().describe_instance_attribute(InstanceId=head, Attribute="userData")["UserData"]["Value"]
-        config, head_script = split_user_data(base64.b64decode(head_data).decode())
+        config, head_script = split_user_data(base64.b64decode(head_data))
         # no host key made here: the head's cloud-init makes a fresh one, which its script prints for the driver
         assert not (tmp_path / name / "ssh_host_ed25519_key").exists() and "ssh_keys" not in config
         assert "--head" in head_script and "BEGIN SSH HOST KEY KEYS" in head_script

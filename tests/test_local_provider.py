@@ -211,13 +211,15 @@ def test_ending_a_machine_leaves_another_hosts_machine_of_the_same_id_running(tm
     try:
         for host in (ours, theirs):
             host.boot("7001", script, "127.0.0.1")
-        time.sleep(0.5)
-        before = len(processes_with_marker("7001"))
-        assert before >= 6
+        # each machine: its script's bash and the two sleeps (a `setsid` in between is brief)
+        deadline = time.monotonic() + 10
+        while len(processes_with_marker("7001")) != 6 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(processes_with_marker("7001")) == 6
         ours.terminate(["7001"])
         assert not ours.is_running("7001")
         assert theirs.is_running("7001"), "ending our 7001 ended the other host's 7001"
-        assert len(processes_with_marker("7001")) == before // 2
+        assert len(processes_with_marker("7001")) == 3
     finally:
         ours.terminate(["7001"])
         theirs.terminate(["7001"])

@@ -57,7 +57,7 @@ def _holds_no_private_key(*texts: str) -> None:
 # -- the payloads each cloud keeps ---------------------------------------------------------------------
 def test_aws_user_data_holds_no_token_and_no_image_env(tmp_path):
     from tests.simaws import SIM_SETTINGS, SimAWS, aws_environment
-    from tests.simaws.hosts import split_user_data
+    from tests.simaws.hosts import cloud_init_text, split_user_data
     from tests.simcloud import simulated_cloud
 
     with simulated_cloud("the simulated AWS region", SimAWS("us-east-1"), None, aws_environment) as (sim, _):
@@ -73,7 +73,7 @@ def test_aws_user_data_holds_no_token_and_no_image_env(tmp_path):
             for instance in (head, worker):
                 value = sim.client().describe_instance_attribute(
                     InstanceId=instance, Attribute="userData")["UserData"]["Value"]
-                texts.append(base64.b64decode(value).decode())
+                texts.append(cloud_init_text(base64.b64decode(value)))
             _holds_no_secret(*texts)
             _holds_no_private_key(*texts)  # the head makes its own host key (cloud-init) and prints it
             head_config, head_script = split_user_data(texts[0])

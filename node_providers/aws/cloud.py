@@ -243,11 +243,18 @@ class AWSCloud(RemoteCloud):
             return self.ec2.get_console_output(InstanceId=instance_id, Latest=True).get("Output") or ""
 
 
-def user_data(request: MachineRequest) -> str:
+def user_data(request: MachineRequest) -> bytes:
     """The boot script and a `bootcmd` that powers a rebooted instance off (MIME multi-part, as
-    cloud-init reads it). cloud-init deletes the image's host keys (baked into the AMI, the same on
+    cloud-init reads it), gzip-compressed. cloud-init deletes the image's host keys (baked into the AMI, the same on
     every instance of it) and makes a fresh ed25519 one, which the head's script prints on the
-    console (`Cloud.printed_host_key`: no host key is ever made on the driver)."""
+    console (`Cloud.printed_host_key`: no host key is ever made on the driver).
+
+    Why gzip: EC2 counts the raw user data against its 16 KB, and a head's script (its three packed
+    node programs, the uv bootstrap, the Image's lists) is near that uncompressed. cloud-init
+    decompresses gzip'd user data before anything else ("User-data formats: Gzip compressed
+    content ... useful because user-data size may be limited based on cloud platform", cloud-init's
+    documentation); the limit then holds what the compressed payload takes."""
+    import gzip
     from email.mime.multipart import MIMEMultipart
     from email.mime.text import MIMEText
 
@@ -257,9 +264,9 @@ def user_data(request: MachineRequest) -> str:
     message = MIMEMultipart()
     message.attach(MIMEText(config, "cloud-config"))
     message.attach(MIMEText(request.boot_script, "x-shellscript"))
-    data = message.as_string()
-    if len(data.encode()) > USER_DATA_LIMIT:
-        raise SpecError(f"AWS: this node's boot payload is {len(data.encode())} bytes; EC2 takes at most "
+    data = gzip.compress(message.as_string().encode(), compresslevel=9, mtime=0)
+    if len(data) > USER_DATA_LIMIT:
+        raise SpecError(f"AWS: this node's boot payload is {len(data)} bytes gzipped; EC2 takes at most "
                         f"{USER_DATA_LIMIT} bytes of user data. Fix: make the Image smaller (env values, pip and apt "
                         "lists); nothing was launched")
     return data

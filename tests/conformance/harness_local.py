@@ -36,13 +36,21 @@ def _home(proc: psutil.Process) -> str:
         return ""
 
 
+def _identity(proc: psutil.Process) -> str:
+    """The machine of a process listed a moment ago: none if it has ended since."""
+    try:
+        return machine_identity(proc) or ""
+    except psutil.Error:
+        return ""
+
+
 @contextlib.contextmanager
 def harness() -> Iterator[Harness]:
     foreign: list[subprocess.Popen] = []
 
     def billable() -> dict[str, list[str]]:
         run_dir = str(_run_dir()) + "/"
-        machines = sorted({machine_identity(p) or "" for p in processes_with_marker("*")
+        machines = sorted({_identity(p) for p in processes_with_marker("*")
                            if _home(p).startswith(run_dir)})
         root = pool_state.runtime_root()
         return {"processes": [m for m in machines if m],

@@ -42,6 +42,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import email
+import gzip
 import json
 import subprocess
 import sys
@@ -58,7 +59,7 @@ from tests.simnet import SimHost
 from tests.simnet.network import IP
 
 __all__ = ["HostSimulator", "NODE_PACKAGES", "SHIM_NAMES", "SYSTEM_PATH", "UV_CACHE", "node_package_cache",
-           "split_user_data"]
+           "cloud_init_text", "split_user_data"]
 
 # The shims live in <root>/bin; the simulator reads <root>/shutdown-requests/<network namespace>.
 _SHUTDOWN_SHIM = """#!/bin/sh
@@ -85,8 +86,20 @@ IMDS_ADDRESS = "169.254.169.254"
 CLOUD_INIT_LANG = "C.UTF-8"
 
 
-def split_user_data(data: str) -> tuple[dict[str, Any], str]:
-    """(cloud-config, shell script) of a user data payload: MIME multi-part as cloud-init reads it, or a bare script."""
+def cloud_init_text(data: bytes | str) -> str:
+    """User data as cloud-init reads it: gzip'd content decompressed first ("User-data formats: Gzip
+    compressed content", cloud-init's documentation), then text."""
+    if isinstance(data, str):
+        return data
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    return data.decode()
+
+
+def split_user_data(data: bytes | str) -> tuple[dict[str, Any], str]:
+    """(cloud-config, shell script) of a user data payload: MIME multi-part as cloud-init reads it, or a
+    bare script; gzip'd or not."""
+    data = cloud_init_text(data)
     if not data.startswith("Content-Type: multipart/"):
         return {}, data
     config: dict[str, Any] = {}
@@ -189,7 +202,7 @@ class HostSimulator(SimulatedHosts):
     def boot_listed(self, instance: dict[str, Any], waited: float) -> None:
         instance_id = instance["InstanceId"]
         data = self.sim.client().describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
-        cloud_config, script = split_user_data(base64.b64decode(data.get("UserData", {}).get("Value", "")).decode())
+        cloud_config, script = split_user_data(base64.b64decode(data.get("UserData", {}).get("Value", "")))
         self.mark_booted(instance_id, waited)
         host = self.add_host(instance_id, "h", private_ip=instance["PrivateIpAddress"],
                              public_ip=instance.get("PublicIpAddress"), allowed_tcp=self._allowed_tcp(instance))
