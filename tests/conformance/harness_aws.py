@@ -13,6 +13,7 @@ import skyward_ray as sky
 from skyward_ray.cluster.contract import ClusterParams
 from tests.conformance import Harness
 from tests.simaws import SIM_SETTINGS, Fault, aws_environment, simulated_aws
+from tests.simaws.hosts import cloud_init_text
 
 REGION = "us-east-1"
 SECRETS = {"AWS_ACCESS_KEY_ID": "AKIASKYWARDCONFORM042", "AWS_SECRET_ACCESS_KEY": "skywardConformSecretDoNotLeak0123456789",
@@ -42,7 +43,7 @@ def harness() -> Iterator[Harness]:
                     "machines": sorted(set(hosts.running()) - set(foreign))}
 
         def boot_payloads() -> list[str]:
-            return [base64.b64decode(call.params["UserData"]).decode()
+            return [cloud_init_text(base64.b64decode(call.params["UserData"]))
                     for call in sim.calls("RunInstances") if "UserData" in call.params]
 
         @contextlib.contextmanager
