@@ -3,8 +3,7 @@
 Each node runs the same boot script a cloud instance would, as its own process group, bound to
 its own loopback address (127.X.Y.n; Ray binds any 127.x address) where Ray lets us choose
 (tests/test_security_aws_local.py lists what Ray still puts on every interface), with its own
-HOME, the head's Ray session directory (one host, one log monitor, as in Ray's own
-`cluster_utils.Cluster`), a small object store, and this machine's CPUs and memory split across the
+HOME and Ray temp dir, a small object store, and this machine's CPUs and memory split across the
 nodes so N nodes do not each claim the whole machine.
 
 Accelerators: real NVIDIA GPUs are found with `nvidia-smi` and split between the nodes with
@@ -53,11 +52,6 @@ from skyward_ray.node.ray_start import NO_RAY_CLIENT_SERVER_ENV
 # read-only instance serves Prometheus metrics without auth on every interface (no host setting;
 # on a fixed port, 44217, unless AUTOSCALER_METRIC_PORT moves it), reachable from the LAN.
 NO_MONITOR = ["--no-monitor"]
-
-# A local worker runs no log monitor of its own: Ray's advice is one per physical host ("to avoid
-# log duplication on the driver process", `ray start --help`), and the head's reads every node's
-# logs, since the nodes share its session directory.
-SHARED_LOG_MONITOR = ["--include-log-monitor=false"]
 
 
 def new_address_block() -> str:
@@ -162,7 +156,6 @@ class LocalCloud(Cloud):
     def boot_environment(self, role: Role, index: int) -> BootEnvironment:
         params, nodes = self.params, max(self.params.nodes, 1)
         count = params.accelerator_count if params.accelerator else 0
-        machine_dir = "${" + names.ENV_MACHINE_DIR + "}"
         resources = {f"accelerator_type:{params.accelerator}": 1.0} if count else {}
         return BootEnvironment(
             instance_id_shell="${" + names.ENV_INSTANCE_ID + "}",
@@ -173,14 +166,9 @@ class LocalCloud(Cloud):
             shutdown_command="kill -KILL -- -$$",
             token_in_environment=True,
             python=sys.executable,
-            # The head's temp dir is every node's (a worker without one takes the head's, as the nodes
-            # of Ray's own `cluster_utils.Cluster` share one session directory): one log monitor, the
-            # head's, then streams every node's task output to the driver, instead of one per node
-            # reading that node's files (about 80 MB each). What Ray keeps per node goes in the node's own dir.
-            temp_dir_shell=machine_dir + "/r" if role == "head" else None,
-            node_dir_shell=None if role == "head" else machine_dir + "/ray",
+            temp_dir_shell="${" + names.ENV_MACHINE_DIR + "}/r",
             extra_ray_args=PORTS.colocated_port_args(self.prepared["head_ip"]) + (
-                NO_MONITOR if role == "head" else SHARED_LOG_MONITOR),
+                NO_MONITOR if role == "head" else []),
             dashboard_port=PORTS.free_port("127.0.0.1"),  # nodes of other pools share 127.0.0.1
             gcs_reconnect_timeout=10,
             num_cpus=self.config.cpus_per_node or max(1.0, float((os.cpu_count() or 1) // nodes)),

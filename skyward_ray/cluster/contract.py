@@ -162,13 +162,6 @@ class BootEnvironment(BaseModel):
     python: str | None = Field(default=None, description="an interpreter with the driver's Python and Ray "
                                                          "already there; None: the node makes its own (uv)")
     temp_dir_shell: str | None = Field(default=None, description="Ray's temp dir (short: unix sockets live there)")
-    node_dir_shell: str | None = Field(
-        default=None, description="a directory of the node's own for what Ray keeps per node (its raylet and object "
-                                  "store sockets, the runtime environments its agent makes), for a node with no temp "
-                                  "dir of its own: one that shares the head's session directory, as a local pool's "
-                                  "workers do (Ray names sockets there by looking for a free name, which races between "
-                                  "nodes that start at once, and two agents would build and delete the same runtime "
-                                  "environments); None: all in Ray's temp dir")
     extra_ray_args: list[str] = Field(default_factory=list)
     launch_index_shell: str | None = Field(
         default=None, description="shell expression giving the machine's position (0, 1, ...) among the machines "

@@ -390,7 +390,6 @@ class ScriptBootedNodeProvider(NodeProvider):
             instance_id_shell=env.instance_id_shell,
             node_ip_shell=env.node_ip_shell,
             temp_dir_shell=env.temp_dir_shell,
-            node_dir_shell=env.node_dir_shell,
             extra_ray_args=env.extra_ray_args,
             # the job API of `ray job submit`, on the head's loopback only, when the pool asks for it
             dashboard_port=env.dashboard_port if role == "head" and params.dashboard else None,

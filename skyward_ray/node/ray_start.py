@@ -25,16 +25,6 @@ it off; a port below 1024 is refused), ~90 MB and ~0.6 s of CPU at boot; with no
 none, as `ray.init()` and Ray's own `Cluster` do. The CLI is told Ray Client is not installed, the
 one test it makes before it picks its default port.
 
-With SKYWARD_RAY_NODE_DIR set (a node that shares the head's session directory: a local pool's
-worker), what Ray keeps per node goes in that directory of the node's own: the raylet's and the
-object store's sockets (in the shared directory Ray would name them `sockets/raylet.N` by looking
-for a free name, which races between workers that start at once: two raylets on one socket) and
-the runtime environments its agent builds (two agents would build the same pip environment at once
-and delete each other's). `ray start` has no flags for them; Ray's own parameters have the fields
-(`RayParams.raylet_socket_name`, `plasma_store_socket_name`, `runtime_env_dir_name`, which may be
-absolute), and the CLI builds them through `ray._private.parameter.RayParams`, given them here. A
-Ray that moved it fails this boot loudly.
-
 This file runs standalone on the node (packed into the boot script), so it imports nothing from
 skyward_ray.
 """
@@ -46,7 +36,6 @@ import sys
 import time
 
 NO_RAY_CLIENT_SERVER_ENV = "SKYWARD_NO_RAY_CLIENT_SERVER"
-NODE_DIR_ENV = "SKYWARD_RAY_NODE_DIR"
 WATCH = """\
 stop() { kill -TERM "$@" 2>/dev/null; for _ in $(seq 50); do up=; for p; do kill -0 "$p" 2>/dev/null && up=1; done
   [ -n "$up" ] || return 0; sleep 0.1; done; kill -KILL "$@" 2>/dev/null; }
@@ -113,22 +102,6 @@ def _wait_for_head(ray: object) -> None:
         pause()
 
 
-def _node_files_in(directory: str) -> None:
-    """Every RayParams the CLI builds from now on keeps the node's sockets and runtime envs in `directory`."""
-    from ray._private import parameter
-
-    shared = parameter.RayParams
-
-    class OwnNodeFiles(shared):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            kwargs.setdefault("raylet_socket_name", os.path.join(directory, "raylet"))
-            kwargs.setdefault("plasma_store_socket_name", os.path.join(directory, "plasma"))
-            kwargs["runtime_env_dir_name"] = kwargs.get("runtime_env_dir_name") or os.path.join(directory, "runtime_resources")
-            super().__init__(*args, **kwargs)
-
-    parameter.RayParams = OwnNodeFiles
-
-
 def main() -> None:
     role = sys.argv[1]
     for optional in ("ray.serve.scripts", "ray.dashboard.modules.job.cli", "ray.util.state.state_cli"):
@@ -139,8 +112,6 @@ def main() -> None:
         _wait_for_head(ray_cli.ray)
     elif os.environ.get(NO_RAY_CLIENT_SERVER_ENV) == "1":
         ray_cli.get_ray_client_dependency_error = lambda: ImportError("no Ray Client server on this head")
-    if os.environ.get(NODE_DIR_ENV):
-        _node_files_in(os.environ[NODE_DIR_ENV])
     signal.signal(signal.SIGTERM, _stop)
     sys.argv = ["ray", *sys.argv[2:]]
     try:

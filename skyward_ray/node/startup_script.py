@@ -36,7 +36,6 @@ from skyward_ray import names
 from skyward_ray.errors import SpecError
 from skyward_ray.names import HEARTBEAT_KEY, HEARTBEAT_NAMESPACE
 from skyward_ray.node import apt, boot_secrets, enrollment, sshd, uv_bootstrap
-from skyward_ray.node.ray_start import NODE_DIR_ENV
 from skyward_ray.node.uv_bootstrap import UV_VERSION
 
 
@@ -91,9 +90,6 @@ class NodeBoot(BaseModel):
     instance_id_shell: str = Field(default="${" + names.ENV_INSTANCE_ID + "}", description="shell expression giving the instance id")
     node_ip_shell: str = Field(default="${" + names.ENV_NODE_IP + ":-$(hostname -I | awk '{print $1}')}")
     temp_dir_shell: str | None = Field(default=None, description="shell expression for Ray's temp dir (short: unix sockets)")
-    node_dir_shell: str | None = Field(default=None, description="shell expression for the node's own directory for "
-                                                                 "its sockets and runtime environments (`ray_start`); "
-                                                                 "None: Ray's temp dir")
     extra_ray_args: list[str] = Field(default_factory=list)
     dashboard_port: int | None = Field(
         default=None, description="head only: run Ray's dashboard (its job API) on the head's loopback at this "
@@ -319,11 +315,8 @@ def render(boot: NodeBoot) -> str:
         lines.append(_export("RAY_NODE_REGION", boot.region))
     if boot.zone:
         lines.append(_export("RAY_NODE_ZONE", boot.zone))
-    for directory in (boot.temp_dir_shell, boot.node_dir_shell):
-        if directory:
-            lines.append(f'mkdir -p "{directory}"')
-    if boot.node_dir_shell:  # `ray start` has no flags for what goes there: ray_start.py reads this
-        lines.append(f'export {NODE_DIR_ENV}="{boot.node_dir_shell}"')
+    if boot.temp_dir_shell:
+        lines.append(f'mkdir -p "{boot.temp_dir_shell}"')
 
     lines += _environment_lines(boot)
     if boot.secrets_after_boot:  # once its Python is there; the script's own exports win over the pool's env
