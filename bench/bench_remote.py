@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +187,7 @@ def at_rtt(pool, calls: int, fan: int, megabytes: int) -> list[tuple[str, float,
     return rows
 
 
-def rtt_table(pool, rtt_file: Path, rtt_ms: float, calls: int, inside_ms: float, fan_bound: Any) -> None:
+def rtt_table(pool, rtt_file: Path, rtt_ms: float, calls: int, inside_ms: float, fan_bound: Callable[[], float]) -> None:
     """Measure the same pool at +0 and +rtt_ms, and print both with ratios to plain Ray Client; then
     what a `>>` costs at +rtt_ms in round trips beyond a caller inside the cluster (`inside_ms`), and
     a gather and a map of 500 against the same fan-out from inside the cluster (`fan_bound()`, taken

@@ -16,10 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
-from node_providers.local.process_host import end_processes, machine_identity, processes_with_marker
+from node_providers.local.process_host import end_processes, identified_processes
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("SKYWARD_QUIET", "1")
@@ -63,12 +62,8 @@ def pool_processes(except_open: bool = False) -> list:
 
     open_names = {pool._cluster.name for pool in list(_OPEN_POOLS) if pool._cluster is not None}
     found = []
-    for proc in processes_with_marker("sky-*"):
-        if not _home(proc).startswith(RUN_TEMP_DIR + "/"):
-            continue
-        try:
-            marker = machine_identity(proc) or ""
-        except psutil.Error:  # ended since it was listed
+    for proc, marker in identified_processes():
+        if not (marker or "").startswith("sky-") or not _home(proc).startswith(RUN_TEMP_DIR + "/"):
             continue
         if except_open and any(marker.startswith(name + "-") for name in open_names):
             continue

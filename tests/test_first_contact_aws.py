@@ -59,9 +59,10 @@ def test_a_boot_payload_over_the_limit_is_refused_before_launch_and_a_real_head_
     request = MachineRequest(index=0, role="head", tags={}, boot_script="#" + secrets.token_hex(USER_DATA_LIMIT))
     with pytest.raises(sky.SpecError, match="at most 16384 bytes of user data"):
         user_data(request)
+    # a head as AWS renders it: its secrets come after boot (the secret service rides in its script)
     head = startup_script.render(startup_script.NodeBoot(
         role="head", cluster_name="sky-abcdef-123456", auth_token="ab" * 32, lifetime=3600, market_type="spot",
-        instance_id_shell=AWSCloud.instance_id_shell, node_ip_shell=AWSCloud.node_ip_shell,
+        instance_id_shell=AWSCloud.instance_id_shell, node_ip_shell=AWSCloud.node_ip_shell, secrets_after_boot=True,
         shutdown_command=AWSCloud.shutdown_command, pip=["numpy==2.1.0"], apt=["ffmpeg"], print_host_key=AWSCloud.head_host_key_file,
         labels={"skyward/provider": "aws", "skyward/offer": "p5.48xlarge.spot.us-east-1a", "skyward/node-index": "0"}))
     size = len(user_data(MachineRequest(index=0, role="head", tags={}, boot_script=head)))

@@ -71,8 +71,9 @@ def machine_directory(proc: psutil.Process) -> str | None:
     return os.path.normpath(directory) if directory else None
 
 
-def _identified_processes(variable: str = INSTANCE_MARKER) -> Iterator[tuple[psutil.Process, str | None]]:
-    """Every live (not zombie) process here, with the machine it belongs to, if any."""
+def identified_processes(variable: str = INSTANCE_MARKER) -> Iterator[tuple[psutil.Process, str | None]]:
+    """Every live (not zombie) process here, with the machine it belongs to, if any: read once, when
+    the process is listed (one that ends meanwhile is left out, never an error)."""
     for proc in psutil.process_iter(["pid"]):
         try:
             if proc.status() == psutil.STATUS_ZOMBIE:
@@ -86,8 +87,8 @@ def processes_with_marker(marker_value: str, variable: str = INSTANCE_MARKER) ->
     """Every live process of the machine `marker_value` (a prefix match when it ends with '*')."""
     wanted = marker_value.rstrip("*")
     if marker_value.endswith("*"):
-        return [proc for proc, value in _identified_processes(variable) if value and value.startswith(wanted)]
-    return [proc for proc, value in _identified_processes(variable) if value == wanted]
+        return [proc for proc, value in identified_processes(variable) if value and value.startswith(wanted)]
+    return [proc for proc, value in identified_processes(variable) if value == wanted]
 
 
 def _gone(proc: psutil.Process) -> bool:

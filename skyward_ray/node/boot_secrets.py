@@ -3,7 +3,7 @@
 Why a module of its own: the boot script (`startup_script`) renders every node's payload; what a
 node does to get its secrets without the payload holding them (`enrollment.py`: the head waits for
 the driver, a worker redeems its ticket) is one concern, kept here with the packing that lets the
-node-side Python travel inside a payload of at most 16 KB (EC2 user data).
+node-side Python travel inside a launch payload, which every cloud caps (EC2: 16 KB of user data).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 def compact_source(source: str) -> str:
     """`source` as the same program without comments and docstrings: node-side Python (the watchdog,
-    the secret service) travels inside boot payloads, and EC2 takes at most 16 KB of user data."""
+    the secret service, `ray start`) travels inside launch payloads, which every cloud caps."""
     tree = ast.parse(source)
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and \
@@ -26,15 +26,21 @@ def compact_source(source: str) -> str:
     return ast.unparse(tree) + "\n"
 
 
-def packed_command(source: str) -> str:
-    """`"$SKYWARD_PYTHON" -c ...` running `source` (node-side Python: the secret service, the
-    watchdog, the node's `ray start`), compacted, zlib-packed and base64'd: EC2 takes 16 KB of user data."""
-    packed = base64.b64encode(zlib.compress(compact_source(source).encode(), 9)).decode()
+def node_program(name: str) -> str:
+    """The node-side Python program `name` of this package (`enrollment.py`, `watchdog.py`,
+    `ray_start.py`), compacted: what a node runs."""
+    return compact_source((Path(__file__).parent / name).read_text())
+
+
+def packed_command(program: str) -> str:
+    """`"$SKYWARD_PYTHON" -c ...` running `program` (a `node_program`), zlib-packed and base64'd: one
+    shell word whatever the program holds, and small (every cloud caps its launch payload)."""
+    packed = base64.b64encode(zlib.compress(program.encode(), 9)).decode()
     return f'"$SKYWARD_PYTHON" -c "import base64, zlib; exec(zlib.decompress(base64.b64decode(\'{packed}\')))"'
 
 
-# The head's secret service and a worker's ticket redeemer (`enrollment.py`).
-ENROLLMENT_COMMAND = packed_command((Path(__file__).parent / "enrollment.py").read_text())
+# The head's secret service and a worker's ticket redeemer.
+ENROLLMENT_COMMAND = packed_command(node_program("enrollment.py"))
 
 
 def secret_lines(role: str, *, head_ip: str, ticket: str, port: int, boot_deadline: float, head_wait: float,

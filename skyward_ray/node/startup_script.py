@@ -27,7 +27,6 @@ import json
 import re
 import shlex
 import sys
-from pathlib import Path
 
 import ray
 from pydantic import BaseModel, Field
@@ -39,11 +38,11 @@ from skyward_ray.node import apt, boot_secrets, enrollment, sshd, uv_bootstrap
 from skyward_ray.node.uv_bootstrap import UV_VERSION
 
 
-WATCHDOG_SOURCE = boot_secrets.compact_source((Path(__file__).parent / "watchdog.py").read_text())
+WATCHDOG_SOURCE = boot_secrets.node_program("watchdog.py")
 WATCHDOG_COMMAND = boot_secrets.packed_command(WATCHDOG_SOURCE)
 # The node's `ray start` (`ray_start.py`: no resident --block parent, a worker joins as soon as the
 # head is listed).
-RAY_START_COMMAND = boot_secrets.packed_command((Path(__file__).parent / "ray_start.py").read_text())
+RAY_START_COMMAND = boot_secrets.packed_command(boot_secrets.node_program("ray_start.py"))
 
 
 class NodeBoot(BaseModel):

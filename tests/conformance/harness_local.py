@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 
 import skyward_ray as sky
-from node_providers.local.process_host import INSTANCE_MARKER, end_processes, machine_identity, processes_with_marker
+from node_providers.local.process_host import INSTANCE_MARKER, end_processes, identified_processes, processes_with_marker
 from skyward_ray.cluster import pool_state
 from skyward_ray.cluster.contract import ClusterParams
 from tests.conformance import Harness
@@ -36,24 +36,16 @@ def _home(proc: psutil.Process) -> str:
         return ""
 
 
-def _identity(proc: psutil.Process) -> str:
-    """The machine of a process listed a moment ago: none if it has ended since."""
-    try:
-        return machine_identity(proc) or ""
-    except psutil.Error:
-        return ""
-
-
 @contextlib.contextmanager
 def harness() -> Iterator[Harness]:
     foreign: list[subprocess.Popen] = []
 
     def billable() -> dict[str, list[str]]:
         run_dir = str(_run_dir()) + "/"
-        machines = sorted({_identity(p) for p in processes_with_marker("*")
-                           if _home(p).startswith(run_dir)})
+        machines = sorted({machine for proc, machine in identified_processes()
+                           if machine and _home(proc).startswith(run_dir)})
         root = pool_state.runtime_root()
-        return {"processes": [m for m in machines if m],
+        return {"processes": machines,
                 "pool_dirs": sorted(p.parent.name for p in root.glob("*/machines.json")),
                 "pool_records": sorted(p.name for p in (root / "pools").glob("*.json"))}
 
