@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import threading
 import time
@@ -291,6 +292,25 @@ def test_pool_facts(pool):
     assert pool.plan.chosen.provider == "local"
     assert pool.plan.chosen.price == 0
     assert pool.cost == 0.0  # the local machine is free; a priced pool's cost is tested on simulated AWS
+
+
+@sky.function
+def say_hello() -> None:
+    print("hello from node " + ("zero", "one", "two")[sky.instance_info().node], flush=True)
+
+
+def test_what_a_call_prints_on_any_node_reaches_the_driver_through_one_log_monitor(pool, capfd):
+    say_hello() @ pool
+    seen, deadline = "", time.monotonic() + 30
+    while not all(f"hello from node {n}" in seen for n in ("zero", "one", "two")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        seen += "".join(capfd.readouterr())
+    assert all(f"hello from node {n}" in seen for n in ("zero", "one", "two")), seen[-2000:]
+    commands = []
+    for process in processes_with_marker(pool.name + "-*"):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            commands.append(" ".join(process.cmdline()))
+    assert len([c for c in commands if "log_monitor.py" in c]) == 1, "one log monitor reads every node's logs"
 
 
 def _exported_functions() -> int:

@@ -4,7 +4,9 @@ Each node runs the same boot script a cloud instance would, as its own process g
 its own loopback address (127.X.Y.n; Ray binds any 127.x address) where Ray lets us choose
 (tests/test_security_aws_local.py lists what Ray still puts on every interface), with its own
 HOME and Ray temp dir, a small object store, and this machine's CPUs and memory split across the
-nodes so N nodes do not each claim the whole machine.
+nodes so N nodes do not each claim the whole machine. The workers share the head's Ray log
+directory and its one log monitor, as the nodes of Ray's own `cluster_utils.Cluster` do (one host:
+one log monitor, ~80 MB less per worker; `ray_start`'s SKYWARD_HEAD_TEMP_DIR).
 
 Accelerators: real NVIDIA GPUs are found with `nvidia-smi` and split between the nodes with
 `CUDA_VISIBLE_DEVICES`; with `Local(simulate_accelerators=True)` nodes advertise the requested
@@ -44,7 +46,9 @@ from skyward_ray.cluster.contract import (
     Role,
 )
 from skyward_ray.errors import SpecError
-from skyward_ray.node.ray_start import NO_RAY_CLIENT_SERVER_ENV
+from skyward_ray.node.ray_start import HEAD_TEMP_DIR_ENV, NO_RAY_CLIENT_SERVER_ENV
+
+RAY_TEMP_DIR = "r"  # a node's Ray temp dir, in its machine directory (short: Ray's sockets live below it)
 
 
 # A local head runs no autoscaler monitor (Ray's hidden `ray start --no-monitor`). Skyward runs no
@@ -166,7 +170,7 @@ class LocalCloud(Cloud):
             shutdown_command="kill -KILL -- -$$",
             token_in_environment=True,
             python=sys.executable,
-            temp_dir_shell="${" + names.ENV_MACHINE_DIR + "}/r",
+            temp_dir_shell="${" + names.ENV_MACHINE_DIR + "}/" + RAY_TEMP_DIR,
             extra_ray_args=PORTS.colocated_port_args(self.prepared["head_ip"]) + (
                 NO_MONITOR if role == "head" else []),
             dashboard_port=PORTS.free_port("127.0.0.1"),  # nodes of other pools share 127.0.0.1
@@ -196,6 +200,9 @@ class LocalCloud(Cloud):
         # and so is Ray Client's server on the head: a local pool's drivers join its GCS directly.
         env = {**self._gpu_env(request.index), "RAY_AUTH_TOKEN": self.params.auth_token,
                "RAY_enable_metrics_collection": "false", NO_RAY_CLIENT_SERVER_ENV: "1"}
+        head = next((i for i, m in machines.items() if m.ip == self.prepared["head_ip"] and not m.terminated), None)
+        if request.role != "head" and head is not None:  # one host: the head's log monitor reads this node's logs
+            env[HEAD_TEMP_DIR_ENV] = str(self.host.state_dir / head / RAY_TEMP_DIR)
         self.host.boot(instance_id, request.boot_script, ip, env=env, tags=dict(request.tags))
         return Machine(instance_id=instance_id, state="running", private_ip=ip, public_ip=ip, tags=dict(request.tags))
 

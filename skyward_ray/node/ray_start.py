@@ -25,6 +25,16 @@ it off; a port below 1024 is refused), ~90 MB and ~0.6 s of CPU at boot; with no
 none, as `ray.init()` and Ray's own `Cluster` do. The CLI is told Ray Client is not installed, the
 one test it makes before it picks its default port.
 
+With SKYWARD_HEAD_TEMP_DIR set (a worker on its head's own host: a local pool's), the worker runs no
+log monitor, and its session's `logs` directory is a link to the head's: the head's one log monitor
+then streams every node's task output to the driver, as in Ray's own `cluster_utils.Cluster`, whose
+nodes share one session directory (Ray's advice is one log monitor per host, "to avoid log
+duplication"; each is a Python process with Ray imported, ~80 MB). Only the logs are shared: sockets
+and runtime environments stay in the worker's own session directory, since Ray names them by
+looking for a free name (which races between workers that start at once) and two agents would build
+and delete the same environments. The session's name comes from the head's GCS (Ray's worker start
+reads it there too), so the link is made once the head answers, before `ray start` makes the dir.
+
 This file runs standalone on the node (packed into the boot script), so it imports nothing from
 skyward_ray.
 """
@@ -36,6 +46,7 @@ import sys
 import time
 
 NO_RAY_CLIENT_SERVER_ENV = "SKYWARD_NO_RAY_CLIENT_SERVER"
+HEAD_TEMP_DIR_ENV = "SKYWARD_HEAD_TEMP_DIR"
 WATCH = """\
 stop() { kill -TERM "$@" 2>/dev/null; for _ in $(seq 50); do up=; for p; do kill -0 "$p" 2>/dev/null && up=1; done
   [ -n "$up" ] || return 0; sleep 0.1; done; kill -KILL "$@" 2>/dev/null; }
@@ -70,7 +81,8 @@ def _stop(*_: object) -> None:
     os._exit(143)
 
 
-def _wait_for_head(ray: object) -> None:
+def _wait_for_head(ray: object) -> object | None:
+    """Wait for the head's GCS to list the head alive; return a client of it (None: it refused our token)."""
     from ray._raylet import GcsClient
 
     host, port = os.environ["SKYWARD_HEAD_IP"], int(os.environ["SKYWARD_GCS_PORT"])
@@ -94,12 +106,24 @@ def _wait_for_head(ray: object) -> None:
         try:
             client = client or GcsClient(address=f"{host}:{port}")
             if any(node.is_head_node and node.state == 0 for node in client.get_all_node_info(timeout=1).values()):
-                return  # 0: ALIVE
+                return client  # 0: ALIVE
         except ray.exceptions.AuthenticationError:
-            return  # a token the head refuses: `ray start` fails at once and says so in its own words
+            return None  # a token the head refuses: `ray start` fails at once and says so in its own words
         except Exception:  # the GCS is still starting
             pass
         pause()
+
+
+def _share_head_logs(client: object, head_temp_dir: str) -> None:
+    """Make this worker's session `logs` a link to the head's, and start no log monitor here."""
+    session = client.internal_kv_get(b"session_name", b"session", timeout=10).decode()  # type: ignore[attr-defined]
+    own_temp_dir = next(arg.split("=", 1)[1] for arg in sys.argv if arg.startswith("--temp-dir="))
+    session_dir = os.path.join(own_temp_dir, session)
+    os.makedirs(session_dir, exist_ok=True)
+    link = os.path.join(session_dir, "logs")
+    if not os.path.lexists(link):
+        os.symlink(os.path.join(head_temp_dir, session, "logs"), link)
+    sys.argv.append("--include-log-monitor=false")
 
 
 def main() -> None:
@@ -109,7 +133,9 @@ def main() -> None:
     import ray.scripts.scripts as ray_cli
 
     if role == "worker":
-        _wait_for_head(ray_cli.ray)
+        client = _wait_for_head(ray_cli.ray)
+        if client is not None and os.environ.get(HEAD_TEMP_DIR_ENV):
+            _share_head_logs(client, os.environ[HEAD_TEMP_DIR_ENV])
     elif os.environ.get(NO_RAY_CLIENT_SERVER_ENV) == "1":
         ray_cli.get_ray_client_dependency_error = lambda: ImportError("no Ray Client server on this head")
     signal.signal(signal.SIGTERM, _stop)
