@@ -27,6 +27,7 @@ import pytest
 import ray
 
 import skyward_ray as sky
+from skyward_ray.api import channel_client
 from tests.conftest import MARKS_NAMESPACE, wait_started
 from tests.simaws.server import VPC_CIDR
 from tests.simaws import SIM_SETTINGS, aws_environment, simulated_aws
@@ -199,6 +200,62 @@ def test_a_call_goes_over_the_heads_call_channel_and_survives_its_ssh_connection
     with pytest.raises(sky.FunctionTimeoutError):
         late(30.0) >> pool
     assert square(12) >> pool == 144
+
+
+@sky.function
+def held(x: int, seconds: float) -> int:
+    from ray.experimental import internal_kv
+
+    internal_kv._internal_kv_put(f"held:{sky.instance_info().node}:{os.getpid()}:{time.monotonic_ns()}", b"1",
+                                 namespace=MARKS_NAMESPACE.decode())
+    time.sleep(seconds)
+    return x
+
+
+@sky.function(max_retries=0)
+def held_once(seconds: float) -> float:
+    from ray.experimental import internal_kv
+
+    internal_kv._internal_kv_put(f"held_once:{os.getpid()}:{time.monotonic_ns()}", b"1",
+                                 namespace=MARKS_NAMESPACE.decode())
+    time.sleep(seconds)
+    return seconds
+
+
+def test_a_call_server_that_dies_is_replaced_and_the_calls_it_held_run_again(pool):
+    channel = opened_channel(pool)
+    server = channel._actor
+    results: list = []
+    errors: list = []
+
+    def once() -> None:
+        try:
+            results.append(held_once(3.0) >> pool)
+        except BaseException as error:  # noqa: BLE001 - what the user's code gets
+            errors.append(error)
+
+    group = threading.Thread(target=lambda: results.append(sky.gather(*[held(i, 3.0) for i in range(4)]) >> pool))
+    single = threading.Thread(target=once)
+    group.start()
+    single.start()
+    wait_started(pool, "held", node=0)
+    gcs, deadline = pool._cluster.driver.gcs_client(), time.monotonic() + 60
+    while not gcs.internal_kv_keys(b"held_once:", MARKS_NAMESPACE):
+        assert time.monotonic() < deadline, "the call did not start"
+        time.sleep(0.05)
+    killed = time.monotonic()
+    ray.kill(server)  # its process dies (as under the OOM killer); the head stays up
+    group.join(timeout=120)
+    single.join(timeout=120)
+    assert not group.is_alive() and not single.is_alive()
+    assert results == [[0, 1, 2, 3]], "the group's calls ran again on a new call server"
+    assert len(errors) == 1 and isinstance(errors[0], ConnectionError), errors
+    assert "may not run twice (max_retries=0" in str(errors[0])
+    assert time.monotonic() - killed < channel_client.RECONNECT_S, "neither waited out the reconnect limit"
+    assert channel._actor is not server and channel.usable
+    first_id = next(channel._ids)
+    assert square(13) >> pool == 169
+    assert next(channel._ids) == first_id + 2, "later calls go over the new server"
 
 
 def test_groups_futures_and_at_go_over_the_call_channel_and_keep_their_promises(pool):

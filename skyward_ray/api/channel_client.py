@@ -9,6 +9,13 @@ A dropped SSH connection is not a lost call: the channel reconnects (for up to `
 names its session, and the head sends the outcomes the driver has not acknowledged; the calls it
 never received are sent again (the head says which, `resume`). Calls wait on `CallSlot`s, so the
 caller's own wait (`dispatch.Dispatcher.run`) keeps its slices for interrupts and timeouts.
+
+Nor is a dead server (its actor's process killed, by the OOM killer or a stray `kill`, with the head
+still up): the tasks it submitted died with it (it was their owner), so where a connection is
+refused and Ray says the actor is gone, a new server is started on the head and the calls still
+waited for are sent to it again, as Ray reruns a task whose worker died. A call that may not run
+twice (`max_retries=0`, or sent with `@`) fails instead (`CallServerLost`), at once rather than
+after `RECONNECT_S`. A server that keeps dying is started at most `SERVER_RESTARTS` times.
 """
 
 from __future__ import annotations
@@ -33,10 +40,15 @@ RECONNECT_S = 60.0  # how long a dropped connection is retried before the calls 
 ACK_BATCH = 256  # outcomes acknowledged in one message at most (fewer when no more are waiting)
 PIPE_BYTES = 1 << 20  # Linux's default /proc/sys/fs/pipe-max-size: what any process may ask for
 HELLO_TIMEOUT_S = 30.0
+SERVER_RESTARTS = 3  # new call servers one channel starts at most (a call that kills its server each time)
 
 
 class ChannelError(ConnectionError):
     """The call channel is gone (the head, or the SSH connection for longer than `RECONNECT_S`)."""
+
+
+class CallServerLost(ChannelError):
+    """The head's call server died with this call in flight, and the call may not run twice."""
 
 
 class CallSlot:
@@ -46,10 +58,11 @@ class CallSlot:
     told by callbacks, and an Event (a Condition and two locks) per call was a fifth of the
     driver's CPU for a gather."""
 
-    __slots__ = ("entry", "_done", "_event", "_kind", "_payload", "_callbacks", "_guard")
+    __slots__ = ("entry", "rerunnable", "_done", "_event", "_kind", "_payload", "_callbacks", "_guard")
 
-    def __init__(self, entry: tuple[Any, ...] | None) -> None:
+    def __init__(self, entry: tuple[Any, ...] | None, rerunnable: bool = True) -> None:
         self.entry = entry  # the call as sent, kept until done: sent again if the head never got it
+        self.rerunnable = rerunnable  # whether it may run again on a new server (its max_retries is not 0)
         self._done = False
         self._event: threading.Event | None = None
         self._kind = ""
@@ -139,15 +152,19 @@ class ChannelRef:
 class CallChannel:
     """A session with the head's call server over a sequence of `ssh -W` connections."""
 
-    def __init__(self, command: Callable[[], list[str]], token: str, actor: Any = None,
-                 on_drop: Callable[[], None] | None = None) -> None:
-        self._command = command
+    def __init__(self, command_for_port: Callable[[int], list[str]], token: str,
+                 start_server: Callable[[], tuple[Any, int]], on_drop: Callable[[], None] | None = None) -> None:
+        """`start_server()` starts a call server on the head and answers (its actor, its port)."""
+        self._command_for_port = command_for_port
         self._token = token
+        self._start_server = start_server
         self._on_drop = on_drop  # told (in a thread of its own) when a connection drops: is the head gone?
-        self._actor = actor  # the head's server: kept referenced while the channel lives
+        self._actor, self._port = start_server()  # the actor is kept referenced while the channel lives
+        self._server_restarts = 0
         self._session = secrets.token_hex(16)
         self._ids = itertools.count(1)
         self._slots: dict[int, CallSlot] = {}
+        self._functions: dict[str, Callable[[], bytes]] = {}  # function key -> its bytes, for a new server
         self._known: set[str] = set()  # function keys the head has been sent
         self._lock = threading.Lock()  # the slots, the known functions and writes to ssh
         self._proc: subprocess.Popen[bytes] | None = None
@@ -164,30 +181,35 @@ class CallChannel:
         from skyward_ray.api.channel_head import CallServer
 
         digest = hashlib.sha256(token.encode()).hexdigest()
-        actor = ray.remote(num_cpus=0, max_restarts=0)(CallServer).options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(head_node_id, soft=False)).remote(digest)
-        port = int(ray.get(actor.start.remote(), timeout=timeout))
-        channel = cls(lambda: command_for_port(port), token, actor, on_drop)
+
+        def start_server() -> tuple[Any, int]:
+            actor = ray.remote(num_cpus=0, max_restarts=0)(CallServer).options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(head_node_id, soft=False)).remote(digest)
+            return actor, int(ray.get(actor.start.remote(), timeout=timeout))
+
+        channel = cls(command_for_port, token, start_server, on_drop)
         channel._connect(timeout)
         return channel
 
     # -- calls ---------------------------------------------------------------------------------------
-    def call_many(self, calls: list[tuple[str, Callable[[], bytes], bytes]]) -> list[ChannelRef]:
-        """Send calls (function key, its bytes when first asked, payload) in one frame: a group costs
-        one message up however many calls it holds. Each ref resolves when the head sends its outcome."""
+    def call_many(self, calls: list[tuple[str, Callable[[], bytes], bytes, bool]]) -> list[ChannelRef]:
+        """Send calls (function key, its bytes when first asked, payload, whether it may run twice) in
+        one frame: a group costs one message up however many calls it holds. Each ref resolves when
+        the head sends its outcome."""
         with self._lock:
             if self._broken is not None:
                 raise ChannelError(str(self._broken))
             entries, first_sent = [], set()
-            for function_key, function_bytes, payload in calls:  # all pickled before anything is registered
+            for function_key, function_bytes, payload, _ in calls:  # all pickled before anything is registered
                 first = function_key not in self._known and function_key not in first_sent
                 entries.append((next(self._ids), function_key, function_bytes() if first else None, payload))
                 if first:
                     first_sent.add(function_key)
+                    self._functions[function_key] = function_bytes
             self._known |= first_sent
             sent = []
-            for entry in entries:
-                slot = self._slots[entry[0]] = CallSlot(entry)
+            for entry, call in zip(entries, calls):
+                slot = self._slots[entry[0]] = CallSlot(entry, call[3])
                 sent.append(ChannelRef(self, entry[0], slot))
             self._write(wire.encode(("calls", entries)))
         return sent
@@ -227,7 +249,7 @@ class CallChannel:
     def _connect(self, timeout: float) -> None:
         """One `ssh -W` connection, its hello answered, its reader started; raises `ChannelError`."""
         stderr = tempfile.TemporaryFile()
-        proc = subprocess.Popen(self._command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
+        proc = subprocess.Popen(self._command_for_port(self._port), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
                                 bufsize=0, start_new_session=True)
         assert proc.stdin is not None and proc.stdout is not None
         for pipe in (proc.stdin, proc.stdout):
@@ -269,12 +291,9 @@ class CallChannel:
                     acks.append(call_id)
                     if slot is not None:
                         slot.resolve(kind, payload)
-                elif message[0] == "unreceived":  # lost with a dropped connection: sent again, in order
+                elif message[0] == "unreceived":  # lost with a dropped connection (or server): sent again, in order
                     with self._lock:
-                        slots = [self._slots.get(call_id) for call_id in message[1]]
-                        entries = [slot.entry for slot in slots if slot is not None and slot.entry is not None]
-                        if entries:
-                            self._write(wire.encode(("calls", entries)))
+                        self._send_again(message[1])
                 if acks and (len(acks) >= ACK_BATCH or not reader.pending()):
                     with self._lock:
                         self._write(wire.encode(("ack", acks)))
@@ -290,8 +309,25 @@ class CallChannel:
             threading.Thread(target=self._on_drop, name="skyward-call-channel-drop", daemon=True).start()
         self._reconnect()
 
+    def _send_again(self, call_ids: list[int]) -> None:
+        """Under the lock: the calls the head says it never got, in order, each function's bytes with
+        the first call of it the head has not been sent (all of them, for a new server)."""
+        entries = []
+        for call_id in call_ids:
+            slot = self._slots.get(call_id)
+            if slot is None or slot.entry is None:
+                continue
+            _, key, function_bytes, payload = slot.entry
+            if key not in self._known:
+                function_bytes = self._functions[key]()
+                self._known.add(key)
+            entries.append((call_id, key, function_bytes, payload))
+        if entries:
+            self._write(wire.encode(("calls", entries)))
+
     def _reconnect(self) -> None:
-        """Until `RECONNECT_S` pass: a new connection to the same session; then every waiting call fails."""
+        """Until `RECONNECT_S` pass: a new connection to the same session, or to a new server where
+        this one died; then every waiting call fails."""
         deadline = time.monotonic() + RECONNECT_S
         error: BaseException = ChannelError("the call channel's SSH connection dropped")
         while time.monotonic() < deadline and not self._closing:
@@ -300,10 +336,55 @@ class CallChannel:
                 return
             except ChannelError as failed:
                 error = failed
-                time.sleep(1.0)
+            if self._server_died():
+                try:
+                    self._restart_server(min(HELLO_TIMEOUT_S, max(1.0, deadline - time.monotonic())))
+                    return
+                except ChannelError as failed:
+                    error = failed
+                    break
+            time.sleep(1.0)
         with self._lock:
             self._broken = ChannelError(f"the pool's call channel could not reconnect in {RECONNECT_S:g}s: {error}")
         self._fail_all(self._broken)
+
+    def _server_died(self) -> bool:
+        """Whether Ray says the server's actor is gone (its process died); a question that cannot be
+        answered now (the tunnel is down too) is no."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        try:
+            ray.get(self._actor.start.remote(), timeout=10)
+        except RayActorError:
+            return True
+        except Exception:  # noqa: BLE001 - not an answer: keep reconnecting
+            return False
+        return False
+
+    def _restart_server(self, timeout: float) -> None:
+        """A new server on the head and a session on it; the calls still waited for go to it (those
+        that may run twice) or fail (`CallServerLost`). Raises `ChannelError` where none starts."""
+        with self._lock:
+            if self._server_restarts >= SERVER_RESTARTS:
+                raise ChannelError(f"the head's call server died {self._server_restarts + 1} times")
+            self._server_restarts += 1
+        try:
+            actor, port = self._start_server()
+        except Exception as failed:  # noqa: BLE001 - the head is gone or Ray refused: the channel is
+            raise ChannelError(f"no new call server started on the head ({type(failed).__name__}: {failed})") from None
+        with self._lock:
+            self._actor, self._port = actor, port
+            self._session, self._known = secrets.token_hex(16), set()
+            stranded = {call_id: slot for call_id, slot in self._slots.items() if not slot.rerunnable}
+            for call_id in stranded:
+                del self._slots[call_id]
+        for slot in stranded.values():
+            slot.resolve("closed", CallServerLost(
+                "the head's call server (the Ray actor that runs this pool's calls) died with this call in flight,"
+                " and its tasks with it; the call was not run again because it may not run twice (max_retries=0,"
+                " or sent with @). Send it again if that is safe."))
+        self._connect(timeout)  # its resume: the new server has none of the calls, so all are sent again
 
     def _fail_all(self, error: BaseException) -> None:
         with self._lock:

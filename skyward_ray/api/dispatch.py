@@ -232,12 +232,15 @@ class Dispatcher:
             remote = remote.options(**options)
         return remote.remote(*pending.args, **pending.kwargs)
 
-    def _channel_call(self, pending: PendingFunction[Any], options: dict[str, Any]) -> tuple[str, Callable[[], bytes], bytes]:
-        """One call as the channel sends it: its function's key and bytes, and its pickled arguments and options."""
+    def _channel_call(self, pending: PendingFunction[Any],
+                      options: dict[str, Any]) -> tuple[str, Callable[[], bytes], bytes, bool]:
+        """One call as the channel sends it: its function's key and bytes, its pickled arguments and
+        options, and whether it may run twice (its max_retries is not 0: Ray may rerun it too)."""
         from ray import cloudpickle
 
         key, function_bytes = pending.function.channel_function(self.shipped)
-        return key, function_bytes, cloudpickle.dumps((pending.args, pending.kwargs, options))
+        rerunnable = options.get("max_retries", pending.function.options.max_retries) != 0
+        return key, function_bytes, cloudpickle.dumps((pending.args, pending.kwargs, options)), rerunnable
 
     def send_all(self, pendings: Sequence[PendingFunction[Any]], options: Sequence[dict[str, Any]]) -> list[Any]:
         """Submit calls: over the call channel in one message where the pool has one (`ChannelRef`s),
