@@ -258,7 +258,7 @@ def test_a_call_server_that_dies_is_replaced_and_the_calls_it_held_run_again(poo
     assert next(channel._ids) == first_id + 2, "later calls go over the new server"
 
 
-def test_groups_futures_and_at_go_over_the_call_channel_and_keep_their_promises(pool):
+def test_groups_futures_and_at_go_over_the_call_channel_and_keep_their_promises(pool, capfd):
     channel = opened_channel(pool)
     first_id = next(channel._ids)
     assert sky.gather(*[square(i) for i in range(50)]) >> pool == [i * i for i in range(50)]
@@ -278,6 +278,8 @@ def test_groups_futures_and_at_go_over_the_call_channel_and_keep_their_promises(
     assert future.cancel() and future.cancelled()
     assert next(channel._ids) - first_id >= 50 + 2 + 1 + 6 + 2 + 2 + 2 + 3 + 1, "every call went over the channel"
     assert square(11) >> pool == 121
+    time.sleep(1.0)  # what the nodes print reaches this console through Ray's log monitor, a moment later
+    assert "blocking ray.get" not in "".join(capfd.readouterr()), "the call server's group waits alarm no one"
 
 
 @sky.function
