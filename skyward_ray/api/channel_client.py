@@ -249,8 +249,8 @@ class CallChannel:
     def _connect(self, timeout: float) -> None:
         """One `ssh -W` connection, its hello answered, its reader started; raises `ChannelError`."""
         stderr = tempfile.TemporaryFile()
-        proc = subprocess.Popen(self._command_for_port(self._port), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
-                                bufsize=0, start_new_session=True)
+        proc = subprocess.Popen(self._command_for_port(self._port), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=stderr, bufsize=0, start_new_session=True)
         assert proc.stdin is not None and proc.stdout is not None
         for pipe in (proc.stdin, proc.stdout):
             _widen(pipe.fileno())
@@ -338,11 +338,11 @@ class CallChannel:
                 error = failed
             if self._server_died():
                 try:
-                    self._restart_server(min(HELLO_TIMEOUT_S, max(1.0, deadline - time.monotonic())))
-                    return
+                    self._replace_server()
                 except ChannelError as failed:
                     error = failed
                     break
+                continue  # connect to the new one at once: its resume sends it every call still waited for
             time.sleep(1.0)
         with self._lock:
             self._broken = ChannelError(f"the pool's call channel could not reconnect in {RECONNECT_S:g}s: {error}")
@@ -362,9 +362,10 @@ class CallChannel:
             return False
         return False
 
-    def _restart_server(self, timeout: float) -> None:
-        """A new server on the head and a session on it; the calls still waited for go to it (those
-        that may run twice) or fail (`CallServerLost`). Raises `ChannelError` where none starts."""
+    def _replace_server(self) -> None:
+        """A new server on the head, and a new session for it: the calls still waited for go to it once
+        connected (those that may run twice) or fail now (`CallServerLost`). Raises `ChannelError`
+        where none starts."""
         with self._lock:
             if self._server_restarts >= SERVER_RESTARTS:
                 raise ChannelError(f"the head's call server died {self._server_restarts + 1} times")
@@ -384,7 +385,6 @@ class CallChannel:
                 "the head's call server (the Ray actor that runs this pool's calls) died with this call in flight,"
                 " and its tasks with it; the call was not run again because it may not run twice (max_retries=0,"
                 " or sent with @). Send it again if that is safe."))
-        self._connect(timeout)  # its resume: the new server has none of the calls, so all are sent again
 
     def _fail_all(self, error: BaseException) -> None:
         with self._lock:

@@ -127,8 +127,8 @@ def _value_or_error(ref: ray.ObjectRef) -> Any:
 
 
 class CallServer:
-    """The actor (async: every call is a coroutine awaiting its task). `start()` binds and
-    answers the port; the driver then connects with `ssh -W 127.0.0.1:<port>`."""
+    """The actor (async: its event loop serves the connections and submits the calls as Ray tasks).
+    `start()` binds and answers the port; the driver then connects with `ssh -W 127.0.0.1:<port>`."""
 
     def __init__(self, token_digest: str) -> None:
         # A group's `ray.get` runs in a thread of its own (`_wait_group`), never on the event loop; Ray's
