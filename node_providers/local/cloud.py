@@ -200,9 +200,10 @@ class LocalCloud(Cloud):
         # and so is Ray Client's server on the head: a local pool's drivers join its GCS directly.
         env = {**self._gpu_env(request.index), "RAY_AUTH_TOKEN": self.params.auth_token,
                "RAY_enable_metrics_collection": "false", NO_RAY_CLIENT_SERVER_ENV: "1"}
-        head = next((i for i, m in machines.items() if m.ip == self.prepared["head_ip"] and not m.terminated), None)
-        if request.role != "head" and head is not None:  # one host: the head's log monitor reads this node's logs
-            env[HEAD_TEMP_DIR_ENV] = str(self.host.state_dir / head / RAY_TEMP_DIR)
+        if request.role != "head":  # one host: the head's log monitor reads this node's logs
+            head = next((i for i, m in machines.items() if m.ip == self.prepared["head_ip"] and not m.terminated), None)
+            if head is not None:
+                env[HEAD_TEMP_DIR_ENV] = str(self.host.state_dir / head / RAY_TEMP_DIR)
         self.host.boot(instance_id, request.boot_script, ip, env=env, tags=dict(request.tags))
         return Machine(instance_id=instance_id, state="running", private_ip=ip, public_ip=ip, tags=dict(request.tags))
 

@@ -60,7 +60,7 @@ class CallSlot:
 
     __slots__ = ("entry", "rerunnable", "_done", "_event", "_kind", "_payload", "_callbacks", "_guard")
 
-    def __init__(self, entry: tuple[Any, ...] | None, rerunnable: bool = True) -> None:
+    def __init__(self, entry: tuple[Any, ...] | None, rerunnable: bool) -> None:
         self.entry = entry  # the call as sent, kept until done: sent again if the head never got it
         self.rerunnable = rerunnable  # whether it may run again on a new server (its max_retries is not 0)
         self._done = False
@@ -199,18 +199,18 @@ class CallChannel:
         with self._lock:
             if self._broken is not None:
                 raise ChannelError(str(self._broken))
-            entries, first_sent = [], set()
-            for function_key, function_bytes, payload, _ in calls:  # all pickled before anything is registered
+            slots, first_sent = [], set()
+            for function_key, function_bytes, payload, rerunnable in calls:  # all pickled before any is registered
                 first = function_key not in self._known and function_key not in first_sent
-                entries.append((next(self._ids), function_key, function_bytes() if first else None, payload))
+                slots.append(CallSlot((next(self._ids), function_key, function_bytes() if first else None, payload),
+                                      rerunnable))
                 if first:
                     first_sent.add(function_key)
                     self._functions[function_key] = function_bytes
             self._known |= first_sent
-            sent = []
-            for entry, call in zip(entries, calls):
-                slot = self._slots[entry[0]] = CallSlot(entry, call[3])
-                sent.append(ChannelRef(self, entry[0], slot))
+            entries = [slot.entry for slot in slots]  # before it is sent: an outcome clears a slot's entry
+            sent = [ChannelRef(self, entry[0], slot) for entry, slot in zip(entries, slots)]
+            self._slots.update((ref.call_id, ref.slot) for ref in sent)
             self._write(wire.encode(("calls", entries)))
         return sent
 
