@@ -69,7 +69,9 @@ def test_without_credentials_offers_come_from_the_snapshot_fast_and_without_a_re
         offers = sky.AWS(region=REGION, live_offers_ttl=0).list_offers(parse_accelerator("T4"))
         took = time.monotonic() - started
     assert offers and {o.price_source for o in offers} == {"snapshot:aws"}
-    assert took < 1.0
+    # no wait on the network: a request or a credential lookup that went out would take seconds (botocore's
+    # timeouts); not a speed target (those live in bench/), and 1 s was missed by 10 ms on a loaded CI box
+    assert took < 5.0
     assert len(sim.calls()) == before, "no request may be sent without credentials"
 
 
