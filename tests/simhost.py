@@ -337,8 +337,9 @@ class SimulatedHosts:
     def is_running(self, record: Any) -> bool:
         raise NotImplementedError
 
-    def boot_listed(self, record: Any, waited: float) -> None:
-        """Boot a watched machine the cloud says runs, `waited` seconds after it was first seen so."""
+    def boot_listed(self, machine_id: Any, record: Any, waited: float) -> None:
+        """Boot watched machine `machine_id` (its `record` as listed), which the cloud says runs,
+        `waited` seconds after it was first seen so."""
         raise NotImplementedError
 
     def before_step(self) -> None:
@@ -360,7 +361,7 @@ class SimulatedHosts:
                 continue
             first = self.first_seen.setdefault(machine_id, now)
             if now - first >= self.boot_delay:
-                self.boot_listed(record, now - first)
+                self.boot_listed(machine_id, record, now - first)
         for machine_id in list(self.booted):
             if machine_id not in self.ended and (machine_id not in live or not self.is_running(live[machine_id])):
                 with self.lock:

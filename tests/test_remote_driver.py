@@ -119,6 +119,17 @@ def test_nodes_run_their_own_python_with_the_drivers_exact_versions_and_the_imag
     assert importlib.util.find_spec("tabulate") is None, "only the nodes got it"
 
 
+def ssh_children() -> list[psutil.Process]:
+    """This process's ssh processes (children of any depth); one that ends while they are listed
+    (the host simulator runs short-lived commands from this process too) is none of them."""
+    found = []
+    for process in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if process.name() == "ssh":
+                found.append(process)
+    return found
+
+
 def opened_channel(pool, timeout: float = 60):
     """The pool's call channel, once it opened (in the background, after the pool did)."""
     deadline = time.monotonic() + timeout
@@ -140,7 +151,7 @@ def test_the_driver_holds_no_connection_to_a_private_address(region, pool):
     assert not machines & set(remote), (machines & set(remote), remote)  # never straight to a machine
     assert not [ip for ip in remote if ipaddress.ip_address(ip) in ipaddress.ip_network(VPC_CIDR)], remote
     # two SSH connections, both to the head: the tunnel (Ray Client, the GCS) and the call channel (`>>`)
-    ssh = [p for p in psutil.Process().children(recursive=True) if p.name() == "ssh"]
+    ssh = ssh_children()
     assert len(ssh) == 2
     head = pool.nodes[0]
     [described] = [i for i in sim.live_instances(cluster=pool.name) if i["InstanceId"] == head.instance_id]
@@ -326,7 +337,7 @@ def test_a_tampered_host_key_is_refused_and_leaves_nothing(region):
     finally:
         hosts.tamper_host_keys = False
     assert type(caught.value).__name__ == "HostKeyMismatchError"
-    assert [p for p in psutil.Process().children(recursive=True) if p.name() == "ssh"] == []
+    assert ssh_children() == []
     nothing_left(region)
 
 

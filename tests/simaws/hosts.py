@@ -1,8 +1,9 @@
 """The host simulator: every instance the simulated region runs becomes a machine that boots itself,
 as isolated as a real one (what a machine is, the same for every cloud, is `tests.simhost`'s).
 
-A background thread polls DescribeInstances (like a hypervisor watching its placement queue). For
-each new running instance it makes a host on the simulated network (`tests.simnet`):
+A background thread watches the region's instance records (like a hypervisor watching its placement
+queue; read in-process, not through the API: `SimAWS.instance_states`). For each new running
+instance (described once through the API) it makes a host on the simulated network (`tests.simnet`):
 
 - its own network namespace, with the instance's private address on the VPC network (which the
   driver's side cannot route to) and its public address on the public network, where only what
@@ -142,17 +143,19 @@ class HostSimulator(SimulatedHosts):
         """Instances that exist already are not this simulator's to boot."""
         self.sim.use_public_ips(self.network.allocate_public_ip)
         self.sim.front.console_output = lambda instance_id: self.host.log_tail(instance_id, 200)
-        self.ignore = {i["InstanceId"] for i in self.sim.instances()}
+        self.ignore = set(self.sim.instance_states())
 
     def detach(self) -> None:
         self.sim.front.console_output = None
 
     # -- the watch loop ------------------------------------------------------------------------------
-    def listing(self) -> dict[str, dict[str, Any]]:
-        return {i["InstanceId"]: i for i in self.sim.instances()}
+    def listing(self) -> dict[str, str]:
+        """Instance id -> state name, from the region's records (`SimAWS.instance_states`); the one
+        to boot is described through the API once (`boot_listed`)."""
+        return self.sim.instance_states()
 
-    def is_running(self, record: dict[str, Any]) -> bool:
-        return record["State"]["Name"] == "running"  # shutting-down, terminated, stopping, stopped: it ended
+    def is_running(self, record: str) -> bool:
+        return record == "running"  # shutting-down, terminated, stopping, stopped: it ended
 
     def before_step(self) -> None:
         """An instance ran `shutdown`: EC2 terminates or stops it, as its shutdown behaviour says."""
@@ -199,8 +202,10 @@ class HostSimulator(SimulatedHosts):
                 allowed += [(r["CidrIp"], first, last) for r in rule.get("IpRanges", [])]
         return allowed
 
-    def boot_listed(self, instance: dict[str, Any], waited: float) -> None:
-        instance_id = instance["InstanceId"]
+    def boot_listed(self, machine_id: str, record: str, waited: float) -> None:
+        instance_id, instance = machine_id, self.sim.described(machine_id)
+        if instance is None or instance["State"]["Name"] != "running":
+            return  # ended between the look and the describe: the next look sees it so
         data = self.sim.client().describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
         cloud_config, script = split_user_data(base64.b64decode(data.get("UserData", {}).get("Value", "")))
         self.mark_booted(instance_id, waited)

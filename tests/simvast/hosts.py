@@ -79,7 +79,7 @@ class VastHosts(SimulatedHosts):
     def is_running(self, record: Instance) -> bool:
         return record.status == "running"  # stopped (interrupted), or gone (destroyed): it ended
 
-    def boot_listed(self, instance: Instance, waited: float) -> None:
+    def boot_listed(self, machine_id: int, instance: Instance, waited: float) -> None:
         self.mark_booted(instance.id, waited)
         ports = sorted(instance.host_ports)
         host = self.add_host(instance.id, "v", private_ip=instance.private_ip, public_ip=instance.public_ip,
