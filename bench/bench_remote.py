@@ -19,8 +19,10 @@ PATH), and the same pool is measured at +0 and +MS of round trip, in one run: `>
 `pool.map` of 500, a 50 MB argument up and result down, each against plain Ray Client on the same
 connection (the ratio is ours / plain); then `>>` at +MS in round trips beyond a caller inside the
 cluster, and the gather and map against the bound: the same 500 tasks (our function as the pool runs
-it, with the same Ray options) sent and gathered by a warm actor on the head, taken right before and
-right after the +MS rows (the better of the two).
+it, with the same Ray options) sent and gathered by a warm actor on the head. The bound, our gather
+and our map are taken in alternating blocks of three (twice each), and each side's best of six is
+compared: on this shared machine one taking moves by a fifth between moments, so neither side gets
+the better one.
 
 Starts its own simulated region and ends everything it starts.
 """
@@ -35,7 +37,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,40 +70,52 @@ def in_cluster_round_trip(calls: int) -> float:
 
 
 class FanOut:
-    """A warm actor on the head sending the same fan-out as our gather: the bound for a gather or
-    map of `fan` sent from afar (the head's call channel is such an actor, plus the channel)."""
+    """A warm actor on the head sending the same fan-out as our gather or map: the bound for one
+    sent from afar (the head's call channel is such an actor, plus the channel)."""
 
-    def best_of(self, function: Any, ray_options: dict, fan: int, rounds: int = 3) -> float:
-        """The best of `rounds` of `fan` calls of `function` as Ray tasks with `ray_options`, spread
-        over the pool and gathered here (after one warm-up round)."""
+    def __init__(self, function: Any, ray_options: dict, args: tuple) -> None:
+        import ray
+
+        self.task = ray.remote(**ray_options)(function).options(scheduling_strategy="SPREAD")
+        self.args = args
+
+    def seconds(self, fan: int) -> float:
+        """One fan-out of `fan` calls of the function with its arguments as Ray tasks with its
+        options, spread over the pool and gathered here."""
         import time
 
         import ray
 
-        task = ray.remote(**ray_options)(function).options(scheduling_strategy="SPREAD")
-        ray.get([task.remote() for _ in range(fan)])
-        best = float("inf")
-        for _ in range(rounds):
-            t = time.perf_counter()
-            ray.get([task.remote() for _ in range(fan)])
-            best = min(best, time.perf_counter() - t)
-        return best
+        t = time.perf_counter()
+        ray.get([self.task.remote(*self.args) for _ in range(fan)])
+        return time.perf_counter() - t
 
 
-def in_cluster_fan_out(fan: int) -> float:
-    """`fan` calls of `noop` exactly as our gather's tasks run (its function as the pool runs it,
-    `attempts.guarded`, with its Ray options), from a warm actor pinned to the head."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+class InClusterFanOut:
+    """`fan` calls of `function(*args)` exactly as our gather's or map's tasks run (the function as
+    the pool runs it, `attempts.guarded`, with its Ray options), from a warm actor pinned to the
+    head: `once()` is one taking of the bound."""
 
-    from skyward_ray.api import attempts
+    def __init__(self, function: Any, args: tuple, fan: int) -> None:
+        self.function, self.args, self.fan = function, args, fan
 
-    head = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and "node:__internal_head__" in n["Resources"])
-    actor = ray.remote(num_cpus=0)(FanOut).options(
-        scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False)).remote()
-    try:
-        return ray.get(actor.best_of.remote(attempts.guarded(noop.fn), noop.options.ray_options(), fan))
-    finally:
-        ray.kill(actor)
+    def __enter__(self) -> InClusterFanOut:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from skyward_ray.api import attempts
+
+        head = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and "node:__internal_head__" in n["Resources"])
+        self.actor = ray.remote(num_cpus=0)(FanOut).options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False)).remote(
+            attempts.guarded(self.function.fn), self.function.options.ray_options(), self.args)
+        self.once()  # warm: the actor's worker, the function's export, the nodes' task workers
+        return self
+
+    def once(self) -> float:
+        return ray.get(self.actor.seconds.remote(self.fan))
+
+    def __exit__(self, *exc: object) -> None:
+        ray.kill(self.actor)
 
 
 @sky.function
@@ -154,6 +167,10 @@ def delayed_ssh(directory: Path, rtt_file: Path) -> None:
     os.environ["PATH"] = f"{directory}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
+# A fan-out's best of this many (ours, plain Ray Client's and the bound's alike)
+FAN_REPEAT = 6
+
+
 def seconds(call, repeat: int = 3) -> float:
     """The best of `repeat` runs (after one warm-up): the least disturbed by this shared machine."""
     call()
@@ -175,10 +192,11 @@ def at_rtt(pool, calls: int, fan: int, megabytes: int) -> list[tuple[str, float,
     rows = [
         ("`>>` trivial call, median (ms)", median_ms(lambda: noop() >> pool, calls),
          median_ms(lambda: ray.get(plain_noop.remote()), calls)),
-        (f"gather of {fan} (s)", seconds(lambda: sky.gather(*[noop() for _ in range(fan)]) >> pool),
-         seconds(lambda: ray.get([spread.remote() for _ in range(fan)]))),
-        (f"pool.map of {fan} (s)", seconds(lambda: pool.map(size_of, [b""] * fan)),
-         seconds(lambda: ray.get([plain_size.options(scheduling_strategy="SPREAD").remote(b"") for _ in range(fan)]))),
+        (f"gather of {fan} (s)", seconds(lambda: sky.gather(*[noop() for _ in range(fan)]) >> pool, FAN_REPEAT),
+         seconds(lambda: ray.get([spread.remote() for _ in range(fan)]), FAN_REPEAT)),
+        (f"pool.map of {fan} (s)", seconds(lambda: pool.map(size_of, [b""] * fan), FAN_REPEAT),
+         seconds(lambda: ray.get([plain_size.options(scheduling_strategy="SPREAD").remote(b"") for _ in range(fan)]),
+                 FAN_REPEAT)),
         (f"{megabytes} MB argument up (s)", seconds(lambda: size_of(data) >> pool, 2),
          seconds(lambda: ray.get(plain_size.remote(data)), 2)),
         (f"{megabytes} MB result down (s)", seconds(lambda: blob(size) >> pool, 2),
@@ -187,23 +205,39 @@ def at_rtt(pool, calls: int, fan: int, megabytes: int) -> list[tuple[str, float,
     return rows
 
 
-def rtt_table(pool, rtt_file: Path, rtt_ms: float, calls: int, inside_ms: float, fan_bound: Callable[[], float]) -> None:
+def against_the_bound(pool, fan: int, blocks: int = 2, rounds: int = 3) -> dict[str, list[float]]:
+    """Seconds of a gather and a map of `fan` from here, each next to the same fan-out from inside
+    the cluster, in alternating blocks (`blocks` of each, `rounds` runs a block after a warm-up run,
+    as the bound's steady state is its warm one): whatever else this shared machine does meanwhile
+    falls on both sides of a ratio alike, not on whichever was measured in a worse moment."""
+    samples: dict[str, list[float]] = {}
+    with InClusterFanOut(noop, (), fan) as gather_bound, InClusterFanOut(size_of, (b"",), fan) as map_bound:
+        runs = {"gather": lambda: sky.gather(*[noop() for _ in range(fan)]) >> pool, "its bound": gather_bound.once,
+                "map": lambda: pool.map(size_of, [b""] * fan), "the map's bound": map_bound.once}
+        for _ in range(blocks):
+            for name, run in runs.items():
+                run()
+                for _ in range(rounds):
+                    if name.endswith("bound"):
+                        samples.setdefault(name, []).append(run())  # the actor's own timing, inside the cluster
+                        continue
+                    t = time.perf_counter()
+                    run()
+                    samples.setdefault(name, []).append(time.perf_counter() - t)
+    return samples
+
+
+def rtt_table(pool, rtt_file: Path, rtt_ms: float, calls: int, inside_ms: float) -> None:
     """Measure the same pool at +0 and +rtt_ms, and print both with ratios to plain Ray Client; then
     what a `>>` costs at +rtt_ms in round trips beyond a caller inside the cluster (`inside_ms`), and
-    a gather and a map of 500 against the same fan-out from inside the cluster (`fan_bound()`, taken
-    right before and right after the +rtt_ms rows, the better of the two: on a shared machine one
-    taking of it moves by a fifth between runs)."""
+    a gather and a map of 500 at +rtt_ms against the same fan-out from inside the cluster (the
+    bound), each the best of 6 taken in alternating blocks (`against_the_bound`)."""
     tables = {}
-    bounds = []
     for added in (0.0, rtt_ms):
         rtt_file.write_text(f"{added:g}")
         time.sleep(0.5)  # the relay re-reads the file every 0.2 s
-        if added == rtt_ms:
-            bounds.append(fan_bound())
         tables[added] = at_rtt(pool, calls, 500, 50)
-    bounds.append(fan_bound())
-    fan_bound_s = min(bounds)
-    print(f"the bound, before and after the +{rtt_ms:g} ms rows: " + ", ".join(f"{b:.3f} s" for b in bounds))
+    samples = against_the_bound(pool, 500)
     print(f"{'measure':34}" + "".join(f"{f'+{a:g} ms: ours':>16} {'plain':>9} {'ratio':>6}" for a in tables))
     for i, (label, _, _) in enumerate(tables[0.0]):
         cells = "".join(f"{t[i][1]:16.3f} {t[i][2]:9.3f} {t[i][1] / t[i][2]:6.2f}" for t in tables.values())
@@ -212,10 +246,14 @@ def rtt_table(pool, rtt_file: Path, rtt_ms: float, calls: int, inside_ms: float,
     print(f"`>>` at +{rtt_ms:g} ms: ours {ours:.1f} ms = in-cluster {inside_ms:.1f} ms + "
           f"{(ours - inside_ms) / rtt_ms:.2f} RTT (target <= 1.3); plain Ray Client {plain:.1f} ms = in-cluster + "
           f"{(plain - inside_ms) / rtt_ms:.2f} RTT")
-    for row in (1, 2):
-        label, ours, plain = tables[rtt_ms][row]
-        print(f"{label.split(' (')[0]} at +{rtt_ms:g} ms: ours {ours:.3f} s = {ours / fan_bound_s:.2f}x the fan-out "
-              f"from inside the cluster ({fan_bound_s:.3f} s; target <= 1.2); plain Ray Client {plain / fan_bound_s:.2f}x")
+    print(f"at +{rtt_ms:g} ms, in alternating blocks (s): " + "; ".join(
+        f"{name} " + " ".join(f"{v:.3f}" for v in values) for name, values in samples.items()))
+    for row, name, bound_name in ((1, "gather", "its bound"), (2, "map", "the map's bound")):
+        label, _, plain = tables[rtt_ms][row]
+        ours, bound = min(samples[name]), min(samples[bound_name])
+        print(f"{label.split(' (')[0]} at +{rtt_ms:g} ms: ours {ours:.3f} s = {ours / bound:.2f}x the same fan-out "
+              f"from inside the cluster ({bound:.3f} s; each the best of {len(samples[name])}; target <= 1.2); "
+              f"plain Ray Client {plain / bound:.2f}x")
 
 
 def main() -> None:
@@ -244,7 +282,7 @@ def run(args: argparse.Namespace, rtt_file: Path) -> None:
             timings = pool.timings
             inside = in_cluster_round_trip(args.calls) >> pool
             if args.rtt is not None:
-                rtt_table(pool, rtt_file, args.rtt, args.calls, inside, lambda: in_cluster_fan_out(500))
+                rtt_table(pool, rtt_file, args.rtt, args.calls, inside)
                 rtt_file.write_text("0")
                 time.sleep(0.5)
             ours = median_ms(lambda: noop() >> pool, args.calls)
