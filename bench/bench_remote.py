@@ -19,10 +19,10 @@ PATH), and the same pool is measured at +0 and +MS of round trip, in one run: `>
 `pool.map` of 500, a 50 MB argument up and result down, each against plain Ray Client on the same
 connection (the ratio is ours / plain); then `>>` at +MS in round trips beyond a caller inside the
 cluster, and the gather and map against the bound: the same 500 tasks (our function as the pool runs
-it, with the same Ray options) sent and gathered by a warm actor on the head. The bound, our gather
-and our map are taken in alternating blocks of three (twice each), and each side's best of six is
-compared: on this shared machine one taking moves by a fifth between moments, so neither side gets
-the better one.
+it, with its arguments and the same Ray options) sent and gathered by a warm actor on the head. Our
+gather, its bound, our map and its bound are taken in alternating blocks of three (twice each), and
+each side's best of six is compared: on this shared machine one taking moves by a fifth between
+moments, so neither side gets the better one.
 
 Starts its own simulated region and ends everything it starts.
 """
@@ -167,7 +167,8 @@ def delayed_ssh(directory: Path, rtt_file: Path) -> None:
     os.environ["PATH"] = f"{directory}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
-# A fan-out's best of this many (ours, plain Ray Client's and the bound's alike)
+# The table's gather and map rows: the best of this many, ours and plain Ray Client's alike (as many
+# as each side of the comparison with the bound gets from `against_the_bound`)
 FAN_REPEAT = 6
 
 
