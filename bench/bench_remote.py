@@ -167,8 +167,8 @@ def delayed_ssh(directory: Path, rtt_file: Path) -> None:
     os.environ["PATH"] = f"{directory}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
-# The table's gather and map rows: the best of this many, ours and plain Ray Client's alike (as many
-# as each side of the comparison with the bound gets from `against_the_bound`)
+# A gather's or map's best of this many: ours and plain Ray Client's in the table, and each side of
+# the comparison with the bound (`against_the_bound`)
 FAN_REPEAT = 6
 
 
@@ -206,9 +206,9 @@ def at_rtt(pool, calls: int, fan: int, megabytes: int) -> list[tuple[str, float,
     return rows
 
 
-def against_the_bound(pool, fan: int, blocks: int = 2, rounds: int = 3) -> dict[str, list[float]]:
+def against_the_bound(pool, fan: int, blocks: int = 2) -> dict[str, list[float]]:
     """Seconds of a gather and a map of `fan` from here, each next to the same fan-out from inside
-    the cluster, in alternating blocks (`blocks` of each, `rounds` runs a block after a warm-up run,
+    the cluster, in alternating blocks (`blocks` of each, `FAN_REPEAT // blocks` runs a block after a warm-up run,
     as the bound's steady state is its warm one): whatever else this shared machine does meanwhile
     falls on both sides of a ratio alike, not on whichever was measured in a worse moment."""
     samples: dict[str, list[float]] = {}
@@ -218,7 +218,7 @@ def against_the_bound(pool, fan: int, blocks: int = 2, rounds: int = 3) -> dict[
         for _ in range(blocks):
             for name, run in runs.items():
                 run()
-                for _ in range(rounds):
+                for _ in range(FAN_REPEAT // blocks):
                     if name.endswith("bound"):
                         samples.setdefault(name, []).append(run())  # the actor's own timing, inside the cluster
                         continue

@@ -202,8 +202,8 @@ class HostSimulator(SimulatedHosts):
                 allowed += [(r["CidrIp"], first, last) for r in rule.get("IpRanges", [])]
         return allowed
 
-    def boot_listed(self, machine_id: str, record: str, waited: float) -> None:
-        instance_id, instance = machine_id, self.sim.described(machine_id)
+    def boot_listed(self, instance_id: str, record: str, waited: float) -> None:
+        instance = self.sim.described(instance_id)
         if instance is None or instance["State"]["Name"] != "running":
             return  # ended between the look and the describe: the next look sees it so
         data = self.sim.client().describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
