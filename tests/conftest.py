@@ -194,6 +194,16 @@ def _group(item: pytest.Item) -> str:
     return module
 
 
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """`--dist loadgroup` that still finishes when a worker crashes (tests/crash_safe_scheduling.py)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from tests.crash_safe_scheduling import CrashSafeLoadGroupScheduling
+
+    return CrashSafeLoadGroupScheduling(config, log)
+
+
 def pytest_itemcollected(item: pytest.Item) -> None:
     item.add_marker(pytest.mark.xdist_group(_group(item)))  # before any hook sorts or groups the items
 
