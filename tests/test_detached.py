@@ -23,7 +23,8 @@ from typer.testing import CliRunner
 
 import skyward_ray as sky
 from skyward_ray.cli import app
-from skyward_ray.cluster import pool_state
+from skyward_ray.cluster import activity, pool_state
+from skyward_ray.cluster.driver import DriverConnection
 from tests.conftest import REPO, pool_processes
 
 CLI = "from skyward_ray.cli import app; app()"
@@ -141,6 +142,12 @@ def square(x: int) -> int:
 
 
 @sky.function
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@sky.function
 def node_index() -> int:
     return sky.instance_info().node
 
@@ -229,6 +236,57 @@ def test_a_pool_from_python_ends_on_its_own_once_idle(names):
     assert_nothing_left(name, keeper)
     log = (pool_state.runtime_root() / "keepers" / f"{name}.log").read_text()
     assert "idle for 5s" in log and "gone" in log
+
+
+def test_a_client_still_joining_keeps_an_idle_pool_up_and_one_that_gave_up_does_not(names):
+    """A client counts from the moment it says it is joining, not only once `ray.init` has registered
+    its job: on a loaded machine a join outlasts a short idle timeout, and a pool ended under a
+    joining driver takes the driver's whole process with it (Ray's core worker exits it)."""
+    name = names[0]
+    sky.Compute(nodes=1).up(name, idle_timeout="5s", max_lifetime="10m")
+    keeper = keeper_pid(name)
+    state = pool_state.read_record(name).detached
+    slow_client = DriverConnection(state["gcs_address"], state["ray_address"], state["auth_token"], None)
+    try:
+        gcs = slow_client.gcs_client()
+        joining = activity.announce_joining(gcs)  # what `sky.attach(...)` says first; this client goes no further
+        time.sleep(12)  # more than twice the idle timeout
+        assert pool_state.read_record(name) is not None, "the pool ended while a client was joining"
+        activity.withdraw_joining(gcs, joining)  # the client gave up
+    finally:
+        slow_client.disconnect()
+    left = time.monotonic()
+    while psutil.pid_exists(keeper) and psutil.Process(keeper).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() - left < 40, "the idle pool did not end once its only client gave up"
+        time.sleep(0.25)
+    assert_nothing_left(name, keeper)
+    log = (pool_state.runtime_root() / "keepers" / f"{name}.log").read_text()
+    assert "1 client joining" in log and "idle for 5s" in log, log
+
+
+def test_a_call_on_an_attached_pool_that_is_ended_meanwhile_raises_instead_of_waiting(names):
+    """`skyward-ray down` from another shell while this process waits on the pool: the wait raises
+    within seconds (it had waited until Ray's core worker ended the process, minutes later)."""
+    name = names[0]
+    pool = sky.Compute(nodes=1).up(name, idle_timeout="none", max_lifetime="10m").connect()
+    keeper = keeper_pid(name)
+    assert square(6) >> pool == 36
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    down = subprocess.Popen(["bash", "-c", 'sleep 3; exec "$0" -c "$1" down "$2" -p local', sys.executable, CLI, name],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        started = time.monotonic()
+        with pytest.raises(sky.PoolClosedError, match=f"pool '{name}' (is ending|has ended)"):
+            nap(120) >> pool
+        took = time.monotonic() - started
+        assert took < 60, f"the wait raised only after {took:.0f}s"
+        with pytest.raises(sky.PoolClosedError, match="is ending|has ended"):
+            square(1) >> pool  # and so does the next call, at once
+    finally:
+        pool.close()
+        assert f"local {name}: gone" in down.communicate(timeout=120)[0]
+    print(f"a wait on an attached pool raised {took:.1f}s after `down` was started (3 s of it a sleep)")
+    assert_nothing_left(name, keeper)
 
 
 def test_killing_the_keeper_ends_the_pool_within_the_heartbeat_grace_and_gc_tells_live_from_dead(names):

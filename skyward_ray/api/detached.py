@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from skyward_ray import errors, names
+from skyward_ray.api.keeper_watch import KeeperWatch
 from skyward_ray.api.operations import PoolOperations
 from skyward_ray.api.request import PoolRequest
 from skyward_ray.api.staging import StagedCode, job_runtime_env
-from skyward_ray.cluster import launcher, pool_admin, pool_state
+from skyward_ray.cluster import activity, launcher, pool_admin, pool_state
 from skyward_ray.cluster.driver import DriverConnection
 from skyward_ray.console import console
 from skyward_ray.errors import PoolClosedError, ProvisioningError, SpecError
@@ -156,6 +157,9 @@ def ready_record(name: str) -> pool_state.PoolRecord:
     if record.owner.alive() is False:
         raise PoolClosedError(f"pool {name!r}'s keeper (pid {record.owner.pid}) is gone, so the pool is ending "
                               f"itself; `skyward-ray gc` ends what is left now")
+    if (record.detached or {}).get("status") == "ending":
+        raise PoolClosedError(f"pool {name!r} is ending (`skyward-ray down`, its idle timeout or its max lifetime); "
+                              f"bring a new one up with `skyward-ray up`")
     if (record.detached or {}).get("status") != "ready":
         raise PoolClosedError(f"pool {name!r} is {(record.detached or {}).get('status', 'starting')}, not ready yet")
     return record
@@ -180,6 +184,7 @@ class AttachedPool(PoolOperations):
         self._connection: DriverConnection | None = None
         self._code = StagedCode.nothing()
         self._closed = False
+        self._keeper_watch: KeeperWatch | None = None  # while joined: raises in our waits when the pool ends
 
     # -- facts ---------------------------------------------------------------------------------
     @property
@@ -224,6 +229,8 @@ class AttachedPool(PoolOperations):
         or when the pool is not up any more."""
         if self._closed:
             raise PoolClosedError(f"this handle on pool {self.name} was closed; `sky.attach({self.name!r})` again")
+        if self._keeper_watch is not None and self._keeper_watch.ended is not None:
+            raise self._keeper_watch.ended
         if self._connection is not None and self._connection.connected:
             return
         import ray
@@ -233,21 +240,36 @@ class AttachedPool(PoolOperations):
                             f"ray.shutdown() or leave the other pool before using pool {self.name}")
         self._record = ready_record(self.name)  # the pool may have ended since
         state = self._record.detached or {}
-        config = provider_class(self._record.provider)
-        image = Image(pip=list(state.get("image_pip") or []))
-        self._code = StagedCode.find(image)
-        modules = self._code.stage()
-        self.dispatcher.shipped = self._code.shipped
-        runtime_env = job_runtime_env(image, config.nodes_share_driver_python, modules)
-        connection = DriverConnection(state["gcs_address"], state["ray_address"], state["auth_token"], runtime_env,
+        connection = DriverConnection(state["gcs_address"], state["ray_address"], state["auth_token"], None,
                                       node_ip=state.get("node_ip"))
         try:
-            connection.gcs_client()  # made before joining, as the launcher does: `nodes` reads the GCS's table
-            connection.connect(heartbeat=False)  # the keeper beats; a client that leaves must not end the pool
+            self._join(connection)
         except BaseException:
-            self._forget_code()
+            connection.disconnect()  # gives back this process's Ray settings (the token) as they were
             raise
         self._connection = connection
+        self._keeper_watch = KeeperWatch(self.name, self.dispatcher.watch.interrupt_waits)
+        self._keeper_watch.start()
+
+    def _join(self, connection: DriverConnection) -> None:
+        assert self._record is not None
+        gcs = connection.gcs_client()  # made before joining, as the launcher does: `nodes` reads the GCS's table
+        # Before anything slow (staging the code, `ray.init`): the keeper's idle clock must not run out mid-join.
+        joining = activity.announce_joining(gcs)
+        try:
+            image = Image(pip=list((self._record.detached or {}).get("image_pip") or []))
+            self._code = StagedCode.find(image)
+            try:
+                modules = self._code.stage()
+                self.dispatcher.shipped = self._code.shipped
+                shares_python = provider_class(self._record.provider).nodes_share_driver_python
+                connection.runtime_env = job_runtime_env(image, shares_python, modules)
+                connection.connect(heartbeat=False)  # the keeper beats; a client that leaves must not end the pool
+            except BaseException:
+                self._forget_code()
+                raise
+        finally:
+            activity.withdraw_joining(gcs, joining)
 
     def connect(self) -> "AttachedPool":
         self.ensure_open()
@@ -256,6 +278,8 @@ class AttachedPool(PoolOperations):
     def close(self) -> None:
         """Leave the pool (this process stops being its Ray driver); the pool stays up."""
         self._closed = True
+        if self._keeper_watch is not None:
+            self._keeper_watch.stop()
         if self._connection is not None:
             self.dispatcher.before_disconnect()
             self._connection.disconnect()

@@ -19,6 +19,7 @@ on either clock, or when the head is lost; the record goes once nothing is left.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import sys
 import time
@@ -68,11 +69,12 @@ def hold(compute: Compute, spec: DetachedSpec, started_at: float) -> str:
              f"{describe_duration(spec.idle_timeout)} idle or {describe_duration(spec.max_lifetime)} in all")
         gcs = driver.gcs_client()
         last_active, last_written, busy = time.time(), 0.0, "starting"
+        joining = activity.Joining()
         while True:
             time.sleep(POLL_S)
             now = time.time()
             try:
-                reason = activity.busy_reason(gcs)
+                reason = activity.busy_reason(gcs, joining, time.monotonic())
             except Exception as error:  # the head busy or briefly away: not idle (its loss is the replacer's job)
                 reason = f"the head did not answer ({type(error).__name__})"
             if reason is not None:
@@ -88,6 +90,9 @@ def hold(compute: Compute, spec: DetachedSpec, started_at: float) -> str:
                 pool_state.update_detached(cluster.name, last_active=last_active, cost=compute.cost, busy=busy)
                 last_written = now
     finally:
+        # Before the teardown, whatever ends the hold (a clock, a signal): attached processes stop waiting on it.
+        with contextlib.suppress(Exception):
+            pool_state.update_detached(cluster.name, status="ending")
         if board is not None:
             board.stop()
 

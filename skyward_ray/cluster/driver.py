@@ -97,7 +97,7 @@ class DriverConnection:
         self.tunnel = tunnel
         self._token = auth_token
         self._node_ip = node_ip
-        self._runtime_env = runtime_env
+        self.runtime_env = runtime_env  # what `connect` joins with; may be set until then
         self._interval = heartbeat_interval
         self._saved_env: dict[str, str | None] = {}
         self._saved_failure_switch: bool | None = None
@@ -155,8 +155,8 @@ class DriverConnection:
         # messages only when asked for (`node_output`): a crashing worker otherwise floods stderr
         # with lines the raised error already sums up.
         kwargs: dict[str, Any] = {"address": self.address}
-        if self._runtime_env:
-            kwargs["runtime_env"] = self._runtime_env
+        if self.runtime_env:
+            kwargs["runtime_env"] = self.runtime_env
         if not self.through_client:
             kwargs.update(log_to_driver=True, configure_logging=False)
             route_raylet_messages()

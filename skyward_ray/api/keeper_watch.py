@@ -1,0 +1,62 @@
+"""An attached process's watch on the detached pool it joined: has the pool's keeper ended it?
+
+A detached pool ends without asking the processes attached to it: `skyward-ray down` from another
+shell, its idle timeout (no task running), its max lifetime. An attached process is a Ray driver
+with no machines of its own to watch, and Ray does not tell it: a wait on a cluster whose head
+has gone just goes on, until Ray's core worker gives up on the GCS and ends the whole process
+minutes later (seen: a call sent after `down` waited past 170 s). The keeper's record says it at
+once: it marks the pool "ending" before it tears the pool down, removes the record at the end,
+and a keeper that died leaves a record whose owner is gone.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from skyward_ray.cluster import pool_state
+from skyward_ray.errors import PoolClosedError
+
+POLL_S = 1.0  # a read of one small local file
+
+
+def pool_end(name: str) -> PoolClosedError | None:
+    """Why the detached pool `name` is over (an error to raise in the attached process's code), or None."""
+    record = pool_state.read_record(name)
+    if record is None:
+        why = "has ended"
+    elif record.owner.alive() is False:
+        why = f"is ending: its keeper (pid {record.owner.pid}) is gone"
+    elif (record.detached or {}).get("status") == "ending":
+        why = "is ending (`skyward-ray down`, its idle timeout or its max lifetime)"
+    else:
+        return None
+    return PoolClosedError(f"pool {name!r} {why}; calls to it cannot finish. Bring a new one up "
+                           f"(`skyward-ray up`, `sky.Compute(...).up()`) and attach to that")
+
+
+class KeeperWatch:
+    """Calls `on_end(error)` once, from its own thread, when the pool is seen to end."""
+
+    def __init__(self, name: str, on_end: Callable[[PoolClosedError], None]) -> None:
+        self._name = name
+        self._on_end = on_end
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"skyward-keeper-watch-{name}", daemon=True)
+        self.ended: PoolClosedError | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(POLL_S):
+            error = pool_end(self._name)
+            if error is not None:
+                self.ended = error
+                self._on_end(error)
+                return
