@@ -44,8 +44,10 @@ RESULTS: dict[tuple[str, str], str] = {}
 DOUBLE_SIGNAL_NODES = {"local": 3}
 
 DRIVER = r"""
-import importlib, json, os, sys, time
+import faulthandler, importlib, json, os, signal, sys, time
 import skyward_ray as sky
+
+faulthandler.register(signal.SIGUSR2, all_threads=True)  # a driver that hangs shows the test where (below)
 
 spec = json.loads(os.environ["LEAK_PROVIDER"])
 provider = getattr(importlib.import_module(spec["module"]), spec["class"])(**spec["fields"])
@@ -295,6 +297,8 @@ def case_head_lost(h: Harness) -> None:
         try:
             output = proc.communicate(timeout=120)[0]
         except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR2)  # every thread's Python stack, into its output
+            time.sleep(2)
             proc.kill()
             output = proc.communicate()[0]
             why = f"\n--- {h.explain(head)}" if h.explain else ""
