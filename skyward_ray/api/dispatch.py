@@ -204,6 +204,7 @@ class Dispatcher:
         self.channel: CallChannel | None = None
         self._opening: threading.Thread | None = None
         self._closing = threading.Event()
+        self._exported: set[Any] = set()  # Ray functions submitted once on this pool's job (so exported)
 
     def open_channel(self, open_: Callable[[Callable[[], None]], CallChannel]) -> None:
         """Open the call channel in the background (`open_(on_drop)`); calls use it once it is open.
@@ -227,10 +228,41 @@ class Dispatcher:
 
     def send(self, pending: PendingFunction[Any], options: dict[str, Any]) -> ray.ObjectRef:
         """Submit one call as a Ray task with `options`."""
-        remote = pending.function.ray_function(self.shipped)
-        if options:
-            remote = remote.options(**options)
-        return remote.remote(*pending.args, **pending.kwargs)
+        function = pending.function.ray_function(self.shipped)
+        remote = function.options(**options) if options else function
+        if function in self._exported:
+            return remote.remote(*pending.args, **pending.kwargs)
+        ref = self._first_submission(lambda: remote.remote(*pending.args, **pending.kwargs))
+        self._exported.add(function)
+        return ref
+
+    def _first_submission(self, submit: Callable[[], ray.ObjectRef]) -> ray.ObjectRef:
+        """A function's first call on the pool, submitted from a helper thread and waited for in slices.
+
+        On its first submission Ray exports the function to the head's GCS, a request without a
+        deadline. Had the head gone just then, this thread would sit inside Ray's C++ code, deaf to
+        the pool's loss (its signal handler runs only between Python bytecodes), until Ray's core
+        worker ended the whole process 300 s later (`DRIVER_GCS_PATIENCE_S`), teardown unrun (seen
+        in CI: a driver's first `nap(...) >> pool` right after its head was killed). Later
+        submissions of it are asynchronous inside Ray, so they go directly.
+        """
+        outcome: list[Any] = []
+
+        def submitting() -> None:
+            try:
+                outcome.append((True, submit()))
+            except BaseException as error:  # noqa: BLE001 - raised in the caller's thread below
+                outcome.append((False, error))
+
+        helper = threading.Thread(target=submitting, name="skyward-first-submission", daemon=True)
+        helper.start()
+        while helper.is_alive():
+            helper.join(WAIT_SLICE_S)
+            self.watch.check_interrupt()  # the pool's loss, raised here rather than after Ray gives up
+        [(ok, value)] = outcome
+        if not ok:
+            raise value
+        return value
 
     def _channel_call(self, pending: PendingFunction[Any],
                       options: dict[str, Any]) -> tuple[str, Callable[[], bytes], bytes, bool]:
@@ -369,6 +401,7 @@ class Dispatcher:
         channel, self.channel = self.channel, None
         if channel is not None:
             channel.close()
+        self._exported.clear()  # a later job on another cluster exports every function anew
         self.watch.before_disconnect()
 
 
