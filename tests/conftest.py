@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from node_providers.local.process_host import end_processes, identified_processes
+from tests.hard_test_limit import pytest_runtest_protocol  # noqa: F401 - a hook: a stuck test ends its worker
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("SKYWARD_QUIET", "1")

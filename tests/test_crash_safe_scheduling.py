@@ -1,4 +1,5 @@
-"""The suite's own `--dist loadgroup` finishes, with the right counts, when a worker crashes.
+"""The suite's own `--dist loadgroup` finishes, with the right counts, when a worker crashes
+(and a test stuck past the hard limit, tests/hard_test_limit.py, is such a crash).
 
 Each case is a small project run by a real nested `pytest -n N --dist loadgroup` using the suite's
 scheduler (tests/crash_safe_scheduling.py); a test in it ends its worker's process the way a native
@@ -12,6 +13,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ from tests.conftest import REPO
 CONFTEST = """
 import pytest
 from tests.crash_safe_scheduling import CrashSafeLoadGroupScheduling
+from tests.hard_test_limit import pytest_runtest_protocol
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
 def pytest_xdist_make_scheduler(config, log):
@@ -45,20 +48,35 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_a_crashed_worker_costs_one_failure_and_the_run_still_ends(case: str, tmp_path: Path) -> None:
-    workers, files = CASES[case]
+def run_nested(tmp_path: Path, workers: int, files: dict[str, str], env: dict[str, str] | None = None) -> str:
+    """`pytest -n WORKERS --dist loadgroup` over `files` with the suite's scheduler; its output."""
     (tmp_path / "conftest.py").write_text(CONFTEST)
     for name, text in files.items():
         (tmp_path / name).write_text(text)
-    expected_passes = sum(text.count("def test_") for text in files.values()) - 1
-    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", str(workers),
-                           "--dist", "loadgroup", "-rA", str(tmp_path)],
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:timeout",
+                           "-n", str(workers), "--dist", "loadgroup", "-rA", str(tmp_path)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
-    out = done.stdout + done.stderr
-    assert done.returncode == 1, out
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", **(env or {})})
+    assert done.returncode == 1, done.stdout + done.stderr
+    return done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_crashed_worker_costs_one_failure_and_the_run_still_ends(case: str, tmp_path: Path) -> None:
+    workers, files = CASES[case]
+    expected_passes = sum(text.count("def test_") for text in files.values()) - 1
+    out = run_nested(tmp_path, workers, files)
     assert re.search(rf"\b1 failed, {expected_passes} passed\b", out), out
     assert "crashed while running" in out and "test_crash" in out, out
     assert len(re.findall(r"^PASSED ", out, flags=re.MULTILINE)) == expected_passes, out
     assert out.count("node down") == 1, "the crashed test ran again on the replacement worker:\n" + out
+
+
+def test_a_test_past_the_hard_limit_ends_its_worker_and_the_run_goes_on(tmp_path: Path) -> None:
+    """A test stuck where pytest-timeout's signal cannot reach it (here: no pytest-timeout at all)
+    is ended at the hard limit, reported as its worker's crash, and the other tests still run."""
+    files = {"test_stuck.py": SINGLE.format("stuck", 60), "test_rest.py": PASSING.format("rest")}
+    started = time.monotonic()
+    out = run_nested(tmp_path, 1, files, {"SKYWARD_TEST_HARD_LIMIT_S": "3"})
+    assert time.monotonic() - started < 45, out
+    assert re.search(r"\b1 failed, 3 passed\b", out) and "crashed while running 'test_stuck.py::test_stuck'" in out, out
