@@ -284,7 +284,8 @@ def test_a_call_on_an_attached_pool_that_is_ended_meanwhile_raises_instead_of_wa
             square(1) >> pool  # and so does the next call, at once
     finally:
         pool.close()
-        assert f"local {name}: gone" in down.communicate(timeout=120)[0]
+        said = down.communicate(timeout=120)[0]
+    assert f"local {name}: gone" in said, said
     print(f"a wait on an attached pool raised {took:.1f}s after `down` was started (3 s of it a sleep)")
     assert_nothing_left(name, keeper)
 
