@@ -10,7 +10,9 @@ test exactly once, and not run the crashed test again.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -53,12 +55,19 @@ def run_nested(tmp_path: Path, workers: int, files: dict[str, str], env: dict[st
     (tmp_path / "conftest.py").write_text(CONFTEST)
     for name, text in files.items():
         (tmp_path / name).write_text(text)
-    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:timeout",
-                           "-n", str(workers), "--dist", "loadgroup", "-rA", str(tmp_path)],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", **(env or {})})
-    assert done.returncode == 1, done.stdout + done.stderr
-    return done.stdout + done.stderr
+    nested = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:timeout",
+                               "-n", str(workers), "--dist", "loadgroup", "-rA", str(tmp_path)],
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", **(env or {})},
+                              start_new_session=True)  # its workers too are ended if it hangs
+    try:
+        out = nested.communicate(timeout=120)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(nested.pid, signal.SIGKILL)
+        out = nested.communicate()[0]
+        raise AssertionError(f"the nested run did not end within 120 s:\n{out}") from None
+    assert nested.returncode == 1, out
+    return out
 
 
 @pytest.mark.parametrize("case", list(CASES))

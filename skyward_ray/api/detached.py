@@ -152,14 +152,15 @@ def ready_record(name: str) -> pool_state.PoolRecord:
     """The record of a detached pool that is up now, or an error saying why there is none."""
     record = pool_state.read_record(name)
     if record is None or record.kind != "keeper":
-        raise PoolClosedError(f"no detached pool named {name!r} is up (`skyward-ray status` lists pools; "
+        raise PoolClosedError(f"no detached pool named {name!r} is up (it has ended, or never came up; "
+                              f"`skyward-ray status` lists pools; "
                               f"`skyward-ray up {name}` brings one up)")
     if record.owner.alive() is False:
         raise PoolClosedError(f"pool {name!r}'s keeper (pid {record.owner.pid}) is gone, so the pool is ending "
                               f"itself; `skyward-ray gc` ends what is left now")
     if (record.detached or {}).get("status") == "ending":
-        raise PoolClosedError(f"pool {name!r} is ending (`skyward-ray down`, its idle timeout or its max lifetime); "
-                              f"bring a new one up with `skyward-ray up`")
+        raise PoolClosedError(f"pool {name!r} is ending (`skyward-ray down`, its idle timeout or its max lifetime), "
+                              f"so calls to it cannot finish; bring a new one up with `skyward-ray up`")
     if (record.detached or {}).get("status") != "ready":
         raise PoolClosedError(f"pool {name!r} is {(record.detached or {}).get('status', 'starting')}, not ready yet")
     return record
@@ -248,7 +249,8 @@ class AttachedPool(PoolOperations):
             connection.disconnect()  # gives back this process's Ray settings (the token) as they were
             raise
         self._connection = connection
-        self._keeper_watch = KeeperWatch(self.name, self.dispatcher.watch.interrupt_waits)
+        self._keeper_watch = KeeperWatch(self.name, lambda: ready_record(self.name),
+                                         self.dispatcher.watch.interrupt_waits)
         self._keeper_watch.start()
 
     def _join(self, connection: DriverConnection) -> None:
@@ -259,15 +261,14 @@ class AttachedPool(PoolOperations):
         try:
             image = Image(pip=list((self._record.detached or {}).get("image_pip") or []))
             self._code = StagedCode.find(image)
-            try:
-                modules = self._code.stage()
-                self.dispatcher.shipped = self._code.shipped
-                shares_python = provider_class(self._record.provider).nodes_share_driver_python
-                connection.runtime_env = job_runtime_env(image, shares_python, modules)
-                connection.connect(heartbeat=False)  # the keeper beats; a client that leaves must not end the pool
-            except BaseException:
-                self._forget_code()
-                raise
+            modules = self._code.stage()
+            self.dispatcher.shipped = self._code.shipped
+            shares_python = provider_class(self._record.provider).nodes_share_driver_python
+            connection.runtime_env = job_runtime_env(image, shares_python, modules)
+            connection.connect(heartbeat=False)  # the keeper beats; a client that leaves must not end the pool
+        except BaseException:
+            self._forget_code()
+            raise
         finally:
             activity.withdraw_joining(gcs, joining)
 

@@ -74,7 +74,7 @@ def hold(compute: Compute, spec: DetachedSpec, started_at: float) -> str:
             time.sleep(POLL_S)
             now = time.time()
             try:
-                reason = activity.busy_reason(gcs, joining, time.monotonic())
+                reason = activity.busy_reason(gcs, joining)
             except Exception as error:  # the head busy or briefly away: not idle (its loss is the replacer's job)
                 reason = f"the head did not answer ({type(error).__name__})"
             if reason is not None:

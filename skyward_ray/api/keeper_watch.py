@@ -6,7 +6,8 @@ with no machines of its own to watch, and Ray does not tell it: a wait on a clus
 has gone just goes on, until Ray's core worker gives up on the GCS and ends the whole process
 minutes later (seen: a call sent after `down` waited past 170 s). The keeper's record says it at
 once: it marks the pool "ending" before it tears the pool down, removes the record at the end,
-and a keeper that died leaves a record whose owner is gone.
+and a keeper that died leaves a record whose owner is gone. Whether the record still says the pool
+is usable is `detached.ready_record`'s question, asked here once a second.
 """
 
 from __future__ import annotations
@@ -14,32 +15,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from skyward_ray.cluster import pool_state
 from skyward_ray.errors import PoolClosedError
 
 POLL_S = 1.0  # a read of one small local file
 
 
-def pool_end(name: str) -> PoolClosedError | None:
-    """Why the detached pool `name` is over (an error to raise in the attached process's code), or None."""
-    record = pool_state.read_record(name)
-    if record is None:
-        why = "has ended"
-    elif record.owner.alive() is False:
-        why = f"is ending: its keeper (pid {record.owner.pid}) is gone"
-    elif (record.detached or {}).get("status") == "ending":
-        why = "is ending (`skyward-ray down`, its idle timeout or its max lifetime)"
-    else:
-        return None
-    return PoolClosedError(f"pool {name!r} {why}; calls to it cannot finish. Bring a new one up "
-                           f"(`skyward-ray up`, `sky.Compute(...).up()`) and attach to that")
-
-
 class KeeperWatch:
-    """Calls `on_end(error)` once, from its own thread, when the pool is seen to end."""
+    """Calls `on_end(error)` once, from its own thread, when `check()` first raises `PoolClosedError`."""
 
-    def __init__(self, name: str, on_end: Callable[[PoolClosedError], None]) -> None:
-        self._name = name
+    def __init__(self, name: str, check: Callable[[], object], on_end: Callable[[PoolClosedError], None]) -> None:
+        self._check = check
         self._on_end = on_end
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"skyward-keeper-watch-{name}", daemon=True)
@@ -55,8 +40,9 @@ class KeeperWatch:
 
     def _run(self) -> None:
         while not self._stop.wait(POLL_S):
-            error = pool_end(self._name)
-            if error is not None:
+            try:
+                self._check()
+            except PoolClosedError as error:
                 self.ended = error
                 self._on_end(error)
                 return

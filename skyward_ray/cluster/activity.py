@@ -23,7 +23,9 @@ The keeper itself is no Ray driver, so it never counts.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
+import time
 from typing import Any
 
 from skyward_ray.names import HEARTBEAT_NAMESPACE
@@ -47,10 +49,8 @@ def announce_joining(gcs: Any, timeout: float = 5.0) -> bytes:
 def withdraw_joining(gcs: Any, key: bytes, timeout: float = 5.0) -> None:
     """On the client, once joined (then its job counts) or failed to. Best effort: a key left behind
     stops counting after JOIN_PATIENCE_S."""
-    try:
+    with contextlib.suppress(Exception):
         gcs.internal_kv_del(key, False, _KV_NAMESPACE, timeout=timeout)
-    except Exception:
-        pass
 
 
 class Joining:
@@ -59,16 +59,16 @@ class Joining:
     def __init__(self) -> None:
         self._first_seen: dict[bytes, float] = {}
 
-    def count(self, gcs: Any, now: float, timeout: float = 5.0) -> int:
+    def count(self, gcs: Any, timeout: float = 5.0) -> int:
         keys = gcs.internal_kv_keys(_JOINING_PREFIX, _KV_NAMESPACE, timeout=timeout)
+        now = time.monotonic()
         self._first_seen = {key: self._first_seen.get(key, now) for key in keys}
         return sum(1 for seen in self._first_seen.values() if now - seen < JOIN_PATIENCE_S)
 
 
-def busy_reason(gcs: Any, joining: Joining | None = None, now: float = 0.0, timeout: float = 5.0) -> str | None:
+def busy_reason(gcs: Any, joining: Joining | None = None, timeout: float = 5.0) -> str | None:
     """Why the pool is in use now (a short phrase), or None when it is idle. Raises when the GCS does not answer.
-
-    `joining` (the keeper's, with `now` on a monotonic clock) counts clients still joining."""
+    `joining` (the keeper's) counts clients still joining."""
     from ray.autoscaler.v2.sdk import get_cluster_resource_state
 
     jobs = gcs.get_all_job_info(timeout=timeout)
@@ -76,7 +76,7 @@ def busy_reason(gcs: Any, joining: Joining | None = None, now: float = 0.0, time
             if not job.is_dead and not job.config.ray_namespace.startswith(_INTERNAL_NAMESPACE)]
     if live:
         return f"{len(live)} Ray driver{'s' if len(live) != 1 else ''} attached"
-    arriving = joining.count(gcs, now, timeout) if joining is not None else 0
+    arriving = joining.count(gcs, timeout) if joining is not None else 0
     if arriving:
         return f"{arriving} client{'s' if arriving != 1 else ''} joining"
     state = get_cluster_resource_state(gcs)
