@@ -182,8 +182,13 @@ class SimulatedHosts:
         if self.stopping.is_set():
             return []
         self.stopping.set()
-        for thread in list(self.threads):
-            thread.join(timeout=30)
+        # a step under way may still start threads (a machine's end): wait for those as well
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            alive = [t for t in list(self.threads) if t.is_alive() and t is not threading.current_thread()]
+            if not alive:
+                break
+            alive[0].join(timeout=max(0.0, deadline - time.monotonic()))
         self.detach()
         left = self.running()
         try:

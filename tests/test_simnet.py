@@ -79,6 +79,30 @@ def test_a_network_whose_owner_died_is_cleaned_by_the_next_one() -> None:
     assert orphan.leftovers() == [] and fresh.leftovers() == []
 
 
+@needs_simnet
+def test_a_closed_network_never_claims_the_namespace_that_reuses_its_inode() -> None:
+    """The kernel gives a destroyed namespace's inode number to the next one made on the machine
+    (here, at once): another network's host then looks like ours by inode. A closed network's
+    check must not report that host's process, and closing again must not end it (in CI, another
+    test worker's machine)."""
+    with SimNetwork() as first:
+        first.add_host("a")
+        theirs = {os.stat(f"/run/netns/{ns}").st_ino for ns in (first.vpc_namespace, f"{first.prefix}-a")}
+    with SimNetwork() as second:
+        reused = None
+        for n in range(10):  # the numbers are freed once the kernel has destroyed them (soon after, not at once)
+            host = second.add_host(f"b{n}")
+            if os.stat(f"/run/netns/{host.namespace}").st_ino in theirs:
+                reused = host
+                break
+            time.sleep(0.2)
+        assert reused is not None, "no new namespace got a freed inode number (the kernel reuses the lowest free one)"
+        sleeper = reused.run(["sleep", "600"], env={"PATH": SYSTEM_PATH})
+        assert first.leftovers() == [], "a process in another network's namespace is not ours"
+        first.close()  # idempotent, and blind to the other network
+        assert psutil.pid_exists(sleeper) and psutil.Process(sleeper).status() != psutil.STATUS_ZOMBIE
+
+
 # ---------------------------------------------------------------------------------------- isolation
 
 

@@ -13,7 +13,7 @@ import re
 import shutil
 from pathlib import Path
 
-from tests.simnet.processes import end_pids, netns_inode, processes_in_netns, start_time
+from tests.simnet.processes import NamespacePins, end_pids, processes_in_netns, start_time
 from tests.simnet.system import IP, SimNetError, run_command
 
 # `ip netns exec NS` binds /etc/netns/NS/<entry> over /etc/<entry>: a simulated machine's own /etc
@@ -43,26 +43,31 @@ def _prefixed_links(prefix: str) -> list[str]:
     return names
 
 
-def cleanup_prefix(prefix: str, inodes: set[int] | None = None) -> None:
+def cleanup_prefix(prefix: str, pinned: set[int] | None = None) -> None:
     """Remove everything named with `prefix`: end processes in its namespaces by pid, delete them,
-    delete its root-namespace links. Touches nothing else on the machine."""
+    delete its root-namespace links. Touches nothing else on the machine.
+
+    `pinned`: inodes of this network's namespaces that the caller holds (`NamespacePins`), so that
+    one whose name is already gone is still searched. Every namespace found by name is pinned here
+    until the last check, so that no other network's new namespace, which may get a deleted one's
+    inode number, is taken for one of ours.
+    """
     if not re.match(r"^sn[0-9a-f]{5}$", prefix):
         raise ValueError(f"not a simnet prefix: {prefix!r}")
-    inodes = set(inodes or ())
-    namespaces = _prefixed_namespaces(prefix)
-    for ns in namespaces:
-        inode = netns_inode(ns)
-        if inode is not None:
-            inodes.add(inode)
-    if inodes:
-        end_pids(lambda: processes_in_netns(inodes), grace=1.0)
-    for ns in namespaces:
-        run_command([IP, "netns", "delete", ns], check=False)
-    for etc in _prefixed_etc(prefix):
-        shutil.rmtree(etc, ignore_errors=True)
-    for link in _prefixed_links(prefix):
-        run_command([IP, "link", "delete", link], check=False)
-    problems = leftovers_of(prefix, inodes, None)
+    with NamespacePins() as named:
+        namespaces = _prefixed_namespaces(prefix)
+        for ns in namespaces:
+            named.pin(ns)
+        inodes = set(pinned or ()) | named.inodes()
+        if inodes:
+            end_pids(lambda: processes_in_netns(inodes), grace=1.0)
+        for ns in namespaces:
+            run_command([IP, "netns", "delete", ns], check=False)
+        for etc in _prefixed_etc(prefix):
+            shutil.rmtree(etc, ignore_errors=True)
+        for link in _prefixed_links(prefix):
+            run_command([IP, "link", "delete", link], check=False)
+        problems = leftovers_of(prefix, inodes, None)
     if problems:
         raise SimNetError(f"simnet {prefix} left: {problems}")
 
@@ -104,7 +109,8 @@ def cleanup_orphans() -> list[str]:
 
 def leftovers_of(prefix: str, inodes: set[int], directory: Path | None) -> list[str]:
     """What of network `prefix` still exists: namespaces, root links, processes in its namespaces
-    (`inodes`), and with `directory`, processes running from it and the directory itself."""
+    (`inodes`, which the caller keeps pinned), and with `directory`, processes running from it and
+    the directory itself."""
     found = [f"namespace {n}" for n in _prefixed_namespaces(prefix)]
     found += [f"link {n}" for n in _prefixed_links(prefix)]
     found += [f"directory {e}" for e in _prefixed_etc(prefix)]

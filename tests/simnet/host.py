@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from tests.simnet.firewall import Rule
-from tests.simnet.processes import end_pids, log_tail, netns_inode, processes_in_netns
+from tests.simnet.processes import NamespacePins, end_pids, log_tail, processes_in_netns
 from tests.simnet.sshd import write_sshd_files
 from tests.simnet.system import IP, SETSID, SSHD, SYSTEM_PATH, SimNetError, run_command
 
@@ -142,8 +142,10 @@ class SimHost:
 
     def stop(self, grace: float = 3.0) -> None:
         """End every process in the namespace by pid (SIGTERM, SIGKILL after `grace`) and reap ours."""
-        inode = netns_inode(self.namespace)
-        end_pids(lambda: processes_in_netns({inode}) if inode is not None else self.pids(), grace=grace)
+        with NamespacePins() as pin:  # its inode stays ours while we look (see NamespacePins)
+            inode = pin.pin(self.namespace)
+            if inode is not None:  # else its name is gone: the network's teardown ends what is left by inode
+                end_pids(lambda: processes_in_netns({inode}), grace=grace)
         for child in self._children:
             try:
                 child.wait(5)

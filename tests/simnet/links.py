@@ -9,17 +9,15 @@ from __future__ import annotations
 import ipaddress
 import random
 
-from tests.simnet.processes import netns_inode
+from tests.simnet.processes import NamespacePins
 from tests.simnet.system import IP, SimNetError, run_command
 
 
-def add_namespace(name: str, inodes: set[int]) -> None:
-    """Create a network namespace with its loopback up; its inode goes into `inodes` at once (its
-    processes are found by inode, even when a later step fails)."""
+def add_namespace(name: str, pins: NamespacePins) -> None:
+    """Create a network namespace with its loopback up, pinned in `pins` at once (its processes are
+    found by its inode, even when a later step fails)."""
     run_command([IP, "netns", "add", name])
-    inode = netns_inode(name)
-    if inode is not None:
-        inodes.add(inode)
+    pins.pin(name)
     run_command([IP, "-n", name, "link", "set", "lo", "up"])
 
 

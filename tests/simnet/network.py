@@ -44,7 +44,7 @@ from tests.simnet.firewall import Rule, driver_ssh_only, host_ruleset, load_rule
 from tests.simnet.host import SimHost
 from tests.simnet.links import add_bridges, add_namespace, attach_host, free_public_net
 from tests.simnet.probes import read_banner, tcp_connects
-from tests.simnet.processes import end_pids, processes_in_netns, start_time
+from tests.simnet.processes import NamespacePins, end_pids, processes_in_netns, start_time
 from tests.simnet.system import APT_LINE, IP, SETSID, SSHD, SYSTEM_PATH, SimNetError, check_available
 
 __all__ = [  # what this module has always offered, wherever it is defined now
@@ -71,7 +71,7 @@ class SimNetwork:
         self.driver_ip = ""
         self.vpc_namespace = ""
         self.public_bridge = ""
-        self._inodes: set[int] = set()
+        self._pins = NamespacePins()  # every namespace this network made, held until close
         self._open = False
 
     # ----------------------------------------------------------------- lifecycle
@@ -109,7 +109,7 @@ class SimNetwork:
             self.driver_ip = str(self.public_net[1])
             self.vpc_namespace = f"{self.prefix}-vpc"
             self.public_bridge = f"{self.prefix}br"
-            add_namespace(self.vpc_namespace, self._inodes)
+            add_namespace(self.vpc_namespace, self._pins)
             add_bridges(self.vpc_namespace, self.public_bridge, self.driver_ip)
         except BaseException:
             self.close()
@@ -149,7 +149,7 @@ class SimNetwork:
         host.allowed_tcp = list(allowed_tcp) if allowed_tcp is not None else driver_ssh_only(self.driver_ip)
         host.directory.mkdir(mode=0o700)
         self.hosts[name] = host
-        add_namespace(namespace, self._inodes)
+        add_namespace(namespace, self._pins)
         attach_host(namespace, vpc_namespace=self.vpc_namespace, vpc_port=f"h{index}",
                     private_cidr=f"{host.private_ip}/{self.private_net.prefixlen}",
                     public_bridge=self.public_bridge, root_end=f"{self.prefix}p{index}", public_ip=host.public_ip)
@@ -171,9 +171,12 @@ class SimNetwork:
             except Exception as exc:  # keep going: the namespaces must go regardless
                 errors.append(str(exc))
         try:
-            cleanup_prefix(self.prefix, self._inodes)
+            cleanup_prefix(self.prefix, self._pins.inodes())
         except Exception as exc:
             errors.append(str(exc))
+        finally:
+            # checked while pinned; a namespace let go now, with no process and no name, is destroyed
+            self._pins.release()
         shutil.rmtree(self.directory, ignore_errors=True)
         self._open = False
         if errors:
@@ -181,7 +184,7 @@ class SimNetwork:
 
     def leftovers(self) -> list[str]:
         """What of this network still exists (namespaces, root links, processes, files); [] when clean."""
-        return leftovers_of(self.prefix, self._inodes, self.directory)
+        return leftovers_of(self.prefix, self._pins.inodes(), self.directory)
 
     def describe(self) -> str:
         """One line with this network's ranges and every host's addresses (for failure messages)."""

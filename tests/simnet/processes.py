@@ -16,16 +16,54 @@ from pathlib import Path
 from tests.simnet.system import SimNetError
 
 
-def netns_inode(name: str) -> int | None:
-    """The inode of a named network namespace (what /proc/PID/ns/net points at), or None if it is gone."""
-    try:
-        return os.stat(f"/run/netns/{name}").st_ino
-    except OSError:
-        return None
+class NamespacePins:
+    """Open handles on named network namespaces: each keeps its namespace, and so its inode number, alive.
+
+    Why: a namespace's processes are told apart from everyone else's only by its inode number (what
+    /proc/PID/ns/net points at), and the kernel hands a destroyed namespace's number to the very
+    next namespace created on the machine, by any process (another test worker's network). So a
+    check by inode is sound only while the namespace is pinned. Released with no process and no
+    name left, a namespace is destroyed, and nothing can enter it again.
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[str, tuple[int, int]] = {}  # namespace name → (inode, open fd)
+
+    def pin(self, name: str) -> int | None:
+        """Hold namespace `name` from now on; its inode, or None when no namespace has that name."""
+        if name in self._held:
+            return self._held[name][0]
+        try:
+            fd = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        inode = os.fstat(fd).st_ino
+        self._held[name] = (inode, fd)
+        return inode
+
+    def inode(self, name: str) -> int | None:
+        held = self._held.get(name)
+        return held[0] if held else None
+
+    def inodes(self) -> set[int]:
+        return {inode for inode, _ in self._held.values()}
+
+    def release(self) -> None:
+        """Let the namespaces go (each is destroyed once no process and no name holds it). Idempotent."""
+        held, self._held = self._held, {}
+        for _, fd in held.values():
+            os.close(fd)
+
+    def __enter__(self) -> NamespacePins:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def processes_in_netns(inodes: set[int]) -> list[int]:
-    """Pids of live processes whose network namespace is one of `inodes` (works after `netns delete`)."""
+    """Pids of live processes whose network namespace is one of `inodes` (works after `netns delete`;
+    sound only while those namespaces are pinned: `NamespacePins`)."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
