@@ -26,7 +26,7 @@ import pytest
 from skyward_ray.cluster.ssh_keys import cluster_key_dir, generate_keypair, remove_key_dir, write_known_hosts
 from skyward_ray.cluster.ssh_tunnel import HostKeyMismatchError, SSHTunnel, TunnelError
 from tests.simnet import SimNetwork, read_banner, tcp_connects
-from tests.simnet.network import SYSTEM_PATH
+from tests.simnet.network import IP, SYSTEM_PATH
 from tests.simnet.testkit import (
     TIMINGS,
     Keys,
@@ -81,26 +81,47 @@ def test_a_network_whose_owner_died_is_cleaned_by_the_next_one() -> None:
 
 @needs_simnet
 def test_a_closed_network_never_claims_the_namespace_that_reuses_its_inode() -> None:
-    """The kernel gives a destroyed namespace's inode number to the next one made on the machine
-    (here, at once): another network's host then looks like ours by inode. A closed network's
-    check must not report that host's process, and closing again must not end it (in CI, another
-    test worker's machine)."""
+    """The kernel gives a destroyed namespace's inode number to the next namespace made on the
+    machine (the lowest free number): someone else's namespace then looks like ours by inode. A
+    closed network's check must not report that namespace's process, and closing again must not
+    end it (in CI: another test worker's machine)."""
     with SimNetwork() as first:
         first.add_host("a")
         theirs = {os.stat(f"/run/netns/{ns}").st_ino for ns in (first.vpc_namespace, f"{first.prefix}-a")}
-    with SimNetwork() as second:
+    held: list[str] = []  # namespaces made to take the free numbers up to one of `theirs`
+    sleeper = None
+    try:
         reused = None
-        for n in range(10):  # the numbers are freed once the kernel has destroyed them (soon after, not at once)
-            host = second.add_host(f"b{n}")
-            if os.stat(f"/run/netns/{host.namespace}").st_ino in theirs:
-                reused = host
+        for attempt in range(3):  # the numbers are free once the kernel has destroyed the namespaces (soon)
+            time.sleep(0.5)
+            for n in range(400):
+                name = f"snreuse{os.getpid()}x{attempt}x{n}"  # not a simnet prefix: no network's cleanup takes it
+                subprocess.run([IP, "netns", "add", name], check=True)
+                held.append(name)
+                number = os.stat(f"/run/netns/{name}").st_ino
+                if number in theirs:
+                    reused = name
+                    break
+                if number > max(theirs):
+                    break  # ours were not free (yet, or taken by another process)
+            if reused:
                 break
-            time.sleep(0.2)
-        assert reused is not None, "no new namespace got a freed inode number (the kernel reuses the lowest free one)"
-        sleeper = reused.run(["sleep", "600"], env={"PATH": SYSTEM_PATH})
-        assert first.leftovers() == [], "a process in another network's namespace is not ours"
-        first.close()  # idempotent, and blind to the other network
-        assert psutil.pid_exists(sleeper) and psutil.Process(sleeper).status() != psutil.STATUS_ZOMBIE
+        if reused is None:
+            pytest.skip("another process took the freed inode numbers first (a busy machine)")
+        sleeper = subprocess.Popen([IP, "netns", "exec", reused, "sleep", "600"], start_new_session=True)
+        deadline = time.monotonic() + 10
+        while psutil.Process(sleeper.pid).name() != "sleep":  # it is in the namespace once it runs sleep
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert first.leftovers() == [], "a process in another namespace is not ours"
+        first.close()  # idempotent, and blind to the other namespace
+        assert sleeper.poll() is None, "closing a closed network ended another namespace's process"
+    finally:
+        if sleeper is not None:
+            sleeper.kill()
+            sleeper.wait(10)
+        for name in held:
+            subprocess.run([IP, "netns", "delete", name], check=False)
 
 
 # ---------------------------------------------------------------------------------------- isolation
