@@ -55,16 +55,16 @@ def _home(proc) -> str:
         return ""
 
 
-def pool_processes(except_open: bool = False) -> list:
+def pool_processes(except_open: bool = False, of: str = "sky-") -> list:
     """Every live process of the local pools this test run launched (their HOME is below the run's
-    temp dir). With `except_open`, processes of pools still open in this test process (a
-    module-scoped pool shared by several tests) are left out."""
+    temp dir); with `of`, of that pool only. With `except_open`, processes of pools still open in
+    this test process (a module-scoped pool shared by several tests) are left out."""
     from skyward_ray.api.compute import _OPEN_POOLS
 
     open_names = {pool._cluster.name for pool in list(_OPEN_POOLS) if pool._cluster is not None}
     found = []
     for proc, marker in identified_processes():
-        if not (marker or "").startswith("sky-") or not _home(proc).startswith(RUN_TEMP_DIR + "/"):
+        if not (marker or "").startswith(of) or not _home(proc).startswith(RUN_TEMP_DIR + "/"):
             continue
         if except_open and any(marker.startswith(name + "-") for name in open_names):
             continue

@@ -111,6 +111,14 @@ time.sleep(600)
 """
 
 
+def _is_ray_daemon(proc: psutil.Process) -> bool:
+    """A pool's long-lived process (a short-lived Ray helper that ended meanwhile is not)."""
+    try:
+        return any(daemon in " ".join(proc.cmdline()) for daemon in ("gcs_server", "raylet"))
+    except psutil.Error:
+        return False
+
+
 def test_status_gc_and_down_end_exactly_the_pools_whose_driver_is_gone(key_root):
     orphaned, kept = run_python(OPEN_POOL), run_python(OPEN_POOL)
     try:
@@ -130,8 +138,7 @@ def test_status_gc_and_down_end_exactly_the_pools_whose_driver_is_gone(key_root)
         assert orphan_name in table and "dead (orphan" in table and "$/h" in table and "age" in table
 
         # the pool's long-lived processes (a short-lived Ray helper may end by itself meanwhile)
-        processes = {p.pid for p in pool_processes() if p.environ().get(names.ENV_INSTANCE_ID, "").startswith(orphan_name)
-                     and any(daemon in " ".join(p.cmdline()) for daemon in ("gcs_server", "raylet"))}
+        processes = {p.pid for p in pool_processes(of=orphan_name) if _is_ray_daemon(p)}
         assert processes
         dry = cli("gc", "--dry-run", "-p", "local")
         assert f"would end local {orphan_name}" in dry and kept_name not in dry
@@ -141,7 +148,7 @@ def test_status_gc_and_down_end_exactly_the_pools_whose_driver_is_gone(key_root)
         done = cli("gc", "-p", "local")
         took = time.monotonic() - started
         assert f"ending local {orphan_name}" in done and "gone" in done and kept_name not in done
-        assert not any(p.environ().get(names.ENV_INSTANCE_ID, "").startswith(orphan_name) for p in pool_processes())
+        assert pool_processes(of=orphan_name) == []
         assert orphan_name not in local_status() and kept_name in local_status()
         assert not (key_root / orphan_name).exists() and not (key_root / "sky-00000000").exists()
         assert not (pool_state.runtime_root() / "pools" / f"{orphan_name}.json").exists()
@@ -149,7 +156,7 @@ def test_status_gc_and_down_end_exactly_the_pools_whose_driver_is_gone(key_root)
 
         assert f"local {kept_name}: gone" in cli("down", kept_name, "-p", "local")
         assert local_status() == {}
-        assert not any(p.environ().get(names.ENV_INSTANCE_ID, "").startswith(kept_name) for p in pool_processes())
+        assert pool_processes(of=kept_name) == []
         missing = runner.invoke(app, ["down", "sky-nosuch00", "-p", "local"])
         assert missing.exit_code == 1 and "no skyward pool named 'sky-nosuch00'" in missing.output
     finally:
