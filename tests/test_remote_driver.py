@@ -17,6 +17,8 @@ import http.server
 import importlib.util
 import ipaddress
 import os
+import random
+import signal
 import subprocess
 import sys
 import threading
@@ -27,7 +29,7 @@ import pytest
 import ray
 
 import skyward_ray as sky
-from skyward_ray.api import channel_client
+from skyward_ray.api import channel_client, channel_head
 from tests.conftest import MARKS_NAMESPACE, wait_started
 from tests.simaws.server import VPC_CIDR
 from tests.simaws import SIM_SETTINGS, aws_environment, simulated_aws
@@ -130,18 +132,22 @@ def ssh_children() -> list[psutil.Process]:
     return found
 
 
-def opened_channel(pool, timeout: float = 60):
-    """The pool's call channel, once it opened (in the background, after the pool did)."""
+def opened_channel(pool, timeout: float = 60, lanes: bool = False):
+    """The pool's call channel, once it opened (in the background, after the pool did); with
+    `lanes`, once its lanes opened too (in the background, after the channel did)."""
     deadline = time.monotonic() + timeout
     while pool.dispatcher.channel is None:
         assert time.monotonic() < deadline, "a pool reached through a tunnel gets the call channel"
+        time.sleep(0.1)
+    while lanes and len(pool.dispatcher.channel._lanes) < channel_client.LANES:
+        assert time.monotonic() < deadline, "the channel opens its lanes once it is up"
         time.sleep(0.1)
     return pool.dispatcher.channel
 
 
 def test_the_driver_holds_no_connection_to_a_private_address(region, pool):
     sim = region[0]
-    opened_channel(pool)
+    opened_channel(pool, lanes=True)
     square(3) >> pool
     machines = {ip for i in sim.instances(cluster=pool.name)
                 for ip in (i.get("PrivateIpAddress"), i.get("PublicIpAddress")) if ip}
@@ -150,9 +156,9 @@ def test_the_driver_holds_no_connection_to_a_private_address(region, pool):
     assert "127.0.0.1" in remote, "the driver talks to the pool through the tunnel's local ends"
     assert not machines & set(remote), (machines & set(remote), remote)  # never straight to a machine
     assert not [ip for ip in remote if ipaddress.ip_address(ip) in ipaddress.ip_network(VPC_CIDR)], remote
-    # two SSH connections, both to the head: the tunnel (Ray Client, the GCS) and the call channel (`>>`)
+    # SSH connections, all to the head: the tunnel (Ray Client, the GCS), the call channel (`>>`) and its lanes
     ssh = ssh_children()
-    assert len(ssh) == 2
+    assert len(ssh) == 2 + channel_client.LANES
     head = pool.nodes[0]
     [described] = [i for i in sim.live_instances(cluster=pool.name) if i["InstanceId"] == head.instance_id]
     for process in ssh:
@@ -303,6 +309,38 @@ def divide(a: int, b: int) -> float:
 def late(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
+
+
+@sky.function
+def noise(size: int, seed: int, delay: float = 0.0) -> bytes:
+    time.sleep(delay)
+    return random.Random(seed).randbytes(size)
+
+
+def test_large_results_come_down_in_parts_over_the_lanes_and_whole_when_a_lane_is_lost(pool):
+    channel = opened_channel(pool, lanes=True)
+    size = 3 * channel_head.STRIPE_MIN
+    assert noise(size, 1) >> pool == random.Random(1).randbytes(size)
+    # Every lane stalls (its ssh stopped), so a large result's first part arrives on the connection
+    # and the others wait in the lanes; then the lanes are lost. The head sends the result again, whole.
+    lanes = [proc for proc, _ in channel._lanes.values()]
+    for proc in lanes:
+        os.kill(proc.pid, signal.SIGSTOP)
+    results: list = []
+    worker = threading.Thread(target=lambda: results.append(noise(size, 2) >> pool))
+    worker.start()
+    deadline = time.monotonic() + 60
+    while not channel._assemblies:  # a part is in: the rest are stuck in the lanes
+        assert time.monotonic() < deadline and worker.is_alive(), "the result was not striped over the lanes"
+        time.sleep(0.02)
+    for proc in lanes:
+        os.kill(proc.pid, signal.SIGKILL)
+    worker.join(timeout=60)
+    assert not worker.is_alive()
+    assert results == [random.Random(2).randbytes(size)], "the result arrived whole after its lanes were lost"
+    assert not channel._lanes and channel.usable
+    assert noise(size, 3) >> pool == random.Random(3).randbytes(size), "without lanes it comes on the connection"
+    assert square(4) >> pool == 16
 
 
 def test_cost_counts_every_machine_from_its_launch_at_the_offers_price(pool):

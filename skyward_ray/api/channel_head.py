@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import itertools
 import os
 import threading
 import time
@@ -78,6 +79,8 @@ def done_frame(call_id: int, kind: str, payload: bytes) -> tuple[bytes, bytes]:
 
 
 SMALL = 64 * 1024  # parts below this are joined into one write; larger ones are written as they are
+STRIPE_MIN = 4 * 1024 * 1024  # an outcome this large is striped over the driver's lanes (where it has some)
+STRIPE_PART_MIN = 1024 * 1024  # the smallest part of a striped outcome
 
 
 def write_frames(writer: asyncio.StreamWriter, frames: list[tuple[bytes, bytes]]) -> None:
@@ -98,24 +101,67 @@ def write_frames(writer: asyncio.StreamWriter, frames: list[tuple[bytes, bytes]]
 class _Session:
     def __init__(self) -> None:
         self.writer: asyncio.StreamWriter | None = None
-        self.unacked: dict[int, tuple[bytes, bytes]] = {}  # call id -> its "done" frame's parts, until acknowledged
+        self.lanes: dict[int, asyncio.StreamWriter] = {}  # the driver's extra connections (by its number for them)
+        self.unacked: dict[int, tuple[str, bytes]] = {}  # call id -> its outcome (kind, payload), until acknowledged
         self.running: dict[int, ray.ObjectRef] = {}  # call id -> its task, until it ended
         self.idle_since: float | None = None
-        self._outbox: list[tuple[bytes, bytes]] = []  # frames finished in this turn of the event loop
+        self._outbox: list[int] = []  # calls whose outcomes came in this turn of the event loop
+        self._stripes = itertools.count(1)  # each striping of an outcome is told apart from a resend's
 
-    def send(self, call_id: int, frame: tuple[bytes, bytes]) -> None:
+    def send(self, call_id: int, kind: str, payload: bytes) -> None:
         """Queue an outcome; the outcomes of one turn of the event loop go out in one write (a group's
         calls finish in bursts: one write, one SSH packet, one wake-up of the driver for many)."""
-        self.unacked[call_id] = frame
+        self.unacked[call_id] = (kind, payload)
         if self.writer is not None:
             if not self._outbox:
                 asyncio.get_running_loop().call_soon(self._flush)
-            self._outbox.append(frame)
+            self._outbox.append(call_id)
 
     def _flush(self) -> None:
-        frames, self._outbox = self._outbox, []
-        if self.writer is not None and frames:
-            write_frames(self.writer, frames)
+        call_ids, self._outbox = self._outbox, []
+        self.write_outcomes(call_ids)
+
+    def write_outcomes(self, call_ids: list[int]) -> None:
+        """These calls' outcomes to the driver: each whole on the connection, or a large one striped
+        over the connection and the driver's lanes (`stripe`)."""
+        if self.writer is None:
+            return
+        frames: list[tuple[bytes, bytes]] = []
+        for call_id in call_ids:
+            outcome = self.unacked.get(call_id)
+            if outcome is None:
+                continue
+            kind, payload = outcome
+            lanes = [lane for lane in self.lanes.values() if not lane.is_closing()]
+            if len(payload) < STRIPE_MIN or not lanes:
+                frames.append(done_frame(call_id, kind, payload))
+            else:
+                frames.append(self.stripe(call_id, kind, payload, lanes))
+        write_frames(self.writer, frames)
+
+    def stripe(self, call_id: int, kind: str, payload: bytes, lanes: list[asyncio.StreamWriter]) -> tuple[bytes, bytes]:
+        """Write all but the first part of a large outcome to the lanes, one each; answer the first
+        part's frame (for the connection). Why: an SSH channel carries at most its window (OpenSSH:
+        2 MiB) per round trip, so at 40 ms one connection brings ~50 MB/s; parts on several
+        connections come down side by side."""
+        size = -(-len(payload) // min(len(lanes) + 1, -(-len(payload) // STRIPE_PART_MIN)))
+        offsets = range(0, len(payload), size)
+        stripe_id = next(self._stripes)
+        view = memoryview(payload)
+        parts = [wire.encode_with_trailer(("part", call_id, stripe_id, kind, len(payload), offset, len(offsets)),
+                                          view[offset:offset + size])
+                 for offset in offsets]
+        for lane, part in zip(lanes, parts[1:]):
+            write_frames(lane, [part])
+        return parts[0]
+
+    def resend_striped(self) -> None:
+        """A lane dropped: what it carried may be lost, so every striped outcome still unacknowledged
+        goes again, whole, on the connection (the driver keeps whichever copy completes first)."""
+        if self.writer is None:
+            return
+        write_frames(self.writer, [done_frame(call_id, kind, payload) for call_id, (kind, payload)
+                                   in self.unacked.items() if len(payload) >= STRIPE_MIN])
 
 
 def _value_or_error(ref: ray.ObjectRef) -> Any:
@@ -170,12 +216,16 @@ class CallServer:
                 await writer.drain()
                 return
             key = str(hello.get("session", ""))
+            if hello.get("lane"):
+                lane = int(hello["lane"])
+                await self._serve_lane(self._sessions.setdefault(key, _Session()), lane, reader, writer)
+                return
             session = self._sessions.setdefault(key, _Session())
             if session.writer is not None:
                 session.writer.close()  # a reconnect replaces a connection the driver gave up on
             session.writer, session.idle_since = writer, None
             writer.write(wire.encode_hello({"ok": True, "detail": ""}))
-            write_frames(writer, list(session.unacked.values()))  # what the last connection may not have delivered
+            session.write_outcomes(list(session.unacked))  # what the last connection may not have delivered
             await writer.drain()
             while True:
                 message = await wire.read_frame_async(reader)
@@ -193,6 +243,11 @@ class CallServer:
                 elif kind == "ack":
                     for call_id in message[1]:
                         session.unacked.pop(call_id, None)
+                elif kind == "lane_lost":  # parts written to it may be lost: none go there any more
+                    lost = session.lanes.pop(int(message[1]), None)
+                    if lost is not None:
+                        lost.close()
+                    session.resend_striped()
                 await writer.drain()
         except (wire.ChannelClosed, ConnectionError, asyncio.TimeoutError):
             pass
@@ -200,6 +255,20 @@ class CallServer:
             if session is not None and session.writer is writer:
                 session.writer, session.idle_since = None, time.monotonic()
             writer.close()
+
+    @staticmethod
+    async def _serve_lane(session: _Session, lane: int, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        """A lane: this server only writes to it (parts of large outcomes), until the driver closes it."""
+        writer.write(wire.encode_hello({"ok": True, "detail": ""}))
+        await writer.drain()
+        session.lanes[lane] = writer
+        try:
+            while await reader.read(4096):
+                pass
+        finally:
+            if session.lanes.get(lane) is writer:
+                del session.lanes[lane]
 
     def _submit_all(self, session: _Session, calls: list[tuple[int, str, bytes | None, bytes]]) -> None:
         """Submit a frame's calls as Ray tasks now, in the turn of the event loop that read it. A call
@@ -249,7 +318,7 @@ class CallServer:
             args, kwargs, options = cloudpickle.loads(payload)
             ref = self._with_options(function_key, remote, options).remote(*args, **kwargs)
         except Exception as error:  # noqa: BLE001 - the caller gets it, as a call's failure
-            session.send(call_id, done_frame(call_id, *outcome_of(error)))
+            session.send(call_id, *outcome_of(error))
             return None
         session.running[call_id] = ref
         return ref
@@ -284,10 +353,10 @@ class CallServer:
         for session, call_id, result in done:
             session.running.pop(call_id, None)
             if isinstance(result, RayError):  # how Ray's own `await ref` tells a failure from a value
-                frame = done_frame(call_id, *outcome_of(result))
+                outcome = outcome_of(result)
             else:
                 try:
-                    frame = done_frame(call_id, "value", _pickled_value(result))
+                    outcome = ("value", _pickled_value(result))
                 except Exception as error:  # noqa: BLE001 - a result that cannot travel
-                    frame = done_frame(call_id, *outcome_of(error))
-            session.send(call_id, frame)
+                    outcome = outcome_of(error)
+            session.send(call_id, *outcome)

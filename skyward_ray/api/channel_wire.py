@@ -11,13 +11,21 @@ travels once, never copied into the envelope). The first frame each way is JSON 
 length and the text (nothing is unpickled before the token is checked):
 
     driver -> head: {"token": ..., "session": ...}      the pool's token, a session id
+                    (a lane's: {"token": ..., "session": ..., "lane": n}; see below)
     head -> driver: {"ok": bool, "detail": str}
     driver -> head: ("calls", [(call_id, function_key, function_bytes | None, payload), ...])
                     ("cancel", call_id, force)
                     ("resume", [call_id, ...])            after a reconnect: the calls still waited for
                     ("ack", [call_id, ...])              outcomes received: the head forgets them
+                    ("lane_lost", n)                     lane n dropped: send striped outcomes again, whole
     head -> driver: ("done", call_id, kind, payload)     kind: "value" | "task_error" | "error"
+                    ("part", call_id, stripe_id, kind, total, offset, count, payload)
+                                                         one of `count` parts of a large outcome
                     ("unreceived", [call_id, ...])        of a resume's calls, those that never arrived
+
+A lane is one more connection of the same session that only carries parts: a large outcome's first
+part comes on the connection and each other part on a lane of its own, side by side (one SSH
+channel carries at most its window per round trip).
 
 The envelope is plain `pickle` of bytes, strings and numbers; the user's function (with its Ray
 options) and a call's payload (its arguments and the call's Ray options) travel inside it as
