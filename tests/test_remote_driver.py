@@ -317,29 +317,54 @@ def noise(size: int, seed: int, delay: float = 0.0) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-def test_large_results_come_down_in_parts_over_the_lanes_and_whole_when_a_lane_is_lost(pool):
-    channel = opened_channel(pool, lanes=True)
-    size = 3 * channel_head.STRIPE_MIN
-    assert noise(size, 1) >> pool == random.Random(1).randbytes(size)
-    # Every lane stalls (its ssh stopped), so a large result's first part arrives on the connection
-    # and the others wait in the lanes; then the lanes are lost. The head sends the result again, whole.
+def _striped_while_lanes_stall(pool, channel, seed: int, cut) -> bytes:
+    """`noise(..., seed) >> pool` while every lane stalls (its ssh stopped): the result's first part
+    comes on the connection, the others wait in the lanes; then `cut(lanes)` loses them somehow."""
     lanes = [proc for proc, _ in channel._lanes.values()]
+    assert len(lanes) == channel_client.LANES
     for proc in lanes:
         os.kill(proc.pid, signal.SIGSTOP)
     results: list = []
-    worker = threading.Thread(target=lambda: results.append(noise(size, 2) >> pool))
+    worker = threading.Thread(target=lambda: results.append(noise(3 * channel_head.STRIPE_MIN, seed) >> pool))
     worker.start()
     deadline = time.monotonic() + 60
     while not channel._assemblies:  # a part is in: the rest are stuck in the lanes
         assert time.monotonic() < deadline and worker.is_alive(), "the result was not striped over the lanes"
         time.sleep(0.02)
-    for proc in lanes:
-        os.kill(proc.pid, signal.SIGKILL)
-    worker.join(timeout=60)
-    assert not worker.is_alive()
-    assert results == [random.Random(2).randbytes(size)], "the result arrived whole after its lanes were lost"
-    assert not channel._lanes and channel.usable
-    assert noise(size, 3) >> pool == random.Random(3).randbytes(size), "without lanes it comes on the connection"
+    cut(lanes)
+    worker.join(timeout=90)
+    assert not worker.is_alive() and len(results) == 1
+    return results[0]
+
+
+def test_large_results_come_down_in_parts_over_the_lanes_and_whole_when_a_lane_is_lost(pool):
+    channel = opened_channel(pool, lanes=True)
+    size = 3 * channel_head.STRIPE_MIN
+    assert noise(size, 1) >> pool == random.Random(1).randbytes(size)
+
+    def kill_lanes(lanes) -> None:  # the connection stays: the driver tells the head which lanes it lost
+        for proc in lanes:
+            os.kill(proc.pid, signal.SIGKILL)
+
+    assert _striped_while_lanes_stall(pool, channel, 2, kill_lanes) == random.Random(2).randbytes(size), \
+        "the result arrived whole after its lanes were lost"
+    channel = opened_channel(pool, lanes=True)  # lost lanes are replaced
+    assert noise(size, 3) >> pool == random.Random(3).randbytes(size)
+
+    stalled: list = []
+
+    def drop_connection(lanes) -> None:  # the lanes stay stalled; the connection drops and comes back
+        stalled.extend(lanes)
+        os.kill(channel._proc.pid, signal.SIGKILL)
+
+    assert _striped_while_lanes_stall(pool, channel, 4, drop_connection) == random.Random(4).randbytes(size), \
+        "a reconnect gets the outcome whole"
+    channel = opened_channel(pool, lanes=True)
+    deadline = time.monotonic() + 30
+    while any(proc.poll() is None for proc in stalled):  # the stalled lanes were let go at the reconnect
+        assert time.monotonic() < deadline, "the lanes of the dropped connection were not ended"
+        time.sleep(0.1)
+    assert channel.usable and noise(size, 5) >> pool == random.Random(5).randbytes(size)
     assert square(4) >> pool == 16
 
 

@@ -9,7 +9,10 @@ A large outcome (`channel_head.STRIPE_MIN`) comes down in parts side by side: on
 and one on each of `LANES` more `ssh -W` connections of the same session (lanes), opened in the
 background once the channel is up. Why: one SSH channel carries at most its window (OpenSSH: 2 MiB)
 per round trip, which at 40 ms made a 50 MB result slower than Ray Client's. A lane that drops is
-reported on the connection, and the head sends the striped outcomes still unacknowledged again, whole.
+reported on the connection (and noticed by the head), and the head sends the outcomes that had a
+part on it, not yet acknowledged, again, whole; a new lane replaces it `LANE_REOPEN_S` later. A
+reconnect starts the lanes afresh (the head drops them with the old connection and sends every
+unacknowledged outcome whole).
 
 A dropped SSH connection is not a lost call: the channel reconnects (for up to `RECONNECT_S`),
 names its session, and the head sends the outcomes the driver has not acknowledged; the calls it
@@ -48,6 +51,7 @@ PIPE_BYTES = 1 << 20  # Linux's default /proc/sys/fs/pipe-max-size: what any pro
 HELLO_TIMEOUT_S = 30.0
 SERVER_RESTARTS = 3  # new call servers one channel starts at most (a call that kills its server each time)
 LANES = 3  # extra connections a channel keeps for the parts of large outcomes (`channel_wire`)
+LANE_REOPEN_S = 2.0  # a lost lane is replaced this long after
 
 
 class ChannelError(ConnectionError):
@@ -186,7 +190,10 @@ class CallChannel:
         self._proc: subprocess.Popen[bytes] | None = None
         self._lanes: dict[int, tuple[subprocess.Popen[bytes], str]] = {}  # lane number -> (its ssh, its session)
         self._lane_numbers = itertools.count(1)
-        self._dialing: set[subprocess.Popen[bytes]] = set()  # connections still saying hello
+        self._dialing: set[subprocess.Popen[bytes]] = set()  # lanes still saying hello
+        self._lane_keeper: threading.Thread | None = None  # opens lanes when `_lane_work` is set
+        self._lane_work = threading.Event()
+        self._lanes_fresh = False  # the keeper is to let the lanes go before it opens new ones
         self._assemblies: dict[tuple[int, int], _Assembly] = {}  # (call id, stripe id) -> its parts so far
         self._closing = False
         self._broken: BaseException | None = None
@@ -244,10 +251,10 @@ class CallChannel:
         with self._lock:
             self._closing = True
             proc, self._proc = self._proc, None
-            lanes, self._lanes = [lane for lane, _ in self._lanes.values()], {}
-            lanes += self._dialing
-        for ended in ([proc] if proc is not None else []) + lanes:
-            self._end(ended)
+        if proc is not None:
+            self._end(proc)
+        self._let_lanes_go()
+        self._lane_work.set()  # the lane keeper sees the channel closed, and ends
         self._fail_all(ChannelError("the pool's call channel was closed"))
         self._actor = None
 
@@ -269,19 +276,23 @@ class CallChannel:
             pass
 
     def _dial(self, port: int, hello: dict[str, Any], timeout: float) -> subprocess.Popen[bytes]:
-        """One `ssh -W` connection to the server on `port`, its hello answered; raises `ChannelError`."""
+        """One `ssh -W` connection to the server on `port`, its hello answered; raises `ChannelError`.
+        A lane's (dialled in the background) is ended by a close() or a new connection meanwhile."""
         stderr = tempfile.TemporaryFile()
         proc = subprocess.Popen(self._command_for_port(port), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=stderr, bufsize=0, start_new_session=True)
-        with self._lock:
-            self._dialing.add(proc)  # a close() meanwhile ends it (a lane is dialled in the background)
-            if self._closing:
-                proc.kill()
+        lane = "lane" in hello
+        if lane:
+            with self._lock:
+                self._dialing.add(proc)
+                if self._closing:
+                    proc.kill()
         try:
             return self._greet(proc, hello, timeout, stderr)
         finally:
-            with self._lock:
-                self._dialing.discard(proc)
+            if lane:
+                with self._lock:
+                    self._dialing.discard(proc)
 
     def _greet(self, proc: subprocess.Popen[bytes], hello: dict[str, Any], timeout: float,
                stderr: Any) -> subprocess.Popen[bytes]:
@@ -315,58 +326,96 @@ class CallChannel:
             waiting = sorted(self._slots)
             self._write(wire.encode(("resume", waiting)))
         threading.Thread(target=self._read, args=(proc,), name="skyward-call-channel", daemon=True).start()
-        threading.Thread(target=self._open_lanes, name="skyward-call-lanes", daemon=True).start()
+        self._want_lanes(fresh=True)
 
-    def _open_lanes(self) -> None:
-        """Up to `LANES` lanes for the current session (those of an earlier session are let go). A lane
-        that does not open is no error: large outcomes then come in fewer parts, or whole."""
+    def _want_lanes(self, fresh: bool) -> None:
+        """Ask the lane keeper (one thread per channel, started with the first connection) to fill up
+        to `LANES`; `fresh` (after a connect): to let the lanes it had go first (the head dropped
+        them with the connection, and any might be dead, unnoticed)."""
         with self._lock:
-            session, port = self._session, self._port
-            stale = [n for n, (_, owner) in self._lanes.items() if owner != session]
-            ended = [self._lanes.pop(n)[0] for n in stale]
-            missing = LANES - len(self._lanes)
-        for proc in ended:
-            self._end(proc)
-        for _ in range(missing):
+            self._lanes_fresh |= fresh
+            if self._lane_keeper is None:
+                self._lane_keeper = threading.Thread(target=self._keep_lanes, name="skyward-call-lanes", daemon=True)
+                self._lane_keeper.start()
+        self._lane_work.set()
+
+    def _keep_lanes(self) -> None:
+        while True:
+            self._lane_work.wait()
+            with self._lock:
+                if self._closing:
+                    return
+                self._lane_work.clear()
+                fresh, self._lanes_fresh = self._lanes_fresh, False
+            if fresh:
+                self._let_lanes_go()
+            self._fill_lanes()
+
+    def _fill_lanes(self) -> None:
+        """Lanes for the current session, up to `LANES`. A lane that does not open is no error: large
+        outcomes then come in fewer parts, or whole (and lanes are tried again at the next connect)."""
+        while True:
+            with self._lock:
+                session, port = self._session, self._port
+                if self._closing or len(self._lanes) >= LANES or self._lanes_fresh:
+                    return
             number = next(self._lane_numbers)
             try:
                 proc = self._dial(port, {"session": session, "lane": number}, HELLO_TIMEOUT_S)
             except ChannelError:
                 return
             with self._lock:
-                if self._closing or session != self._session:
-                    self._end(proc)
-                    return
-                self._lanes[number] = (proc, session)
-            threading.Thread(target=self._read_lane, args=(number, proc), name="skyward-call-lane",
+                current = not self._closing and session == self._session
+                if current:
+                    self._lanes[number] = (proc, session)
+            if not current:
+                self._end(proc)
+                return
+            threading.Thread(target=self._read_lane, args=(number, proc, session), name="skyward-call-lane",
                              daemon=True).start()
 
-    def _read_lane(self, number: int, proc: subprocess.Popen[bytes]) -> None:
-        """A lane's parts, until it closes; a lane lost while the channel is open is told to the head."""
+    def _let_lanes_go(self) -> None:
+        """End every lane (and any still saying hello): killed here, reaped by their own threads."""
+        with self._lock:
+            procs = [proc for proc, _ in self._lanes.values()] + list(self._dialing)
+            self._lanes = {}
+        for proc in procs:
+            with contextlib.suppress(OSError):
+                proc.kill()
+
+    def _read_lane(self, number: int, proc: subprocess.Popen[bytes], session: str) -> None:
+        """A lane's parts, until it closes. A lane lost while the channel is open is told to the head,
+        and lanes are opened again a little later."""
         assert proc.stdout is not None
         reader = wire.FrameReader(proc.stdout.fileno())
         try:
             while True:
                 message = reader.read_frame()
-                if message[0] == "part" and self._take_part(message):
+                if message[0] == "part" and session == self._session and self._take_part(message):
                     with self._lock:
                         self._write(wire.encode(("ack", [message[1]])))
-        except (wire.ChannelClosed, OSError, ValueError, EOFError):
+        except Exception:  # noqa: BLE001 - whatever ended the lane (EOF, a broken frame): it is lost
             pass
-        with self._lock:
-            ours = self._lanes.get(number, (None, ""))[0] is proc
-            if ours:
-                del self._lanes[number]
-                if not self._closing:
-                    self._write(wire.encode(("lane_lost", number)))
-        self._end(proc)
+        finally:
+            with self._lock:
+                lost = self._lanes.get(number, (None, ""))[0] is proc and not self._closing
+                if lost:
+                    del self._lanes[number]
+                    if session == self._session:
+                        self._write(wire.encode(("lane_lost", number)))
+            self._end(proc)
+            if lost:
+                timer = threading.Timer(LANE_REOPEN_S, self._want_lanes, kwargs={"fresh": False})
+                timer.daemon = True
+                timer.start()
 
     def _take_part(self, message: tuple[Any, ...]) -> bool:
-        """One part of a striped outcome; True where it completed the outcome (its slot is resolved)."""
+        """One part of a striped outcome; True where it is to be acknowledged: it completed the
+        outcome (its slot is resolved), or the outcome was resolved already."""
         _, call_id, stripe_id, kind, total, offset, count, data = message
         with self._lock:
             if call_id not in self._slots:
-                return False  # already resolved (by another striping of it, sent again)
+                return True  # resolved already (by another copy of it, sent again): acknowledged again
             assembly = self._assemblies.get((call_id, stripe_id))
             if assembly is None:
                 assembly = self._assemblies[(call_id, stripe_id)] = _Assembly(kind, total, count)
@@ -460,6 +509,7 @@ class CallChannel:
             time.sleep(1.0)
         with self._lock:
             self._broken = ChannelError(f"the pool's call channel could not reconnect in {RECONNECT_S:g}s: {error}")
+        self._let_lanes_go()
         self._fail_all(self._broken)
 
     def _server_died(self) -> bool:
@@ -491,6 +541,7 @@ class CallChannel:
         with self._lock:
             self._actor, self._port = actor, port
             self._session, self._known = secrets.token_hex(16), set()
+            self._assemblies.clear()  # parts of the dead server's stripes: its outcomes will come again
             stranded = {call_id: slot for call_id, slot in self._slots.items() if not slot.rerunnable}
             for call_id in stranded:
                 self._pop_slot(call_id)

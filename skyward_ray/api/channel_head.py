@@ -102,11 +102,13 @@ class _Session:
     def __init__(self) -> None:
         self.writer: asyncio.StreamWriter | None = None
         self.lanes: dict[int, asyncio.StreamWriter] = {}  # the driver's extra connections (by its number for them)
+        self.carried: dict[int, set[int]] = {}  # lane number -> calls with a part on it (until acknowledged)
         self.unacked: dict[int, tuple[str, bytes]] = {}  # call id -> its outcome (kind, payload), until acknowledged
         self.running: dict[int, ray.ObjectRef] = {}  # call id -> its task, until it ended
-        self.idle_since: float | None = None
+        self.idle_since: float | None = time.monotonic()  # no connection yet
         self._outbox: list[int] = []  # calls whose outcomes came in this turn of the event loop
-        self._stripes = itertools.count(1)  # each striping of an outcome is told apart from a resend's
+        # each striping told apart from any other, a new server's included (the driver's call ids outlive one)
+        self._stripes = itertools.count(int.from_bytes(os.urandom(6), "big"))
 
     def send(self, call_id: int, kind: str, payload: bytes) -> None:
         """Queue an outcome; the outcomes of one turn of the event loop go out in one write (a group's
@@ -121,9 +123,9 @@ class _Session:
         call_ids, self._outbox = self._outbox, []
         self.write_outcomes(call_ids)
 
-    def write_outcomes(self, call_ids: list[int]) -> None:
-        """These calls' outcomes to the driver: each whole on the connection, or a large one striped
-        over the connection and the driver's lanes (`stripe`)."""
+    def write_outcomes(self, call_ids: list[int], whole: bool = False) -> None:
+        """These calls' outcomes to the driver: each whole on the connection, or (unless `whole`) a
+        large one striped over the connection and the driver's lanes (`stripe`)."""
         if self.writer is None:
             return
         frames: list[tuple[bytes, bytes]] = []
@@ -132,14 +134,13 @@ class _Session:
             if outcome is None:
                 continue
             kind, payload = outcome
-            lanes = [lane for lane in self.lanes.values() if not lane.is_closing()]
-            if len(payload) < STRIPE_MIN or not lanes:
-                frames.append(done_frame(call_id, kind, payload))
-            else:
-                frames.append(self.stripe(call_id, kind, payload, lanes))
+            lanes = [] if whole or len(payload) < STRIPE_MIN else [
+                (n, lane) for n, lane in self.lanes.items() if not lane.is_closing()]
+            frames.append(self.stripe(call_id, kind, payload, lanes) if lanes else done_frame(call_id, kind, payload))
         write_frames(self.writer, frames)
 
-    def stripe(self, call_id: int, kind: str, payload: bytes, lanes: list[asyncio.StreamWriter]) -> tuple[bytes, bytes]:
+    def stripe(self, call_id: int, kind: str, payload: bytes,
+               lanes: list[tuple[int, asyncio.StreamWriter]]) -> tuple[bytes, bytes]:
         """Write all but the first part of a large outcome to the lanes, one each; answer the first
         part's frame (for the connection). Why: an SSH channel carries at most its window (OpenSSH:
         2 MiB) per round trip, so at 40 ms one connection brings ~50 MB/s; parts on several
@@ -151,17 +152,37 @@ class _Session:
         parts = [wire.encode_with_trailer(("part", call_id, stripe_id, kind, len(payload), offset, len(offsets)),
                                           view[offset:offset + size])
                  for offset in offsets]
-        for lane, part in zip(lanes, parts[1:]):
+        for (number, lane), part in zip(lanes, parts[1:]):
             write_frames(lane, [part])
+            self.carried.setdefault(number, set()).add(call_id)
         return parts[0]
 
-    def resend_striped(self) -> None:
-        """A lane dropped: what it carried may be lost, so every striped outcome still unacknowledged
-        goes again, whole, on the connection (the driver keeps whichever copy completes first)."""
-        if self.writer is None:
+    def acknowledged(self, call_ids: list[int]) -> None:
+        for call_id in call_ids:
+            self.unacked.pop(call_id, None)
+        for calls in self.carried.values():
+            calls.difference_update(call_ids)
+
+    def lane_lost(self, number: int) -> None:
+        """Lane `number` is gone (the driver said so, or it closed): no part goes there any more, and
+        the outcomes with a part on it that the driver has not acknowledged go again, whole, on the
+        connection (or on the next one: a reconnect sends every unacknowledged outcome whole). Once
+        per lane, whichever side noticed first."""
+        lane = self.lanes.pop(number, None)
+        if lane is None:
             return
-        write_frames(self.writer, [done_frame(call_id, kind, payload) for call_id, (kind, payload)
-                                   in self.unacked.items() if len(payload) >= STRIPE_MIN])
+        lane.transport.abort()  # what it still buffers goes now, not when TCP gives up
+        lost = sorted(call_id for call_id in self.carried.pop(number, set()) if call_id in self.unacked)
+        for calls in self.carried.values():
+            calls.difference_update(lost)
+        self.write_outcomes(lost, whole=True)
+
+    def drop_lanes(self) -> None:
+        """A new connection of the session: the driver opens new lanes after it (see `_serve`)."""
+        for number in list(self.lanes):
+            lane = self.lanes.pop(number)
+            lane.transport.abort()
+        self.carried.clear()
 
 
 def _value_or_error(ref: ray.ObjectRef) -> Any:
@@ -203,6 +224,7 @@ class CallServer:
             for key, session in list(self._sessions.items()):
                 if session.writer is None and session.idle_since is not None and now - session.idle_since > ORPHAN_S:
                     del self._sessions[key]
+                    session.drop_lanes()
                     for ref in list(session.running.values()):
                         ray.cancel(ref, force=True)
 
@@ -223,9 +245,13 @@ class CallServer:
             session = self._sessions.setdefault(key, _Session())
             if session.writer is not None:
                 session.writer.close()  # a reconnect replaces a connection the driver gave up on
+            # The driver ends its lanes and opens new ones once a connection is up: parts that old
+            # ones (maybe dead, unnoticed) carried are sent again, whole, with every outcome not
+            # acknowledged (what the last connection may not have delivered).
+            session.drop_lanes()
             session.writer, session.idle_since = writer, None
             writer.write(wire.encode_hello({"ok": True, "detail": ""}))
-            session.write_outcomes(list(session.unacked))  # what the last connection may not have delivered
+            session.write_outcomes(list(session.unacked), whole=True)
             await writer.drain()
             while True:
                 message = await wire.read_frame_async(reader)
@@ -241,13 +267,9 @@ class CallServer:
                     if ref is not None:
                         ray.cancel(ref, force=bool(message[2]))
                 elif kind == "ack":
-                    for call_id in message[1]:
-                        session.unacked.pop(call_id, None)
-                elif kind == "lane_lost":  # parts written to it may be lost: none go there any more
-                    lost = session.lanes.pop(int(message[1]), None)
-                    if lost is not None:
-                        lost.close()
-                    session.resend_striped()
+                    session.acknowledged(message[1])
+                elif kind == "lane_lost":
+                    session.lane_lost(int(message[1]))
                 await writer.drain()
         except (wire.ChannelClosed, ConnectionError, asyncio.TimeoutError):
             pass
@@ -266,9 +288,11 @@ class CallServer:
         try:
             while await reader.read(4096):
                 pass
+        except ConnectionError:
+            pass
         finally:
             if session.lanes.get(lane) is writer:
-                del session.lanes[lane]
+                session.lane_lost(lane)  # it closed before the driver said so (or could)
 
     def _submit_all(self, session: _Session, calls: list[tuple[int, str, bytes | None, bytes]]) -> None:
         """Submit a frame's calls as Ray tasks now, in the turn of the event loop that read it. A call

@@ -25,7 +25,8 @@ length and the text (nothing is unpickled before the token is checked):
 
 A lane is one more connection of the same session that only carries parts: a large outcome's first
 part comes on the connection and each other part on a lane of its own, side by side (one SSH
-channel carries at most its window per round trip).
+channel carries at most its window per round trip). Stripe ids are random per server, so parts of
+two stripings (a resend, a new server's) never mix.
 
 The envelope is plain `pickle` of bytes, strings and numbers; the user's function (with its Ray
 options) and a call's payload (its arguments and the call's Ray options) travel inside it as
