@@ -317,24 +317,40 @@ def noise(size: int, seed: int, delay: float = 0.0) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-def _striped_while_lanes_stall(pool, channel, seed: int, cut) -> bytes:
+def _new_lanes(channel, old: list, timeout: float = 60) -> list:
+    """The channel's lanes once it has `LANES` of them, none of `old` (lost ones are replaced)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lanes = [proc for proc, _ in channel._lanes.values()]
+        if len(lanes) == channel_client.LANES and not set(lanes) & set(old) and all(p.poll() is None for p in lanes):
+            return lanes
+        assert time.monotonic() < deadline, "the channel did not replace its lanes"
+        time.sleep(0.1)
+
+
+def _striped_while_lanes_stall(pool, channel, seed: int, lanes: list, cut) -> bytes:
     """`noise(..., seed) >> pool` while every lane stalls (its ssh stopped): the result's first part
     comes on the connection, the others wait in the lanes; then `cut(lanes)` loses them somehow."""
-    lanes = [proc for proc, _ in channel._lanes.values()]
-    assert len(lanes) == channel_client.LANES
     for proc in lanes:
         os.kill(proc.pid, signal.SIGSTOP)
-    results: list = []
-    worker = threading.Thread(target=lambda: results.append(noise(3 * channel_head.STRIPE_MIN, seed) >> pool))
-    worker.start()
-    deadline = time.monotonic() + 60
-    while not channel._assemblies:  # a part is in: the rest are stuck in the lanes
-        assert time.monotonic() < deadline and worker.is_alive(), "the result was not striped over the lanes"
-        time.sleep(0.02)
-    cut(lanes)
-    worker.join(timeout=90)
-    assert not worker.is_alive() and len(results) == 1
-    return results[0]
+    try:
+        results: list = []
+        worker = threading.Thread(target=lambda: results.append(noise(3 * channel_head.STRIPE_MIN, seed) >> pool))
+        worker.start()
+        # within 25 s: sshd drops a client that stays silent for ~30 s (ClientAliveInterval), which
+        # would lose the lanes by the head's own doing
+        deadline = time.monotonic() + 25
+        while not channel._assemblies:  # a part is in: the rest are stuck in the lanes
+            assert time.monotonic() < deadline and worker.is_alive(), "the result was not striped over the lanes"
+            time.sleep(0.02)
+        cut(lanes)
+        worker.join(timeout=90)
+        assert not worker.is_alive() and len(results) == 1
+        return results[0]
+    finally:
+        for proc in lanes:  # Popen's kill: never a reaped pid, which may be someone else's by now
+            with contextlib.suppress(OSError):
+                proc.kill()
 
 
 def test_large_results_come_down_in_parts_over_the_lanes_and_whole_when_a_lane_is_lost(pool):
@@ -344,26 +360,23 @@ def test_large_results_come_down_in_parts_over_the_lanes_and_whole_when_a_lane_i
 
     def kill_lanes(lanes) -> None:  # the connection stays: the driver tells the head which lanes it lost
         for proc in lanes:
-            os.kill(proc.pid, signal.SIGKILL)
+            proc.kill()
 
-    assert _striped_while_lanes_stall(pool, channel, 2, kill_lanes) == random.Random(2).randbytes(size), \
+    first = _new_lanes(channel, [])
+    assert _striped_while_lanes_stall(pool, channel, 2, first, kill_lanes) == random.Random(2).randbytes(size), \
         "the result arrived whole after its lanes were lost"
-    channel = opened_channel(pool, lanes=True)  # lost lanes are replaced
-    assert noise(size, 3) >> pool == random.Random(3).randbytes(size)
-
-    stalled: list = []
+    second = _new_lanes(channel, first)  # lost lanes are replaced, and the next result is striped over them:
 
     def drop_connection(lanes) -> None:  # the lanes stay stalled; the connection drops and comes back
-        stalled.extend(lanes)
         os.kill(channel._proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while any(proc.poll() is None for proc in lanes):  # the reconnect lets the stalled lanes go
+            assert time.monotonic() < deadline, "the lanes of the dropped connection were not ended"
+            time.sleep(0.1)
 
-    assert _striped_while_lanes_stall(pool, channel, 4, drop_connection) == random.Random(4).randbytes(size), \
+    assert _striped_while_lanes_stall(pool, channel, 4, second, drop_connection) == random.Random(4).randbytes(size), \
         "a reconnect gets the outcome whole"
-    channel = opened_channel(pool, lanes=True)
-    deadline = time.monotonic() + 30
-    while any(proc.poll() is None for proc in stalled):  # the stalled lanes were let go at the reconnect
-        assert time.monotonic() < deadline, "the lanes of the dropped connection were not ended"
-        time.sleep(0.1)
+    _new_lanes(channel, first + second)
     assert channel.usable and noise(size, 5) >> pool == random.Random(5).randbytes(size)
     assert square(4) >> pool == 16
 

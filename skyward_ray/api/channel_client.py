@@ -33,6 +33,7 @@ import contextlib
 import fcntl
 import hashlib
 import itertools
+import logging
 import secrets
 import subprocess
 import tempfile
@@ -44,6 +45,8 @@ from typing import Any
 from ray.exceptions import RayError
 
 from skyward_ray.api import channel_wire as wire
+
+_log = logging.getLogger(__name__)
 
 RECONNECT_S = 60.0  # how long a dropped connection is retried before the calls on it fail
 ACK_BATCH = 256  # outcomes acknowledged in one message at most (fewer when no more are waiting)
@@ -92,7 +95,10 @@ class CallSlot:
         if event is not None:
             event.set()
         for callback in callbacks:
-            callback(self)
+            try:
+                callback(self)
+            except Exception:  # noqa: BLE001 - the caller's bookkeeping failed; the reader must go on
+                _log.exception("a call channel completion callback failed")
 
     def add_done_callback(self, callback: Callable[[CallSlot], None]) -> None:
         """`callback(slot)` once the outcome is in (now, if it is already), in the channel's reader thread."""
@@ -150,8 +156,13 @@ class ChannelRef:
         self.channel, self.call_id, self.slot = channel, call_id, slot
 
     def value_or_error(self) -> Any:
-        """The call's value, or the error it ended with (a Ray error, `ChannelTaskError`, `ChannelError`)."""
-        kind, payload = self.slot.outcome()
+        """The call's value, or the error it ended with (a Ray error, `ChannelTaskError`, `ChannelError`);
+        a value this process cannot unpickle (its class's module is not importable here) is the
+        call's error."""
+        try:
+            kind, payload = self.slot.outcome()
+        except Exception as error:  # noqa: BLE001 - the caller gets it, as the call's failure
+            return ChannelTaskError(error)
         if kind == "value":
             return payload
         if kind == "task_error":
@@ -190,7 +201,7 @@ class CallChannel:
         self._proc: subprocess.Popen[bytes] | None = None
         self._lanes: dict[int, tuple[subprocess.Popen[bytes], str]] = {}  # lane number -> (its ssh, its session)
         self._lane_numbers = itertools.count(1)
-        self._dialing: set[subprocess.Popen[bytes]] = set()  # lanes still saying hello
+        self._dialing: dict[subprocess.Popen[bytes], bool] = {}  # connections saying hello -> whether a lane
         self._lane_keeper: threading.Thread | None = None  # opens lanes when `_lane_work` is set
         self._lane_work = threading.Event()
         self._lanes_fresh = False  # the keeper is to let the lanes go before it opens new ones
@@ -251,6 +262,10 @@ class CallChannel:
         with self._lock:
             self._closing = True
             proc, self._proc = self._proc, None
+            dialing = list(self._dialing)  # a reconnect's too: its thread ends it
+        for dial in dialing:
+            with contextlib.suppress(OSError):
+                dial.kill()
         if proc is not None:
             self._end(proc)
         self._let_lanes_go()
@@ -281,18 +296,15 @@ class CallChannel:
         stderr = tempfile.TemporaryFile()
         proc = subprocess.Popen(self._command_for_port(port), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=stderr, bufsize=0, start_new_session=True)
-        lane = "lane" in hello
-        if lane:
-            with self._lock:
-                self._dialing.add(proc)
-                if self._closing:
-                    proc.kill()
+        with self._lock:
+            self._dialing[proc] = "lane" in hello
+            if self._closing:
+                proc.kill()
         try:
             return self._greet(proc, hello, timeout, stderr)
         finally:
-            if lane:
-                with self._lock:
-                    self._dialing.discard(proc)
+            with self._lock:
+                self._dialing.pop(proc, None)
 
     def _greet(self, proc: subprocess.Popen[bytes], hello: dict[str, Any], timeout: float,
                stderr: Any) -> subprocess.Popen[bytes]:
@@ -347,9 +359,12 @@ class CallChannel:
                     return
                 self._lane_work.clear()
                 fresh, self._lanes_fresh = self._lanes_fresh, False
-            if fresh:
-                self._let_lanes_go()
-            self._fill_lanes()
+            try:
+                if fresh:
+                    self._let_lanes_go()
+                self._fill_lanes()
+            except Exception:  # noqa: BLE001 - out of processes or descriptors: fewer lanes, tried again later
+                _log.exception("the call channel could not open its lanes")
 
     def _fill_lanes(self) -> None:
         """Lanes for the current session, up to `LANES`. A lane that does not open is no error: large
@@ -357,27 +372,33 @@ class CallChannel:
         while True:
             with self._lock:
                 session, port = self._session, self._port
-                if self._closing or len(self._lanes) >= LANES or self._lanes_fresh:
+                if self._closing or self._broken is not None or len(self._lanes) >= LANES or self._lanes_fresh:
                     return
             number = next(self._lane_numbers)
             try:
                 proc = self._dial(port, {"session": session, "lane": number}, HELLO_TIMEOUT_S)
             except ChannelError:
                 return
+            reader = threading.Thread(target=self._read_lane, args=(number, proc, session),
+                                      name="skyward-call-lane", daemon=True)
             with self._lock:
                 current = not self._closing and session == self._session
                 if current:
                     self._lanes[number] = (proc, session)
-            if not current:
-                self._end(proc)
-                return
-            threading.Thread(target=self._read_lane, args=(number, proc, session), name="skyward-call-lane",
-                             daemon=True).start()
+            if current:
+                try:
+                    reader.start()
+                    continue
+                except RuntimeError:  # no thread: a lane nobody reads must not be striped onto
+                    with self._lock:
+                        self._lanes.pop(number, None)
+            self._end(proc)
+            return
 
     def _let_lanes_go(self) -> None:
         """End every lane (and any still saying hello): killed here, reaped by their own threads."""
         with self._lock:
-            procs = [proc for proc, _ in self._lanes.values()] + list(self._dialing)
+            procs = [proc for proc, _ in self._lanes.values()] + [p for p, lane in self._dialing.items() if lane]
             self._lanes = {}
         for proc in procs:
             with contextlib.suppress(OSError):
@@ -391,14 +412,14 @@ class CallChannel:
         try:
             while True:
                 message = reader.read_frame()
-                if message[0] == "part" and session == self._session and self._take_part(message):
+                if message[0] == "part" and self._take_part(message, session):
                     with self._lock:
                         self._write(wire.encode(("ack", [message[1]])))
         except Exception:  # noqa: BLE001 - whatever ended the lane (EOF, a broken frame): it is lost
             pass
         finally:
             with self._lock:
-                lost = self._lanes.get(number, (None, ""))[0] is proc and not self._closing
+                lost = self._lanes.get(number, (None, ""))[0] is proc and not self._closing and self._broken is None
                 if lost:
                     del self._lanes[number]
                     if session == self._session:
@@ -409,11 +430,14 @@ class CallChannel:
                 timer.daemon = True
                 timer.start()
 
-    def _take_part(self, message: tuple[Any, ...]) -> bool:
-        """One part of a striped outcome; True where it is to be acknowledged: it completed the
-        outcome (its slot is resolved), or the outcome was resolved already."""
+    def _take_part(self, message: tuple[Any, ...], session: str | None = None) -> bool:
+        """One part of a striped outcome (from a lane of `session`: dropped when that is no longer
+        the channel's); True where it is to be acknowledged: it completed the outcome (its slot is
+        resolved), or the outcome was resolved already."""
         _, call_id, stripe_id, kind, total, offset, count, data = message
         with self._lock:
+            if session is not None and session != self._session:
+                return False  # a dead server's: its outcomes come again from the new one
             if call_id not in self._slots:
                 return True  # resolved already (by another copy of it, sent again): acknowledged again
             assembly = self._assemblies.get((call_id, stripe_id))

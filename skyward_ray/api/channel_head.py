@@ -106,7 +106,7 @@ class _Session:
         self.unacked: dict[int, tuple[str, bytes]] = {}  # call id -> its outcome (kind, payload), until acknowledged
         self.running: dict[int, ray.ObjectRef] = {}  # call id -> its task, until it ended
         self.idle_since: float | None = time.monotonic()  # no connection yet
-        self._outbox: list[int] = []  # calls whose outcomes came in this turn of the event loop
+        self.flush_later: list[int] = []  # calls whose outcomes came in this turn of the event loop
         # each striping told apart from any other, a new server's included (the driver's call ids outlive one)
         self._stripes = itertools.count(int.from_bytes(os.urandom(6), "big"))
 
@@ -115,12 +115,12 @@ class _Session:
         calls finish in bursts: one write, one SSH packet, one wake-up of the driver for many)."""
         self.unacked[call_id] = (kind, payload)
         if self.writer is not None:
-            if not self._outbox:
+            if not self.flush_later:
                 asyncio.get_running_loop().call_soon(self._flush)
-            self._outbox.append(call_id)
+            self.flush_later.append(call_id)
 
     def _flush(self) -> None:
-        call_ids, self._outbox = self._outbox, []
+        call_ids, self.flush_later = self.flush_later, []
         self.write_outcomes(call_ids)
 
     def write_outcomes(self, call_ids: list[int], whole: bool = False) -> None:
@@ -249,6 +249,7 @@ class CallServer:
             # ones (maybe dead, unnoticed) carried are sent again, whole, with every outcome not
             # acknowledged (what the last connection may not have delivered).
             session.drop_lanes()
+            session.flush_later = []  # queued outcomes: the hello sends every unacknowledged one
             session.writer, session.idle_since = writer, None
             writer.write(wire.encode_hello({"ok": True, "detail": ""}))
             session.write_outcomes(list(session.unacked), whole=True)
@@ -270,7 +271,9 @@ class CallServer:
                     session.acknowledged(message[1])
                 elif kind == "lane_lost":
                     session.lane_lost(int(message[1]))
-                await writer.drain()
+                # No `await writer.drain()` here: a driver that is still sending (a large argument)
+                # reads outcomes only as its send allows, so waiting for them to drain before reading
+                # on would stall both ends. What waits in the buffer is outcomes already held.
         except (wire.ChannelClosed, ConnectionError, asyncio.TimeoutError):
             pass
         finally:
