@@ -456,8 +456,9 @@ class CallChannel:
 
     def _pop_slot(self, call_id: int) -> CallSlot | None:
         """Under the lock: a call's slot, taken out with any parts of it still being assembled."""
-        for key in [key for key in self._assemblies if key[0] == call_id]:
-            del self._assemblies[key]
+        if self._assemblies:  # none but while a large outcome comes in parts (not on a group's path)
+            for key in [key for key in self._assemblies if key[0] == call_id]:
+                del self._assemblies[key]
         return self._slots.pop(call_id, None)
 
     def _read(self, proc: subprocess.Popen[bytes]) -> None:

@@ -41,10 +41,6 @@ class NamespacePins:
         self._held[name] = (inode, fd)
         return inode
 
-    def inode(self, name: str) -> int | None:
-        held = self._held.get(name)
-        return held[0] if held else None
-
     def inodes(self) -> set[int]:
         return {inode for inode, _ in self._held.values()}
 
