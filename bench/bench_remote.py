@@ -20,9 +20,9 @@ PATH), and the same pool is measured at +0 and +MS of round trip, in one run: `>
 connection (the ratio is ours / plain); then `>>` at +MS in round trips beyond a caller inside the
 cluster, and the gather and map against the bound: the same 500 tasks (our function as the pool runs
 it, with its arguments and the same Ray options) sent and gathered by a warm actor on the head. Our
-gather, its bound, our map and its bound are taken in alternating blocks of three (twice each), and
-each side's best of six is compared: on this shared machine one taking moves by a fifth between
-moments, so neither side gets the better one.
+gather, its bound, our map and its bound are taken in alternating blocks of three (four times each),
+and each side's best of twelve is compared (and, beside it, the medians): on this shared machine one
+taking moves by a fifth or more between moments, so neither side gets the better one.
 
 Starts its own simulated region and ends everything it starts.
 """
@@ -167,9 +167,10 @@ def delayed_ssh(directory: Path, rtt_file: Path) -> None:
     os.environ["PATH"] = f"{directory}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
-# A gather's or map's best of this many: ours and plain Ray Client's in the table, and each side of
-# the comparison with the bound (`against_the_bound`)
+# A gather's or map's best of this many: ours and plain Ray Client's in the table
 FAN_REPEAT = 6
+# Each side of the comparison with the bound (`against_the_bound`): blocks of each, runs a block
+BOUND_BLOCKS, BOUND_RUNS = 4, 3
 
 
 def seconds(call, repeat: int = 3) -> float:
@@ -206,9 +207,9 @@ def at_rtt(pool, calls: int, fan: int, megabytes: int) -> list[tuple[str, float,
     return rows
 
 
-def against_the_bound(pool, fan: int, blocks: int = 2) -> dict[str, list[float]]:
+def against_the_bound(pool, fan: int, blocks: int = BOUND_BLOCKS, per_block: int = BOUND_RUNS) -> dict[str, list[float]]:
     """Seconds of a gather and a map of `fan` from here, each next to the same fan-out from inside
-    the cluster, in alternating blocks (`blocks` of each, `FAN_REPEAT // blocks` runs a block after a warm-up run,
+    the cluster, in alternating blocks (`blocks` of each, `per_block` runs a block after a warm-up run,
     as the bound's steady state is its warm one): whatever else this shared machine does meanwhile
     falls on both sides of a ratio alike, not on whichever was measured in a worse moment."""
     samples: dict[str, list[float]] = {}
@@ -218,7 +219,7 @@ def against_the_bound(pool, fan: int, blocks: int = 2) -> dict[str, list[float]]
         for _ in range(blocks):
             for name, run in runs.items():
                 run()
-                for _ in range(FAN_REPEAT // blocks):
+                for _ in range(per_block):
                     if name.endswith("bound"):
                         samples.setdefault(name, []).append(run())  # the actor's own timing, inside the cluster
                         continue
@@ -232,7 +233,7 @@ def rtt_table(pool, rtt_file: Path, rtt_ms: float, calls: int, inside_ms: float)
     """Measure the same pool at +0 and +rtt_ms, and print both with ratios to plain Ray Client; then
     what a `>>` costs at +rtt_ms in round trips beyond a caller inside the cluster (`inside_ms`), and
     a gather and a map of 500 at +rtt_ms against the same fan-out from inside the cluster (the
-    bound), each the best of 6 taken in alternating blocks (`against_the_bound`)."""
+    bound), each the best of 12 taken in alternating blocks (`against_the_bound`), and the medians."""
     tables = {}
     for added in (0.0, rtt_ms):
         rtt_file.write_text(f"{added:g}")
@@ -252,9 +253,10 @@ def rtt_table(pool, rtt_file: Path, rtt_ms: float, calls: int, inside_ms: float)
     for row, name, bound_name in ((1, "gather", "its bound"), (2, "map", "the map's bound")):
         label, _, plain = tables[rtt_ms][row]
         ours, bound = min(samples[name]), min(samples[bound_name])
+        median = statistics.median(samples[name]) / statistics.median(samples[bound_name])
         print(f"{label.split(' (')[0]} at +{rtt_ms:g} ms: ours {ours:.3f} s = {ours / bound:.2f}x the same fan-out "
-              f"from inside the cluster ({bound:.3f} s; each the best of {len(samples[name])}; target <= 1.2); "
-              f"plain Ray Client {plain / bound:.2f}x")
+              f"from inside the cluster ({bound:.3f} s; each the best of {len(samples[name])}; target <= 1.2; "
+              f"medians {median:.2f}x); plain Ray Client {plain / bound:.2f}x")
 
 
 def main() -> None:

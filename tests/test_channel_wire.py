@@ -8,12 +8,15 @@ No Ray here; the channel over a real pool (every operator, a dropped SSH connect
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import threading
 
 import pytest
 
 from skyward_ray.api import channel_wire as wire
+
+F_SETPIPE_SZ = 1031  # fcntl's, Linux
 
 
 def _write_slowly(fd: int, data: bytes, piece: int) -> threading.Thread:
@@ -80,3 +83,35 @@ def test_the_head_reads_frames_with_and_without_a_payload_from_its_stream():
         return got
 
     assert asyncio.run(run()) == [("calls", [(1, "k", None, b"p")]), ("done", 4, "value", b"x" * 100_000)]
+
+
+def test_a_burst_of_small_outcomes_goes_as_one_frame_and_a_large_one_on_its_own():
+    """What the head writes for the outcomes of one turn of its event loop, as the driver reads it:
+    the small ones in one frame (their payloads joined, each one's size said), a large one whole in
+    its own, an outcome already acknowledged not at all."""
+    from skyward_ray.api.channel_head import SMALL, _Session
+
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, F_SETPIPE_SZ, 1 << 20)  # the whole burst fits: nothing reads until it is written
+    large = os.urandom(SMALL)
+
+    async def write() -> None:
+        loop = asyncio.get_running_loop()
+        transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin,
+                                                            os.fdopen(write_end, "wb", buffering=0))
+        session = _Session()
+        session.writer = asyncio.StreamWriter(transport, protocol, None, loop)
+        session.unacked = {1: ("value", b"a"), 2: ("task_error", b""), 3: ("value", large), 4: ("value", b"bc")}
+        session.write_outcomes([1, 2, 3, 4, 5])
+        await session.writer.drain()
+        session.writer.close()
+
+    try:
+        asyncio.run(write())
+        reader = wire.FrameReader(read_end)
+        got = [tuple(reader.read_frame()), tuple(reader.read_frame())]
+        with pytest.raises(wire.ChannelClosed):
+            reader.read_frame()
+    finally:
+        os.close(read_end)
+    assert got == [("done", 3, "value", large), ("dones", [(1, "value", 1), (2, "task_error", 0), (4, "value", 2)], b"abc")]

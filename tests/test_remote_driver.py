@@ -283,6 +283,34 @@ def test_groups_futures_and_at_go_over_the_call_channel_and_keep_their_promises(
     assert "blocking ray.get" not in "".join(capfd.readouterr()), "the call server's group waits alarm no one"
 
 
+def held_on_head(channel) -> int:
+    """How many outcomes the head's call server still keeps for this driver (until it acknowledges them)."""
+    return ray.get(channel._actor.__ray_call__.remote(
+        lambda server: sum(len(session.unacked) for session in server._sessions.values())))
+
+
+def wait_held_on_head(channel, count: int, why: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while held_on_head(channel) != count:
+        assert time.monotonic() < deadline, why
+        time.sleep(0.1)
+
+
+def test_the_head_lets_go_of_the_outcomes_the_driver_has_read(pool):
+    """The driver acknowledges outcomes in batches: a group's as soon as no call waits any more, a
+    large one at once even while other calls still wait. Nothing read stays on the head for long."""
+    channel = opened_channel(pool)
+    assert sky.gather(*[square(i) for i in range(40)]) >> pool == [i * i for i in range(40)]
+    wait_held_on_head(channel, 0, "a group's outcomes are acknowledged once no call waits")
+    waiting = nap(3, 30.0) > pool
+    try:
+        assert len(noise(2 * 2**20, 5) >> pool) == 2 * 2**20
+        wait_held_on_head(channel, 0, "a large outcome is acknowledged at once, while another call waits")
+    finally:
+        assert waiting.cancel()
+    wait_held_on_head(channel, 0, "the cancelled call's outcome is acknowledged too")
+
+
 @sky.function
 def reciprocal(x: float) -> float:
     return 1 / x

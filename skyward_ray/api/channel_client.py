@@ -49,7 +49,9 @@ from skyward_ray.api import channel_wire as wire
 _log = logging.getLogger(__name__)
 
 RECONNECT_S = 60.0  # how long a dropped connection is retried before the calls on it fail
-ACK_BATCH = 256  # outcomes acknowledged in one message at most (fewer when no more are waiting)
+ACK_BATCH = 256  # outcomes acknowledged in one message at most
+ACK_BYTES = 1 << 20  # outcomes holding this much on the head are acknowledged as soon as they are read
+ACK_DELAY_S = 1.0  # an outcome read this long ago is acknowledged with the next message read
 PIPE_BYTES = 1 << 20  # Linux's default /proc/sys/fs/pipe-max-size: what any process may ask for
 HELLO_TIMEOUT_S = 30.0
 SERVER_RESTARTS = 3  # new call servers one channel starts at most (a call that kills its server each time)
@@ -462,10 +464,10 @@ class CallChannel:
         return self._slots.pop(call_id, None)
 
     def _read(self, proc: subprocess.Popen[bytes]) -> None:
-        """The outcomes as they come; acknowledged in one message for all that arrived together (the
+        """The outcomes as they come; acknowledged in batches (`_acknowledge_now`: the
         head keeps an outcome until then, to send it again after a reconnect)."""
         assert proc.stdout is not None
-        reader, acks = wire.FrameReader(proc.stdout.fileno()), []
+        reader, acks, held_bytes, held_since = wire.FrameReader(proc.stdout.fileno()), [], 0, 0.0
         try:
             while True:
                 message = reader.read_frame()
@@ -474,18 +476,25 @@ class CallChannel:
                     with self._lock:
                         slot = self._pop_slot(call_id)
                     acks.append(call_id)
+                    held_bytes += len(payload)
                     if slot is not None:
                         slot.resolve(kind, payload)
+                elif message[0] == "dones":
+                    held_bytes += self._take_dones(message[1], message[2], acks)
                 elif message[0] == "part":
                     if self._take_part(message):
                         acks.append(message[1])
+                        held_bytes += ACK_BYTES  # a striped outcome is large: let the head drop it now
                 elif message[0] == "unreceived":  # lost with a dropped connection (or server): sent again, in order
                     with self._lock:
                         self._send_again(message[1])
-                if acks and (len(acks) >= ACK_BATCH or not reader.pending()):
+                if not acks:
+                    continue
+                held_since = held_since or time.monotonic()
+                if self._acknowledge_now(len(acks), held_bytes, held_since, reader):
                     with self._lock:
                         self._write(wire.encode(("ack", acks)))
-                    acks = []
+                    acks, held_bytes, held_since = [], 0, 0.0
         except (wire.ChannelClosed, OSError, ValueError, EOFError):
             pass
         with self._lock:
@@ -496,6 +505,30 @@ class CallChannel:
         if self._on_drop is not None:
             threading.Thread(target=self._on_drop, name="skyward-call-channel-drop", daemon=True).start()
         self._reconnect()
+
+    def _take_dones(self, outcomes: list[tuple[int, str, int]], payloads: bytearray, acks: list[int]) -> int:
+        """Small outcomes that came in one frame (`channel_head.dones_frame`): each call's slot resolved
+        with its part of the payloads; answers their size."""
+        with self._lock:
+            slots = [self._pop_slot(call_id) for call_id, _, _ in outcomes]
+        offset = 0
+        with memoryview(payloads) as view:
+            for (call_id, kind, size), slot in zip(outcomes, slots):
+                acks.append(call_id)
+                if slot is not None:
+                    slot.resolve(kind, bytes(view[offset:offset + size]))
+                offset += size
+        return offset
+
+    def _acknowledge_now(self, count: int, held_bytes: int, held_since: float, reader: wire.FrameReader) -> bool:
+        """Whether to acknowledge the outcomes read so far: the head keeps each until then (to send it
+        again after a reconnect), so large ones go at once, and the rest once no call waits any more,
+        ACK_BATCH are held, or the oldest was read ACK_DELAY_S ago. Why not after every burst read:
+        a group's outcomes come in dozens of bursts, and an ack each was as many more messages up
+        the connection, each waking the relaying processes and the head's event loop."""
+        if count >= ACK_BATCH or held_bytes >= ACK_BYTES or time.monotonic() - held_since >= ACK_DELAY_S:
+            return True
+        return not self._slots and not reader.pending()
 
     def _send_again(self, call_ids: list[int]) -> None:
         """Under the lock: the calls the head says it never got, in order, each function's bytes with

@@ -19,6 +19,8 @@ length and the text (nothing is unpickled before the token is checked):
                     ("ack", [call_id, ...])              outcomes received: the head forgets them
                     ("lane_lost", n)                     lane n dropped: send striped outcomes again, whole
     head -> driver: ("done", call_id, kind, payload)     kind: "value" | "task_error" | "error"
+                    ("dones", [(call_id, kind, size), ...], payloads)
+                                                         small outcomes of one burst, payloads joined
                     ("part", call_id, stripe_id, kind, total, offset, count, payload)
                                                          one of `count` parts of a large outcome
                     ("unreceived", [call_id, ...])        of a resume's calls, those that never arrived
