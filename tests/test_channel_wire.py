@@ -8,15 +8,13 @@ No Ray here; the channel over a real pool (every operator, a dropped SSH connect
 from __future__ import annotations
 
 import asyncio
-import fcntl
+import contextlib
 import os
 import threading
 
 import pytest
 
 from skyward_ray.api import channel_wire as wire
-
-F_SETPIPE_SZ = 1031  # fcntl's, Linux
 
 
 def _write_slowly(fd: int, data: bytes, piece: int) -> threading.Thread:
@@ -85,33 +83,59 @@ def test_the_head_reads_frames_with_and_without_a_payload_from_its_stream():
     assert asyncio.run(run()) == [("calls", [(1, "k", None, b"p")]), ("done", 4, "value", b"x" * 100_000)]
 
 
-def test_a_burst_of_small_outcomes_goes_as_one_frame_and_a_large_one_on_its_own():
-    """What the head writes for the outcomes of one turn of its event loop, as the driver reads it:
-    the small ones in one frame (their payloads joined, each one's size said), a large one whole in
-    its own, an outcome already acknowledged not at all."""
-    from skyward_ray.api.channel_head import SMALL, _Session
+class _Collected:
+    """Where a session of the head writes (in place of its connection's asyncio writer): the bytes, in order."""
 
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+
+def _written_by_the_head(outcomes: dict[int, tuple[str, bytes]], call_ids: list[int]) -> list[tuple]:
+    """The frames a session of the head's call server writes for `call_ids` (`write_outcomes`, as at
+    the end of a turn of its event loop), as the driver's reader reads them from a pipe."""
+    from skyward_ray.api.channel_head import _Session
+
+    session = _Session()
+    session.writer = _Collected()  # type: ignore[assignment]
+    session.unacked = dict(outcomes)
+    session.write_outcomes(call_ids)
     read_end, write_end = os.pipe()
-    fcntl.fcntl(write_end, F_SETPIPE_SZ, 1 << 20)  # the whole burst fits: nothing reads until it is written
-    large = os.urandom(SMALL)
-
-    async def write() -> None:
-        loop = asyncio.get_running_loop()
-        transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin,
-                                                            os.fdopen(write_end, "wb", buffering=0))
-        session = _Session()
-        session.writer = asyncio.StreamWriter(transport, protocol, None, loop)
-        session.unacked = {1: ("value", b"a"), 2: ("task_error", b""), 3: ("value", large), 4: ("value", b"bc")}
-        session.write_outcomes([1, 2, 3, 4, 5])
-        await session.writer.drain()
-        session.writer.close()
-
+    writer = _write_slowly(write_end, bytes(session.writer.data), 65536)
+    frames: list[tuple] = []
     try:
-        asyncio.run(write())
         reader = wire.FrameReader(read_end)
-        got = [tuple(reader.read_frame()), tuple(reader.read_frame())]
-        with pytest.raises(wire.ChannelClosed):
-            reader.read_frame()
+        with contextlib.suppress(wire.ChannelClosed):
+            while True:
+                frames.append(tuple(reader.read_frame()))
     finally:
+        writer.join(timeout=30)
         os.close(read_end)
+    return frames
+
+
+def test_a_burst_of_small_outcomes_goes_as_one_frame_and_a_large_one_on_its_own():
+    """The small ones in one frame (their payloads joined, each one's size said), a large one whole
+    in its own, an outcome already acknowledged not at all."""
+    from skyward_ray.api.channel_head import SMALL
+
+    large = os.urandom(SMALL)
+    got = _written_by_the_head({1: ("value", b"a"), 2: ("task_error", b""), 3: ("value", large), 4: ("value", b"bc")},
+                               [1, 2, 3, 4, 5])
     assert got == [("done", 3, "value", large), ("dones", [(1, "value", 1), (2, "task_error", 0), (4, "value", 2)], b"abc")]
+
+
+def test_many_small_outcomes_at_once_go_in_frames_of_a_bounded_size():
+    """As after a reconnect, when the head sends every outcome the driver has not acknowledged: no
+    frame carries more than DONES_BYTES, and every outcome comes, once, in order."""
+    from skyward_ray.api.channel_head import DONES_BYTES, SMALL
+
+    outcomes = {i: ("value", bytes([i]) * (SMALL - 1)) for i in range(1, 41)}  # 2.5 MiB in all
+    got = _written_by_the_head(outcomes, list(outcomes))
+    assert all(kind == "dones" and len(payloads) <= DONES_BYTES for kind, _, payloads in got)
+    assert len(got) == 3
+    sent = [(call_id, kind, bytes(payloads[sum(s for _, _, s in items[:n]):][:size]))
+            for _, items, payloads in got for n, (call_id, kind, size) in enumerate(items)]
+    assert sent == [(i, "value", payload) for i, (_, payload) in outcomes.items()]

@@ -298,14 +298,18 @@ def wait_held_on_head(channel, count: int, why: str, timeout: float = 10) -> Non
 
 def test_the_head_lets_go_of_the_outcomes_the_driver_has_read(pool):
     """The driver acknowledges outcomes in batches: a group's as soon as no call waits any more, a
-    large one at once even while other calls still wait. Nothing read stays on the head for long."""
+    large one at once even while other calls still wait, a small one within ACK_DELAY_S. Nothing
+    read stays on the head for long."""
     channel = opened_channel(pool)
     assert sky.gather(*[square(i) for i in range(40)]) >> pool == [i * i for i in range(40)]
     wait_held_on_head(channel, 0, "a group's outcomes are acknowledged once no call waits")
-    waiting = nap(3, 30.0) > pool
+    waiting = nap(3, 60.0) > pool
     try:
         assert len(noise(2 * 2**20, 5) >> pool) == 2 * 2**20
         wait_held_on_head(channel, 0, "a large outcome is acknowledged at once, while another call waits")
+        assert square(7) >> pool == 49
+        wait_held_on_head(channel, 0, "a small one within ACK_DELAY_S, while another call waits",
+                          timeout=channel_client.ACK_DELAY_S + 10)
     finally:
         assert waiting.cancel()
     wait_held_on_head(channel, 0, "the cancelled call's outcome is acknowledged too")

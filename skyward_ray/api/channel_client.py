@@ -49,9 +49,9 @@ from skyward_ray.api import channel_wire as wire
 _log = logging.getLogger(__name__)
 
 RECONNECT_S = 60.0  # how long a dropped connection is retried before the calls on it fail
-ACK_BATCH = 256  # outcomes acknowledged in one message at most
+ACK_BATCH = 256  # this many outcomes held are acknowledged at once
 ACK_BYTES = 1 << 20  # outcomes holding this much on the head are acknowledged as soon as they are read
-ACK_DELAY_S = 1.0  # an outcome read this long ago is acknowledged with the next message read
+ACK_DELAY_S = 1.0  # an outcome is acknowledged at most this long after it was read
 PIPE_BYTES = 1 << 20  # Linux's default /proc/sys/fs/pipe-max-size: what any process may ask for
 HELLO_TIMEOUT_S = 30.0
 SERVER_RESTARTS = 3  # new call servers one channel starts at most (a call that kills its server each time)
@@ -470,6 +470,10 @@ class CallChannel:
         reader, acks, held_bytes, held_since = wire.FrameReader(proc.stdout.fileno()), [], 0, 0.0
         try:
             while True:
+                if acks and not reader.readable_within(max(0.0, held_since + ACK_DELAY_S - time.monotonic())):
+                    with self._lock:  # held while calls still wait, and nothing more came for ACK_DELAY_S
+                        self._write(wire.encode(("ack", acks)))
+                    acks, held_bytes, held_since = [], 0, 0.0
                 message = reader.read_frame()
                 if message[0] == "done":
                     _, call_id, kind, payload = message
@@ -523,7 +527,8 @@ class CallChannel:
     def _acknowledge_now(self, count: int, held_bytes: int, held_since: float, reader: wire.FrameReader) -> bool:
         """Whether to acknowledge the outcomes read so far: the head keeps each until then (to send it
         again after a reconnect), so large ones go at once, and the rest once no call waits any more,
-        ACK_BATCH are held, or the oldest was read ACK_DELAY_S ago. Why not after every burst read:
+        ACK_BATCH are held, or the oldest was read ACK_DELAY_S ago (`_read` also sends them when
+        nothing more comes by then). Why not after every burst read:
         a group's outcomes come in dozens of bursts, and an ack each was as many more messages up
         the connection, each waking the relaying processes and the head's event loop."""
         if count >= ACK_BATCH or held_bytes >= ACK_BYTES or time.monotonic() - held_since >= ACK_DELAY_S:

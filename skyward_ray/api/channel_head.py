@@ -86,7 +86,23 @@ def dones_frame(outcomes: list[tuple[int, str, bytes]]) -> tuple[bytes, bytes]:
                                     b"".join(payload for _, _, payload in outcomes))
 
 
-SMALL = 64 * 1024  # parts below this are joined into one write (outcomes: into one frame); larger ones go as they are
+def _batches(outcomes: list[tuple[int, str, bytes]]) -> list[list[tuple[int, str, bytes]]]:
+    """Small outcomes in runs of at most DONES_BYTES of payload each (one `dones_frame` a run): a
+    reconnect may send thousands of them at once, and one frame must stay far below the wire's
+    limit, nor may the driver wait for all of them to resolve any."""
+    batches: list[list[tuple[int, str, bytes]]] = []
+    size = DONES_BYTES
+    for outcome in outcomes:
+        if size + len(outcome[2]) > DONES_BYTES:
+            batches.append([])
+            size = 0
+        batches[-1].append(outcome)
+        size += len(outcome[2])
+    return batches
+
+
+SMALL = 64 * 1024  # parts below this are joined into one write (outcomes: into `dones` frames); larger ones go as they are
+DONES_BYTES = 1024 * 1024  # the most payload one `dones` frame carries
 STRIPE_MIN = 4 * 1024 * 1024  # an outcome this large is striped over the driver's lanes (where it has some)
 STRIPE_PART_MIN = 1024 * 1024  # the smallest part of a striped outcome
 
@@ -149,10 +165,7 @@ class _Session:
             lanes = [] if whole or len(payload) < STRIPE_MIN else [
                 (n, lane) for n, lane in self.lanes.items() if not lane.is_closing()]
             frames.append(self.stripe(call_id, kind, payload, lanes) if lanes else done_frame(call_id, kind, payload))
-        if len(small) == 1:
-            frames.append(done_frame(*small[0]))
-        elif small:
-            frames.append(dones_frame(small))
+        frames.extend(done_frame(*batch[0]) if len(batch) == 1 else dones_frame(batch) for batch in _batches(small))
         write_frames(self.writer, frames)
 
     def stripe(self, call_id: int, kind: str, payload: bytes,

@@ -149,7 +149,11 @@ class FrameReader:
 
     def pending(self) -> bool:
         """Whether a next message is already here (buffered, or waiting in the pipe)."""
-        return bool(self._buffer) or bool(select.select([self._fd], [], [], 0)[0])
+        return self.readable_within(0)
+
+    def readable_within(self, timeout: float) -> bool:
+        """Whether something of a next message is here, or comes within `timeout` seconds."""
+        return bool(self._buffer) or bool(select.select([self._fd], [], [], timeout)[0])
 
 
 def _read_exactly(stream: IO[bytes], size: int) -> bytes:
