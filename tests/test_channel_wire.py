@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import threading
 
@@ -136,6 +137,11 @@ def test_many_small_outcomes_at_once_go_in_frames_of_a_bounded_size():
     got = _written_by_the_head(outcomes, list(outcomes))
     assert all(kind == "dones" and len(payloads) <= DONES_BYTES for kind, _, payloads in got)
     assert len(got) == 3
-    sent = [(call_id, kind, bytes(payloads[sum(s for _, _, s in items[:n]):][:size]))
-            for _, items, payloads in got for n, (call_id, kind, size) in enumerate(items)]
+    sent = [outcome for _, items, payloads in got for outcome in _split(items, payloads)]
     assert sent == [(i, "value", payload) for i, (_, payload) in outcomes.items()]
+
+
+def _split(items: list[tuple[int, str, int]], payloads: bytes) -> list[tuple[int, str, bytes]]:
+    """A `dones` frame's outcomes, each with its own part of the joined payloads."""
+    ends = list(itertools.accumulate(size for _, _, size in items))
+    return [(call_id, kind, bytes(payloads[end - size:end])) for (call_id, kind, size), end in zip(items, ends)]

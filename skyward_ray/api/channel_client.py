@@ -137,6 +137,28 @@ class _Assembly:
         self.kind, self.buffer, self.offsets, self.count = kind, bytearray(total), set(), count
 
 
+class _HeldAcks:
+    """Outcomes read and not acknowledged yet (`CallChannel._acknowledge_now`): their call ids, their
+    size, and when the first of them was read."""
+
+    __slots__ = ("call_ids", "size", "since")
+
+    def __init__(self) -> None:
+        self.call_ids: list[int] = []
+        self.size = 0
+        self.since = 0.0
+
+    def add(self, call_ids: list[int], size: int) -> None:
+        if not self.call_ids:
+            self.since = time.monotonic()
+        self.call_ids.extend(call_ids)
+        self.size += size
+
+    def take(self) -> list[int]:
+        call_ids, self.call_ids, self.size = self.call_ids, [], 0
+        return call_ids
+
+
 class ChannelTaskError(RayError):
     """A call over the channel that failed with its own exception (`cause`, raised on a node, with
     Ray's remote traceback `text`), or that could not run at all (`text` empty): what a
@@ -464,41 +486,32 @@ class CallChannel:
         return self._slots.pop(call_id, None)
 
     def _read(self, proc: subprocess.Popen[bytes]) -> None:
-        """The outcomes as they come; acknowledged in batches (`_acknowledge_now`: the
-        head keeps an outcome until then, to send it again after a reconnect)."""
+        """The outcomes as they come, acknowledged in batches (`_acknowledge_now`)."""
         assert proc.stdout is not None
-        reader, acks, held_bytes, held_since = wire.FrameReader(proc.stdout.fileno()), [], 0, 0.0
+        reader, held = wire.FrameReader(proc.stdout.fileno()), _HeldAcks()
         try:
             while True:
-                if acks and not reader.readable_within(max(0.0, held_since + ACK_DELAY_S - time.monotonic())):
-                    with self._lock:  # held while calls still wait, and nothing more came for ACK_DELAY_S
-                        self._write(wire.encode(("ack", acks)))
-                    acks, held_bytes, held_since = [], 0, 0.0
+                if self._acknowledge_now(held, reader):
+                    with self._lock:
+                        self._write(wire.encode(("ack", held.take())))
                 message = reader.read_frame()
                 if message[0] == "done":
                     _, call_id, kind, payload = message
                     with self._lock:
                         slot = self._pop_slot(call_id)
-                    acks.append(call_id)
-                    held_bytes += len(payload)
+                    held.add([call_id], len(payload))
                     if slot is not None:
                         slot.resolve(kind, payload)
                 elif message[0] == "dones":
-                    held_bytes += self._take_dones(message[1], message[2], acks)
+                    _, outcomes, payloads = message
+                    self._take_dones(outcomes, payloads)
+                    held.add([call_id for call_id, _, _ in outcomes], len(payloads))
                 elif message[0] == "part":
                     if self._take_part(message):
-                        acks.append(message[1])
-                        held_bytes += ACK_BYTES  # a striped outcome is large: let the head drop it now
+                        held.add([message[1]], ACK_BYTES)  # a striped outcome is large: let the head drop it now
                 elif message[0] == "unreceived":  # lost with a dropped connection (or server): sent again, in order
                     with self._lock:
                         self._send_again(message[1])
-                if not acks:
-                    continue
-                held_since = held_since or time.monotonic()
-                if self._acknowledge_now(len(acks), held_bytes, held_since, reader):
-                    with self._lock:
-                        self._write(wire.encode(("ack", acks)))
-                    acks, held_bytes, held_since = [], 0, 0.0
         except (wire.ChannelClosed, OSError, ValueError, EOFError):
             pass
         with self._lock:
@@ -510,30 +523,31 @@ class CallChannel:
             threading.Thread(target=self._on_drop, name="skyward-call-channel-drop", daemon=True).start()
         self._reconnect()
 
-    def _take_dones(self, outcomes: list[tuple[int, str, int]], payloads: bytearray, acks: list[int]) -> int:
+    def _take_dones(self, outcomes: list[tuple[int, str, int]], payloads: bytearray) -> None:
         """Small outcomes that came in one frame (`channel_head.dones_frame`): each call's slot resolved
-        with its part of the payloads; answers their size."""
+        with its part of the payloads."""
         with self._lock:
             slots = [self._pop_slot(call_id) for call_id, _, _ in outcomes]
         offset = 0
         with memoryview(payloads) as view:
-            for (call_id, kind, size), slot in zip(outcomes, slots):
-                acks.append(call_id)
+            for (_, kind, size), slot in zip(outcomes, slots):
                 if slot is not None:
                     slot.resolve(kind, bytes(view[offset:offset + size]))
                 offset += size
-        return offset
 
-    def _acknowledge_now(self, count: int, held_bytes: int, held_since: float, reader: wire.FrameReader) -> bool:
-        """Whether to acknowledge the outcomes read so far: the head keeps each until then (to send it
-        again after a reconnect), so large ones go at once, and the rest once no call waits any more,
-        ACK_BATCH are held, or the oldest was read ACK_DELAY_S ago (`_read` also sends them when
-        nothing more comes by then). Why not after every burst read:
-        a group's outcomes come in dozens of bursts, and an ack each was as many more messages up
-        the connection, each waking the relaying processes and the head's event loop."""
-        if count >= ACK_BATCH or held_bytes >= ACK_BYTES or time.monotonic() - held_since >= ACK_DELAY_S:
+    def _acknowledge_now(self, held: _HeldAcks, reader: wire.FrameReader) -> bool:
+        """Whether to acknowledge the outcomes read so far, before reading on. The head keeps each
+        until then (to send it again after a reconnect), so large ones go at once; the rest once
+        ACK_BATCH are held, or no call waits any more and nothing more is here, or the first was
+        read ACK_DELAY_S ago (waiting that long at most for more to come). Why not after every
+        burst read: a group's outcomes come in dozens of bursts, and an ack each was as many more
+        messages up the connection, each waking the relaying processes and the head's event loop."""
+        if not held.call_ids:
+            return False
+        left = held.since + ACK_DELAY_S - time.monotonic()
+        if len(held.call_ids) >= ACK_BATCH or held.size >= ACK_BYTES or left <= 0:
             return True
-        return not self._slots and not reader.pending()
+        return not reader.readable_within(left if self._slots else 0)
 
     def _send_again(self, call_ids: list[int]) -> None:
         """Under the lock: the calls the head says it never got, in order, each function's bytes with
