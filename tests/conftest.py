@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import pytest
 
 from node_providers.local.process_host import end_processes, identified_processes
 from tests.hard_test_limit import pytest_runtest_protocol  # noqa: F401 - a hook: a stuck test ends its worker
+from tests.timeouts import SIM_BOOT_TIMEOUT
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("SKYWARD_QUIET", "1")
@@ -118,26 +120,48 @@ def run_python(code: str, timeout: float = 180, env: dict[str, str] | None = Non
                             stderr=subprocess.STDOUT, text=True, **popen)  # type: ignore[arg-type]
 
 
-def wait_for_line(proc: subprocess.Popen, prefix: str, timeout: float = 180) -> str:
-    """Read the child's output until a line starts with `prefix`; fail with its output otherwise."""
-    seen = []
-    deadline = time.monotonic() + timeout
+def wait_for_line(proc: subprocess.Popen, prefix: str, timeout: float = SIM_BOOT_TIMEOUT + 120) -> str:
+    """Read the child's output until a line starts with `prefix`; fail with its output otherwise.
+
+    A child that prints nothing more is ended at the deadline (SIGTERM: its teardown runs, and what
+    it prints says where it was): a read blocks until a line comes, so a deadline checked between
+    reads let a silent child hold the test until pytest-timeout, with its output lost."""
+    seen: list[str] = []
     assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-        if line.startswith(prefix):
-            return line[len(prefix):].strip()
-    if proc.poll() is None:  # still running: SIGTERM runs its teardown, whose output says where it was
+    decided = threading.Lock()
+    found = False
+    late = False
+
+    def end_a_silent_child() -> None:
+        nonlocal late
+        with decided:
+            if not found and proc.poll() is None:
+                late = True
+                proc.terminate()
+
+    deadline = threading.Timer(timeout, end_a_silent_child)
+    deadline.daemon = True
+    deadline.start()
+    try:
+        for line in iter(proc.stdout.readline, ""):
+            seen.append(line)
+            if line.startswith(prefix):
+                with decided:
+                    found = not late
+                if found:
+                    return line[len(prefix):].strip()
+                break
+    finally:
+        deadline.cancel()
+    if proc.poll() is None:  # still running (a line after the deadline): SIGTERM runs its teardown
         proc.terminate()
-        try:
-            seen.append(proc.communicate(timeout=60)[0] or "")
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            seen.append(proc.communicate(timeout=30)[0] or "")
-    raise AssertionError(f"no line starting with {prefix!r}; child output:\n{''.join(seen)}")
+    try:
+        seen.append(proc.communicate(timeout=60)[0] or "")
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        seen.append(proc.communicate(timeout=30)[0] or "")
+    when = f"within {timeout:g}s" if late else "before it ended"
+    raise AssertionError(f"no line starting with {prefix!r} {when}; child output:\n{''.join(seen)}")
 
 
 @pytest.fixture(scope="session", autouse=True)

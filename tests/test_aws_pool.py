@@ -19,6 +19,7 @@ import skyward_ray as sky
 from tests.conftest import MARKS_NAMESPACE, wait_started
 from tests.simaws import SIM_SETTINGS, Fault, aws_environment, simulated_aws
 from tests.simaws.hosts import cloud_init_text
+from tests.timeouts import SIM_BOOT_TIMEOUT
 
 REGION = "us-east-1"
 SECRETS = {"AWS_ACCESS_KEY_ID": "AKIASKYWARDFAKE00042", "AWS_SECRET_ACCESS_KEY": "skywardFakeSecretDoNotLeak0123456789abcd",
@@ -69,7 +70,7 @@ def provider(region) -> sky.AWS:
 def spot_pool(region):
     sim, hosts, keys = region
     pool = sky.Compute(provider=provider(region), accelerator=sky.accelerators.T4(), nodes=3,
-                       allocation="spot-if-available", boot_timeout=120)
+                       allocation="spot-if-available", boot_timeout=SIM_BOOT_TIMEOUT)
     pool.__enter__()
     try:
         yield pool
@@ -207,7 +208,7 @@ def test_a_capacity_error_moves_to_the_next_offer_and_the_failed_attempt_leaves_
     with sim.fault(Fault("RunInstances", code="InsufficientInstanceCapacity", when=worker_of_first,
                          message=f"We currently do not have sufficient {first.instance_type} capacity")) as fault:
         with sky.Compute(provider=provider(region), accelerator="T4", nodes=2, allocation="on-demand",
-                         boot_timeout=120) as pool:
+                         boot_timeout=SIM_BOOT_TIMEOUT) as pool:
             assert fault.hits == 1
             assert pool.offer.instance_type != first.instance_type and pool.offer.market == "on-demand"
             assert isinstance(pool.failures[0][1], sky.CapacityError) and pool.failures[0][0].instance_type == first.instance_type

@@ -20,6 +20,7 @@ import pytest
 
 import skyward_ray as sky
 from tests.simnet.probes import tcp_connects
+from tests.timeouts import SIM_BOOT_TIMEOUT
 
 
 @sky.function
@@ -72,7 +73,7 @@ def test_a_simulated_aws_pool_with_dashboard_answers_through_the_tunnel(tmp_path
 
     with simulated_aws("us-east-1") as (sim, hosts), aws_environment(sim.client_env()):
         config = sky.AWS(region="us-east-1", key_dir=str(tmp_path), ssh_cidr=hosts.ssh_cidr, **SIM_SETTINGS)
-        with sky.Compute(provider=config, accelerator="T4", nodes=1, boot_timeout=180, dashboard=True) as pool:
+        with sky.Compute(provider=config, accelerator="T4", nodes=1, boot_timeout=SIM_BOOT_TIMEOUT, dashboard=True) as pool:
             path = check_dashboard(pool, caplog.text)
             # reached through the tunnel only: from the driver, the head's public address answers on SSH
             # and not on the dashboard's port (its private one is not routed from here at all)

@@ -19,6 +19,7 @@ import pytest
 import skyward_ray as sky
 from node_providers.runpod.transport import graphql_operation
 from skyward_ray.cluster import api_log
+from tests.timeouts import SIM_BOOT_TIMEOUT
 
 SECRETS = {"AWS_ACCESS_KEY_ID": "AKIASKYWARDFAKE00077", "AWS_SECRET_ACCESS_KEY": "skywardFakeSecretDoNotLeak0123456789wxyz",
            "AWS_SESSION_TOKEN": "skywardFakeSessionTokenDoNotLeak77"}
@@ -69,7 +70,7 @@ def test_a_simulated_aws_pool_logs_its_calls_with_durations_and_no_secret(tmp_pa
     monkeypatch.setenv(api_log.ENV_DEBUG, "1")
     with simulated_aws("us-east-1") as (sim, hosts), aws_environment({**sim.client_env(), **SECRETS}):
         config = sky.AWS(region="us-east-1", key_dir=str(tmp_path), ssh_cidr=hosts.ssh_cidr, **SIM_SETTINGS)
-        with sky.Compute(provider=config, accelerator="T4", nodes=1, boot_timeout=180) as pool:
+        with sky.Compute(provider=config, accelerator="T4", nodes=1, boot_timeout=SIM_BOOT_TIMEOUT) as pool:
             path = api_log.active_path()
             token = os.environ["RAY_AUTH_TOKEN"]
             assert one() >> pool == 1

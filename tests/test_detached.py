@@ -26,6 +26,7 @@ from skyward_ray.cli import app
 from skyward_ray.cluster import activity, pool_state
 from skyward_ray.cluster.driver import DriverConnection
 from tests.conftest import REPO, pool_processes
+from tests.timeouts import SIM_BOOT_TIMEOUT
 
 CLI = "from skyward_ray.cli import app; app()"
 
@@ -345,7 +346,7 @@ def test_a_cloud_pool_is_reached_through_the_keepers_ssh_tunnel(names, tmp_path)
     with simulated_aws("us-east-1") as (sim, hosts), aws_environment(sim.client_env()):
         config = sky.AWS(region="us-east-1", key_dir=str(tmp_path), ssh_cidr=hosts.ssh_cidr, **SIM_SETTINGS)
         t0 = time.monotonic()
-        pool = sky.Compute(provider=config, accelerator="T4", nodes=1, boot_timeout=180).up(name, idle_timeout="10m")
+        pool = sky.Compute(provider=config, accelerator="T4", nodes=1, boot_timeout=SIM_BOOT_TIMEOUT).up(name, idle_timeout="10m")
         print(f"a simulated-AWS pool up through its keeper in {time.monotonic() - t0:.1f}s")
         keeper = keeper_pid(name)
         env = pool.env

@@ -17,6 +17,7 @@ import skyward_ray as sky
 from node_providers.local.process_host import end_processes, processes_with_marker
 from tests.conftest import MARKS_NAMESPACE
 from tests.simaws import SIM_SETTINGS, aws_environment, simulated_aws
+from tests.timeouts import SIM_BOOT_TIMEOUT
 
 IDLE_TIMEOUT = 3.0
 
@@ -183,7 +184,7 @@ def test_an_aws_elastic_pool_grows_to_max_and_shrinks_back_and_leaves_nothing(re
     sim, hosts, keys = region
     provider = sky.AWS(region=REGION, key_dir=keys, ssh_cidr=hosts.ssh_cidr, **SIM_SETTINGS)
     since = time.time()
-    with sky.Compute(provider=provider, accelerator="T4", allocation="on-demand", boot_timeout=120,
+    with sky.Compute(provider=provider, accelerator="T4", allocation="on-demand", boot_timeout=SIM_BOOT_TIMEOUT,
                      nodes=sky.Nodes(min=1, max=3, idle_timeout=IDLE_TIMEOUT)) as pool:
         name = pool.name
         head, workers = grow_and_shrink(pool, "aws", boot_timeout=90)

@@ -27,6 +27,7 @@ from tests.simaws import SIM_SETTINGS
 from tests.simaws.server import USER_DATA_LIMIT
 from tests.simaws.throttling import Throttling, request_bucket
 from tests.test_aws_provider import region, sim  # noqa: F401  (the simulated region, shared fixtures)
+from tests.timeouts import SIM_BOOT_TIMEOUT
 
 REGION = "us-east-1"
 
@@ -133,7 +134,7 @@ def test_a_pool_launches_and_ends_with_ec2_throttling_on(region, tmp_path):
     try:
         with sky.Compute(provider=sky.AWS(region=REGION, key_dir=str(tmp_path), ssh_cidr=hosts.ssh_cidr,
                                           **SIM_SETTINGS),
-                         accelerator="T4", nodes=2, allocation="on-demand", boot_timeout=180) as pool:
+                         accelerator="T4", nodes=2, allocation="on-demand", boot_timeout=SIM_BOOT_TIMEOUT) as pool:
             assert [square(x) >> pool for x in (2, 3)] == [4, 9]
             name = pool.name
     finally:

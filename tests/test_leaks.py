@@ -167,18 +167,35 @@ def _forget_driver_state(h: Harness) -> dict[str, list[str]]:
     return left
 
 
+def _end(proc: subprocess.Popen) -> None:
+    """A driver still running when its case failed midway: its own teardown ends its pool (SIGTERM),
+    so the cases after this one still start on a clean cloud."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    proc.wait(timeout=30)
+
+
 @contextlib.contextmanager
 def _ending(proc: subprocess.Popen) -> Iterator[subprocess.Popen]:
     try:
         yield proc
     finally:
-        if proc.poll() is None:  # the case failed midway: the driver's own teardown ends its pool, so
-            proc.terminate()     # the cases after this one still start on a clean cloud
-            try:
-                proc.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        proc.wait(timeout=30)
+        _end(proc)
+
+
+def _line_or_end(proc: subprocess.Popen, line: str) -> str:
+    """`wait_for_line`, with the driver ended if anything cuts the wait short (pytest-timeout's
+    failure included): a driver left running keeps its pool, and every later case on this cloud
+    found it "not clean" (seen in CI on 2026-12-07: after one case timed out, every later one failed)."""
+    try:
+        return wait_for_line(proc, line)
+    except BaseException:
+        _end(proc)
+        raise
 
 
 def _ready(h: Harness, case: str, nodes: int, line: str,
@@ -191,7 +208,7 @@ def _ready(h: Harness, case: str, nodes: int, line: str,
     nothing, is reported (with what the machines printed), and the pool is launched once more."""
     proc = _driver(h, case, nodes, env)
     try:
-        return proc, wait_for_line(proc, line)
+        return proc, _line_or_end(proc, line)
     except AssertionError as failure:
         proc.wait(timeout=30)
         launch_failed = re.search(r"^skyward_ray\.errors\.(ProvisioningError|BootTimeoutError): ", str(failure), re.M)
@@ -204,7 +221,7 @@ def _ready(h: Harness, case: str, nodes: int, line: str,
         warnings.warn(f"{h.name}: the pool's launch failed (left nothing), launched again:\n{failure}{why}",
                       stacklevel=2)
     proc = _driver(h, case, nodes, env)
-    return proc, wait_for_line(proc, line)
+    return proc, _line_or_end(proc, line)
 
 
 def _record(case: str, h: Harness, seconds: float, note: str = "") -> None:

@@ -34,6 +34,7 @@ from tests.conftest import MARKS_NAMESPACE, wait_started
 from tests.simaws.server import VPC_CIDR
 from tests.simaws import SIM_SETTINGS, aws_environment, simulated_aws
 from tests.simnet import read_banner
+from tests.timeouts import SIM_BOOT_TIMEOUT
 
 REGION = "us-east-1"
 
@@ -52,7 +53,7 @@ def aws(region) -> sky.AWS:
 
 @pytest.fixture(scope="module")
 def pool(region):
-    pool = sky.Compute(provider=aws(region), accelerator="T4", nodes=2, boot_timeout=180,
+    pool = sky.Compute(provider=aws(region), accelerator="T4", nodes=2, boot_timeout=SIM_BOOT_TIMEOUT,
                        image=sky.Image(pip=["tabulate==0.9.0"]))
     pool.__enter__()
     try:
@@ -440,7 +441,7 @@ def test_a_tampered_host_key_is_refused_and_leaves_nothing(region):
     hosts.tamper_host_keys = True
     try:
         with pytest.raises(sky.ProvisioningError, match="host key") as caught:
-            with sky.Compute(provider=aws(region), accelerator="T4", nodes=1, boot_timeout=120):
+            with sky.Compute(provider=aws(region), accelerator="T4", nodes=1, boot_timeout=SIM_BOOT_TIMEOUT):
                 pass
     finally:
         hosts.tamper_host_keys = False
@@ -455,7 +456,7 @@ def test_a_node_that_cannot_install_its_image_ends_itself_and_the_error_shows_it
     # node is the one that finds the package missing (tests/test_image_resolve.py: the driver's check).
     with pytest.raises(sky.ProvisioningError, match="stopped while booting") as caught, \
             pytest.warns(UserWarning, match="could not be checked"):
-        with sky.Compute(provider=aws(region), accelerator="T4", nodes=1, boot_timeout=120,
+        with sky.Compute(provider=aws(region), accelerator="T4", nodes=1, boot_timeout=SIM_BOOT_TIMEOUT,
                          image=sky.Image(pip=["skyward-no-such-package==1.0"])):
             pass
     assert str(caught.value).startswith("failed at step: installing Image.pip")
@@ -501,7 +502,7 @@ def test_by_default_ssh_is_open_only_to_the_address_the_address_service_reports(
     sim, hosts, keys = region
     default = sky.AWS(region=REGION, key_dir=keys, **SIM_SETTINGS)  # no ssh_cidr: the default a user gets
     with address_service(hosts.network.driver_ip):
-        with sky.Compute(provider=default, accelerator="T4", nodes=1, boot_timeout=180) as pool:
+        with sky.Compute(provider=default, accelerator="T4", nodes=1, boot_timeout=SIM_BOOT_TIMEOUT) as pool:
             [group] = sim.security_groups(cluster=pool.name)
             ssh = [r for r in group["IpPermissions"] if r["IpProtocol"] == "tcp"]
             assert [(r["FromPort"], [x["CidrIp"] for x in r["IpRanges"]]) for r in ssh] == [(22, [hosts.ssh_cidr])]

@@ -14,6 +14,7 @@ import pytest
 import skyward_ray as sky
 from tests.simnet import tcp_connects
 from tests.simrunpod import SIM_SETTINGS, USER_KEY, simulated_runpod
+from tests.timeouts import SIM_BOOT_TIMEOUT
 
 GPU = "NVIDIA GeForce RTX 4090"
 
@@ -50,7 +51,7 @@ def runpod(keys: str) -> sky.RunPod:
 def test_a_one_node_pool_runs_a_task_through_the_ssh_tunnel_and_leaves_no_pod(fake):
     sim, hosts, keys = fake
     started = time.monotonic()
-    with sky.Compute(provider=runpod(keys), accelerator="RTX4090", nodes=1, boot_timeout=120) as pool:
+    with sky.Compute(provider=runpod(keys), accelerator="RTX4090", nodes=1, boot_timeout=SIM_BOOT_TIMEOUT) as pool:
         [answer] = where() @ pool
         first_result = time.monotonic() - started
         assert pool.offer.provider == "runpod" and pool.offer.instance_type == GPU
@@ -69,7 +70,7 @@ def test_a_one_node_pool_runs_a_task_through_the_ssh_tunnel_and_leaves_no_pod(fa
 def test_a_two_node_pool_on_the_global_network_uses_both_pods(fake):
     sim, hosts, keys = fake
     with sky.Compute(provider=runpod(keys), accelerator="RTX4090", nodes=2, allocation="on-demand",
-                     boot_timeout=120) as pool:
+                     boot_timeout=SIM_BOOT_TIMEOUT) as pool:
         answers = where() @ pool
         pods = {p.id: p for p in sim.live_pods()}
         assert [a["node"] for a in answers] == [0, 1]
@@ -92,7 +93,7 @@ def test_a_capacity_error_on_the_first_offer_moves_to_the_next_and_leaves_nothin
     sim, hosts, keys = fake
     sim.fail_capacity(GPU, times=1)  # the first launch (the cheapest offer) finds none
     with sky.Compute(provider=runpod(keys), accelerator="RTX4090", nodes=1, allocation="spot-if-available",
-                     boot_timeout=120) as pool:
+                     boot_timeout=SIM_BOOT_TIMEOUT) as pool:
         assert isinstance(pool.failures[0][1], sky.CapacityError)
         assert "no longer any instances available" in str(pool.failures[0][1])
         failed = pool.failures[0][0]

@@ -20,6 +20,7 @@ import ray
 import skyward_ray as sky
 from skyward_ray.api import user_code
 from tests.conftest import REPO, run_python, wait_for_line
+from tests.timeouts import SIM_BOOT_TIMEOUT
 from tests.usercode_fixture import write_user_project
 
 
@@ -175,7 +176,8 @@ print("RESULT " + json.dumps(out), flush=True)
 '''
 
 
-def _drive(tmp_path: Path, provider_and_nodes: str, env: dict[str, str] | None = None, timeout: float = 240) -> dict:
+def _drive(tmp_path: Path, provider_and_nodes: str, env: dict[str, str] | None = None,
+           timeout: float = SIM_BOOT_TIMEOUT + 120) -> dict:
     code = write_user_project(tmp_path)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -236,7 +238,7 @@ def test_an_excluded_package_falls_back_to_pickling_by_value(tmp_path):
     code = write_user_project(tmp_path)
     proc = run_python(EXCLUDED_DRIVER, env={"PYTHONPATH": f"{REPO}{os.pathsep}{code}"}, cwd=str(tmp_path))
     try:
-        result = json.loads(wait_for_line(proc, "RESULT ", timeout=180))
+        result = json.loads(wait_for_line(proc, "RESULT "))
         assert proc.wait(timeout=60) == 0
     finally:
         if proc.poll() is None:
@@ -275,7 +277,7 @@ def test_a_tune_sweep_from_the_users_package_spreads_over_the_pool(tmp_path):
     started = time.monotonic()
     proc = run_python(TUNE_DRIVER, env={"PYTHONPATH": f"{REPO}{os.pathsep}{code}"}, cwd=str(elsewhere))
     try:
-        result = json.loads(wait_for_line(proc, "RESULT ", timeout=240))
+        result = json.loads(wait_for_line(proc, "RESULT "))
         assert proc.wait(timeout=60) == 0
     finally:
         if proc.poll() is None:
@@ -295,8 +297,8 @@ def test_users_code_reaches_simulated_aws_nodes_that_have_none_of_the_drivers_fi
     keys = tmp_path / "keys"
     with simulated_aws("us-east-1") as (sim, hosts), aws_environment(sim.client_env()):
         provider = (f"provider=sky.AWS(region='us-east-1', key_dir={str(keys)!r}, ssh_cidr={hosts.ssh_cidr!r}, "
-                    f"**{SIM_SETTINGS!r}), accelerator='T4', nodes=2, boot_timeout=180")
-        result = _drive(tmp_path, provider, env=sim.client_env(), timeout=360)
+                    f"**{SIM_SETTINGS!r}), accelerator='T4', nodes=2, boot_timeout={SIM_BOOT_TIMEOUT}")
+        result = _drive(tmp_path, provider, env=sim.client_env(), timeout=SIM_BOOT_TIMEOUT + 180)
         assert sim.live_instances() == [] and hosts.wait_idle() == []
         assert hosts.stop() == []
     _check(result, 2)

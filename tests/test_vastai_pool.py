@@ -15,6 +15,7 @@ import pytest
 
 import skyward_ray as sky
 from tests.simvast import SIM_SETTINGS, USER_KEY, ask_row, simulated_vast
+from tests.timeouts import SIM_BOOT_TIMEOUT
 
 
 @sky.function
@@ -58,7 +59,7 @@ def test_a_one_node_spot_pool_runs_a_task_through_the_ssh_tunnel_and_leaves_no_i
     sim, hosts, _ = vast
     sim.lose_next_create_answer()
     started = time.monotonic()
-    with sky.Compute(provider=provider(vast), accelerator="T4", nodes=1, allocation="spot", boot_timeout=180) as pool:
+    with sky.Compute(provider=provider(vast), accelerator="T4", nodes=1, allocation="spot", boot_timeout=SIM_BOOT_TIMEOUT) as pool:
         ready = time.monotonic() - started
         rentals = [c for c in sim.calls if c.method == "PUT" and c.path.startswith("/api/v0/asks/")]
         assert [c.path for c in rentals] == ["/api/v0/asks/101/"], "a rental whose answer was lost was sent again"
@@ -86,7 +87,7 @@ def test_a_capacity_error_moves_to_the_next_offer_and_the_failed_attempt_leaves_
     sim, _, _ = vast
     sim.fail_next_create("no_such_ask", times=2)  # the ask, and its same-card replacement, rented meanwhile
     with sky.Compute(provider=provider(vast), accelerator="T4", nodes=1, allocation="on-demand",
-                     boot_timeout=180) as pool:
+                     boot_timeout=SIM_BOOT_TIMEOUT) as pool:
         assert len(pool.failures) == 1 and isinstance(pool.failures[0][1], sky.CapacityError)
         assert pool.failures[0][0].instance_type == "101"
         assert "no_such_ask" in str(pool.failures[0][1])
@@ -111,7 +112,7 @@ def test_an_interrupted_instance_fails_the_call_and_is_still_destroyed_at_teardo
     sim, hosts, _ = vast
     with pytest.raises(sky.PoolLostError) as caught:
         with sky.Compute(provider=provider(vast), accelerator="T4", nodes=1, allocation="spot",
-                         boot_timeout=180) as pool:
+                         boot_timeout=SIM_BOOT_TIMEOUT) as pool:
             [instance] = sim.live()
             sim.interrupt(instance.id)  # outbid: the container stops, Vast keeps the instance (and its disk)
             interrupted = time.monotonic()

@@ -14,6 +14,7 @@ from skyward_ray.cluster.contract import ClusterParams
 from tests.conformance import Harness
 from tests.simaws import SIM_SETTINGS, Fault, aws_environment, simulated_aws
 from tests.simaws.hosts import cloud_init_text
+from tests.timeouts import SIM_BOOT_TIMEOUT
 
 REGION = "us-east-1"
 SECRETS = {"AWS_ACCESS_KEY_ID": "AKIASKYWARDCONFORM042", "AWS_SECRET_ACCESS_KEY": "skywardConformSecretDoNotLeak0123456789",
@@ -76,7 +77,7 @@ def harness() -> Iterator[Harness]:
                 foreign_machine=foreign_machine,
                 explain=lambda machine: f"{machine}, as its machine printed it:\n{hosts.log(machine)}",
                 bare_machines=hosts.bare,
-                compute_settings={"boot_timeout": 120},
+                compute_settings={"boot_timeout": SIM_BOOT_TIMEOUT},
             )
         finally:
             if foreign:

@@ -19,6 +19,7 @@ import skyward_ray as sky
 from skyward_ray.cluster.contract import ClusterParams
 from tests.conformance import Harness
 from tests.images import engine, python_slim, rootfs
+from tests.timeouts import SIM_BOOT_TIMEOUT
 
 # Every node shares this small machine: small nodes.
 SETTINGS: dict[str, Any] = {"object_store_memory": 80 * 1024**2, "memory": 1536 * 1024**2, "cpus": 1.0}
@@ -100,7 +101,7 @@ def harness() -> Iterator[Harness]:
                 interrupt=interrupt,
                 fail_capacity=None,  # one engine, one offer: nothing to fall back to
                 foreign_machine=foreign_machine,
-                compute_settings={"boot_timeout": 240},
+                compute_settings={"boot_timeout": SIM_BOOT_TIMEOUT},
                 explain=explain,
             )
         finally:

@@ -16,6 +16,7 @@ import skyward_ray as sky
 from skyward_ray.cluster.contract import ClusterParams
 from tests.conformance import Harness
 from tests.simrunpod import SIM_SETTINGS, USER_KEY, CapacityFault, simulated_runpod
+from tests.timeouts import SIM_BOOT_TIMEOUT
 
 ACCELERATOR = "A100"  # two RunPod GPU types (PCIe, SXM): a capacity error on one leaves the other
 _DEPLOYS = ("podFindAndDeployOnDemand", "podRentInterruptable", "POST /v1/pods")
@@ -78,7 +79,7 @@ def harness() -> Iterator[Harness]:
                 foreign_machine=foreign_machine,
                 explain=lambda machine: f"{machine}, as its machine printed it:\n{hosts.log(machine)}",
                 bare_machines=hosts.bare,
-                compute_settings={"boot_timeout": 120},
+                compute_settings={"boot_timeout": SIM_BOOT_TIMEOUT},
             )
         finally:
             for pod_id in foreign:

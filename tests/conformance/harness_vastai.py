@@ -19,6 +19,7 @@ from skyward_ray.cluster.contract import ClusterParams
 from tests.conformance import Harness
 from tests.simvast import SIM_SETTINGS, USER_KEY, ask_row, simulated_vast
 from tests.simvast.server import decode_onstart
+from tests.timeouts import SIM_BOOT_TIMEOUT
 
 # Three T4 asks at one price (a cluster's later nodes rent siblings of the first ask by re-search
 # within the price ceiling), then dearer ones.
@@ -91,7 +92,7 @@ def harness() -> Iterator[Harness]:
                 explain=lambda machine: f"{machine}, as its machine printed it:\n{hosts.log(machine)}",
                 bare_machines=hosts.bare,
                 image_has_python=not hosts.bare,
-                compute_settings={"boot_timeout": 180},
+                compute_settings={"boot_timeout": SIM_BOOT_TIMEOUT},
                 pool_nodes=1,  # Vast.ai hosts share no private network: every offer is one node only
             )
         finally:
