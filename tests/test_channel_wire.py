@@ -54,17 +54,22 @@ def test_the_driver_reads_every_message_and_each_payload_whole_however_the_bytes
     assert [tuple(m) for m in got] == expected
 
 
-def test_pending_says_whether_a_next_message_is_already_there():
+def test_readable_within_says_whether_a_next_message_is_there_or_comes_in_time():
     read_end, write_end = os.pipe()
     try:
         os.write(write_end, wire.encode(("ack", [1])) + wire.encode(("ack", [2])))
         reader = wire.FrameReader(read_end)
         assert reader.read_frame() == ("ack", [1])
-        assert reader.pending(), "the second frame came with the first read"
+        assert reader.readable_within(0), "the second frame came with the first read"
         assert reader.read_frame() == ("ack", [2])
-        assert not reader.pending(), "nothing more was written"
+        assert not reader.readable_within(0), "nothing more was written"
         os.write(write_end, wire.encode(("ack", [3])))
-        assert reader.pending(), "waiting in the pipe"
+        assert reader.readable_within(0), "waiting in the pipe"
+        assert reader.read_frame() == ("ack", [3])
+        late = threading.Timer(0.2, os.write, (write_end, wire.encode(("ack", [4]))))
+        late.start()
+        assert reader.readable_within(30), "written while the reader waited"
+        late.join()
     finally:
         os.close(read_end)
         os.close(write_end)

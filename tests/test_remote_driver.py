@@ -310,7 +310,7 @@ def test_the_head_lets_go_of_the_outcomes_the_driver_has_read(pool):
         wait_none_held_on_head(channel, "a large outcome is acknowledged at once, while another call waits")
         assert square(7) >> pool == 49
         wait_none_held_on_head(channel, "a small one within ACK_DELAY_S, while another call waits",
-                          timeout=channel_client.ACK_DELAY_S + 10)
+                               timeout=channel_client.ACK_DELAY_S + 10)
     finally:
         assert waiting.cancel()
     wait_none_held_on_head(channel, "the cancelled call's outcome is acknowledged too")

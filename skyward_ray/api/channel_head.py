@@ -91,9 +91,9 @@ def _batches(outcomes: list[tuple[int, str, bytes]]) -> list[list[tuple[int, str
     reconnect may send thousands of them at once, and one frame must stay far below the wire's
     limit, nor may the driver wait for all of them to resolve any."""
     batches: list[list[tuple[int, str, bytes]]] = []
-    size = DONES_BYTES
+    size = 0
     for outcome in outcomes:
-        if size + len(outcome[2]) > DONES_BYTES:
+        if not batches or size + len(outcome[2]) > DONES_BYTES:
             batches.append([])
             size = 0
         batches[-1].append(outcome)

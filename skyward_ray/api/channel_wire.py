@@ -104,7 +104,7 @@ class FrameReader:
     and two system calls each (plus a wake-up of this thread) is what a gather of 500 waited on; a
     large result read a pipe's worth at a time into fresh buffers is copied again and again. Here
     small frames come out of one buffer filled `CHUNK` at a time, and a large one is read straight
-    into its own buffer. `pending()` says whether more is already there (to batch the acks)."""
+    into its own buffer. `readable_within()` says whether more is there or comes soon (to batch the acks)."""
 
     CHUNK = 1 << 20
 
@@ -146,10 +146,6 @@ class FrameReader:
                     raise ChannelClosed("the call channel closed")
                 have += read
         return trailer
-
-    def pending(self) -> bool:
-        """Whether a next message is already here (buffered, or waiting in the pipe)."""
-        return self.readable_within(0)
 
     def readable_within(self, timeout: float) -> bool:
         """Whether something of a next message is here, or comes within `timeout` seconds."""
