@@ -214,3 +214,62 @@ def test_sigterm_to_the_watch_stops_every_ray_process_as_ray_start_block_did():
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(node.pid, signal.SIGKILL)
+
+
+# Ray's `ray start` looks its node up in the GCS for 30 s (a constant in Ray's Node.__init__), then
+# fails the node. `ray_start.py` makes that lookup wait while the raylet Ray started is alive. Here
+# a stand-in node starts a stand-in raylet (a program named `raylet`: its name is what is checked)
+# and a stand-in for Ray's lookup that fails until the raylet "registers" or the raylet dies.
+STALLED_REGISTRATION = """
+import os, shutil, subprocess, sys, tempfile, time, types
+from skyward_ray.node import ray_start
+raylet_path = os.path.join(tempfile.mkdtemp(), "raylet")
+shutil.copy(shutil.which("sleep"), raylet_path)
+raylet = subprocess.Popen([raylet_path, "60"])
+registers_after, dies_after = float(sys.argv[1]), float(sys.argv[2])
+began = time.monotonic()
+def get_node(gcs_address, node_id):
+    if time.monotonic() - began >= dies_after and raylet.poll() is None:
+        raylet.kill()  # not reaped here: a zombie, as a raylet that crashed is until Ray reaps it
+    if time.monotonic() - began < registers_after:
+        raise RuntimeError("Failed to get node info")
+    return {"NodeID": node_id}
+services = types.SimpleNamespace(get_node=get_node)
+ray_start._patient_node_lookup(services)
+try:
+    print(services.get_node("10.0.0.1:6379", "n1"), flush=True)
+except RuntimeError as e:
+    print("failed:", e, flush=True)
+print(f"after {time.monotonic() - began:.1f}s", flush=True)
+raylet.kill()
+"""
+
+
+def _stalled_registration(registers_after: float, dies_after: float) -> list[str]:
+    done = subprocess.run([sys.executable, "-c", STALLED_REGISTRATION, str(registers_after), str(dies_after)],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def test_a_slow_raylet_is_waited_for_while_it_runs():
+    *_, found, took = _stalled_registration(registers_after=3, dies_after=999)
+    assert found == "{'NodeID': 'n1'}"
+    assert 3 <= float(took.split()[1].rstrip("s")) < 10
+
+
+def test_a_raylet_that_died_fails_the_lookup_at_once():
+    found, took = _stalled_registration(registers_after=999, dies_after=1)
+    assert found == "failed: Failed to get node info"
+    assert 1 <= float(took.split()[1].rstrip("s")) < 5
+
+
+def test_rays_node_start_still_looks_its_node_up_through_services_get_node():
+    """What the patience above hooks into; a Ray upgrade that moved it would make a slow raylet fatal again."""
+    import inspect
+
+    import ray._private.node
+
+    source = inspect.getsource(ray._private.node.Node.__init__)
+    assert "ray._private.services.get_node(" in source and "raylet_start_wait_time_s" in source

@@ -35,6 +35,13 @@ looking for a free name (which races between workers that start at once) and two
 and delete the same environments. The session's name comes from the head's GCS (Ray's worker start
 reads it there too), so the link is made once the head answers, before `ray start` makes the dir.
 
+Ray's `ray start` gives the node's raylet 30 s to register with the GCS (a constant inside Ray 2.60's
+`Node.__init__`, no setting) and then fails the node. On a starved machine that is too short: a
+local pool's head booting beside three busy test workers on two cores took longer in CI, and the
+whole pool was lost for it. Ray's wait asks `services.get_node` in a loop; here that lookup itself
+keeps asking while the raylet Ray started is alive, up to RAYLET_REGISTER_WAIT_S, so a slow raylet
+is waited for and a dead one still fails the node at once. The driver's boot timeout bounds it too.
+
 This file runs standalone on the node (packed into the boot script), so it imports nothing from
 skyward_ray.
 """
@@ -47,6 +54,7 @@ import time
 
 NO_RAY_CLIENT_SERVER_ENV = "SKYWARD_NO_RAY_CLIENT_SERVER"
 HEAD_TEMP_DIR_ENV = "SKYWARD_HEAD_TEMP_DIR"
+RAYLET_REGISTER_WAIT_S = 300.0
 WATCH = """\
 stop() { kill -TERM "$@" 2>/dev/null; for _ in $(seq 50); do up=; for p; do kill -0 "$p" 2>/dev/null && up=1; done
   [ -n "$up" ] || return 0; sleep 0.1; done; kill -KILL "$@" 2>/dev/null; }
@@ -79,6 +87,40 @@ def _stop(*_: object) -> None:
         except OSError:
             pass
     os._exit(143)
+
+
+def _raylet_alive() -> bool:
+    """Whether a raylet this process started is still running (a dead one is a zombie child, left out)."""
+    for pid in started():
+        try:
+            with open(f"/proc/{pid}/comm") as comm:
+                if comm.read().strip() == "raylet":
+                    return True
+        except OSError:
+            pass
+    return False
+
+
+def _patient_node_lookup(services: object) -> None:
+    """Make Ray's lookup of this node in the GCS wait for a slow raylet instead of failing at 30 s."""
+    get_node = services.get_node  # type: ignore[attr-defined]
+
+    def lookup(*args: object, **kwargs: object) -> object:
+        began = time.monotonic()
+        while True:
+            try:
+                found = get_node(*args, **kwargs)
+            except RuntimeError:
+                if time.monotonic() - began > RAYLET_REGISTER_WAIT_S or not _raylet_alive():
+                    raise
+                time.sleep(0.2)
+                continue
+            waited = time.monotonic() - began
+            if waited > 10:
+                print(f"skyward: the raylet registered with the GCS after {waited:.0f}s", flush=True)
+            return found
+
+    services.get_node = lookup  # type: ignore[attr-defined]
 
 
 def _wait_for_head(ray: object) -> object | None:
@@ -130,8 +172,10 @@ def main() -> None:
     role = sys.argv[1]
     for optional in ("ray.serve.scripts", "ray.dashboard.modules.job.cli", "ray.util.state.state_cli"):
         sys.modules[optional] = None
+    import ray._private.services
     import ray.scripts.scripts as ray_cli
 
+    _patient_node_lookup(ray._private.services)
     if role == "worker":
         client = _wait_for_head(ray_cli.ray)
         if client is not None and os.environ.get(HEAD_TEMP_DIR_ENV):
