@@ -256,13 +256,13 @@ def _stalled_registration(registers_after: float, dies_after: float) -> list[str
 def test_a_slow_raylet_is_waited_for_while_it_runs():
     *_, found, took = _stalled_registration(registers_after=3, dies_after=999)
     assert found == "{'NodeID': 'n1'}"
-    assert 3 <= float(took.split()[1].rstrip("s")) < 10
+    assert 3 <= float(took.split()[1].rstrip("s")) < 20  # 20: a starved machine, not the 300 s cap
 
 
 def test_a_raylet_that_died_fails_the_lookup_at_once():
     found, took = _stalled_registration(registers_after=999, dies_after=1)
     assert found == "failed: Failed to get node info"
-    assert 1 <= float(took.split()[1].rstrip("s")) < 5
+    assert 1 <= float(took.split()[1].rstrip("s")) < 20  # not the 300 s cap
 
 
 def test_rays_node_start_still_looks_its_node_up_through_services_get_node():
