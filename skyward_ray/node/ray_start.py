@@ -42,6 +42,15 @@ whole pool was lost for it. Ray's wait asks `services.get_node` in a loop; here 
 keeps asking while the raylet Ray started is alive, up to RAYLET_REGISTER_WAIT_S, so a slow raylet
 is waited for and a dead one still fails the node at once. The driver's boot timeout bounds it too.
 
+The raylet itself gives the dashboard agent it starts 15 s to write its listen port to a file
+(another constant, in Ray's C++; fixing the port on the command line does not skip that wait) and
+aborts past it. The agent imports half of Ray's Python dependencies first: on a starved or cold
+machine (a container pool's node beside busy test workers in CI; a cloud disk restored from a
+snapshot reads each block slowly the first time) it misses that. So when `ray start` fails with its
+startup timeout, this process ends everything that attempt started, Ray's processes that outlived
+the raylet included (this process is their subreaper until Ray is up), and starts Ray once more: the
+second time its files are in the page cache.
+
 This file runs standalone on the node (packed into the boot script), so it imports nothing from
 skyward_ray.
 """
@@ -55,6 +64,8 @@ import time
 NO_RAY_CLIENT_SERVER_ENV = "SKYWARD_NO_RAY_CLIENT_SERVER"
 HEAD_TEMP_DIR_ENV = "SKYWARD_HEAD_TEMP_DIR"
 RAYLET_REGISTER_WAIT_S = 300.0
+SECOND_ATTEMPT_ENV = "SKYWARD_RAY_START_SECOND_ATTEMPT"
+PR_SET_CHILD_SUBREAPER = 36  # prctl(2)
 WATCH = """\
 stop() { kill -TERM "$@" 2>/dev/null; for _ in $(seq 50); do up=; for p; do kill -0 "$p" 2>/dev/null && up=1; done
   [ -n "$up" ] || return 0; sleep 0.1; done; kill -KILL "$@" 2>/dev/null; }
@@ -87,6 +98,46 @@ def _stop(*_: object) -> None:
         except OSError:
             pass
     os._exit(143)
+
+
+def _subreaper(on: bool) -> None:
+    """Whether Ray's processes orphaned by a dead parent (the raylet's agents) become this one's children."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0)
+
+
+def _end_started(grace_s: float = 10.0) -> None:
+    """End every process this one started or adopted, and reap them: SIGTERM, then SIGKILL past `grace_s`."""
+    deadline = time.monotonic() + grace_s
+    while True:
+        live = started()
+        if not live:
+            break
+        for pid in live:
+            try:
+                os.kill(int(pid), signal.SIGTERM if time.monotonic() < deadline else signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.2)
+        while True:
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    break
+            except ChildProcessError:
+                break
+
+
+def _start_over(error: Exception) -> None:
+    """`ray start` timed out starting this node: end what it started and run this program again, once."""
+    if os.environ.get(SECOND_ATTEMPT_ENV) or "timed out during startup" not in str(error):
+        return
+    print(f"skyward: ray start failed ({error}); ending what it started and starting ray once more", flush=True)
+    _end_started()
+    os.environ[SECOND_ATTEMPT_ENV] = "1"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
 def _raylet_alive() -> bool:
@@ -183,12 +234,17 @@ def main() -> None:
     elif os.environ.get(NO_RAY_CLIENT_SERVER_ENV) == "1":
         ray_cli.get_ray_client_dependency_error = lambda: ImportError("no Ray Client server on this head")
     signal.signal(signal.SIGTERM, _stop)
+    _subreaper(True)
     sys.argv = ["ray", *sys.argv[2:]]
     try:
         ray_cli.main()
     except SystemExit as done:
         if done.code:
             raise
+    except Exception as error:
+        _start_over(error)
+        raise
+    _subreaper(False)  # Ray is up: what its processes orphan from now on is not this node's watch's to keep
     sys.stdout.flush()
     sys.stderr.flush()
     watched = started()
