@@ -46,10 +46,13 @@ The raylet itself gives the dashboard agent it starts 15 s to write its listen p
 (another constant, in Ray's C++; fixing the port on the command line does not skip that wait) and
 aborts past it. The agent imports half of Ray's Python dependencies first: on a starved or cold
 machine (a container pool's node beside busy test workers in CI; a cloud disk restored from a
-snapshot reads each block slowly the first time) it misses that. So when `ray start` fails with its
-startup timeout, this process ends everything that attempt started, Ray's processes that outlived
-the raylet included (this process is their subreaper until Ray is up), and starts Ray once more: the
-second time its files are in the page cache.
+snapshot reads each block slowly the first time) it misses that. So when a worker's `ray start`
+fails with its startup timeout, this process ends everything that attempt started, Ray's processes
+that outlived the raylet included (this process is their subreaper until Ray is up), and starts Ray
+again, up to RAY_START_ATTEMPTS times in all: the next time its files are in the page cache, and the
+load that starved it may have passed. Not on a head: its GCS would come back
+with a new cluster id, and the driver's GCS client, the head's watchdog and a keeper, all connected
+to the first one, would be refused by it ("WrongClusterID").
 
 This file runs standalone on the node (packed into the boot script), so it imports nothing from
 skyward_ray.
@@ -64,7 +67,8 @@ import time
 NO_RAY_CLIENT_SERVER_ENV = "SKYWARD_NO_RAY_CLIENT_SERVER"
 HEAD_TEMP_DIR_ENV = "SKYWARD_HEAD_TEMP_DIR"
 RAYLET_REGISTER_WAIT_S = 300.0
-SECOND_ATTEMPT_ENV = "SKYWARD_RAY_START_SECOND_ATTEMPT"
+RAY_START_ATTEMPTS = 3
+ATTEMPT_ENV = "SKYWARD_RAY_START_ATTEMPT"
 PR_SET_CHILD_SUBREAPER = 36  # prctl(2)
 WATCH = """\
 stop() { kill -TERM "$@" 2>/dev/null; for _ in $(seq 50); do up=; for p; do kill -0 "$p" 2>/dev/null && up=1; done
@@ -128,13 +132,15 @@ def _end_started(grace_s: float = 10.0) -> None:
                 break
 
 
-def _start_over(error: Exception) -> None:
-    """`ray start` timed out starting this node: end what it started and run this program again, once."""
-    if os.environ.get(SECOND_ATTEMPT_ENV) or "timed out during startup" not in str(error):
+def _start_over(role: str, error: Exception) -> None:
+    """A worker's `ray start` timed out starting it: end what it started and run this program again."""
+    attempt = int(os.environ.get(ATTEMPT_ENV, "1"))
+    if role != "worker" or attempt >= RAY_START_ATTEMPTS or "timed out during startup" not in str(error):
         return
-    print(f"skyward: ray start failed ({error}); ending what it started and starting ray once more", flush=True)
+    print(f"skyward: ray start failed ({error}); ending what it started and starting ray again "
+          f"(attempt {attempt + 1} of {RAY_START_ATTEMPTS})", flush=True)
     _end_started()
-    os.environ[SECOND_ATTEMPT_ENV] = "1"
+    os.environ[ATTEMPT_ENV] = str(attempt + 1)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
@@ -242,7 +248,7 @@ def main() -> None:
         if done.code:
             raise
     except Exception as error:
-        _start_over(error)
+        _start_over(role, error)
         raise
     _subreaper(False)  # Ray is up: what its processes orphan from now on is not this node's watch's to keep
     sys.stdout.flush()
