@@ -148,7 +148,7 @@ def test_a_worker_whose_ray_start_times_out_starts_ray_again_and_joins(tmp_path)
             if node is not None:
                 _kill_what_is_left(node)
         shutil.rmtree(ray_dir, ignore_errors=True)
-    retried = [line for line in worker_lines if line.startswith("skyward: ray start failed")]
+    retried = [line for line in worker_lines if line.startswith("skyward ray start: failed")]
     # the first attempt's agent was held; a later one may also miss Ray's 15 s on a machine this busy
     assert 1 <= len(retried) < ray_start.RAY_START_ATTEMPTS
     assert all("timed out during startup" in line for line in retried)

@@ -54,6 +54,9 @@ load that starved it may have passed. Not on a head: its GCS would come back
 with a new cluster id, and the driver's GCS client, the head's watchdog and a keeper, all connected
 to the first one, would be refused by it ("WrongClusterID").
 
+Its notes say "skyward ray start: ...", not "skyward: ...": they are not boot steps (the launcher
+reports a failed node's last "skyward: " line as the step it failed at).
+
 This file runs standalone on the node (packed into the boot script), so it imports nothing from
 skyward_ray.
 """
@@ -137,7 +140,7 @@ def _start_over(role: str, error: Exception) -> None:
     attempt = int(os.environ.get(ATTEMPT_ENV, "1"))
     if role != "worker" or attempt >= RAY_START_ATTEMPTS or "timed out during startup" not in str(error):
         return
-    print(f"skyward: ray start failed ({error}); ending what it started and starting ray again "
+    print(f"skyward ray start: failed ({error}); ending what it started and starting ray again "
           f"(attempt {attempt + 1} of {RAY_START_ATTEMPTS})", flush=True)
     _end_started()
     os.environ[ATTEMPT_ENV] = str(attempt + 1)
@@ -174,7 +177,7 @@ def _patient_node_lookup(services: object) -> None:
                 continue
             waited = time.monotonic() - began
             if waited > 10:
-                print(f"skyward: the raylet registered with the GCS after {waited:.0f}s", flush=True)
+                print(f"skyward ray start: the raylet registered with the GCS after {waited:.0f}s", flush=True)
             return found
 
     services.get_node = lookup  # type: ignore[attr-defined]
