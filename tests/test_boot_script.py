@@ -240,8 +240,10 @@ try:
     print(services.get_node("10.0.0.1:6379", "n1"), flush=True)
 except RuntimeError as e:
     print("failed:", e, flush=True)
+finally:
+    raylet.kill()
+    shutil.rmtree(os.path.dirname(raylet_path))
 print(f"after {time.monotonic() - began:.1f}s", flush=True)
-raylet.kill()
 """
 
 

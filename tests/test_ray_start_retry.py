@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 from node_providers.local.ports import PORTS
 from skyward_ray.node import ray_start
 
@@ -36,32 +38,22 @@ if sys.argv and sys.argv[0].endswith(os.path.join("dashboard", "agent.py")):
 """
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                state, parent = stat.read().rsplit(")", 1)[1].split()[:2]
-            if int(parent) == pid and state != "Z":
-                found.append(int(entry))
-        except (OSError, ValueError):
-            pass
-    return found
+def _children(pid: int) -> list[psutil.Process]:
+    """The live children of `pid` (a zombie, ended but not yet reaped, is not)."""
+    return [child for child in psutil.Process(pid).children() if _running(child)]
 
 
-def _running(pid: int) -> bool:
-    """Whether `pid` is a live process (a zombie, killed but not yet reaped, is not)."""
+def _running(process: psutil.Process) -> bool:
     try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
 
 
-def _comm(pid: int) -> str:
+def _name(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
+        return psutil.Process(pid).name()
+    except psutil.NoSuchProcess:
         return ""
 
 
@@ -86,15 +78,13 @@ def _start(role: str, ip: str, ray_dir: str, env: dict[str, str], *args: str) ->
 def _until_up_or_ended(node: subprocess.Popen, seconds: float = 240) -> bool:
     """Whether the node became its watch (Ray up) before it ended or `seconds` passed."""
     deadline = time.monotonic() + seconds
-    while _comm(node.pid) != "bash" and node.poll() is None and time.monotonic() < deadline:
+    while _name(node.pid) != "bash" and node.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)
-    return _comm(node.pid) == "bash"
+    return _name(node.pid) == "bash"
 
 
 def _end(node: subprocess.Popen) -> list[str]:
     """SIGTERM (the watch ends Ray's processes, as on a node's teardown); its output's lines."""
-    if hasattr(node, "output_lines"):  # ended before
-        return node.output_lines
     if node.poll() is None:
         node.send_signal(signal.SIGTERM)
     try:
@@ -102,7 +92,6 @@ def _end(node: subprocess.Popen) -> list[str]:
     except subprocess.TimeoutExpired:
         os.killpg(node.pid, signal.SIGKILL)
         lines = node.communicate()[0].splitlines()
-    node.output_lines = lines  # type: ignore[attr-defined]
     return lines
 
 
@@ -126,28 +115,32 @@ def test_a_worker_whose_ray_start_times_out_starts_ray_again_and_joins(tmp_path)
     gcs = f"127.0.0.1:{PORTS.free_port('127.0.0.1')}"
     head = _start("head", "127.0.0.1", f"{ray_dir}/h", _node_env(tmp_path, token, slow_agent=False), "--head",
                   f"--port={gcs.split(':')[1]}", "--include-dashboard=false")
-    worker, ray_processes = None, []
+    worker, worker_up, ray_processes, names, alive = None, False, [], [], None
     try:
         assert _until_up_or_ended(head), "the head never came up"
         worker_env = {**_node_env(tmp_path, token, slow_agent=True), "SKYWARD_HEAD_IP": "127.0.0.1",
                       "SKYWARD_GCS_PORT": gcs.split(":")[1], "SKYWARD_HEAD_WAIT": "60",
                       "SKYWARD_BOOT_DONE": str(tmp_path / "boot-done")}
         worker = _start("worker", "127.0.0.2", f"{ray_dir}/w", worker_env, f"--address={gcs}")
-        assert _until_up_or_ended(worker), "the worker never came up:\n" + "\n".join(_end(worker))
-        assert (tmp_path / "agent-was-slow").exists()
-        ray_processes = [pid for pid in _children(worker.pid) if _comm(pid) != "sleep"]  # not the watch's own
-        assert "raylet" in [_comm(pid) for pid in ray_processes]
-        alive = subprocess.run([sys.executable, "-c", ALIVE_NODES, gcs], capture_output=True, text=True, timeout=60,
-                               env={**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})
-        assert alive.stdout.strip() == "2", alive.stderr  # the head and the worker, once: no node of the failed try
+        worker_up = _until_up_or_ended(worker)
+        if worker_up:
+            # read while they run; not the watch's own `sleep 1`, which comes and goes
+            named = [(p, n) for p in _children(worker.pid) if (n := _name(p.pid)) not in ("", "sleep")]
+            ray_processes, names = [p for p, _ in named], [n for _, n in named]
+            alive = subprocess.run([sys.executable, "-c", ALIVE_NODES, gcs], capture_output=True, text=True,
+                                   timeout=60, env={**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})
     finally:
         worker_lines = _end(worker) if worker is not None else []
-        left = [f"{pid} {_comm(pid)}" for pid in ray_processes if _running(pid)] if worker is not None else []
+        left = [f"{p.pid} {name}" for p, name in zip(ray_processes, names) if _running(p)]
         _end(head)
         for node in (worker, head):
             if node is not None:
                 _kill_what_is_left(node)
         shutil.rmtree(ray_dir, ignore_errors=True)
+    assert worker_up, "the worker never came up:\n" + "\n".join(worker_lines)
+    assert (tmp_path / "agent-was-slow").exists()
+    assert "raylet" in names
+    assert alive is not None and alive.stdout.strip() == "2", alive and alive.stderr  # head and worker, once
     retried = [line for line in worker_lines if line.startswith("skyward ray start: failed")]
     # the first attempt's agent was held; a later one may also miss Ray's 15 s on a machine this busy
     assert 1 <= len(retried) < ray_start.RAY_START_ATTEMPTS

@@ -61,11 +61,13 @@ This file runs standalone on the node (packed into the boot script), so it impor
 skyward_ray.
 """
 
+import contextlib
 import os
 import signal
 import socket
 import sys
 import time
+from types import ModuleType
 
 NO_RAY_CLIENT_SERVER_ENV = "SKYWARD_NO_RAY_CLIENT_SERVER"
 HEAD_TEMP_DIR_ENV = "SKYWARD_HEAD_TEMP_DIR"
@@ -127,12 +129,13 @@ def _end_started(grace_s: float = 10.0) -> None:
             except OSError:
                 pass
         time.sleep(0.2)
-        while True:
-            try:
-                if os.waitpid(-1, os.WNOHANG)[0] == 0:
-                    break
-            except ChildProcessError:
-                break
+        _reap_ended_children()
+
+
+def _reap_ended_children() -> None:
+    with contextlib.suppress(ChildProcessError):  # none left
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
 
 
 def _start_over(role: str, error: Exception) -> None:
@@ -161,9 +164,9 @@ def _raylet_alive() -> bool:
     return False
 
 
-def _patient_node_lookup(services: object) -> None:
+def _patient_node_lookup(services: ModuleType) -> None:
     """Make Ray's lookup of this node in the GCS wait for a slow raylet instead of failing at 30 s."""
-    get_node = services.get_node  # type: ignore[attr-defined]
+    get_node = services.get_node
 
     def lookup(*args: object, **kwargs: object) -> object:
         began = time.monotonic()
@@ -180,7 +183,7 @@ def _patient_node_lookup(services: object) -> None:
                 print(f"skyward ray start: the raylet registered with the GCS after {waited:.0f}s", flush=True)
             return found
 
-    services.get_node = lookup  # type: ignore[attr-defined]
+    services.get_node = lookup
 
 
 def _wait_for_head(ray: object) -> object | None:
