@@ -217,7 +217,8 @@ def test_sigterm_to_the_watch_stops_every_ray_process_as_ray_start_block_did():
 
 
 # Ray's `ray start` looks its node up in the GCS for 30 s (a constant in Ray's Node.__init__), then
-# fails the node. `ray_start.py` makes that lookup wait while the raylet Ray started is alive. Here
+# fails the node. `ray_start.py` makes that lookup wait while the raylet Ray started is alive (a
+# real raylet that died is started again: tests/test_ray_start_retry.py). Here
 # a stand-in node starts a stand-in raylet (a program named `raylet`: its name is what is checked)
 # and a stand-in for Ray's lookup that fails until the raylet "registers" or the raylet dies.
 STALLED_REGISTRATION = """
@@ -235,7 +236,7 @@ def get_node(gcs_address, node_id):
         raise RuntimeError("Failed to get node info")
     return {"NodeID": node_id}
 services = types.SimpleNamespace(get_node=get_node)
-ray_start._patient_node_lookup(services)
+ray_start._patient_node_lookup(services, ray_start._Raylet())  # no raylet of Ray's to start again
 try:
     print(services.get_node("10.0.0.1:6379", "n1"), flush=True)
 except RuntimeError as e:
@@ -267,11 +268,16 @@ def test_a_raylet_that_died_fails_the_lookup_at_once():
     assert 1 <= float(took.split()[1].rstrip("s")) < 20  # not the 300 s cap
 
 
-def test_rays_node_start_still_looks_its_node_up_through_services_get_node():
-    """What the patience above hooks into; a Ray upgrade that moved it would make a slow raylet fatal again."""
+def test_rays_node_start_still_looks_its_node_up_and_starts_its_raylet_where_ray_start_py_hooks_in():
+    """What the patience above and the raylet's second start hook into; a Ray upgrade that moved them
+    would make a slow or aborted raylet fatal again."""
     import inspect
 
     import ray._private.node
 
     source = inspect.getsource(ray._private.node.Node.__init__)
     assert "ray._private.services.get_node(" in source and "raylet_start_wait_time_s" in source
+    assert "self.start_raylet(" in inspect.getsource(ray._private.node.Node.start_ray_processes)
+    start_raylet = inspect.getsource(ray._private.node.Node.start_raylet)
+    assert "self.all_processes[ray_constants.PROCESS_TYPE_RAYLET]" in start_raylet
+    assert ray._private.node.ray_constants.PROCESS_TYPE_RAYLET == "raylet"

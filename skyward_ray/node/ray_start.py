@@ -40,19 +40,21 @@ Ray's `ray start` gives the node's raylet 30 s to register with the GCS (a const
 local pool's head booting beside three busy test workers on two cores took longer in CI, and the
 whole pool was lost for it. Ray's wait asks `services.get_node` in a loop; here that lookup itself
 keeps asking while the raylet Ray started is alive, up to RAYLET_REGISTER_WAIT_S, so a slow raylet
-is waited for and a dead one still fails the node at once. The driver's boot timeout bounds it too.
+is waited for; a dead one is started again (below) or fails the node at once. The driver's boot
+timeout bounds it too.
 
-The raylet itself gives the dashboard agent it starts 15 s to write its listen port to a file
-(another constant, in Ray's C++; fixing the port on the command line does not skip that wait) and
-aborts past it. The agent imports half of Ray's Python dependencies first: on a starved or cold
-machine (a container pool's node beside busy test workers in CI; a cloud disk restored from a
-snapshot reads each block slowly the first time) it misses that. So when a worker's `ray start`
-fails with its startup timeout, this process ends everything that attempt started, Ray's processes
-that outlived the raylet included (this process is their subreaper until Ray is up), and starts Ray
-again, up to RAY_START_ATTEMPTS times in all: the next time its files are in the page cache, and the
-load that starved it may have passed. Not on a head: its GCS would come back
-with a new cluster id, and the driver's GCS client, the head's watchdog and a keeper, all connected
-to the first one, would be refused by it ("WrongClusterID").
+The raylet itself gives the dashboard agent it starts 15 s to write its port files (another
+constant, in Ray's C++; fixing the ports on the command line does not skip that wait, nor does
+RAY_agent_register_timeout_ms) and aborts past it, before it registers with the GCS. The agent
+imports half of Ray's Python dependencies first: on a starved or cold machine (a pool's node beside
+busy test workers in CI, at load 15 on two cores; a cloud disk restored from a snapshot reads each
+block slowly the first time) it misses that. So when the raylet exits before it registered, this
+process ends what that raylet started (its agents, orphaned by its death: this process is their
+subreaper until Ray is up) and starts the raylet again, up to RAYLET_ATTEMPTS times in all: the
+next time the agent's files are in the page cache, and the load that starved it may have passed.
+Only the raylet is started again, inside the same `ray start`: the node keeps its id and session,
+and a head keeps its GCS, whose cluster id the driver's GCS client, the head's watchdog and a keeper
+already hold (a GCS started again has a new one, and refuses them: "WrongClusterID").
 
 Its notes say "skyward ray start: ...", not "skyward: ...": they are not boot steps (the launcher
 reports a failed node's last "skyward: " line as the step it failed at).
@@ -63,17 +65,20 @@ skyward_ray.
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 NO_RAY_CLIENT_SERVER_ENV = "SKYWARD_NO_RAY_CLIENT_SERVER"
 HEAD_TEMP_DIR_ENV = "SKYWARD_HEAD_TEMP_DIR"
 RAYLET_REGISTER_WAIT_S = 300.0
-RAY_START_ATTEMPTS = 3
-ATTEMPT_ENV = "SKYWARD_RAY_START_ATTEMPT"
+RAYLET_ATTEMPTS = 3
 PR_SET_CHILD_SUBREAPER = 36  # prctl(2)
 WATCH = """\
 stop() { kill -TERM "$@" 2>/dev/null; for _ in $(seq 50); do up=; for p; do kill -0 "$p" 2>/dev/null && up=1; done
@@ -116,11 +121,12 @@ def _subreaper(on: bool) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0)
 
 
-def _end_started(grace_s: float = 10.0) -> None:
-    """End every process this one started or adopted, and reap them: SIGTERM, then SIGKILL past `grace_s`."""
+def _end_started(keep: set[str], grace_s: float = 10.0) -> None:
+    """End every process this one started or adopted but those in `keep`, and reap them: SIGTERM, then
+    SIGKILL past `grace_s`."""
     deadline = time.monotonic() + grace_s
     while True:
-        live = started()
+        live = [pid for pid in started() if pid not in keep]
         if not live:
             break
         for pid in live:
@@ -138,20 +144,6 @@ def _reap_ended_children() -> None:
             pass
 
 
-def _start_over(role: str, error: Exception) -> None:
-    """A worker's `ray start` timed out starting it: end what it started and run this program again."""
-    attempt = int(os.environ.get(ATTEMPT_ENV, "1"))
-    if role != "worker" or attempt >= RAY_START_ATTEMPTS or "timed out during startup" not in str(error):
-        return
-    print(f"skyward ray start: failed ({error}); ending what it started and starting ray again "
-          f"(attempt {attempt + 1} of {RAY_START_ATTEMPTS})", flush=True)
-    _end_started()
-    os.environ[ATTEMPT_ENV] = str(attempt + 1)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
-
-
 def _raylet_alive() -> bool:
     """Whether a raylet this process started is still running (a dead one is a zombie child, left out)."""
     for pid in started():
@@ -164,8 +156,62 @@ def _raylet_alive() -> bool:
     return False
 
 
-def _patient_node_lookup(services: ModuleType) -> None:
-    """Make Ray's lookup of this node in the GCS wait for a slow raylet instead of failing at 30 s."""
+class _Raylet:
+    """How to start this node's raylet again: Ray's own start of it, repeated on the same node."""
+
+    def __init__(self) -> None:
+        self.start_again: Callable[[], None] | None = None
+        self.logs_dir = ""
+        self.attempt = 1
+
+    def restartable(self, node_class: type) -> None:
+        """Wrap Ray's `Node.start_raylet` so that what it does can be done again."""
+        start_raylet = node_class.start_raylet
+        raylet = self
+
+        def start(node: Any, *args: object, **kwargs: object) -> None:
+            before = set(started())  # the GCS, log monitor, ...: not the raylet's to end
+
+            def again() -> None:
+                _end_started(keep=before)
+                node.all_processes.pop("raylet", None)  # Ray asserts it starts the raylet once
+                for socket_path in (node.plasma_store_socket_name, node.raylet_socket_name):
+                    with contextlib.suppress(FileNotFoundError):  # a dead raylet leaves its sockets bound
+                        os.unlink(socket_path)
+                start_raylet(node, *args, **kwargs)
+
+            raylet.start_again, raylet.logs_dir = again, node.get_logs_dir_path()
+            start_raylet(node, *args, **kwargs)
+
+        node_class.start_raylet = start
+
+    def start_over(self) -> bool:
+        """Start the raylet again if attempts are left (False: none are, or none was started)."""
+        if self.start_again is None or self.attempt >= RAYLET_ATTEMPTS:
+            return False
+        self.attempt += 1
+        print(f"skyward ray start: the raylet exited before it registered with the GCS{_why_raylet_exited(self.logs_dir)}; "
+              f"starting it again (attempt {self.attempt} of {RAYLET_ATTEMPTS})", flush=True)
+        self.start_again()
+        return True
+
+
+def _why_raylet_exited(logs_dir: str) -> str:
+    """The failed check a raylet aborted on, from its newest log (empty when there is none)."""
+    try:
+        logs = sorted(Path(logs_dir).glob("raylet*.out"), key=lambda log: log.stat().st_mtime)
+        failed = [line for line in logs[-1].read_text(errors="replace").splitlines() if "Check failed" in line]
+    except (OSError, IndexError):
+        return ""
+    if not failed:
+        return ""
+    check = failed[-1].split("Check failed", 1)[1].lstrip(": ")
+    return " (" + re.sub(r"^[\w.]+[(][)] ", "", check) + ")"  # Ray's "statussetor123.has_value() " says nothing
+
+
+def _patient_node_lookup(services: ModuleType, raylet: _Raylet) -> None:
+    """Make Ray's lookup of this node in the GCS wait for a slow raylet instead of failing at 30 s,
+    and start a raylet that exited before it registered again."""
     get_node = services.get_node
 
     def lookup(*args: object, **kwargs: object) -> object:
@@ -174,7 +220,9 @@ def _patient_node_lookup(services: ModuleType) -> None:
             try:
                 found = get_node(*args, **kwargs)
             except RuntimeError:
-                if time.monotonic() - began > RAYLET_REGISTER_WAIT_S or not _raylet_alive():
+                if time.monotonic() - began > RAYLET_REGISTER_WAIT_S:
+                    raise
+                if not _raylet_alive() and not raylet.start_over():
                     raise
                 time.sleep(0.2)
                 continue
@@ -235,10 +283,13 @@ def main() -> None:
     role = sys.argv[1]
     for optional in ("ray.serve.scripts", "ray.dashboard.modules.job.cli", "ray.util.state.state_cli"):
         sys.modules[optional] = None
+    import ray._private.node
     import ray._private.services
     import ray.scripts.scripts as ray_cli
 
-    _patient_node_lookup(ray._private.services)
+    raylet = _Raylet()
+    raylet.restartable(ray._private.node.Node)
+    _patient_node_lookup(ray._private.services, raylet)
     if role == "worker":
         client = _wait_for_head(ray_cli.ray)
         if client is not None and os.environ.get(HEAD_TEMP_DIR_ENV):
@@ -253,9 +304,6 @@ def main() -> None:
     except SystemExit as done:
         if done.code:
             raise
-    except Exception as error:
-        _start_over(role, error)
-        raise
     _subreaper(False)  # Ray is up: what its processes orphan from now on is not this node's watch's to keep
     sys.stdout.flush()
     sys.stderr.flush()
