@@ -117,15 +117,16 @@ print(sum(n.state == 0 for n in GcsClient(address=sys.argv[1]).get_all_node_info
 """
 
 A_TASK = """
+import sys
 import ray
-ray.init(address="auto")
+ray.init(sys.argv[1])
 print(ray.get(ray.remote(lambda: 6 * 7).remote()))
 """
 
 
-def _ask(code: str, gcs: str, token: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code, gcs], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_ADDRESS": gcs,
+def _ask(code: str, address: str, token: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
                                "RAY_USAGE_STATS_ENABLED": "0"})
 
 
@@ -173,17 +174,23 @@ def test_a_worker_whose_raylet_aborts_at_boot_starts_it_again_and_joins(tmp_path
     assert not left  # its watch ended them all, the held agent of the first raylet long before
 
 
-def test_a_head_whose_raylet_aborts_at_boot_starts_it_again_and_runs_tasks(tmp_path):
+def test_a_head_whose_raylet_aborts_at_boot_starts_it_again_and_serves_ray_client(tmp_path):
+    """As a cloud pool's head: its driver's calls come through the head's Ray Client server, which
+    started before the raylet and must still be serving once the second raylet registers."""
     token = secrets.token_hex(32)
     ray_dir = tempfile.mkdtemp(prefix="rs-")
-    gcs = f"127.0.0.1:{PORTS.free_port('127.0.0.1')}"
-    head = _start("head", "127.0.0.1", ray_dir, _node_env(tmp_path, token, slow_agent=True), "--head",
-                  f"--port={gcs.split(':')[1]}", "--include-dashboard=false")
-    up, alive, task = False, None, None
+    ip = "127.0.0.3"  # not 127.0.0.1, which Ray swaps for this machine's own address
+    gcs, client_port = f"{ip}:{PORTS.free_port(ip)}", PORTS.free_port(ip)
+    env = _node_env(tmp_path, token, slow_agent=True)
+    env.pop(ray_start.NO_RAY_CLIENT_SERVER_ENV)
+    head = _start("head", ip, ray_dir, env, "--head", f"--port={gcs.split(':')[1]}", "--include-dashboard=false",
+                  f"--ray-client-server-port={client_port}")
+    up, alive, task, client_server = False, None, None, []
     try:
         up = _until_up_or_ended(head)
         if up:
-            alive, task = _ask(ALIVE_NODES, gcs, token), _ask(A_TASK, gcs, token)
+            client_server = [" ".join(p.cmdline()) for p in _children(head.pid) if "client.server" in " ".join(p.cmdline())]
+            alive, task = _ask(ALIVE_NODES, gcs, token), _ask(A_TASK, f"ray://{ip}:{client_port}", token)
     finally:
         lines = _end(head)
         left = _left_running(ray_dir)
@@ -194,5 +201,10 @@ def test_a_head_whose_raylet_aborts_at_boot_starts_it_again_and_runs_tasks(tmp_p
     _assert_started_again(lines)
     assert alive is not None and alive.stdout.strip() == "1", alive and alive.stderr  # the same node, alive once
     assert task is not None and task.stdout.strip().splitlines()[-1:] == ["42"], task and task.stderr
+    # told the runtime env agent's port, the Ray Client server did not look the node up in the GCS,
+    # which it gives 30 s: a head whose raylet registers later would have come up without it
+    [command_line] = client_server
+    agent_port = int(command_line.split("--runtime-env-agent-address=")[1].split()[0].rsplit(":", 1)[1])
+    assert 20000 <= agent_port < 32768
     assert head.returncode == 143
     assert not left

@@ -56,6 +56,13 @@ Only the raylet is started again, inside the same `ray start`: the node keeps it
 and a head keeps its GCS, whose cluster id the driver's GCS client, the head's watchdog and a keeper
 already hold (a GCS started again has a new one, and refuses them: "WrongClusterID").
 
+A head's Ray Client server (the way every cloud pool's driver reaches the cluster) starts before the
+raylet and, when the runtime env agent's port is left to Ray to pick, looks the node up in the GCS
+to learn it, for 30 s (another constant: `get_node_with_retry`'s default) before it exits; a raylet
+that is slow or started again misses that, and the head came up without Ray Client. So a head that
+runs one gets a fixed runtime env agent port, a free one below Linux's ephemeral range, unless its
+command line gives one; the server then has nothing to look up.
+
 Its notes say "skyward ray start: ...", not "skyward: ...": they are not boot steps (the launcher
 reports a failed node's last "skyward: " line as the step it failed at).
 
@@ -78,7 +85,8 @@ from typing import Any
 NO_RAY_CLIENT_SERVER_ENV = "SKYWARD_NO_RAY_CLIENT_SERVER"
 HEAD_TEMP_DIR_ENV = "SKYWARD_HEAD_TEMP_DIR"
 RAYLET_REGISTER_WAIT_S = 300.0
-RAYLET_ATTEMPTS = 3
+RAYLET_ATTEMPTS = 4
+RUNTIME_ENV_AGENT_PORTS = (20000, 32768)  # above Ray's worker ports, below Linux's ephemeral range
 PR_SET_CHILD_SUBREAPER = 36  # prctl(2)
 WATCH = """\
 stop() { kill -TERM "$@" 2>/dev/null; for _ in $(seq 50); do up=; for p; do kill -0 "$p" 2>/dev/null && up=1; done
@@ -234,6 +242,20 @@ def _patient_node_lookup(services: ModuleType, raylet: _Raylet) -> None:
     services.get_node = lookup
 
 
+def _give_the_runtime_env_agent_a_port() -> None:
+    """Fix the runtime env agent's port on the command line (unless given): a free one, 20000-32767."""
+    if any(arg.startswith("--runtime-env-agent-port") for arg in sys.argv):
+        return
+    for port in range(*RUNTIME_ENV_AGENT_PORTS):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("", port))
+            except OSError:
+                continue
+        sys.argv.append(f"--runtime-env-agent-port={port}")
+        return
+
+
 def _wait_for_head(ray: object) -> object | None:
     """Wait for the head's GCS to list the head alive; return a client of it (None: it refused our token)."""
     from ray._raylet import GcsClient
@@ -296,6 +318,8 @@ def main() -> None:
             _share_head_logs(client, os.environ[HEAD_TEMP_DIR_ENV])
     elif os.environ.get(NO_RAY_CLIENT_SERVER_ENV) == "1":
         ray_cli.get_ray_client_dependency_error = lambda: ImportError("no Ray Client server on this head")
+    else:
+        _give_the_runtime_env_agent_a_port()
     signal.signal(signal.SIGTERM, _stop)
     _subreaper(True)
     sys.argv = ["ray", *sys.argv[2:]]
