@@ -28,11 +28,19 @@ from node_providers.local.ports import PORTS
 from skyward_ray.node import ray_start
 
 SLOW_AGENT = """
-import os, sys, time
+import os, signal, sys, time
+def finish_as_it_is_ended(*_):
+    # a slow agent that got as far as writing its port files just as it was ended: a port nobody serves
+    options = dict(arg[2:].split("=", 1) for arg in sys.argv if arg.startswith("--") and "=" in arg)
+    for name in ("metrics_agent_port", "dashboard_agent_listen_port"):
+        with open(os.path.join(options["session-dir"], name + "_" + options["node-id"]), "w") as port_file:
+            port_file.write("9")
+    os._exit(0)
 if sys.argv and sys.argv[0].endswith(os.path.join("dashboard", "agent.py")):
     marker = os.environ["SLOW_AGENT_MARKER"]
     if not os.path.exists(marker):  # the first agent of the node only
         open(marker, "w").close()
+        signal.signal(signal.SIGTERM, finish_as_it_is_ended)
         time.sleep(120)
 """
 
@@ -66,10 +74,17 @@ def _node_env(tmp_path: Path, token: str, slow_agent: bool) -> dict[str, str]:
     return env
 
 
-def _start(role: str, ip: str, ray_dir: str, env: dict[str, str], *args: str) -> subprocess.Popen:
+def _start(role: str, ip: str, ray_dir: str, env: dict[str, str], *args: str,
+           agent_ports: str = "fixed") -> subprocess.Popen:
+    """A node through `ray_start.py`. Its agents' ports are fixed (two nodes share this host), but
+    with `agent_ports="ray's"` the runtime env agent picks its own and writes it to a port file, as
+    on a cloud's worker."""
+    ports = PORTS.colocated_port_args(ip)
+    if agent_ports != "fixed":
+        ports = [arg for arg in ports if not arg.startswith("--runtime-env-agent-port")]
     return subprocess.Popen(
         [sys.executable, "-c", Path(ray_start.__file__).read_text(), role, "start", f"--node-ip-address={ip}",
-         f"--temp-dir={ray_dir}", "--num-cpus=1", "--object-store-memory=78643200", *PORTS.colocated_port_args(ip),
+         f"--temp-dir={ray_dir}", "--num-cpus=1", "--object-store-memory=78643200", *ports,
          *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
@@ -123,6 +138,19 @@ ray.init(sys.argv[1])
 print(ray.get(ray.remote(lambda: 6 * 7).remote()))
 """
 
+A_TASK_ON_THE_WORKER = """
+import os, sys
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+ray.init(sys.argv[1])
+[worker] = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeManagerAddress"] == "127.0.0.2"]
+@ray.remote(runtime_env={"env_vars": {"WHERE": "with its runtime env"}},
+            scheduling_strategy=NodeAffinitySchedulingStrategy(worker, soft=False))
+def where():
+    return ray.util.get_node_ip_address() + " " + os.environ["WHERE"]
+print("on", ray.get(where.remote(), timeout=90))
+"""
+
 
 def _ask(code: str, address: str, token: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True, timeout=120,
@@ -146,17 +174,18 @@ def test_a_worker_whose_raylet_aborts_at_boot_starts_it_again_and_joins(tmp_path
     gcs = f"127.0.0.1:{PORTS.free_port('127.0.0.1')}"
     head = _start("head", "127.0.0.1", f"{ray_dir}/h", _node_env(tmp_path, token, slow_agent=False), "--head",
                   f"--port={gcs.split(':')[1]}", "--include-dashboard=false")
-    worker, worker_up, names, alive, left = None, False, [], None, []
+    worker, worker_up, names, alive, task, left = None, False, [], None, None, []
     try:
         assert _until_up_or_ended(head), "the head never came up"
         worker_env = {**_node_env(tmp_path, token, slow_agent=True), "SKYWARD_HEAD_IP": "127.0.0.1",
                       "SKYWARD_GCS_PORT": gcs.split(":")[1], "SKYWARD_HEAD_WAIT": "60",
                       "SKYWARD_BOOT_DONE": str(tmp_path / "boot-done")}
-        worker = _start("worker", "127.0.0.2", f"{ray_dir}/w", worker_env, f"--address={gcs}")
+        worker = _start("worker", "127.0.0.2", f"{ray_dir}/w", worker_env, f"--address={gcs}", agent_ports="ray's")
         worker_up = _until_up_or_ended(worker)
         if worker_up:
             names = [_name(p.pid) for p in _children(worker.pid)]  # read while they run
             alive = _ask(ALIVE_NODES, gcs, token)
+            task = _ask(A_TASK_ON_THE_WORKER, gcs, token)
     finally:
         worker_lines = _end(worker) if worker is not None else []
         left = _left_running(f"{ray_dir}/w")
@@ -169,6 +198,10 @@ def test_a_worker_whose_raylet_aborts_at_boot_starts_it_again_and_joins(tmp_path
     assert (tmp_path / "agent-was-slow").exists()
     assert "raylet" in names
     assert alive is not None and alive.stdout.strip() == "2", alive and alive.stderr  # head and worker, once
+    # its runtime env agent is the second raylet's, not the first's that was ended (whose port file
+    # the second raylet would otherwise read, and exit 30 s after it registered)
+    assert task is not None and task.stdout.strip().splitlines()[-1:] == ["on 127.0.0.2 with its runtime env"], \
+        task and task.stderr
     _assert_started_again(worker_lines)
     assert worker.returncode == 143
     assert not left  # its watch ended them all, the held agent of the first raylet long before

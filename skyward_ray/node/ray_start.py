@@ -50,7 +50,8 @@ imports half of Ray's Python dependencies first: on a starved or cold machine (a
 busy test workers in CI, at load 15 on two cores; a cloud disk restored from a snapshot reads each
 block slowly the first time) it misses that. So when the raylet exits before it registered, this
 process ends what that raylet started (its agents, orphaned by its death: this process is their
-subreaper until Ray is up) and starts the raylet again, up to RAYLET_ATTEMPTS times in all: the
+subreaper until Ray is up), removes the port files they wrote and the sockets the raylet bound, and
+starts the raylet again, up to RAYLET_ATTEMPTS times in all: the
 next time the agent's files are in the page cache, and the load that starved it may have passed.
 Only the raylet is started again, inside the same `ray start`: the node keeps its id and session,
 and a head keeps its GCS, whose cluster id the driver's GCS client, the head's watchdog and a keeper
@@ -179,13 +180,17 @@ class _Raylet:
 
         def start(node: Any, *args: object, **kwargs: object) -> None:
             before = set(started())  # the GCS, log monitor, ...: not the raylet's to end
+            session = Path(node.get_session_dir_path())
+            ports_before = set(session.glob(f"*_{node.node_id}"))  # a head's GCS port file
 
             def again() -> None:
                 _end_started(keep=before)
                 node.all_processes.pop("raylet", None)  # Ray asserts it starts the raylet once
-                for socket_path in (node.plasma_store_socket_name, node.raylet_socket_name):
-                    with contextlib.suppress(FileNotFoundError):  # a dead raylet leaves its sockets bound
-                        os.unlink(socket_path)
+                # The ended agents' port files: the next raylet would read a dead agent's port from
+                # them (for the runtime env agent it then exits 30 s after it registered).
+                stale = set(session.glob(f"*_{node.node_id}")) - ports_before
+                for path in (*stale, Path(node.plasma_store_socket_name), Path(node.raylet_socket_name)):
+                    path.unlink(missing_ok=True)  # the sockets: a dead raylet leaves them bound
                 start_raylet(node, *args, **kwargs)
 
             raylet.start_again, raylet.logs_dir = again, node.get_logs_dir_path()
