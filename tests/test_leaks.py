@@ -274,12 +274,15 @@ def case_double_signal_in_teardown(h: Harness) -> None:
         proc.send_signal(signal.SIGTERM)
         proc.send_signal(signal.SIGINT)
         output = proc.communicate(timeout=120)[0]
-        # Held while the teardown runs, the second signals cannot cut it short. A teardown done within
-        # the 0.3 s (a fast machine's local pool) leaves the process exiting, and Python's exit puts the
-        # default handlers back: a signal then may end it with its own status, but only after "gone".
+        # Held while the teardown runs, the second signals cannot cut it short: it says "gone", and the
+        # driver exits with a failure's status. Which signal's: the first SIGTERM's (143) where its
+        # handler ran within the 0.3 s; a teardown done within them (a fast machine's local pool) leaves
+        # the process exiting with the default handlers back, so a later signal ends it (-15, -2); and
+        # where the main thread ran no Python for 0.3 s (CI at load 15), all three are pending at once
+        # and Python runs their handlers in signal-number order, not the order they came in: SIGINT's
+        # KeyboardInterrupt unwinds the pool then (status 1).
         finished = re.search(r"^pool \S+ gone \(", output, re.M)
-        assert proc.returncode == 128 + signal.SIGTERM or (
-            proc.returncode in (-signal.SIGTERM, -signal.SIGINT) and finished), output
+        assert finished and proc.returncode in (128 + signal.SIGTERM, -signal.SIGTERM, -signal.SIGINT, 1), output
         seconds = _wait_clean(h, started, 10)
         _record("SIGTERM, then SIGTERM+SIGINT in teardown", h, seconds)
     assert _everything(h) == {}
