@@ -4,9 +4,9 @@ Ray's raylet gives the dashboard agent 15 s to write its port file (a constant i
 aborts past it; `ray start` then fails the node. On a starved or cold machine the agent's imports
 take longer (seen in CI: pools' nodes at load 15 on two cores). Here the agent really is slow on the
 first attempt: a `sitecustomize` on the node's PYTHONPATH holds the agent's process, before it
-imports anything of Ray, for longer than the raylet waits, once. A real `ray start` of a head and a
-worker run through `ray_start.py`, exactly as a boot script runs it; their processes are ended by
-pid. Only the raylet starts again: a head's GCS keeps the cluster id its clients hold.
+imports anything of Ray, for longer than the raylet waits, once; ended, it writes its port files, as
+an agent finishing its start just then does. A real `ray start` of a head and a worker run through
+`ray_start.py`, exactly as a boot script runs it; their processes are ended by pid. Only the raylet starts again: a head's GCS keeps the cluster id its clients hold.
 """
 
 from __future__ import annotations
@@ -217,7 +217,7 @@ def test_a_head_whose_raylet_aborts_at_boot_starts_it_again_and_serves_ray_clien
     env = _node_env(tmp_path, token, slow_agent=True)
     env.pop(ray_start.NO_RAY_CLIENT_SERVER_ENV)
     head = _start("head", ip, ray_dir, env, "--head", f"--port={gcs.split(':')[1]}", "--include-dashboard=false",
-                  f"--ray-client-server-port={client_port}")
+                  f"--ray-client-server-port={client_port}", agent_ports="ray's")
     up, alive, task, client_server = False, None, None, []
     try:
         up = _until_up_or_ended(head)
@@ -234,8 +234,9 @@ def test_a_head_whose_raylet_aborts_at_boot_starts_it_again_and_serves_ray_clien
     _assert_started_again(lines)
     assert alive is not None and alive.stdout.strip() == "1", alive and alive.stderr  # the same node, alive once
     assert task is not None and task.stdout.strip().splitlines()[-1:] == ["42"], task and task.stderr
-    # told the runtime env agent's port, the Ray Client server did not look the node up in the GCS,
-    # which it gives 30 s: a head whose raylet registers later would have come up without it
+    # given none, ray_start.py fixed the runtime env agent's port: told it, the Ray Client server did
+    # not look the node up in the GCS, which it gives 30 s (a head whose raylet registers later came
+    # up without it)
     [command_line] = client_server
     agent_port = int(command_line.split("--runtime-env-agent-address=")[1].split()[0].rsplit(":", 1)[1])
     assert 20000 <= agent_port < 32768
