@@ -75,12 +75,12 @@ def _node_env(tmp_path: Path, token: str, slow_agent: bool) -> dict[str, str]:
 
 
 def _start(role: str, ip: str, ray_dir: str, env: dict[str, str], *args: str,
-           agent_ports: str = "fixed") -> subprocess.Popen:
+           runtime_env_agent_port_given: bool = True) -> subprocess.Popen:
     """A node through `ray_start.py`. Its agents' ports are fixed (two nodes share this host), but
-    with `agent_ports="ray's"` the runtime env agent picks its own and writes it to a port file, as
-    on a cloud's worker."""
+    without `runtime_env_agent_port_given` the runtime env agent's is not: as on a cloud's node,
+    Ray's agent picks its own and writes it to a port file (a head's `ray_start.py` fixes one)."""
     ports = PORTS.colocated_port_args(ip)
-    if agent_ports != "fixed":
+    if not runtime_env_agent_port_given:
         ports = [arg for arg in ports if not arg.startswith("--runtime-env-agent-port")]
     return subprocess.Popen(
         [sys.executable, "-c", Path(ray_start.__file__).read_text(), role, "start", f"--node-ip-address={ip}",
@@ -180,7 +180,8 @@ def test_a_worker_whose_raylet_aborts_at_boot_starts_it_again_and_joins(tmp_path
         worker_env = {**_node_env(tmp_path, token, slow_agent=True), "SKYWARD_HEAD_IP": "127.0.0.1",
                       "SKYWARD_GCS_PORT": gcs.split(":")[1], "SKYWARD_HEAD_WAIT": "60",
                       "SKYWARD_BOOT_DONE": str(tmp_path / "boot-done")}
-        worker = _start("worker", "127.0.0.2", f"{ray_dir}/w", worker_env, f"--address={gcs}", agent_ports="ray's")
+        worker = _start("worker", "127.0.0.2", f"{ray_dir}/w", worker_env, f"--address={gcs}",
+                        runtime_env_agent_port_given=False)
         worker_up = _until_up_or_ended(worker)
         if worker_up:
             names = [_name(p.pid) for p in _children(worker.pid)]  # read while they run
@@ -217,16 +218,20 @@ def test_a_head_whose_raylet_aborts_at_boot_starts_it_again_and_serves_ray_clien
     env = _node_env(tmp_path, token, slow_agent=True)
     env.pop(ray_start.NO_RAY_CLIENT_SERVER_ENV)
     head = _start("head", ip, ray_dir, env, "--head", f"--port={gcs.split(':')[1]}", "--include-dashboard=false",
-                  f"--ray-client-server-port={client_port}", agent_ports="ray's")
-    up, alive, task, client_server = False, None, None, []
+                  f"--ray-client-server-port={client_port}", runtime_env_agent_port_given=False)
+    up, alive, task, ray_processes, client_server = False, None, None, [], []
     try:
         up = _until_up_or_ended(head)
         if up:
-            client_server = [" ".join(p.cmdline()) for p in _children(head.pid) if "client.server" in " ".join(p.cmdline())]
+            # read while they run (the Ray Client server's command line names no temp dir); not the
+            # watch's own `sleep 1`, which comes and goes
+            ray_processes = [p for p in _children(head.pid) if _name(p.pid) not in ("", "sleep")]
+            client_server = [" ".join(p.cmdline()) for p in ray_processes if "client.server" in " ".join(p.cmdline())]
             alive, task = _ask(ALIVE_NODES, gcs, token), _ask(A_TASK, f"ray://{ip}:{client_port}", token)
     finally:
         lines = _end(head)
-        left = _left_running(ray_dir)
+        _, not_gone = psutil.wait_procs(ray_processes, timeout=10)  # one SIGKILLed may take a moment to go
+        left = _left_running(ray_dir) + [f"{p.pid} {_name(p.pid)}" for p in not_gone if _running(p)]
         _kill_what_is_left(head)
         shutil.rmtree(ray_dir, ignore_errors=True)
     assert up, "the head never came up:\n" + "\n".join(lines)

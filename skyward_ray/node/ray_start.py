@@ -72,6 +72,7 @@ skyward_ray.
 """
 
 import contextlib
+import functools
 import os
 import re
 import signal
@@ -87,7 +88,9 @@ NO_RAY_CLIENT_SERVER_ENV = "SKYWARD_NO_RAY_CLIENT_SERVER"
 HEAD_TEMP_DIR_ENV = "SKYWARD_HEAD_TEMP_DIR"
 RAYLET_REGISTER_WAIT_S = 300.0
 RAYLET_ATTEMPTS = 4
-RUNTIME_ENV_AGENT_PORTS = (20000, 32768)  # above Ray's worker ports, below Linux's ephemeral range
+# above Ray's worker ports, below Linux's ephemeral range (the local provider's PORT_RANGE; this
+# file cannot import it)
+RUNTIME_ENV_AGENT_PORTS = (20000, 32768)
 PR_SET_CHILD_SUBREAPER = 36  # prctl(2)
 WATCH = """\
 stop() { kill -TERM "$@" 2>/dev/null; for _ in $(seq 50); do up=; for p; do kill -0 "$p" 2>/dev/null && up=1; done
@@ -166,47 +169,48 @@ def _raylet_alive() -> bool:
 
 
 class _Raylet:
-    """How to start this node's raylet again: Ray's own start of it, repeated on the same node."""
+    """This node's raylet, as Ray's `Node.start_raylet` started it, so that it can be started again."""
 
     def __init__(self) -> None:
-        self.start_again: Callable[[], None] | None = None
-        self.logs_dir = ""
+        self.node: Any = None  # Ray's Node, once it started its raylet
         self.attempt = 1
+        self._start: Callable[[], None] = lambda: None
+        self._kept: set[str] = set()  # processes started before the raylet (GCS, log monitor, ...)
+        self._ports_kept: set[Path] = set()  # port files written before it (a head's GCS port)
 
     def restartable(self, node_class: type) -> None:
         """Wrap Ray's `Node.start_raylet` so that what it does can be done again."""
         start_raylet = node_class.start_raylet
-        raylet = self
 
         def start(node: Any, *args: object, **kwargs: object) -> None:
-            before = set(started())  # the GCS, log monitor, ...: not the raylet's to end
-            session = Path(node.get_session_dir_path())
-            ports_before = set(session.glob(f"*_{node.node_id}"))  # a head's GCS port file
-
-            def again() -> None:
-                _end_started(keep=before)
-                node.all_processes.pop("raylet", None)  # Ray asserts it starts the raylet once
-                # The ended agents' port files: the next raylet would read a dead agent's port from
-                # them (for the runtime env agent it then exits 30 s after it registered).
-                stale = set(session.glob(f"*_{node.node_id}")) - ports_before
-                for path in (*stale, Path(node.plasma_store_socket_name), Path(node.raylet_socket_name)):
-                    path.unlink(missing_ok=True)  # the sockets: a dead raylet leaves them bound
-                start_raylet(node, *args, **kwargs)
-
-            raylet.start_again, raylet.logs_dir = again, node.get_logs_dir_path()
-            start_raylet(node, *args, **kwargs)
+            self.node, self._start = node, functools.partial(start_raylet, node, *args, **kwargs)
+            self._kept, self._ports_kept = set(started()), self._port_files()
+            self._start()
 
         node_class.start_raylet = start
 
     def start_over(self) -> bool:
         """Start the raylet again if attempts are left (False: none are, or none was started)."""
-        if self.start_again is None or self.attempt >= RAYLET_ATTEMPTS:
+        if self.node is None or self.attempt >= RAYLET_ATTEMPTS:
             return False
         self.attempt += 1
-        print(f"skyward ray start: the raylet exited before it registered with the GCS{_why_raylet_exited(self.logs_dir)}; "
+        print(f"skyward ray start: the raylet exited before it registered with the GCS"
+              f"{_why_raylet_exited(self.node.get_logs_dir_path())}; "
               f"starting it again (attempt {self.attempt} of {RAYLET_ATTEMPTS})", flush=True)
-        self.start_again()
+        _end_started(keep=self._kept)
+        self.node.all_processes.pop("raylet", None)  # Ray asserts it starts the raylet once
+        # The ended agents' port files (the next raylet would read a dead agent's port from them: for
+        # the runtime env agent it then exits 30 s after it registered) and the sockets the dead
+        # raylet left bound.
+        sockets = (Path(self.node.plasma_store_socket_name), Path(self.node.raylet_socket_name))
+        for path in (*(self._port_files() - self._ports_kept), *sockets):
+            path.unlink(missing_ok=True)
+        self._start()
         return True
+
+    def _port_files(self) -> set[Path]:
+        """Ray's port files of this node (`<port name>_<node id>` in its session dir)."""
+        return set(Path(self.node.get_session_dir_path()).glob(f"*_{self.node.node_id}"))
 
 
 def _why_raylet_exited(logs_dir: str) -> str:
