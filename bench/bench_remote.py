@@ -20,9 +20,12 @@ PATH), and the same pool is measured at +0 and +MS of round trip, in one run: `>
 connection (the ratio is ours / plain); then `>>` at +MS in round trips beyond a caller inside the
 cluster, and the gather and map against the bound: the same 500 tasks (our function as the pool runs
 it, with its arguments and the same Ray options) sent and gathered by a warm actor on the head. Our
-gather, its bound, our map and its bound are taken in alternating blocks of three (four times each),
-and each side's best of twelve is compared (and, beside it, the medians): on this shared machine one
-taking moves by a fifth or more between moments, so neither side gets the better one.
+gather, its bound, our map and its bound are taken in alternating blocks of three (six times each).
+Three figures compare them: each side's best of eighteen, each side's median, and the paired ratio
+(each block of ours against the bound's block right after it, block median to block median; the
+median and the range of those six): on this shared machine one taking moves by a fifth or more
+between moments, and a single lucky taking of one side moves a best-of figure, while a pair is
+taken in the same moment.
 
 Starts its own simulated region and ends everything it starts.
 """
@@ -30,6 +33,7 @@ Starts its own simulated region and ends everything it starts.
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import shutil
 import statistics
@@ -73,10 +77,12 @@ class FanOut:
     """A warm actor on the head sending the same fan-out as our gather or map: the bound for one
     sent from afar (the head's call channel is such an actor, plus the channel)."""
 
-    def __init__(self, function: Any, ray_options: dict, args: tuple) -> None:
+    def __init__(self, function: Any, ray_options: dict, task_options: dict, args: tuple) -> None:
         import ray
 
-        self.task = ray.remote(**ray_options)(function).options(scheduling_strategy="SPREAD")
+        # the pool's own options go to `.options()`, as the call server gives them: a GPU in
+        # `ray.remote(...)` itself would make Ray end the worker after every task (its max_calls=1)
+        self.task = ray.remote(**ray_options)(function).options(**task_options, scheduling_strategy="SPREAD")
         self.args = args
 
     def seconds(self, fan: int) -> float:
@@ -93,11 +99,12 @@ class FanOut:
 
 class InClusterFanOut:
     """`fan` calls of `function(*args)` exactly as our gather's or map's tasks run (the function as
-    the pool runs it, `attempts.guarded`, with its Ray options), from a warm actor pinned to the
-    head: `once()` is one taking of the bound."""
+    the pool runs it, `attempts.guarded`, with its Ray options and those the pool adds to each call:
+    the node's GPU), from a warm actor pinned to the head: `once()` is one taking of the bound."""
 
-    def __init__(self, function: Any, args: tuple, fan: int) -> None:
+    def __init__(self, pool: Any, function: Any, args: tuple, fan: int) -> None:
         self.function, self.args, self.fan = function, args, fan
+        self.task_options = pool._task_options(function(*args))  # what the pool sends with every call of it
 
     def __enter__(self) -> InClusterFanOut:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -107,7 +114,7 @@ class InClusterFanOut:
         head = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and "node:__internal_head__" in n["Resources"])
         self.actor = ray.remote(num_cpus=0)(FanOut).options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False)).remote(
-            attempts.guarded(self.function.fn), self.function.options.ray_options(), self.args)
+            attempts.guarded(self.function.fn), self.function.options.ray_options(), self.task_options, self.args)
         self.once()  # warm: the actor's worker, the function's export, the nodes' task workers
         return self
 
@@ -170,7 +177,7 @@ def delayed_ssh(directory: Path, rtt_file: Path) -> None:
 # A gather's or map's best of this many: ours and plain Ray Client's in the table
 FAN_REPEAT = 6
 # Each side of the comparison with the bound (`against_the_bound`): blocks of each, runs a block
-BOUND_BLOCKS, BOUND_RUNS = 4, 3
+BOUND_BLOCKS, BOUND_RUNS = 6, 3
 
 
 def seconds(call, repeat: int = 3) -> float:
@@ -207,18 +214,55 @@ def at_rtt(pool, calls: int, fan: int, megabytes: int) -> list[tuple[str, float,
     return rows
 
 
-def against_the_bound(pool, fan: int, blocks: int = BOUND_BLOCKS, per_block: int = BOUND_RUNS) -> dict[str, list[float]]:
+# Where a run's CPU goes, by process (every process of this machine: the simulated nodes' are visible
+# from here): the first matching fragment of a command line names it
+CPU_KINDS = (("ray::CallServer", "the call server / the bound's actor"), ("ray::FanOut", "the call server / the bound's actor"),
+             ("ray::Dashboard", "Ray's daemons"), ("ray::", "the tasks' workers"), ("raylet", "Ray's daemons"),
+             ("gcs_server", "Ray's daemons"), ("ray/", "Ray's daemons"), ("delay_proxy", "relay and ssh"),
+             ("ssh", "relay and ssh"))
+
+
+def process_cpu() -> dict[tuple[int, str], tuple[float, str]]:
+    """(pid, start time) -> (CPU seconds so far, what it is), for every process this machine has now."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as stat, open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                fields = stat.read().rsplit(")", 1)[1].split()
+                command = cmdline.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        kind = "the driver" if int(pid) == os.getpid() else next(
+            (name for fragment, name in CPU_KINDS if fragment in command), "other")
+        found[(int(pid), fields[19])] = ((int(fields[11]) + int(fields[12])) / ticks, kind)
+    return found
+
+
+def cpu_between(before: dict, after: dict) -> collections.Counter:
+    """CPU seconds each kind of process used between two `process_cpu()` readings."""
+    used: collections.Counter = collections.Counter()
+    for key, (seconds, kind) in after.items():
+        used[kind] += seconds - before.get(key, (0.0, kind))[0]
+    return used
+
+
+def against_the_bound(pool, fan: int, blocks: int = BOUND_BLOCKS,
+                      per_block: int = BOUND_RUNS) -> tuple[dict[str, list[float]], dict[str, collections.Counter]]:
     """Seconds of a gather and a map of `fan` from here, each next to the same fan-out from inside
     the cluster, in alternating blocks (`blocks` of each, `per_block` runs a block after a warm-up run,
     as the bound's steady state is its warm one): whatever else this shared machine does meanwhile
-    falls on both sides of a ratio alike, not on whichever was measured in a worse moment."""
+    falls on both sides of a ratio alike, not on whichever was measured in a worse moment. Also the
+    CPU each side's counted runs took, by kind of process (`process_cpu`)."""
     samples: dict[str, list[float]] = {}
-    with InClusterFanOut(noop, (), fan) as gather_bound, InClusterFanOut(size_of, (b"",), fan) as map_bound:
+    cpu: dict[str, collections.Counter] = {}
+    with InClusterFanOut(pool, noop, (), fan) as gather_bound, InClusterFanOut(pool, size_of, (b"",), fan) as map_bound:
         runs = {"gather": lambda: sky.gather(*[noop() for _ in range(fan)]) >> pool, "its bound": gather_bound.once,
                 "map": lambda: pool.map(size_of, [b""] * fan), "the map's bound": map_bound.once}
         for _ in range(blocks):
             for name, run in runs.items():
                 run()
+                before = process_cpu()
                 for _ in range(per_block):
                     if name.endswith("bound"):
                         samples.setdefault(name, []).append(run())  # the actor's own timing, inside the cluster
@@ -226,20 +270,29 @@ def against_the_bound(pool, fan: int, blocks: int = BOUND_BLOCKS, per_block: int
                     t = time.perf_counter()
                     run()
                     samples.setdefault(name, []).append(time.perf_counter() - t)
-    return samples
+                cpu.setdefault(name, collections.Counter()).update(cpu_between(before, process_cpu()))
+    return samples, cpu
+
+
+def paired_ratios(ours: list[float], bound: list[float], per_block: int = BOUND_RUNS) -> list[float]:
+    """Each block of ours against the bound's block taken right after it (`against_the_bound`'s
+    order), median to median: both sides of a pair meet the same moment of this shared machine."""
+    blocks = range(0, min(len(ours), len(bound)), per_block)
+    return [statistics.median(ours[i:i + per_block]) / statistics.median(bound[i:i + per_block]) for i in blocks]
 
 
 def rtt_table(pool, rtt_file: Path, rtt_ms: float, calls: int, inside_ms: float) -> None:
     """Measure the same pool at +0 and +rtt_ms, and print both with ratios to plain Ray Client; then
     what a `>>` costs at +rtt_ms in round trips beyond a caller inside the cluster (`inside_ms`), and
     a gather and a map of 500 at +rtt_ms against the same fan-out from inside the cluster (the
-    bound), each the best of 12 taken in alternating blocks (`against_the_bound`), and the medians."""
+    bound), each the best of 18 taken in alternating blocks (`against_the_bound`), the medians, and
+    the paired ratio (`paired_ratios`)."""
     tables = {}
     for added in (0.0, rtt_ms):
         rtt_file.write_text(f"{added:g}")
         time.sleep(0.5)  # the relay re-reads the file every 0.2 s
         tables[added] = at_rtt(pool, calls, 500, 50)
-    samples = against_the_bound(pool, 500)
+    samples, cpu = against_the_bound(pool, 500)
     print(f"{'measure':34}" + "".join(f"{f'+{a:g} ms: ours':>16} {'plain':>9} {'ratio':>6}" for a in tables))
     for i, (label, _, _) in enumerate(tables[0.0]):
         cells = "".join(f"{t[i][1]:16.3f} {t[i][2]:9.3f} {t[i][1] / t[i][2]:6.2f}" for t in tables.values())
@@ -254,9 +307,17 @@ def rtt_table(pool, rtt_file: Path, rtt_ms: float, calls: int, inside_ms: float)
         label, _, plain = tables[rtt_ms][row]
         ours, bound = min(samples[name]), min(samples[bound_name])
         median = statistics.median(samples[name]) / statistics.median(samples[bound_name])
+        pairs = paired_ratios(samples[name], samples[bound_name])
         print(f"{label.split(' (')[0]} at +{rtt_ms:g} ms: ours {ours:.3f} s = {ours / bound:.2f}x the same fan-out "
               f"from inside the cluster ({bound:.3f} s; each the best of {len(samples[name])}; target <= 1.2; "
-              f"medians {median:.2f}x); plain Ray Client {plain / bound:.2f}x")
+              f"medians {median:.2f}x; paired {statistics.median(pairs):.2f}x, blocks "
+              + " ".join(f"{r:.2f}" for r in pairs) + f"); plain Ray Client {plain / bound:.2f}x")
+        runs = len(samples[name])
+        kinds = sorted(set(cpu[name]) | set(cpu[bound_name]), key=lambda k: -cpu[name][k] - cpu[bound_name][k])
+        print(f"  CPU per run, ours / the bound (ms; this machine's 2 cores are shared by all): total "
+              f"{sum(cpu[name].values()) / runs * 1000:.0f} / {sum(cpu[bound_name].values()) / runs * 1000:.0f}; "
+              + "; ".join(f"{kind} {cpu[name][kind] / runs * 1000:.0f} / {cpu[bound_name][kind] / runs * 1000:.0f}"
+                          for kind in kinds))
 
 
 def main() -> None:
