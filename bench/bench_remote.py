@@ -19,13 +19,14 @@ PATH), and the same pool is measured at +0 and +MS of round trip, in one run: `>
 `pool.map` of 500, a 50 MB argument up and result down, each against plain Ray Client on the same
 connection (the ratio is ours / plain); then `>>` at +MS in round trips beyond a caller inside the
 cluster, and the gather and map against the bound: the same 500 tasks (our function as the pool runs
-it, with its arguments and the same Ray options) sent and gathered by a warm actor on the head. Our
-gather, its bound, our map and its bound are taken in alternating blocks of three (six times each).
-Three figures compare them: each side's best of eighteen, each side's median, and the paired ratio
-(each block of ours against the bound's block right after it, block median to block median; the
-median and the range of those six): on this shared machine one taking moves by a fifth or more
-between moments, and a single lucky taking of one side moves a best-of figure, while a pair is
-taken in the same moment.
+it, with its arguments, the same Ray options and the node's GPU the pool adds to each call) sent and
+gathered by a warm actor on the head. Our gather, its bound, our map and its bound are taken in
+alternating blocks of three (six times each). Three figures compare them: each side's best of
+eighteen, each side's median, and the paired ratio (each block of ours against the bound's block
+right after it, block median to block median; the median and the range of those six): on this
+shared machine one taking moves by a fifth or more between moments, and a single lucky taking of
+one side moves a best-of figure, while a pair is taken in the same moment. Beside them, the CPU
+each side's runs took, by kind of process.
 
 Starts its own simulated region and ends everything it starts.
 """
@@ -216,10 +217,10 @@ def at_rtt(pool, calls: int, fan: int, megabytes: int) -> list[tuple[str, float,
 
 # Where a run's CPU goes, by process (every process of this machine: the simulated nodes' are visible
 # from here): the first matching fragment of a command line names it
-CPU_KINDS = (("ray::CallServer", "the call server / the bound's actor"), ("ray::FanOut", "the call server / the bound's actor"),
-             ("ray::Dashboard", "Ray's daemons"), ("ray::", "the tasks' workers"), ("raylet", "Ray's daemons"),
-             ("gcs_server", "Ray's daemons"), ("ray/", "Ray's daemons"), ("delay_proxy", "relay and ssh"),
-             ("ssh", "relay and ssh"))
+SUBMITTER = "the call server / the bound's actor"
+CPU_KINDS = (("ray::CallServer", SUBMITTER), ("ray::FanOut", SUBMITTER), ("ray::Dashboard", "Ray's daemons"),
+             ("ray::", "the tasks' workers"), ("raylet", "Ray's daemons"), ("gcs_server", "Ray's daemons"),
+             ("ray/", "Ray's daemons"), ("delay_proxy", "relay and ssh"), ("ssh", "relay and ssh"))
 
 
 def process_cpu() -> dict[tuple[int, str], tuple[float, str]]:
@@ -240,7 +241,8 @@ def process_cpu() -> dict[tuple[int, str], tuple[float, str]]:
 
 
 def cpu_between(before: dict, after: dict) -> collections.Counter:
-    """CPU seconds each kind of process used between two `process_cpu()` readings."""
+    """CPU seconds each kind of process used between two `process_cpu()` readings (a process that
+    began and ended between them is not seen: the figures are a floor)."""
     used: collections.Counter = collections.Counter()
     for key, (seconds, kind) in after.items():
         used[kind] += seconds - before.get(key, (0.0, kind))[0]
