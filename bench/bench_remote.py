@@ -45,6 +45,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("SKYWARD_QUIET", "1")
@@ -223,20 +225,18 @@ CPU_KINDS = (("ray::CallServer", SUBMITTER), ("ray::FanOut", SUBMITTER), ("ray::
              ("ray/", "Ray's daemons"), ("delay_proxy", "relay and ssh"), ("ssh", "relay and ssh"))
 
 
-def process_cpu() -> dict[tuple[int, str], tuple[float, str]]:
-    """(pid, start time) -> (CPU seconds so far, what it is), for every process this machine has now."""
-    ticks = os.sysconf("SC_CLK_TCK")
+def process_cpu() -> dict[tuple[int, float], tuple[float, str]]:
+    """(pid, creation time) -> (CPU seconds so far, what it is), for every process this machine has now."""
     found = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as stat, open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-                fields = stat.read().rsplit(")", 1)[1].split()
-                command = cmdline.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
+    me = os.getpid()
+    for proc in psutil.process_iter(["cmdline", "cpu_times", "create_time"]):
+        info = proc.info
+        if info["cpu_times"] is None:  # gone, or not ours to read
             continue
-        kind = "the driver" if int(pid) == os.getpid() else next(
-            (name for fragment, name in CPU_KINDS if fragment in command), "other")
-        found[(int(pid), fields[19])] = ((int(fields[11]) + int(fields[12])) / ticks, kind)
+        command = " ".join(info["cmdline"] or ())
+        kind = "the driver" if proc.pid == me else next((name for fragment, name in CPU_KINDS if fragment in command),
+                                                        "other")
+        found[(proc.pid, info["create_time"])] = (info["cpu_times"].user + info["cpu_times"].system, kind)
     return found
 
 
